@@ -1,0 +1,3 @@
+//! The YAML configuration, in the OpenTelemetry Collector's shape.
+
+pub mod duration;

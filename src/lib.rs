@@ -1,0 +1,15 @@
+//! podometer: per-container and per-pod CPU, memory, block I/O and network metrics, pushed as
+//! OTLP.
+//!
+//! Data path: [`sources`] fill a [`model::Sweep`], [`model::StartTimes`] stamps counters,
+//! [`processors`] change it, [`exporters`] push it; [`pipeline`] wires them from [`config`].
+
+pub mod config;
+pub mod encode;
+pub mod exporters;
+pub mod glob;
+pub mod model;
+pub mod processors;
+pub mod semconv;
+pub mod sources;
+pub mod telemetry;

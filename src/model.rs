@@ -1,0 +1,380 @@
+//! The agent's own data model: what sources produce, processors change and exporters encode.
+//!
+//! It is deliberately smaller than OTLP: a sweep is a list of resources (one per container,
+//! one per pod), each with points that name a static [`MetricDesc`]. The encoder turns a sweep
+//! into an `ExportMetricsServiceRequest`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+/// How a metric behaves over time; decides its OTLP shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Cumulative monotonic sum.
+    Counter,
+    /// Instantaneous value.
+    Gauge,
+}
+
+/// Name, unit and shape of one metric; instances live in [`crate::semconv`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct MetricDesc {
+    pub name: &'static str,
+    pub unit: &'static str,
+    pub description: &'static str,
+    pub kind: MetricKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value {
+    Int(i64),
+    Double(f64),
+}
+
+impl Value {
+    /// Kernel counters are u64; OTLP carries i64. Saturate rather than wrap to a negative.
+    pub fn from_u64(v: u64) -> Value {
+        Value::Int(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Value::Int(v) => v as f64,
+            Value::Double(v) => v,
+        }
+    }
+}
+
+/// Stable identity of a resource across sweeps.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResourceId {
+    /// Keyed by the full 64-hex container id.
+    Container(String),
+    /// Keyed by the Kubernetes pod UID.
+    Pod(String),
+}
+
+/// Attribute values the agent emits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttrValue {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+}
+
+impl From<&str> for AttrValue {
+    fn from(s: &str) -> Self {
+        AttrValue::Str(s.to_owned())
+    }
+}
+impl From<String> for AttrValue {
+    fn from(s: String) -> Self {
+        AttrValue::Str(s)
+    }
+}
+impl From<bool> for AttrValue {
+    fn from(b: bool) -> Self {
+        AttrValue::Bool(b)
+    }
+}
+impl From<i64> for AttrValue {
+    fn from(v: i64) -> Self {
+        AttrValue::Int(v)
+    }
+}
+
+pub type Attributes = Vec<(&'static str, AttrValue)>;
+
+/// One data point of one metric.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    pub metric: &'static MetricDesc,
+    pub attributes: Attributes,
+    pub value: Value,
+    /// Set by [`StartTimes`] for counters; `None` until then and for gauges.
+    pub start_time: Option<SystemTime>,
+}
+
+impl Point {
+    pub fn new(metric: &'static MetricDesc, value: Value) -> Point {
+        Point { metric, attributes: Vec::new(), value, start_time: None }
+    }
+
+    pub fn with(mut self, key: &'static str, value: impl Into<AttrValue>) -> Point {
+        self.attributes.push((key, value.into()));
+        self
+    }
+
+    pub fn attribute(&self, key: &str) -> Option<&AttrValue> {
+        self.attributes.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+}
+
+/// The points of one container or pod in one sweep.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    pub id: ResourceId,
+    pub attributes: Attributes,
+    pub points: Vec<Point>,
+}
+
+impl Resource {
+    pub fn attribute(&self, key: &str) -> Option<&AttrValue> {
+        self.attributes.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    /// Sets an attribute, replacing an earlier value of the same key.
+    pub fn set_attribute(&mut self, key: &'static str, value: impl Into<AttrValue>) {
+        let value = value.into();
+        match self.attributes.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.attributes.push((key, value)),
+        }
+    }
+
+    pub fn points_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Point> + 'a {
+        self.points.iter().filter(move |p| p.metric.name == name)
+    }
+}
+
+/// Everything collected at one instant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sweep {
+    /// When the sweep started; every point is stamped with it.
+    pub time: SystemTime,
+    pub resources: Vec<Resource>,
+}
+
+impl Sweep {
+    pub fn new(time: SystemTime) -> Sweep {
+        Sweep { time, resources: Vec::new() }
+    }
+
+    /// The resource with this id, created with `attributes` if the sweep has none yet.
+    pub fn resource_mut(&mut self, id: ResourceId, attributes: impl FnOnce() -> Attributes) -> &mut Resource {
+        match self.resources.iter().position(|r| r.id == id) {
+            Some(i) => &mut self.resources[i],
+            None => {
+                self.resources.push(Resource { id, attributes: attributes(), points: Vec::new() });
+                self.resources.last_mut().expect("just pushed")
+            }
+        }
+    }
+
+    pub fn resource(&self, id: &ResourceId) -> Option<&Resource> {
+        self.resources.iter().find(|r| &r.id == id)
+    }
+
+    pub fn point_count(&self) -> usize {
+        self.resources.iter().map(|r| r.points.len()).sum()
+    }
+}
+
+/// Container runtimes recognised from cgroup paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Runtime {
+    Containerd,
+    CriO,
+    Docker,
+    Podman,
+}
+
+impl Runtime {
+    /// The `container.runtime.name` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Containerd => "containerd",
+            Runtime::CriO => "cri-o",
+            Runtime::Docker => "docker",
+            Runtime::Podman => "podman",
+        }
+    }
+}
+
+/// The pod a container belongs to, as far as the cgroup path tells.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PodRef {
+    /// A Kubernetes pod: UID (dashed form) and QoS class (`guaranteed`, `burstable`, `besteffort`).
+    Kubernetes { uid: String, qos: String },
+    /// A Podman pod (`libpod_parent/<pod-id>`).
+    Podman { id: String },
+}
+
+/// A container the cgroup source found this sweep. Later sources in the same pipeline (the
+/// network namespace resolver) and processors (metadata enrichers) work from this inventory
+/// instead of walking the cgroup tree again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    /// Full 64-hex container id.
+    pub id: String,
+    pub runtime: Runtime,
+    pub pod: Option<PodRef>,
+    /// A `cgroup.procs` file of the container, to find its live processes.
+    pub procs_file: PathBuf,
+}
+
+impl ContainerInfo {
+    pub fn resource_id(&self) -> ResourceId {
+        ResourceId::Container(self.id.clone())
+    }
+}
+
+/// What the sources of one pipeline share during a sweep.
+#[derive(Debug)]
+pub struct SweepContext {
+    pub time: SystemTime,
+    pub containers: Vec<ContainerInfo>,
+}
+
+impl SweepContext {
+    pub fn new(time: SystemTime) -> SweepContext {
+        SweepContext { time, containers: Vec::new() }
+    }
+}
+
+/// Key of one time series: resource, metric and point attributes.
+type SeriesKey = (ResourceId, &'static str, Vec<(&'static str, String)>);
+
+#[derive(Debug, Clone, Copy)]
+struct SeriesState {
+    start: SystemTime,
+    last: f64,
+    last_time: SystemTime,
+}
+
+/// Gives every counter point its start time.
+///
+/// A series starts when it is first seen. A series missing from a sweep is forgotten, so a
+/// container id, interface or device that comes back is a new series. A counter that goes
+/// backwards was reset between the previous sweep and this one; its new start is the previous
+/// sweep's time, the latest instant known to precede the reset.
+#[derive(Debug, Default)]
+pub struct StartTimes {
+    series: HashMap<SeriesKey, SeriesState>,
+}
+
+impl StartTimes {
+    pub fn new() -> StartTimes {
+        StartTimes::default()
+    }
+
+    pub fn apply(&mut self, sweep: &mut Sweep) {
+        let now = sweep.time;
+        let mut seen: HashSet<SeriesKey> = HashSet::with_capacity(self.series.len());
+        for resource in &mut sweep.resources {
+            for point in &mut resource.points {
+                if point.metric.kind != MetricKind::Counter {
+                    continue;
+                }
+                let key = series_key(&resource.id, point);
+                let value = point.value.as_f64();
+                let state = self
+                    .series
+                    .entry(key.clone())
+                    .and_modify(|s| {
+                        if value < s.last {
+                            s.start = s.last_time;
+                        }
+                        s.last = value;
+                        s.last_time = now;
+                    })
+                    .or_insert(SeriesState { start: now, last: value, last_time: now });
+                point.start_time = Some(state.start);
+                seen.insert(key);
+            }
+        }
+        self.series.retain(|k, _| seen.contains(k));
+    }
+
+    pub fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+}
+
+fn series_key(id: &ResourceId, point: &Point) -> SeriesKey {
+    let mut attrs: Vec<(&'static str, String)> = point
+        .attributes
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                AttrValue::Str(s) => s.clone(),
+                AttrValue::Int(i) => i.to_string(),
+                AttrValue::Bool(b) => b.to_string(),
+            };
+            (*k, v)
+        })
+        .collect();
+    attrs.sort();
+    (id.clone(), point.metric.name, attrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::semconv;
+    use std::time::Duration;
+
+    fn sweep_at(secs: u64, value: i64) -> Sweep {
+        let mut sweep = Sweep::new(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+        sweep.resource_mut(ResourceId::Container("a".into()), Vec::new).points.push(
+            Point::new(&semconv::CONTAINER.disk_io, Value::Int(value)).with(semconv::SYSTEM_DEVICE, "8:0"),
+        );
+        sweep
+    }
+
+    fn start_of(sweep: &Sweep) -> SystemTime {
+        sweep.resources[0].points[0].start_time.expect("counter gets a start time")
+    }
+
+    #[test]
+    fn first_sighting_starts_the_series_and_later_sweeps_keep_it() {
+        let mut st = StartTimes::new();
+        let mut s1 = sweep_at(100, 5);
+        st.apply(&mut s1);
+        let mut s2 = sweep_at(110, 9);
+        st.apply(&mut s2);
+        assert_eq!(start_of(&s1), SystemTime::UNIX_EPOCH + Duration::from_secs(100));
+        assert_eq!(start_of(&s2), SystemTime::UNIX_EPOCH + Duration::from_secs(100));
+    }
+
+    #[test]
+    fn counter_going_backwards_restarts_at_previous_sweep() {
+        let mut st = StartTimes::new();
+        st.apply(&mut sweep_at(100, 50));
+        st.apply(&mut sweep_at(110, 60));
+        let mut s3 = sweep_at(120, 3);
+        st.apply(&mut s3);
+        assert_eq!(start_of(&s3), SystemTime::UNIX_EPOCH + Duration::from_secs(110));
+        let mut s4 = sweep_at(130, 4);
+        st.apply(&mut s4);
+        assert_eq!(start_of(&s4), SystemTime::UNIX_EPOCH + Duration::from_secs(110));
+    }
+
+    #[test]
+    fn series_absent_for_a_sweep_starts_anew() {
+        let mut st = StartTimes::new();
+        st.apply(&mut sweep_at(100, 5));
+        st.apply(&mut Sweep::new(SystemTime::UNIX_EPOCH + Duration::from_secs(110)));
+        assert!(st.is_empty());
+        let mut s3 = sweep_at(120, 7);
+        st.apply(&mut s3);
+        assert_eq!(start_of(&s3), SystemTime::UNIX_EPOCH + Duration::from_secs(120));
+    }
+
+    #[test]
+    fn gauges_get_no_start_time() {
+        let mut st = StartTimes::new();
+        let mut sweep = Sweep::new(SystemTime::UNIX_EPOCH);
+        sweep
+            .resource_mut(ResourceId::Pod("p".into()), Vec::new)
+            .points
+            .push(Point::new(&semconv::POD.memory_usage, Value::Int(1)));
+        st.apply(&mut sweep);
+        assert_eq!(sweep.resources[0].points[0].start_time, None);
+    }
+}

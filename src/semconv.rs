@@ -1,0 +1,194 @@
+//! Every metric and attribute name the agent emits, in one place.
+//!
+//! Names follow the OpenTelemetry semantic conventions (`container.*`, `k8s.pod.*`,
+//! `network.*`). Where the conventions have no name, the constant mirrors the nearest
+//! `system.*` name or the OpenTelemetry Collector's docker_stats receiver, and its doc
+//! comment says so; the README's metrics table lists these deviations.
+
+use crate::model::{MetricDesc, MetricKind};
+
+// ---- resource attributes ----
+pub const CONTAINER_ID: &str = "container.id";
+pub const CONTAINER_RUNTIME_NAME: &str = "container.runtime.name";
+pub const K8S_POD_UID: &str = "k8s.pod.uid";
+/// Not in the conventions: the pod's QoS class as the kubelet's cgroup path names it.
+pub const K8S_POD_QOS_CLASS: &str = "k8s.pod.qos_class";
+/// Not in the conventions: the id of a Podman pod (`libpod_parent/<pod-id>`).
+pub const PODMAN_POD_ID: &str = "podman.pod.id";
+pub const HOST_NAME: &str = "host.name";
+pub const K8S_NODE_NAME: &str = "k8s.node.name";
+
+// ---- point attributes ----
+pub const CPU_MODE: &str = "cpu.mode";
+pub const DISK_IO_DIRECTION: &str = "disk.io.direction";
+pub const SYSTEM_DEVICE: &str = "system.device";
+pub const NETWORK_IO_DIRECTION: &str = "network.io.direction";
+pub const NETWORK_INTERFACE_NAME: &str = "network.interface.name";
+/// Not in the conventions: the host-side veth peer of a pod interface, found through netlink.
+pub const NETWORK_INTERFACE_HOST_PEER: &str = "network.interface.host_peer";
+/// Not in the conventions: `some` or `full`, as in the kernel's PSI files.
+pub const PRESSURE_STALL_TYPE: &str = "pressure.stall.type";
+
+pub const CPU_MODE_USER: &str = "user";
+pub const CPU_MODE_SYSTEM: &str = "system";
+pub const DIRECTION_READ: &str = "read";
+pub const DIRECTION_WRITE: &str = "write";
+pub const DIRECTION_RECEIVE: &str = "receive";
+pub const DIRECTION_TRANSMIT: &str = "transmit";
+
+/// The scope name on every OTLP request.
+pub const SCOPE_NAME: &str = "podometer";
+
+const fn counter(name: &'static str, unit: &'static str, description: &'static str) -> MetricDesc {
+    MetricDesc { name, unit, description, kind: MetricKind::Counter }
+}
+const fn gauge(name: &'static str, unit: &'static str, description: &'static str) -> MetricDesc {
+    MetricDesc { name, unit, description, kind: MetricKind::Gauge }
+}
+
+/// One family of cgroup-derived metrics. Containers and pods carry the same measurements under
+/// different prefixes (`container.*`, `k8s.pod.*`), so a source picks the family by what the
+/// cgroup is and fills it the same way.
+#[derive(Debug)]
+pub struct CgroupFamily {
+    pub cpu_time: MetricDesc,
+    pub cpu_throttling_periods: MetricDesc,
+    pub cpu_throttling_throttled_periods: MetricDesc,
+    pub cpu_throttling_throttled_time: MetricDesc,
+    pub memory_usage: MetricDesc,
+    pub memory_working_set: MetricDesc,
+    pub memory_rss: MetricDesc,
+    pub memory_file: MetricDesc,
+    pub memory_limit: MetricDesc,
+    pub memory_oom_kills: MetricDesc,
+    pub disk_io: MetricDesc,
+    pub disk_operations: MetricDesc,
+    pub pids_count: MetricDesc,
+    pub pids_limit: MetricDesc,
+    pub cpu_pressure: MetricDesc,
+    pub memory_pressure: MetricDesc,
+    pub io_pressure: MetricDesc,
+}
+
+/// Network metrics of one network namespace, on a pod's or a container's Resource.
+#[derive(Debug)]
+pub struct NetworkFamily {
+    pub io: MetricDesc,
+    pub errors: MetricDesc,
+    pub packets: MetricDesc,
+    pub dropped: MetricDesc,
+}
+
+macro_rules! cgroup_family {
+    ($prefix:literal) => {
+        CgroupFamily {
+            cpu_time: counter(concat!($prefix, ".cpu.time"), "s", "CPU time consumed, by mode."),
+            // docker_stats receiver names; the conventions have none for CFS throttling.
+            cpu_throttling_periods: counter(
+                concat!($prefix, ".cpu.throttling_data.periods"),
+                "{period}",
+                "CFS enforcement periods that elapsed while the group was runnable.",
+            ),
+            cpu_throttling_throttled_periods: counter(
+                concat!($prefix, ".cpu.throttling_data.throttled_periods"),
+                "{period}",
+                "CFS periods in which the group was throttled.",
+            ),
+            cpu_throttling_throttled_time: counter(
+                concat!($prefix, ".cpu.throttling_data.throttled_time"),
+                "s",
+                "Total time the group was throttled.",
+            ),
+            memory_usage: gauge(
+                concat!($prefix, ".memory.usage"),
+                "By",
+                "Memory charged to the cgroup, page cache included.",
+            ),
+            memory_working_set: gauge(
+                concat!($prefix, ".memory.working_set"),
+                "By",
+                "Usage minus inactive file pages, as the kubelet computes it.",
+            ),
+            memory_rss: gauge(concat!($prefix, ".memory.rss"), "By", "Anonymous and swap-cache memory."),
+            memory_file: gauge(
+                concat!($prefix, ".memory.file"),
+                "By",
+                "Page cache (file-backed memory) charged to the cgroup.",
+            ),
+            memory_limit: gauge(
+                concat!($prefix, ".memory.usage.limit"),
+                "By",
+                "Memory limit of the cgroup; absent when unlimited.",
+            ),
+            memory_oom_kills: counter(
+                concat!($prefix, ".memory.oom_kills"),
+                "{kill}",
+                "Processes killed by the OOM killer in this cgroup.",
+            ),
+            disk_io: counter(
+                concat!($prefix, ".disk.io"),
+                "By",
+                "Bytes read from and written to block devices.",
+            ),
+            disk_operations: counter(
+                concat!($prefix, ".disk.operations"),
+                "{operation}",
+                "Block device operations (mirrors system.disk.operations).",
+            ),
+            pids_count: gauge(concat!($prefix, ".pids.count"), "{process}", "Tasks currently in the cgroup."),
+            pids_limit: gauge(
+                concat!($prefix, ".pids.limit"),
+                "{process}",
+                "Maximum tasks allowed; absent when unlimited.",
+            ),
+            cpu_pressure: counter(
+                concat!($prefix, ".cpu.pressure.stall_time"),
+                "s",
+                "Time tasks stalled waiting for CPU (PSI), by stall type.",
+            ),
+            memory_pressure: counter(
+                concat!($prefix, ".memory.pressure.stall_time"),
+                "s",
+                "Time tasks stalled waiting for memory (PSI), by stall type.",
+            ),
+            io_pressure: counter(
+                concat!($prefix, ".io.pressure.stall_time"),
+                "s",
+                "Time tasks stalled waiting for I/O (PSI), by stall type.",
+            ),
+        }
+    };
+}
+
+macro_rules! network_family {
+    ($prefix:literal) => {
+        NetworkFamily {
+            io: counter(
+                concat!($prefix, ".network.io"),
+                "By",
+                "Bytes received and transmitted, by interface.",
+            ),
+            errors: counter(
+                concat!($prefix, ".network.errors"),
+                "{error}",
+                "Receive and transmit errors, by interface.",
+            ),
+            // Mirror system.network.packet.count / system.network.packet.dropped.
+            packets: counter(
+                concat!($prefix, ".network.packet.count"),
+                "{packet}",
+                "Packets received and transmitted, by interface.",
+            ),
+            dropped: counter(
+                concat!($prefix, ".network.packet.dropped"),
+                "{packet}",
+                "Packets dropped, by interface.",
+            ),
+        }
+    };
+}
+
+pub static CONTAINER: CgroupFamily = cgroup_family!("container");
+pub static POD: CgroupFamily = cgroup_family!("k8s.pod");
+pub static CONTAINER_NETWORK: NetworkFamily = network_family!("container");
+pub static POD_NETWORK: NetworkFamily = network_family!("k8s.pod");
