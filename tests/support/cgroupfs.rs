@@ -1,0 +1,112 @@
+//! Real cgroups made by a test in every v1 controller and in the v2 `unified` hierarchy of
+//! this (hybrid) machine, removed on drop after their processes are killed.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+pub const V1_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "memory", "blkio", "pids", "cpuset", "systemd"];
+
+/// One cgroup path (relative to the root, e.g. `kubepods/burstable/pod<uid>/<id>`), created in
+/// every hierarchy that is mounted, parents included. Processes started with `spawn` join it.
+pub struct TestCgroup {
+    pub root: PathBuf,
+    pub relative: PathBuf,
+    /// Every directory we created, deepest last, so drop can remove them in reverse.
+    created: Vec<PathBuf>,
+    children: Vec<Child>,
+}
+
+impl TestCgroup {
+    pub fn create(root: &Path, relative: &str) -> TestCgroup {
+        let mut cg = TestCgroup {
+            root: root.to_owned(),
+            relative: PathBuf::from(relative),
+            created: Vec::new(),
+            children: Vec::new(),
+        };
+        for hierarchy in cg.hierarchies() {
+            let mut dir = hierarchy.clone();
+            for part in Path::new(relative).components() {
+                dir.push(part);
+                if !dir.exists() {
+                    fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+                    if dir.parent().map(|p| p.ends_with("cpuset")).unwrap_or(false)
+                        || hierarchy.ends_with("cpuset")
+                    {
+                        inherit_cpuset(&dir);
+                    }
+                    cg.created.push(dir.clone());
+                }
+            }
+        }
+        cg
+    }
+
+    fn hierarchies(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = V1_CONTROLLERS
+            .iter()
+            .map(|c| self.root.join(c))
+            .filter(|p| p.join("cgroup.procs").exists())
+            .collect();
+        let unified = self.root.join("unified");
+        if unified.join("cgroup.procs").exists() {
+            out.push(unified);
+        }
+        out
+    }
+
+    /// The directory of this cgroup in one hierarchy (`memory`, `cpuacct`, `unified`, ...).
+    pub fn dir(&self, hierarchy: &str) -> PathBuf {
+        self.root.join(hierarchy).join(&self.relative)
+    }
+
+    /// Starts `sh -c script` inside the cgroup (in every hierarchy) and returns its pid.
+    pub fn spawn(&mut self, script: &str) -> u32 {
+        let child = Command::new("sh").arg("-c").arg(script).spawn().expect("spawn sh");
+        let pid = child.id();
+        self.children.push(child);
+        for h in self.hierarchies() {
+            let procs = h.join(&self.relative).join("cgroup.procs");
+            fs::write(&procs, pid.to_string()).unwrap_or_else(|e| panic!("join {}: {e}", procs.display()));
+        }
+        pid
+    }
+
+    /// Kills one process started by `spawn`.
+    pub fn kill(&mut self, pid: u32) {
+        if let Some(pos) = self.children.iter().position(|c| c.id() == pid) {
+            let mut child = self.children.remove(pos);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A new cpuset cgroup has empty cpus/mems and refuses tasks until they are copied down.
+fn inherit_cpuset(dir: &Path) {
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        if let Some(parent) = dir.parent() {
+            if let Ok(v) = fs::read_to_string(parent.join(file)) {
+                let _ = fs::write(dir.join(file), v.trim());
+            }
+        }
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Processes leave a cgroup asynchronously after exit; rmdir fails with EBUSY until then.
+        for dir in self.created.iter().rev() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while fs::remove_dir(dir).is_err() && dir.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! Shared by the integration tests: prerequisites that fail loudly in CI, real cgroups and
+//! Podman pods that clean up after themselves even when a test panics.
+#![allow(dead_code)]
+
+pub mod cgroupfs;
+pub mod podman;
+
+use std::path::Path;
+use std::process::Command;
+
+/// True when the tests run in CI, where a missing prerequisite is a failure, not a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
+}
+
+/// Checks a live test's prerequisite. Missing in CI: the test fails, naming what is missing.
+/// Missing elsewhere: prints why and returns false, and the test returns early.
+#[must_use]
+pub fn prerequisite(ok: bool, what: &str) -> bool {
+    if ok {
+        return true;
+    }
+    if in_ci() {
+        panic!("prerequisite missing under CI=true: {what} (scripts/test.sh installs it)");
+    }
+    eprintln!("SKIPPED: prerequisite missing: {what}");
+    false
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn have_command(name: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// The live cgroup tests need root and the v1 controllers this machine mounts.
+pub fn live_cgroups_available() -> bool {
+    prerequisite(is_root(), "root")
+        && prerequisite(
+            Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists(),
+            "cgroup v1 memory controller at /sys/fs/cgroup/memory",
+        )
+}
+
+/// Runs a command and returns stdout, panicking with stderr when it fails.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A unique suffix for names of things a test creates, so parallel tests never collide.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}

@@ -1,0 +1,110 @@
+//! Real Podman pods for live tests (see scripts/testbed.sh for the images and config).
+
+use std::process::Command;
+
+use super::{have_command, prerequisite, run, unique};
+
+/// `podman` with the project's containers.conf (runc, no default ulimits, local pause image).
+pub fn podman() -> Command {
+    let mut cmd = Command::new("podman");
+    if std::env::var_os("CONTAINERS_CONF").is_none() {
+        let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/.tools/containers.conf");
+        cmd.env("CONTAINERS_CONF", conf);
+    }
+    cmd
+}
+
+pub fn podman_available() -> bool {
+    prerequisite(super::is_root(), "root")
+        && prerequisite(have_command("podman"), "podman (apt-get install podman runc)")
+        && prerequisite(
+            podman()
+                .args(["image", "exists", "localhost/bb:1"])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false),
+            "image localhost/bb:1 (scripts/testbed.sh builds it)",
+        )
+}
+
+/// A pod with an infra container and app containers, removed with all its containers on drop.
+pub struct PodmanPod {
+    pub name: String,
+    pub pod_id: String,
+    pub infra_id: String,
+    /// Full ids of the app containers, in the order given.
+    pub app_ids: Vec<String>,
+}
+
+impl PodmanPod {
+    /// Starts a pod whose app containers run the given shell scripts (busybox `sh -c`).
+    pub fn start(prefix: &str, app_scripts: &[&str]) -> PodmanPod {
+        let name = unique(prefix);
+        let pod_id = run(podman().args(["pod", "create", "--name", &name])).trim().to_owned();
+        // From here on, Drop cleans up even if starting a container fails.
+        let mut pod = PodmanPod { name, pod_id, infra_id: String::new(), app_ids: Vec::new() };
+        for (i, script) in app_scripts.iter().enumerate() {
+            let cname = format!("{}-app{i}", pod.name);
+            let id = run(podman().args([
+                "run",
+                "-d",
+                "--pod",
+                &pod.name,
+                "--name",
+                &cname,
+                "localhost/bb:1",
+                "sh",
+                "-c",
+                script,
+            ]));
+            pod.app_ids.push(id.trim().to_owned());
+        }
+        let inspect = run(podman().args(["pod", "inspect", &pod.name, "--format", "{{.InfraContainerID}}"]));
+        pod.infra_id = inspect.trim().to_owned();
+        pod
+    }
+
+    pub fn all_ids(&self) -> Vec<String> {
+        let mut ids = vec![self.infra_id.clone()];
+        ids.extend(self.app_ids.iter().cloned());
+        ids
+    }
+}
+
+impl Drop for PodmanPod {
+    fn drop(&mut self) {
+        let _ = podman().args(["pod", "rm", "-f", "-t", "0", &self.name]).output();
+    }
+}
+
+/// One container of `podman stats --no-stream --format json`, the reference for our numbers.
+#[derive(Debug, Clone)]
+pub struct PodmanStats {
+    pub id: String,
+    /// Cumulative CPU time, seconds.
+    pub cpu_seconds: f64,
+    pub mem_usage_bytes: u64,
+    pub net_input_bytes: u64,
+    pub net_output_bytes: u64,
+}
+
+/// Reads `podman stats` for the given containers (full ids).
+pub fn podman_stats(ids: &[String]) -> Vec<PodmanStats> {
+    let mut cmd = podman();
+    cmd.args(["stats", "--no-stream", "--no-reset", "--format", "json"]);
+    cmd.args(ids);
+    let text = run(&mut cmd);
+    let json: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("podman stats json: {e}: {text}"));
+    json.as_array()
+        .expect("podman stats prints an array")
+        .iter()
+        .map(|c| PodmanStats {
+            id: c["id"].as_str().unwrap_or_default().to_owned(),
+            cpu_seconds: c["cpu_nano"].as_u64().map(|n| n as f64 / 1e9).unwrap_or(f64::NAN),
+            mem_usage_bytes: c["mem_usage"].as_u64().unwrap_or(0),
+            net_input_bytes: c["net_input"].as_u64().unwrap_or(0),
+            net_output_bytes: c["net_output"].as_u64().unwrap_or(0),
+        })
+        .collect()
+}
