@@ -1,12 +1,353 @@
 //! `otlp`: OTLP over gRPC or HTTP/protobuf with batching, retry and a bounded queue.
+//!
+//! `export()` encodes and splits the sweep ([`crate::batcher`]), appends the batches to the
+//! queue and returns; it never waits on the network. One background task per exporter sends
+//! the queue's head, one batch at a time and in order: while the head is being retried the
+//! rest wait behind it, so a receiver sees sweeps in the order they were taken.
 
-use serde::Deserialize;
+pub mod config;
+pub mod queue;
+pub mod retry;
+pub mod transport;
 
-/// Pushes OTLP to a collector or a TSDB.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct OtlpExporterConfig {
-    /// Where to send. gRPC: `http://host:4317`; HTTP: the full URL of the metrics endpoint.
-    #[serde(default)]
-    pub endpoint: Option<String>,
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prost::Message;
+use rand::SeedableRng;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+pub use config::{Compression, OtlpExporterConfig, Protocol, ResolvedConfig};
+use queue::{DiskQueue, MemoryQueue, Queue, QueueError};
+use retry::{Backoff, Decision};
+use transport::{Outcome, Transport};
+
+use super::{BoxError, BoxFuture, Exporter};
+use crate::batcher::{Batcher, DEFAULT_MAX_BYTES};
+use crate::model::Sweep;
+use crate::telemetry::Telemetry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OtlpError {
+    #[error("invalid otlp exporter configuration: {}", describe(.0))]
+    Config(Vec<config::ConfigProblem>),
+    #[error("cannot read TLS file {path}: {source}")]
+    TlsFile { path: PathBuf, source: std::io::Error },
+    #[error("cannot use endpoint {endpoint}: {reason}")]
+    Endpoint { endpoint: String, reason: String },
+    #[error("header `{name}` cannot be sent: {reason}")]
+    Header { name: String, reason: String },
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("exporter {0} is shut down and takes no more sweeps")]
+    ShutDown(String),
+}
+
+fn describe(problems: &[config::ConfigProblem]) -> String {
+    problems.iter().map(|(k, r)| format!("{k}: {r}")).collect::<Vec<_>>().join("; ")
+}
+
+/// This exporter's own counts, next to the agent-wide ones in [`Telemetry`].
+#[derive(Debug, Default)]
+pub struct ExporterStats {
+    pub batches_queued: AtomicU64,
+    pub batches_sent: AtomicU64,
+    pub batches_retried: AtomicU64,
+    pub batches_dropped: AtomicU64,
+    pub batches_evicted: AtomicU64,
+    pub points_rejected: AtomicU64,
+}
+
+impl ExporterStats {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+struct Shared {
+    name: String,
+    queue: Mutex<Queue>,
+    wake: Notify,
+    closing: AtomicBool,
+    stats: Arc<ExporterStats>,
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        // A panic elsewhere while holding the lock leaves a queue that is still consistent:
+        // every mutation is completed before the next begins.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn count(global: &AtomicU64, local: &AtomicU64, n: u64) {
+    global.fetch_add(n, Ordering::Relaxed);
+    local.fetch_add(n, Ordering::Relaxed);
+}
+
+pub struct OtlpExporter {
+    shared: Arc<Shared>,
+    batcher: Batcher,
+    sender: Option<JoinHandle<()>>,
+    on_disk: bool,
+}
+
+impl OtlpExporter {
+    /// Builds the exporter from its config and the process environment, and starts its sender
+    /// task; call inside a tokio runtime. Nothing is sent until the first sweep, and a receiver
+    /// that is down is not an error here.
+    pub fn new(name: &str, config: &OtlpExporterConfig) -> Result<OtlpExporter, OtlpError> {
+        let resolved = config.resolve(|k| std::env::var(k).ok()).map_err(OtlpError::Config)?;
+        OtlpExporter::from_resolved(name, resolved)
+    }
+
+    /// As [`OtlpExporter::new`], with the env fallback already applied.
+    pub fn from_resolved(name: &str, config: ResolvedConfig) -> Result<OtlpExporter, OtlpError> {
+        let transport = Transport::new(&config)?;
+        let (queue, on_disk) = match &config.queue.directory {
+            Some(dir) => {
+                let (q, recovery) = DiskQueue::open(dir, config.queue.max_bytes)?;
+                if recovery.batches > 0 || recovery.truncated_bytes > 0 {
+                    tracing::info!(
+                        exporter = name,
+                        directory = %dir.display(),
+                        batches = recovery.batches,
+                        truncated_bytes = recovery.truncated_bytes,
+                        "Recovered queued batches from disk; they are sent first, in order."
+                    );
+                }
+                (Queue::Disk(q), true)
+            }
+            None => (Queue::Memory(MemoryQueue::new(config.queue.max_bytes)), false),
+        };
+        let shared = Arc::new(Shared {
+            name: name.to_owned(),
+            queue: Mutex::new(queue),
+            wake: Notify::new(),
+            closing: AtomicBool::new(false),
+            stats: Arc::new(ExporterStats::default()),
+        });
+        let sender = tokio::spawn(run_sender(shared.clone(), transport, config.retry.clone()));
+        tracing::info!(
+            exporter = name,
+            endpoint = %config.endpoint,
+            protocol = ?config.protocol,
+            on_disk,
+            "OTLP exporter started."
+        );
+        Ok(OtlpExporter {
+            shared,
+            batcher: Batcher::new(config.max_batch_points, DEFAULT_MAX_BYTES),
+            sender: Some(sender),
+            on_disk,
+        })
+    }
+
+    pub fn stats(&self) -> Arc<ExporterStats> {
+        self.shared.stats.clone()
+    }
+
+    /// Batches waiting, the one in flight included.
+    pub fn queued(&self) -> usize {
+        self.shared.queue().len()
+    }
+
+    fn enqueue(&self, sweep: &Sweep) -> Result<(), OtlpError> {
+        if self.shared.closing.load(Ordering::Acquire) {
+            return Err(OtlpError::ShutDown(self.shared.name.clone()));
+        }
+        let batches: Vec<Bytes> =
+            self.batcher.split(sweep).iter().map(|r| Bytes::from(r.encode_to_vec())).collect();
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let telemetry = Telemetry::global();
+        let stats = &self.shared.stats;
+        let result = {
+            let mut queue = self.shared.queue();
+            let mut result = Ok(());
+            for batch in batches {
+                match queue.push(batch) {
+                    Ok(evicted) => {
+                        stats.batches_queued.fetch_add(1, Ordering::Relaxed);
+                        if evicted > 0 {
+                            count(&telemetry.batches_evicted, &stats.batches_evicted, evicted as u64);
+                            crate::warn_limited!(
+                                "otlp_queue_full",
+                                exporter = %self.shared.name,
+                                evicted,
+                                "The OTLP queue is full; evicting the oldest batches."
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        result = Err(e.into());
+                        break;
+                    }
+                }
+            }
+            result
+        };
+        self.shared.wake.notify_one();
+        result
+    }
+}
+
+impl Exporter for OtlpExporter {
+    fn export(&mut self, sweep: Arc<Sweep>) -> BoxFuture<'_, Result<(), BoxError>> {
+        Box::pin(async move { self.enqueue(&sweep).map_err(Into::into) })
+    }
+
+    fn shutdown(&mut self, deadline: Instant) -> BoxFuture<'_, Result<(), BoxError>> {
+        Box::pin(async move {
+            self.shared.closing.store(true, Ordering::Release);
+            self.shared.wake.notify_one();
+            let Some(mut sender) = self.sender.take() else { return Ok(()) };
+            let flushed = tokio::time::timeout_at(deadline.into(), &mut sender).await.is_ok();
+            if !flushed {
+                sender.abort();
+                let _ = sender.await;
+            }
+            let left = self.shared.queue().len();
+            if left == 0 {
+                tracing::info!(exporter = %self.shared.name, "OTLP exporter flushed its queue.");
+            } else if self.on_disk {
+                tracing::info!(
+                    exporter = %self.shared.name,
+                    batches = left,
+                    "Shutdown deadline reached; the unsent batches stay in the on-disk queue for the next start."
+                );
+            } else {
+                tracing::warn!(
+                    exporter = %self.shared.name,
+                    batches = left,
+                    "Shutdown deadline reached; unsent batches are lost (no queue.directory configured)."
+                );
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Drop for OtlpExporter {
+    fn drop(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            sender.abort();
+        }
+    }
+}
+
+/// Sends the queue's head until it is delivered or dropped, then the next; exits when the
+/// exporter is closing and the queue is empty.
+async fn run_sender(shared: Arc<Shared>, mut transport: Transport, retry: config::RetryConfig) {
+    let telemetry = Telemetry::global();
+    let stats = shared.stats.clone();
+    let name = shared.name.clone();
+    let mut rng = rand::rngs::StdRng::from_os_rng();
+    // Backoff of the batch being retried, keyed by its sequence number.
+    let mut backoff: Option<(u64, Backoff)> = None;
+    loop {
+        let head = shared.queue().head();
+        let head = match head {
+            Ok(Some(head)) => head,
+            Ok(None) => {
+                if shared.closing.load(Ordering::Acquire) {
+                    return;
+                }
+                shared.wake.notified().await;
+                continue;
+            }
+            Err(QueueError::Corrupt { path, offset, reason }) => {
+                // The record cannot be read back; skipping it is the only way forward.
+                count(&telemetry.batches_dropped, &stats.batches_dropped, 1);
+                crate::warn_limited!(
+                    "otlp_queue_corrupt",
+                    exporter = %name,
+                    path = %path.display(),
+                    offset,
+                    reason,
+                    "A queued batch is unreadable; dropping it."
+                );
+                let mut q = shared.queue();
+                let seq = q.head_seq();
+                if let Some(seq) = seq {
+                    let _ = q.ack(seq);
+                }
+                continue;
+            }
+            Err(e) => {
+                crate::warn_limited!("otlp_queue_io", exporter = %name, error = %e, "Cannot read the OTLP queue; trying again shortly.");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+
+        let outcome = transport.send(&head.payload).await;
+        let finished = match outcome {
+            Outcome::Delivered { rejected, message } => {
+                count(&telemetry.batches_sent, &stats.batches_sent, 1);
+                if rejected > 0 {
+                    count(&telemetry.points_rejected, &stats.points_rejected, rejected as u64);
+                    crate::warn_limited!(
+                        "otlp_partial_success",
+                        exporter = %name,
+                        rejected,
+                        message = %message,
+                        "The receiver accepted the batch but rejected some of its points."
+                    );
+                } else if !message.is_empty() {
+                    tracing::debug!(exporter = %name, message = %message, "The receiver accepted the batch with a warning.");
+                }
+                true
+            }
+            Outcome::Failed { decision: Decision::Done, .. } => {
+                count(&telemetry.batches_sent, &stats.batches_sent, 1);
+                true
+            }
+            Outcome::Failed { decision: Decision::Drop { kind }, detail } => {
+                count(&telemetry.batches_dropped, &stats.batches_dropped, 1);
+                warn_drop(kind, &name, &detail);
+                true
+            }
+            Outcome::Failed { decision: Decision::Retry { after }, detail } => {
+                count(&telemetry.batches_retried, &stats.batches_retried, 1);
+                let b = match &mut backoff {
+                    Some((seq, b)) if *seq == head.seq => b,
+                    slot => &mut slot.insert((head.seq, Backoff::new(&retry))).1,
+                };
+                let delay = b.delay_for(after, &mut rng);
+                crate::warn_limited!(
+                    "otlp_retry",
+                    exporter = %name,
+                    error = %detail,
+                    retry_in = ?delay,
+                    queued = shared.queue().len(),
+                    "The OTLP receiver did not take the batch; retrying, newer batches wait behind it."
+                );
+                tokio::time::sleep(delay).await;
+                false
+            }
+        };
+        if finished {
+            backoff = None;
+            if let Err(e) = shared.queue().ack(head.seq) {
+                crate::warn_limited!("otlp_queue_ack", exporter = %name, error = %e, "Cannot record a delivered batch in the queue; it may be sent again after a restart.");
+            }
+        }
+    }
+}
+
+/// One warning per kind of refusal per minute: the rate limiter is keyed by the kind.
+fn warn_drop(kind: &'static str, name: &str, detail: &str) {
+    crate::warn_limited!(
+        kind,
+        exporter = %name,
+        kind,
+        error = %detail,
+        "The OTLP receiver refused the batch for good; dropping it."
+    );
 }

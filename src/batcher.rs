@@ -1,0 +1,227 @@
+//! Splits a sweep into OTLP export requests small enough for a receiver to take.
+//!
+//! A request holds at most `max_points` data points and encodes to at most `max_bytes` (gRPC
+//! servers refuse messages over 4 MiB by default). Resources are packed whole into requests
+//! in sweep order; a resource too large for one request is split across several, each
+//! carrying the resource's attributes again. Sweeps are never merged: one sweep, one or more
+//! requests, so a receiver sees each sweep's timestamp complete in one place.
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::metrics::v1::{metric, ResourceMetrics};
+use prost::Message;
+
+use crate::encode::encode_resource;
+use crate::model::{Resource, Sweep};
+
+pub const DEFAULT_MAX_POINTS: usize = 8192;
+/// gRPC's default 4 MiB receive limit, less headroom for the frame and metadata.
+pub const DEFAULT_MAX_BYTES: usize = 4 * 1024 * 1024 - 64 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct Batcher {
+    max_points: usize,
+    max_bytes: usize,
+}
+
+impl Default for Batcher {
+    fn default() -> Self {
+        Batcher::new(DEFAULT_MAX_POINTS, DEFAULT_MAX_BYTES)
+    }
+}
+
+/// Bytes a `ResourceMetrics` adds to a request: field tag, length prefix, body.
+fn framed_len(rm: &ResourceMetrics) -> usize {
+    let len = rm.encoded_len();
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+pub fn point_count(rm: &ResourceMetrics) -> usize {
+    rm.scope_metrics
+        .iter()
+        .flat_map(|s| &s.metrics)
+        .map(|m| match &m.data {
+            Some(metric::Data::Sum(s)) => s.data_points.len(),
+            Some(metric::Data::Gauge(g)) => g.data_points.len(),
+            Some(metric::Data::Histogram(h)) => h.data_points.len(),
+            Some(metric::Data::ExponentialHistogram(h)) => h.data_points.len(),
+            Some(metric::Data::Summary(s)) => s.data_points.len(),
+            None => 0,
+        })
+        .sum()
+}
+
+pub fn request_point_count(request: &ExportMetricsServiceRequest) -> usize {
+    request.resource_metrics.iter().map(point_count).sum()
+}
+
+impl Batcher {
+    /// Limits below one point or a few bytes are raised to the smallest workable values.
+    pub fn new(max_points: usize, max_bytes: usize) -> Batcher {
+        Batcher { max_points: max_points.max(1), max_bytes: max_bytes.max(64) }
+    }
+
+    pub fn split(&self, sweep: &Sweep) -> Vec<ExportMetricsServiceRequest> {
+        let mut requests = Vec::new();
+        let mut current: Vec<ResourceMetrics> = Vec::new();
+        let (mut points, mut bytes) = (0usize, 0usize);
+        for resource in &sweep.resources {
+            if resource.points.is_empty() {
+                continue;
+            }
+            let mut pieces = Vec::new();
+            self.encode_fitting(resource, &resource.points, sweep, &mut pieces);
+            for rm in pieces {
+                let (p, b) = (point_count(&rm), framed_len(&rm));
+                if !current.is_empty() && (points + p > self.max_points || bytes + b > self.max_bytes) {
+                    requests
+                        .push(ExportMetricsServiceRequest { resource_metrics: std::mem::take(&mut current) });
+                    points = 0;
+                    bytes = 0;
+                }
+                points += p;
+                bytes += b;
+                current.push(rm);
+            }
+        }
+        if !current.is_empty() {
+            requests.push(ExportMetricsServiceRequest { resource_metrics: current });
+        }
+        requests
+    }
+
+    /// Encodes `points` of `resource` as one `ResourceMetrics` when it fits the limits, else
+    /// halves the points and tries each half: O(n log n) encodings for an oversized resource,
+    /// one for a normal one.
+    fn encode_fitting(
+        &self,
+        resource: &Resource,
+        points: &[crate::model::Point],
+        sweep: &Sweep,
+        out: &mut Vec<ResourceMetrics>,
+    ) {
+        let fits_points = points.len() <= self.max_points;
+        let part = Resource {
+            id: resource.id.clone(),
+            attributes: resource.attributes.clone(),
+            points: points.to_vec(),
+        };
+        if fits_points {
+            let rm = encode_resource(&part, sweep.time);
+            if framed_len(&rm) <= self.max_bytes || points.len() == 1 {
+                if points.len() == 1 && framed_len(&rm) > self.max_bytes {
+                    tracing::warn!(
+                        bytes = framed_len(&rm),
+                        limit = self.max_bytes,
+                        "A single data point encodes larger than the request limit; sending it alone."
+                    );
+                }
+                out.push(rm);
+                return;
+            }
+        }
+        let mid = if fits_points { points.len() / 2 } else { self.max_points.min(points.len() / 2).max(1) };
+        self.encode_fitting(resource, &points[..mid], sweep, out);
+        self.encode_fitting(resource, &points[mid..], sweep, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Point, ResourceId, Value};
+    use crate::semconv;
+    use std::time::{Duration, SystemTime};
+
+    fn sweep(resources: &[(&str, usize)]) -> Sweep {
+        let mut sweep = Sweep::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        for (id, n) in resources {
+            let r = sweep.resource_mut(ResourceId::Container((*id).to_owned()), || {
+                vec![(semconv::CONTAINER_ID, (*id).into())]
+            });
+            for i in 0..*n {
+                r.points.push(
+                    Point::new(&semconv::CONTAINER_NETWORK.io, Value::Int(i as i64))
+                        .with(semconv::NETWORK_INTERFACE_NAME, format!("eth{i}"))
+                        .with(semconv::NETWORK_IO_DIRECTION, semconv::DIRECTION_RECEIVE),
+                );
+            }
+        }
+        sweep
+    }
+
+    /// (container id, interface name) of every point, in order, across requests.
+    fn flatten(requests: &[ExportMetricsServiceRequest]) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for req in requests {
+            for rm in &req.resource_metrics {
+                let id = rm.resource.as_ref().unwrap().attributes[0].value.clone().unwrap();
+                let id = format!("{:?}", id.value.unwrap());
+                for m in &rm.scope_metrics[0].metrics {
+                    let Some(metric::Data::Sum(s)) = &m.data else { panic!("network io is a sum") };
+                    for dp in &s.data_points {
+                        out.push((id.clone(), format!("{:?}", dp.attributes[0].value)));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_small_sweep_is_one_request_with_one_resource_metrics_per_resource() {
+        let s = sweep(&[("a", 3), ("b", 2)]);
+        let requests = Batcher::default().split(&s);
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].resource_metrics.len(), 2);
+        assert_eq!(request_point_count(&requests[0]), 5);
+        assert_eq!(requests[0], crate::encode::encode_sweep(&s), "same as encoding the sweep whole");
+    }
+
+    #[test]
+    fn point_limit_packs_whole_resources_and_splits_a_big_one() {
+        let s = sweep(&[("a", 3), ("b", 3), ("c", 10), ("d", 1)]);
+        let requests = Batcher::new(4, DEFAULT_MAX_BYTES).split(&s);
+        for r in &requests {
+            assert!(request_point_count(r) <= 4, "{} points", request_point_count(r));
+        }
+        // Nothing lost, nothing duplicated, order kept.
+        assert_eq!(flatten(&requests), flatten(&[crate::encode::encode_sweep(&s)]));
+        // The oversized resource appears in several requests, its attributes repeated.
+        let c_parts: usize = requests
+            .iter()
+            .flat_map(|r| &r.resource_metrics)
+            .filter(|rm| format!("{:?}", rm.resource).contains("\"c\""))
+            .count();
+        assert!(c_parts >= 3, "10 points at 4 per request need at least 3 parts, got {c_parts}");
+        assert_eq!(requests[0].resource_metrics.len(), 1, "a (3) and b (3) do not fit together in 4");
+    }
+
+    #[test]
+    fn byte_limit_holds_for_every_request() {
+        let s = sweep(&[("a", 50), ("b", 200), ("c", 7)]);
+        let whole = crate::encode::encode_sweep(&s).encoded_len();
+        let limit = whole / 5;
+        let requests = Batcher::new(DEFAULT_MAX_POINTS, limit).split(&s);
+        assert!(requests.len() >= 5, "{} requests for {whole} bytes at {limit}", requests.len());
+        for r in &requests {
+            assert!(r.encoded_len() <= limit, "{} > {limit}", r.encoded_len());
+        }
+        assert_eq!(flatten(&requests), flatten(&[crate::encode::encode_sweep(&s)]));
+        for r in &requests {
+            for rm in &r.resource_metrics {
+                for dp in rm.scope_metrics[0].metrics.iter().flat_map(|m| match &m.data {
+                    Some(metric::Data::Sum(s)) => s.data_points.iter(),
+                    _ => panic!("sum expected"),
+                }) {
+                    assert_eq!(dp.time_unix_nano, crate::encode::unix_nanos(s.time));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn empty_sweep_and_empty_resources_make_no_request() {
+        assert!(Batcher::default().split(&sweep(&[])).is_empty());
+        assert!(Batcher::default().split(&sweep(&[("a", 0)])).is_empty());
+    }
+}

@@ -1,0 +1,240 @@
+//! One attempt at delivering one encoded batch, over gRPC (tonic) or HTTP/protobuf (reqwest).
+
+use std::io::Write;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use prost::Message;
+use tonic::codec::CompressionEncoding;
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use super::config::{Compression, Protocol, ResolvedConfig, Security};
+use super::retry::{grpc_status_decision, http_decision, Decision};
+use super::OtlpError;
+
+/// What one attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted; `rejected` points were refused (OTLP partial success), with the server's word.
+    Delivered { rejected: i64, message: String },
+    /// Not accepted; `detail` says what happened, for the log.
+    Failed { decision: Decision, detail: String },
+}
+
+pub enum Transport {
+    Grpc(GrpcTransport),
+    Http(HttpTransport),
+}
+
+impl Transport {
+    pub fn new(config: &ResolvedConfig) -> Result<Transport, OtlpError> {
+        match config.protocol {
+            Protocol::Grpc => GrpcTransport::new(config).map(Transport::Grpc),
+            Protocol::HttpProtobuf => HttpTransport::new(config).map(Transport::Http),
+        }
+    }
+
+    pub async fn send(&mut self, payload: &Bytes) -> Outcome {
+        match self {
+            Transport::Grpc(t) => t.send(payload).await,
+            Transport::Http(t) => t.send(payload).await,
+        }
+    }
+}
+
+fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, OtlpError> {
+    std::fs::read(path).map_err(|source| OtlpError::TlsFile { path: path.to_owned(), source })
+}
+
+fn partial(response: Option<ExportMetricsServiceResponse>) -> Outcome {
+    match response.and_then(|r| r.partial_success) {
+        Some(p) => Outcome::Delivered { rejected: p.rejected_data_points, message: p.error_message },
+        None => Outcome::Delivered { rejected: 0, message: String::new() },
+    }
+}
+
+pub struct GrpcTransport {
+    client: MetricsServiceClient<Channel>,
+    metadata: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
+}
+
+impl GrpcTransport {
+    fn new(config: &ResolvedConfig) -> Result<GrpcTransport, OtlpError> {
+        let bad_endpoint = |e: &dyn std::fmt::Display| OtlpError::Endpoint {
+            endpoint: config.endpoint.clone(),
+            reason: e.to_string(),
+        };
+        let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
+            .map_err(|e| bad_endpoint(&e))?
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout);
+        if let Security::Tls { ca_file, client } = &config.security {
+            let mut tls = ClientTlsConfig::new();
+            tls = match ca_file {
+                Some(ca) => tls.ca_certificate(Certificate::from_pem(read_pem(ca)?)),
+                None => tls.with_native_roots(),
+            };
+            if let Some((cert, key)) = client {
+                tls = tls.identity(Identity::from_pem(read_pem(cert)?, read_pem(key)?));
+            }
+            endpoint = endpoint.tls_config(tls).map_err(|e| bad_endpoint(&e))?;
+        }
+        // Lazy: the agent starts while the collector is down; the queue covers the gap.
+        let channel = endpoint.connect_lazy();
+        let mut client = MetricsServiceClient::new(channel).max_decoding_message_size(4 * 1024 * 1024);
+        if config.compression == Compression::Gzip {
+            client = client
+                .send_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Gzip);
+        }
+        let mut metadata = Vec::with_capacity(config.headers.len());
+        for (k, v) in &config.headers {
+            let key = AsciiMetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
+                .map_err(|e| OtlpError::Header { name: k.clone(), reason: e.to_string() })?;
+            let value = AsciiMetadataValue::try_from(v.as_str())
+                .map_err(|e| OtlpError::Header { name: k.clone(), reason: e.to_string() })?;
+            metadata.push((key, value));
+        }
+        Ok(GrpcTransport { client, metadata })
+    }
+
+    async fn send(&mut self, payload: &Bytes) -> Outcome {
+        let message = match ExportMetricsServiceRequest::decode(payload.clone()) {
+            Ok(m) => m,
+            Err(e) => {
+                return Outcome::Failed {
+                    decision: Decision::Drop { kind: "undecodable_batch" },
+                    detail: format!("queued batch does not decode: {e}"),
+                }
+            }
+        };
+        let mut request = tonic::Request::new(message);
+        for (k, v) in &self.metadata {
+            request.metadata_mut().insert(k.clone(), v.clone());
+        }
+        match self.client.export(request).await {
+            Ok(response) => partial(Some(response.into_inner())),
+            Err(status) => Outcome::Failed {
+                decision: grpc_status_decision(&status),
+                detail: format!("gRPC {:?}: {}", status.code(), status.message()),
+            },
+        }
+    }
+}
+
+pub struct HttpTransport {
+    client: reqwest::Client,
+    url: String,
+    gzip: bool,
+}
+
+impl HttpTransport {
+    fn new(config: &ResolvedConfig) -> Result<HttpTransport, OtlpError> {
+        // reqwest is built without a default crypto provider; ring is the project's choice.
+        // Another part of the agent may have installed it already, which is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut headers = http::HeaderMap::new();
+        for (k, v) in &config.headers {
+            let name = http::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| OtlpError::Header { name: k.clone(), reason: e.to_string() })?;
+            let value = http::HeaderValue::from_str(v)
+                .map_err(|e| OtlpError::Header { name: k.clone(), reason: e.to_string() })?;
+            headers.insert(name, value);
+        }
+        let mut builder = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            .default_headers(headers);
+        let tls_err = |e: reqwest::Error| OtlpError::Endpoint {
+            endpoint: config.endpoint.clone(),
+            reason: e.to_string(),
+        };
+        if let Security::Tls { ca_file, client } = &config.security {
+            if let Some(ca) = ca_file {
+                let certs = reqwest::Certificate::from_pem_bundle(&read_pem(ca)?).map_err(tls_err)?;
+                builder = builder.tls_certs_only(certs);
+            }
+            if let Some((cert, key)) = client {
+                let mut pem = read_pem(cert)?;
+                pem.push(b'\n');
+                pem.extend_from_slice(&read_pem(key)?);
+                builder = builder.identity(reqwest::Identity::from_pem(&pem).map_err(tls_err)?);
+            }
+        }
+        let client = builder.build().map_err(tls_err)?;
+        Ok(HttpTransport {
+            client,
+            url: config.endpoint.clone(),
+            gzip: config.compression == Compression::Gzip,
+        })
+    }
+
+    async fn send(&mut self, payload: &Bytes) -> Outcome {
+        let mut request =
+            self.client.post(&self.url).header(http::header::CONTENT_TYPE, "application/x-protobuf");
+        if self.gzip {
+            let mut enc = flate2::write::GzEncoder::new(
+                Vec::with_capacity(payload.len() / 4),
+                flate2::Compression::fast(),
+            );
+            let body = enc.write_all(payload).and_then(|_| enc.finish());
+            match body {
+                Ok(body) => request = request.header(http::header::CONTENT_ENCODING, "gzip").body(body),
+                Err(e) => {
+                    return Outcome::Failed {
+                        decision: Decision::Retry { after: None },
+                        detail: format!("gzip failed: {e}"),
+                    }
+                }
+            }
+        } else {
+            request = request.body(payload.clone());
+        }
+        let response = match request.send().await {
+            Ok(r) => r,
+            // Connection refused, reset, TLS handshake, timeout: the receiver may come back.
+            Err(e) => {
+                return Outcome::Failed {
+                    decision: Decision::Retry { after: None },
+                    detail: format!("HTTP request failed: {}", error_chain(&e)),
+                }
+            }
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let decision = http_decision(status, retry_after.as_deref(), SystemTime::now());
+        let body = response.bytes().await;
+        match decision {
+            Decision::Done => {
+                // An empty or non-protobuf body is a plain success.
+                partial(body.ok().and_then(|b| ExportMetricsServiceResponse::decode(b).ok()))
+            }
+            decision => {
+                let text = body
+                    .map(|b| String::from_utf8_lossy(&b[..b.len().min(300)]).into_owned())
+                    .unwrap_or_default();
+                Outcome::Failed { decision, detail: format!("HTTP {status}: {}", text.trim()) }
+            }
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
