@@ -1,0 +1,575 @@
+//! The OTLP exporter against in-process receivers whose answers each test scripts: a tonic
+//! `MetricsService` server and an axum HTTP server, both on 127.0.0.1:0.
+mod support;
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use podometer::encode::encode_sweep;
+use podometer::exporters::otlp::config::{Jitter, RetryConfig};
+use podometer::exporters::otlp::{ExporterStats, OtlpExporter, OtlpExporterConfig};
+use podometer::exporters::Exporter;
+use podometer::model::{Point, ResourceId, Sweep, Value};
+use podometer::semconv;
+use prost::Message;
+use tonic::codec::CompressionEncoding;
+
+// ---------- sweeps ----------
+
+fn sweep(secs: u64, containers: usize) -> Sweep {
+    let mut sweep = Sweep::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs));
+    for c in 0..containers {
+        let id = format!("{c:064x}");
+        let r = sweep
+            .resource_mut(ResourceId::Container(id.clone()), || vec![(semconv::CONTAINER_ID, id.into())]);
+        r.points
+            .push(Point::new(&semconv::CONTAINER.memory_usage, Value::Int((secs * 1000 + c as u64) as i64)));
+        let mut cpu = Point::new(&semconv::CONTAINER.cpu_time, Value::Double(secs as f64 / 2.0))
+            .with(semconv::CPU_MODE, semconv::CPU_MODE_USER);
+        cpu.start_time = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        r.points.push(cpu);
+    }
+    sweep
+}
+
+fn time_of(req: &ExportMetricsServiceRequest) -> u64 {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    let m = &req.resource_metrics[0].scope_metrics[0].metrics[0];
+    match &m.data {
+        Some(Data::Gauge(g)) => g.data_points[0].time_unix_nano,
+        Some(Data::Sum(s)) => s.data_points[0].time_unix_nano,
+        other => panic!("unexpected metric data {other:?}"),
+    }
+}
+
+fn fast_retry() -> RetryConfig {
+    RetryConfig {
+        initial_interval: Duration::from_millis(20),
+        max_interval: Duration::from_millis(200),
+        multiplier: 2.0,
+        jitter: Jitter::None,
+    }
+}
+
+fn config(yaml: &str) -> OtlpExporterConfig {
+    let mut c: OtlpExporterConfig = serde_saphyr::from_str(yaml).expect("test config parses");
+    if !yaml.contains("retry") {
+        c.retry = fast_retry();
+    }
+    c
+}
+
+/// Resolves without the process env so the tests do not depend on it.
+fn exporter(c: &OtlpExporterConfig) -> OtlpExporter {
+    let resolved = c.resolve(|_| None).expect("test config resolves");
+    OtlpExporter::from_resolved(&support::unique("otlp-test"), resolved).expect("exporter starts")
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn get(c: &std::sync::atomic::AtomicU64) -> u64 {
+    ExporterStats::get(c)
+}
+
+// ---------- scripted gRPC receiver ----------
+
+enum GrpcReply {
+    Ok,
+    Partial(i64, &'static str),
+    Status(tonic::Status),
+    Hang(Duration),
+}
+
+#[derive(Default)]
+struct GrpcScript {
+    replies: Mutex<VecDeque<GrpcReply>>,
+    /// Every attempt: when, what, and the request metadata.
+    received: Mutex<Vec<(Instant, ExportMetricsServiceRequest, tonic::metadata::MetadataMap)>>,
+}
+
+struct GrpcReceiver(Arc<GrpcScript>);
+
+#[tonic::async_trait]
+impl MetricsService for GrpcReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let metadata = request.metadata().clone();
+        self.0.received.lock().unwrap().push((Instant::now(), request.into_inner(), metadata));
+        let reply = self.0.replies.lock().unwrap().pop_front().unwrap_or(GrpcReply::Ok);
+        match reply {
+            GrpcReply::Ok => Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None })),
+            GrpcReply::Partial(n, msg) => Ok(tonic::Response::new(ExportMetricsServiceResponse {
+                partial_success: Some(ExportMetricsPartialSuccess {
+                    rejected_data_points: n,
+                    error_message: msg.to_owned(),
+                }),
+            })),
+            GrpcReply::Status(s) => Err(s),
+            GrpcReply::Hang(d) => {
+                tokio::time::sleep(d).await;
+                Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
+            }
+        }
+    }
+}
+
+struct GrpcServer {
+    addr: SocketAddr,
+    script: Arc<GrpcScript>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl GrpcServer {
+    async fn start(replies: Vec<GrpcReply>) -> GrpcServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        GrpcServer::serve(listener, replies)
+    }
+
+    fn serve(listener: tokio::net::TcpListener, replies: Vec<GrpcReply>) -> GrpcServer {
+        let addr = listener.local_addr().unwrap();
+        let script = Arc::new(GrpcScript { replies: Mutex::new(replies.into()), received: Mutex::default() });
+        let service = MetricsServiceServer::new(GrpcReceiver(script.clone()))
+            .accept_compressed(CompressionEncoding::Gzip);
+        let task = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+                .expect("test gRPC server runs");
+        });
+        GrpcServer { addr, script, task }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn attempts(&self) -> usize {
+        self.script.received.lock().unwrap().len()
+    }
+
+    fn requests(&self) -> Vec<ExportMetricsServiceRequest> {
+        self.script.received.lock().unwrap().iter().map(|(_, r, _)| r.clone()).collect()
+    }
+}
+
+// ---------- scripted HTTP receiver ----------
+
+struct HttpReply {
+    status: u16,
+    retry_after: Option<&'static str>,
+    body: Vec<u8>,
+}
+
+impl HttpReply {
+    fn status(status: u16) -> HttpReply {
+        HttpReply { status, retry_after: None, body: Vec::new() }
+    }
+}
+
+struct HttpAttempt {
+    at: Instant,
+    path: String,
+    headers: http::HeaderMap,
+    /// The body as the agent meant it: gunzipped when sent with `Content-Encoding: gzip`.
+    request: ExportMetricsServiceRequest,
+}
+
+#[derive(Default)]
+struct HttpScript {
+    replies: Mutex<VecDeque<HttpReply>>,
+    received: Mutex<Vec<HttpAttempt>>,
+}
+
+struct HttpServer {
+    addr: SocketAddr,
+    script: Arc<HttpScript>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn http_handler(
+    axum::extract::State(script): axum::extract::State<Arc<HttpScript>>,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    let raw = if headers.get("content-encoding").map(|v| v == "gzip").unwrap_or(false) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut out).expect("gzip body decodes");
+        out
+    } else {
+        body.to_vec()
+    };
+    let request =
+        ExportMetricsServiceRequest::decode(&raw[..]).expect("body is an ExportMetricsServiceRequest");
+    script.received.lock().unwrap().push(HttpAttempt {
+        at: Instant::now(),
+        path: uri.path().to_owned(),
+        headers,
+        request,
+    });
+    let reply = script.replies.lock().unwrap().pop_front().unwrap_or(HttpReply::status(200));
+    let mut builder =
+        http::Response::builder().status(reply.status).header("content-type", "application/x-protobuf");
+    if let Some(ra) = reply.retry_after {
+        builder = builder.header("retry-after", ra);
+    }
+    builder.body(axum::body::Body::from(reply.body)).unwrap()
+}
+
+impl HttpServer {
+    async fn start(replies: Vec<HttpReply>) -> HttpServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let script = Arc::new(HttpScript { replies: Mutex::new(replies.into()), received: Mutex::default() });
+        let app = axum::Router::new()
+            .route("/v1/metrics", axum::routing::post(http_handler))
+            .route("/opentelemetry/v1/metrics", axum::routing::post(http_handler))
+            .with_state(script.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("test HTTP server runs");
+        });
+        HttpServer { addr, script, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/opentelemetry/v1/metrics", self.addr)
+    }
+
+    fn attempts(&self) -> usize {
+        self.script.received.lock().unwrap().len()
+    }
+}
+
+/// A local port nobody listens on (bound, then released).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+// ---------- gRPC ----------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unavailable_twice_then_ok_delivers_exactly_once_after_two_retries() {
+    let server = GrpcServer::start(vec![
+        GrpcReply::Status(tonic::Status::unavailable("starting")),
+        GrpcReply::Status(tonic::Status::unavailable("starting")),
+    ])
+    .await;
+    let mut exp =
+        exporter(&config(&format!("endpoint: {}\nheaders: {{x-tenant: team-a}}", server.endpoint())));
+    let stats = exp.stats();
+    let s = sweep(1, 3);
+    exp.export(Arc::new(s.clone())).await.unwrap();
+    wait_for("delivery", Duration::from_secs(10), || get(&stats.batches_sent) == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.attempts(), 3, "two refused attempts and one delivery");
+    assert_eq!(get(&stats.batches_retried), 2);
+    assert_eq!(get(&stats.batches_sent), 1, "delivered exactly once");
+    assert_eq!(get(&stats.batches_dropped), 0);
+    {
+        let received = server.script.received.lock().unwrap();
+        let (_, last, metadata) = received.last().unwrap();
+        assert_eq!(last, &encode_sweep(&s), "the receiver got the sweep as encoded");
+        assert_eq!(metadata.get("x-tenant").unwrap(), "team-a");
+        assert_eq!(metadata.get("grpc-encoding").unwrap(), "gzip", "gzip is the default");
+    }
+    exp.shutdown(Instant::now() + Duration::from_secs(2)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_invalid_argument_drops_the_batch_and_moves_on() {
+    let server = GrpcServer::start(vec![GrpcReply::Status(tonic::Status::invalid_argument("bad"))]).await;
+    let mut exp = exporter(&config(&format!("endpoint: {}\ncompression: none", server.endpoint())));
+    let stats = exp.stats();
+    exp.export(Arc::new(sweep(1, 1))).await.unwrap();
+    exp.export(Arc::new(sweep(2, 1))).await.unwrap();
+    wait_for("drop and delivery", Duration::from_secs(10), || {
+        get(&stats.batches_dropped) == 1 && get(&stats.batches_sent) == 1
+    })
+    .await;
+    assert_eq!(server.attempts(), 2, "the refused batch is not retried");
+    assert_eq!(get(&stats.batches_retried), 0);
+    let reqs = server.requests();
+    assert_eq!(time_of(&reqs[1]), time_of(&encode_sweep(&sweep(2, 1))), "the next sweep went through");
+    assert!(server.script.received.lock().unwrap()[0].2.get("grpc-encoding").is_none(), "compression: none");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_resource_exhausted_honours_retry_info_and_is_dropped_without_it() {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let delay = Duration::from_millis(1200);
+    let server = GrpcServer::start(vec![
+        GrpcReply::Status(tonic::Status::with_error_details(
+            tonic::Code::ResourceExhausted,
+            "slow down",
+            ErrorDetails::with_retry_info(Some(delay)),
+        )),
+        GrpcReply::Ok,
+        GrpcReply::Status(tonic::Status::resource_exhausted("quota, no retry info")),
+    ])
+    .await;
+    let mut exp = exporter(&config(&format!("endpoint: {}", server.endpoint())));
+    let stats = exp.stats();
+    exp.export(Arc::new(sweep(1, 1))).await.unwrap();
+    wait_for("delivery", Duration::from_secs(10), || get(&stats.batches_sent) == 1).await;
+    {
+        let received = server.script.received.lock().unwrap();
+        let gap = received[1].0 - received[0].0;
+        assert!(gap >= delay, "retried after {gap:?}, server asked for {delay:?}");
+        assert!(
+            gap < delay + Duration::from_secs(1),
+            "retried after {gap:?}: the backoff (20ms) did not add up"
+        );
+    }
+    exp.export(Arc::new(sweep(2, 1))).await.unwrap();
+    wait_for("drop", Duration::from_secs(10), || get(&stats.batches_dropped) == 1).await;
+    assert_eq!(server.attempts(), 3);
+    assert_eq!(get(&stats.batches_retried), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_partial_success_counts_rejected_points() {
+    let server = GrpcServer::start(vec![GrpcReply::Partial(3, "3 points too old")]).await;
+    let mut exp = exporter(&config(&format!("endpoint: {}", server.endpoint())));
+    let stats = exp.stats();
+    exp.export(Arc::new(sweep(1, 2))).await.unwrap();
+    wait_for("delivery", Duration::from_secs(10), || get(&stats.batches_sent) == 1).await;
+    assert_eq!(get(&stats.points_rejected), 3);
+    assert_eq!(get(&stats.batches_dropped), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_keeps_order_and_loses_nothing() {
+    // Reserve a port, start the exporter against it while nobody listens, then listen.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let mut exp = exporter(&config(&format!("endpoint: http://{addr}")));
+    let stats = exp.stats();
+    for i in 0..8 {
+        exp.export(Arc::new(sweep(i, 2))).await.unwrap();
+    }
+    wait_for("retries while down", Duration::from_secs(10), || get(&stats.batches_retried) >= 2).await;
+    assert_eq!(get(&stats.batches_sent), 0);
+    assert_eq!(exp.queued(), 8);
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let server = GrpcServer::serve(listener, Vec::new());
+    wait_for("all delivered", Duration::from_secs(10), || get(&stats.batches_sent) == 8).await;
+    let times: Vec<u64> = server.requests().iter().map(time_of).collect();
+    let expected: Vec<u64> = (0..8).map(|i| time_of(&encode_sweep(&sweep(i, 2)))).collect();
+    assert_eq!(times, expected, "each sweep once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_receiver_never_delays_export() {
+    let server = GrpcServer::start((0..50).map(|_| GrpcReply::Hang(Duration::from_secs(30))).collect()).await;
+    let mut exp = exporter(&config(&format!("endpoint: {}\ntimeout: 500ms", server.endpoint())));
+    let stats = exp.stats();
+    let start = Instant::now();
+    for i in 0..20 {
+        exp.export(Arc::new(sweep(i, 50))).await.unwrap();
+    }
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(1500), "20 exports took {took:?} against a hanging receiver");
+    wait_for("timeouts are retried", Duration::from_secs(10), || get(&stats.batches_retried) >= 2).await;
+    assert_eq!(get(&stats.batches_sent), 0);
+    let start = Instant::now();
+    exp.shutdown(Instant::now() + Duration::from_millis(300)).await.unwrap();
+    assert!(start.elapsed() < Duration::from_secs(2), "shutdown keeps its deadline: {:?}", start.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_queue_bound_evicts_the_oldest_batches() {
+    let c = config(&format!("endpoint: http://127.0.0.1:{}", closed_port()));
+    let mut resolved = c.resolve(|_| None).unwrap();
+    // Each batch is one sweep of 40 containers; room for three and a half. The bound is
+    // below what validate() accepts, so it is set after resolving.
+    let one = encode_sweep(&sweep(0, 40)).encoded_len() as u64 + 8;
+    resolved.queue.max_bytes = one * 3 + one / 2;
+    let mut exp = OtlpExporter::from_resolved("evict", resolved).unwrap();
+    let stats = exp.stats();
+    for i in 0..10 {
+        exp.export(Arc::new(sweep(i, 40))).await.unwrap();
+    }
+    assert_eq!(exp.queued(), 3);
+    assert_eq!(get(&stats.batches_evicted), 7);
+    exp.shutdown(Instant::now()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_flushes_the_queue_before_the_deadline() {
+    let server = GrpcServer::start(vec![GrpcReply::Status(tonic::Status::unavailable("x"))]).await;
+    let mut exp = exporter(&config(&format!("endpoint: {}", server.endpoint())));
+    let stats = exp.stats();
+    for i in 0..5 {
+        exp.export(Arc::new(sweep(i, 2))).await.unwrap();
+    }
+    exp.shutdown(Instant::now() + Duration::from_secs(5)).await.unwrap();
+    assert_eq!(get(&stats.batches_sent), 5);
+    assert_eq!(exp.queued(), 0);
+    assert!(exp.export(Arc::new(sweep(9, 1))).await.is_err(), "a shut-down exporter refuses sweeps");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_disk_queue_survives_a_restart_and_delivers_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = closed_port();
+    let yaml = format!("endpoint: http://127.0.0.1:{port}\nqueue: {{directory: {}}}", dir.path().display());
+    {
+        let mut exp = exporter(&config(&yaml));
+        for i in 0..6 {
+            exp.export(Arc::new(sweep(i, 3))).await.unwrap();
+        }
+        exp.shutdown(Instant::now() + Duration::from_millis(100)).await.unwrap();
+        assert_eq!(exp.queued(), 6, "nothing could be sent");
+    }
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let server = GrpcServer::serve(listener, Vec::new());
+    let mut exp = exporter(&config(&yaml));
+    let stats = exp.stats();
+    exp.export(Arc::new(sweep(6, 3))).await.unwrap();
+    wait_for("recovered batches delivered", Duration::from_secs(10), || get(&stats.batches_sent) == 7).await;
+    let times: Vec<u64> = server.requests().iter().map(time_of).collect();
+    let expected: Vec<u64> = (0..7).map(|i| time_of(&encode_sweep(&sweep(i, 3)))).collect();
+    assert_eq!(times, expected);
+    exp.shutdown(Instant::now() + Duration::from_secs(1)).await.unwrap();
+    drop(exp);
+    // Everything acked: a third start sends nothing again.
+    let exp = exporter(&config(&yaml));
+    assert_eq!(exp.queued(), 0);
+}
+
+// ---------- HTTP/protobuf ----------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_503_with_retry_after_then_200_and_the_gzip_body_is_the_request() {
+    let server =
+        HttpServer::start(vec![HttpReply { status: 503, retry_after: Some("1"), body: b"busy".to_vec() }])
+            .await;
+    let mut exp = exporter(&config(&format!(
+        "protocol: http/protobuf\nendpoint: {}\nheaders: {{authorization: Bearer t0ken}}",
+        server.url()
+    )));
+    let stats = exp.stats();
+    let s = sweep(5, 4);
+    exp.export(Arc::new(s.clone())).await.unwrap();
+    wait_for("delivery", Duration::from_secs(10), || get(&stats.batches_sent) == 1).await;
+    let received = server.script.received.lock().unwrap();
+    assert_eq!(received.len(), 2);
+    let gap = received[1].at - received[0].at;
+    assert!(gap >= Duration::from_secs(1), "Retry-After: 1 honoured, retried after {gap:?}");
+    let last = &received[1];
+    assert_eq!(last.path, "/opentelemetry/v1/metrics", "the configured URL is used as given");
+    assert_eq!(last.headers.get("content-type").unwrap(), "application/x-protobuf");
+    assert_eq!(last.headers.get("content-encoding").unwrap(), "gzip");
+    assert_eq!(last.headers.get("authorization").unwrap(), "Bearer t0ken");
+    assert_eq!(last.request, encode_sweep(&s));
+    assert_eq!(get(&stats.batches_retried), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_400_drops_and_429_retries() {
+    let server = HttpServer::start(vec![
+        HttpReply::status(400),
+        HttpReply::status(429),
+        HttpReply::status(502),
+        HttpReply::status(200),
+    ])
+    .await;
+    let mut exp =
+        exporter(&config(&format!("protocol: http/protobuf\nendpoint: {}\ncompression: none", server.url())));
+    let stats = exp.stats();
+    exp.export(Arc::new(sweep(1, 1))).await.unwrap();
+    exp.export(Arc::new(sweep(2, 1))).await.unwrap();
+    wait_for("drop then delivery", Duration::from_secs(10), || get(&stats.batches_sent) == 1).await;
+    assert_eq!(get(&stats.batches_dropped), 1, "400 drops the first sweep");
+    assert_eq!(get(&stats.batches_retried), 2, "429 and 502 retry the second");
+    assert_eq!(server.attempts(), 4);
+    let received = server.script.received.lock().unwrap();
+    assert!(received[0].headers.get("content-encoding").is_none());
+    assert_eq!(time_of(&received[3].request), time_of(&encode_sweep(&sweep(2, 1))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_partial_success_body_is_decoded() {
+    let body = ExportMetricsServiceResponse {
+        partial_success: Some(ExportMetricsPartialSuccess {
+            rejected_data_points: 2,
+            error_message: "dup".into(),
+        }),
+    }
+    .encode_to_vec();
+    let server = HttpServer::start(vec![HttpReply { status: 200, retry_after: None, body }]).await;
+    let mut exp = exporter(&config(&format!("protocol: http/protobuf\nendpoint: {}", server.url())));
+    let stats = exp.stats();
+    exp.export(Arc::new(sweep(1, 2))).await.unwrap();
+    wait_for("delivery", Duration::from_secs(10), || get(&stats.batches_sent) == 1).await;
+    assert_eq!(get(&stats.points_rejected), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_sweeps_are_split_and_arrive_complete() {
+    let server = HttpServer::start(Vec::new()).await;
+    let mut exp = exporter(&config(&format!(
+        "protocol: http/protobuf\nendpoint: {}\nmax_batch_points: 50",
+        server.url()
+    )));
+    let stats = exp.stats();
+    let s = sweep(3, 120); // 240 points
+    exp.export(Arc::new(s.clone())).await.unwrap();
+    wait_for("delivery", Duration::from_secs(10), || get(&stats.batches_sent) >= 5).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let received = server.script.received.lock().unwrap();
+    assert_eq!(received.len(), 5, "240 points at 50 per request");
+    let merged: Vec<_> = received.iter().flat_map(|a| a.request.resource_metrics.clone()).collect();
+    assert_eq!(merged, encode_sweep(&s).resource_metrics);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_http_receiver_is_retried() {
+    let mut exp = exporter(&config(&format!(
+        "protocol: http/protobuf\nendpoint: http://127.0.0.1:{}/v1/metrics",
+        closed_port()
+    )));
+    let stats = exp.stats();
+    exp.export(Arc::new(sweep(1, 1))).await.unwrap();
+    wait_for("retries", Duration::from_secs(10), || get(&stats.batches_retried) >= 2).await;
+    assert_eq!(get(&stats.batches_dropped), 0, "connection refused is not a reason to drop");
+    assert_eq!(exp.queued(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_ca_file_is_a_constructor_error_naming_it() {
+    let c = config("endpoint: https://127.0.0.1:4317\ntls: {ca_file: /nonexistent/ca.pem}");
+    let err = OtlpExporter::from_resolved("tls", c.resolve(|_| None).unwrap()).err().expect("fails");
+    assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+}
