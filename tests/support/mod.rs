@@ -4,6 +4,7 @@
 
 pub mod cgroupfs;
 pub mod podman;
+pub mod receivers;
 
 use std::path::Path;
 use std::process::Command;
