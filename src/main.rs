@@ -73,7 +73,7 @@ fn main() -> ExitCode {
         Command::Collect { config, format, window } => {
             report(load(config).and_then(|c| collect(&c, format, window)))
         }
-        Command::Run { config } => report(load(config).and_then(|c| run(c))),
+        Command::Run { config } => report(load(config).and_then(run)),
     }
 }
 
