@@ -1,1 +1,150 @@
-fn main() {}
+//! The `podometer` command: `run`, `collect`, `check-config`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing::info;
+
+use podometer::config::{self, Config};
+use podometer::{encode, pipeline, table};
+
+#[derive(Parser)]
+#[command(name = "podometer", version, about = "Per-container and per-pod metrics, pushed as OTLP")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter (tracing's EnvFilter syntax); RUST_LOG wins when set.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sweep every `interval` and export, until SIGINT or SIGTERM.
+    Run {
+        /// Config file; the built-in default (config/podometer.yaml) when left out.
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+    },
+    /// Sweep the sources once (twice for `table`) and print the result.
+    Collect {
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+        /// Time between the two sweeps the table's rates come from.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        window: Duration,
+    },
+    /// Validate a config file and print the resolved pipelines.
+    CheckConfig {
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    /// One line holding an OTLP ExportMetricsServiceRequest in OTLP/JSON.
+    Json,
+    /// A human table in the spirit of `docker stats`.
+    Table,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    match cli.command {
+        Command::CheckConfig { config } => match config::load(config.as_deref()) {
+            Ok(cfg) => {
+                print!("{}", cfg.describe());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                for line in e.lines() {
+                    println!("{line}");
+                }
+                ExitCode::FAILURE
+            }
+        },
+        Command::Collect { config, format, window } => {
+            report(load(config).and_then(|c| collect(&c, format, window)))
+        }
+        Command::Run { config } => report(load(config).and_then(run)),
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("podometer: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(default))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr so that `collect` output on stdout stays machine-readable.
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    config::load(path.as_deref())
+        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{}", e.lines().join("\n")))
+}
+
+fn collect(config: &Config, format: Format, window: Duration) -> anyhow::Result<()> {
+    let mut pipelines = pipeline::build_pipelines(config)?;
+    match format {
+        Format::Json => {
+            let sweep = pipeline::sweep_all(&mut pipelines, SystemTime::now());
+            println!("{}", encode::to_json_line(&encode::encode_sweep(&sweep)));
+        }
+        Format::Table => {
+            let first = pipeline::sweep_all(&mut pipelines, SystemTime::now());
+            std::thread::sleep(window);
+            let second = pipeline::sweep_all(&mut pipelines, SystemTime::now());
+            print!("{}", table::render(&first, &second));
+        }
+    }
+    Ok(())
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let pipelines = pipeline::build_pipelines(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("podometer-io")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        info!(interval = %humantime::format_duration(config.interval), pipelines = pipelines.len(), "podometer is running.");
+        pipeline::run(&config, pipelines, shutdown_signal()).await
+    })?;
+    info!("podometer stopped.");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot listen for SIGTERM; only SIGINT will stop the agent.");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("Received SIGTERM."),
+        _ = tokio::signal::ctrl_c() => info!("Received SIGINT."),
+    }
+}

@@ -14,3 +14,12 @@ pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error
 pub fn deserialize_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     deserialize(d).map(Some)
 }
+
+/// A duration that must not be zero (a sweep interval of zero would spin).
+pub fn deserialize_positive<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let duration = deserialize(d)?;
+    if duration.is_zero() {
+        return Err(serde::de::Error::custom("must be greater than zero"));
+    }
+    Ok(duration)
+}

@@ -27,3 +27,28 @@ impl Default for CgroupsConfig {
 
 #[allow(dead_code)]
 const _DURATION: Option<Duration> = None;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupsError {
+    #[error("cgroup source is not merged yet")]
+    NotYet,
+}
+
+/// Placeholder until the cgroup source lands.
+pub struct CgroupSource;
+
+impl CgroupSource {
+    pub fn new(_config: &CgroupsConfig) -> Result<CgroupSource, CgroupsError> {
+        Ok(CgroupSource)
+    }
+}
+
+impl crate::sources::Source for CgroupSource {
+    fn collect(
+        &mut self,
+        _ctx: &mut crate::model::SweepContext,
+        _sweep: &mut crate::model::Sweep,
+    ) -> Result<(), crate::sources::BoxError> {
+        Err(CgroupsError::NotYet.into())
+    }
+}

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The demo: starts two sample Podman pods (a web server and a client that keeps fetching from
+# it, plus a CPU burner), shows `podometer collect --format table`, then runs the agent against
+# a real collector chain (rotel over OTLP/gRPC -> VictoriaMetrics, and OTLP/HTTP straight into
+# VictoriaMetrics) and prints per pod and container the CPU, memory and network numbers read
+# back from VictoriaMetrics by query. Cleans up everything it started, also on Ctrl-C.
+# Needs root (cgroups, podman). Usage: sudo scripts/demo.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+eval "$(bash scripts/testbed.sh)"
+echo "== building podometer (release)"
+cargo build --release --quiet
+bin="$repo/target/release/podometer"
+
+work=$(mktemp -d /tmp/podometer-demo.XXXXXX)
+pids=()
+cleanup() {
+  set +e
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
+  podman pod rm -f -t 0 podometer-demo-web podometer-demo-client >/dev/null 2>&1
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+echo "== starting sample pods"
+podman pod create --name podometer-demo-web >/dev/null
+podman run -d --pod podometer-demo-web --name podometer-demo-httpd localhost/bb:1 \
+  sh -c 'mkdir -p /www && dd if=/dev/zero of=/www/blob bs=64k count=16 2>/dev/null && exec httpd -f -p 8080 -h /www' >/dev/null
+podman run -d --pod podometer-demo-web --name podometer-demo-burn localhost/bb:1 \
+  sh -c 'while :; do :; done' >/dev/null
+web_ip=$(podman inspect podometer-demo-web-infra --format '{{.NetworkSettings.IPAddress}}' 2>/dev/null || true)
+if [ -z "$web_ip" ]; then
+  web_ip=$(podman inspect "$(podman pod inspect podometer-demo-web --format '{{.InfraContainerID}}')" \
+    --format '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}')
+fi
+podman pod create --name podometer-demo-client >/dev/null
+podman run -d --pod podometer-demo-client --name podometer-demo-fetch localhost/bb:1 \
+  sh -c "while :; do wget -q -O /dev/null http://$web_ip:8080/blob; sleep 0.2; done" >/dev/null
+sleep 2
+podman ps --format 'table {{.ID}} {{.Names}} {{.Pod}}'
+
+echo
+echo "== podometer collect --format table --window 2s"
+"$bin" collect --format table --window 2s
+
+echo
+echo "== starting VictoriaMetrics and rotel on loopback"
+vm_port=18428; grpc_port=14317; rotel_http_port=14318
+"$PODOMETER_VICTORIA_METRICS" -storageDataPath "$work/vm" -httpListenAddr "127.0.0.1:$vm_port" \
+  -search.latencyOffset=0s -loggerLevel=ERROR >"$work/vm.log" 2>&1 &
+pids+=($!)
+"$PODOMETER_ROTEL" start --otlp-grpc-endpoint "127.0.0.1:$grpc_port" --otlp-http-endpoint "127.0.0.1:$rotel_http_port" \
+  --exporter otlp --otlp-exporter-protocol http --otlp-exporter-endpoint "http://127.0.0.1:$vm_port/opentelemetry" \
+  >"$work/rotel.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do curl -sf "http://127.0.0.1:$vm_port/health" >/dev/null 2>&1 && break; sleep 0.2; done
+
+cat >"$work/agent.yaml" <<YAML
+interval: 2s
+sources:
+  cgroups: {}
+  netns: {}
+exporters:
+  otlp/rotel: { protocol: grpc, endpoint: "http://127.0.0.1:$grpc_port" }
+  otlp/victoriametrics: { protocol: http/protobuf, endpoint: "http://127.0.0.1:$vm_port/opentelemetry/v1/metrics" }
+pipelines:
+  main: { sources: [cgroups, netns], exporters: [otlp/rotel, otlp/victoriametrics] }
+YAML
+echo "== running the agent for 12 s (2 s interval), exporting to both"
+"$bin" run -c "$work/agent.yaml" --log warn &
+agent=$!
+pids+=($agent)
+sleep 12
+kill -TERM "$agent"; wait "$agent" || true
+
+echo
+echo "== read back from VictoriaMetrics"
+query() {
+  curl -sf "http://127.0.0.1:$vm_port/api/v1/query" --data-urlencode "query=$1" |
+    python3 -c 'import json,sys
+r=json.load(sys.stdin)["data"]["result"]
+for s in sorted(r, key=lambda s: sorted(s["metric"].items())):
+    m=s["metric"]; who=m.get("container_id","")[:12] or ("pod "+m.get("k8s_pod_uid","")[:8])
+    extra=" ".join(f"{k}={m[k]}" for k in ("cpu_mode","network_interface_name","network_io_direction","network_interface_host_peer") if k in m)
+    print(f"  {who:14} {float(s[\"value\"][1]):>14.3f}  {extra}")'
+}
+echo "CPU cores used (rate of container_cpu_time over 10s):"
+query 'sum by (container_id) (rate(container_cpu_time_seconds_total[10s]) or rate(container_cpu_time_total[10s]) or rate(container_cpu_time[10s]))'
+echo "Memory working set (bytes):"
+query 'last_over_time({__name__=~"container_memory_working_set.*"}[30s])'
+echo "Network (bytes/s, one series set per pod network namespace):"
+query 'rate({__name__=~"container_network_io.*"}[10s])'

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need when missing (scripts/testbed.sh), then runs
+# the format check, clippy and every test. `.ci/run` calls exactly this.
+# Live tests need root; under CI=true a live test whose prerequisites are missing fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+eval "$(bash scripts/testbed.sh)"
+
+echo "== cargo fmt --check" >&2
+cargo fmt --check
+echo "== cargo clippy --all-targets -- -D warnings" >&2
+cargo clippy --all-targets --quiet -- -D warnings
+echo "== cargo test" >&2
+# Integration test binaries run one after another; the tests inside each run in parallel.
+cargo test --all-targets --no-fail-fast -- --test-threads="${PODOMETER_TEST_THREADS:-4}"
