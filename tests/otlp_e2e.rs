@@ -19,13 +19,25 @@ async fn probe() {
     let rotel = Rotel::start(&vm);
     let now = SystemTime::now();
     let mut sweep = Sweep::new(now);
-    let r = sweep.resource_mut(ResourceId::Container("abc".into()), || vec![(semconv::CONTAINER_ID, "abc".into())]);
+    let r = sweep
+        .resource_mut(ResourceId::Container("abc".into()), || vec![(semconv::CONTAINER_ID, "abc".into())]);
     r.points.push(Point::new(&semconv::CONTAINER.memory_usage, Value::Int(4096)));
-    let mut cpu = Point::new(&semconv::CONTAINER.cpu_time, Value::Double(1.25)).with(semconv::CPU_MODE, "user");
+    let mut cpu =
+        Point::new(&semconv::CONTAINER.cpu_time, Value::Double(1.25)).with(semconv::CPU_MODE, "user");
     cpu.start_time = Some(now - Duration::from_secs(5));
     r.points.push(cpu);
-    for (variant, start) in [("start5", Some(now - Duration::from_secs(5))), ("start5b", Some(now - Duration::from_secs(5))), ("nostart", None), ("startequal", Some(now)), ("start1ms", Some(now - Duration::from_millis(1)))] {
-        let c: OtlpExporterConfig = serde_saphyr::from_str(&format!("protocol: http/protobuf\nendpoint: {}\ncompression: none", vm.otlp_url())).unwrap();
+    for (variant, start) in [
+        ("start5", Some(now - Duration::from_secs(5))),
+        ("start5b", Some(now - Duration::from_secs(5))),
+        ("nostart", None),
+        ("startequal", Some(now)),
+        ("start1ms", Some(now - Duration::from_millis(1))),
+    ] {
+        let c: OtlpExporterConfig = serde_saphyr::from_str(&format!(
+            "protocol: http/protobuf\nendpoint: {}\ncompression: none",
+            vm.otlp_url()
+        ))
+        .unwrap();
         let mut e = OtlpExporter::from_resolved(variant, c.resolve(|_| None).unwrap()).unwrap();
         let mut s = sweep.clone();
         s.resources[0].set_attribute(semconv::HOST_NAME, variant);

@@ -167,7 +167,12 @@ impl VictoriaMetrics {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
                     .collect();
-                let timestamps_ms = v["timestamps"].as_array().expect("timestamps").iter().filter_map(|t| t.as_i64()).collect();
+                let timestamps_ms = v["timestamps"]
+                    .as_array()
+                    .expect("timestamps")
+                    .iter()
+                    .filter_map(|t| t.as_i64())
+                    .collect();
                 let values = v["values"].as_array().expect("values").iter().filter_map(json_number).collect();
                 Series { labels, timestamps_ms, values }
             })
@@ -244,7 +249,8 @@ impl Rotel {
         self.child = Some(child);
         let port = self.grpc_port;
         wait_until("rotel", Duration::from_secs(30), || {
-            TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok()
+            TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200))
+                .is_ok()
         });
     }
 
