@@ -91,8 +91,9 @@ pub struct OtlpExporterConfig {
     #[serde(default, deserialize_with = "crate::config::duration::deserialize_option")]
     pub timeout: Option<Duration>,
     /// TLS settings; TLS itself is chosen by the endpoint's scheme (see `endpoint`).
+    // Boxed: rarely set, and it would make the config enum of all exporters large.
     #[serde(default)]
-    pub tls: TlsConfig,
+    pub tls: Box<TlsConfig>,
     /// Most data points in one request. A request also stays under gRPC's 4 MiB default
     /// message limit whatever this says. Default 8192.
     #[serde(default = "default_max_batch_points")]
@@ -114,7 +115,7 @@ impl Default for OtlpExporterConfig {
             headers: None,
             compression: None,
             timeout: None,
-            tls: TlsConfig::default(),
+            tls: Box::default(),
             max_batch_points: default_max_batch_points(),
             queue: QueueConfig::default(),
             retry: RetryConfig::default(),
