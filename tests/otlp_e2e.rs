@@ -365,7 +365,7 @@ fn assert_pod_is_measured(sweeps: &[ExportMetricsServiceRequest], pod: &PodmanPo
     }
     assert!(
         last.iter().any(|s| s.labels.get(semconv::PODMAN_POD_ID) == Some(&pod.pod_id)
-            && s.labels.get(semconv::CONTAINER_ID).is_none()),
+            && !s.labels.contains_key(semconv::CONTAINER_ID)),
         "pod {} has no pod-level series",
         pod.pod_id
     );
@@ -459,7 +459,8 @@ fn agent_delivers_every_series_through_outages_and_a_crash() {
         return;
     }
     let pod = Arc::new(PodmanPod::start("podometer-otlp-e2e", &["sleep 100000", "sleep 100000"]));
-    let scenarios: [(&str, fn(&PodmanPod)); 3] =
+    type Scenario = (&'static str, fn(&PodmanPod));
+    let scenarios: [Scenario; 3] =
         [("delivery", scenario_delivery), ("outage", scenario_outage), ("restart", scenario_restart)];
     let handles: Vec<_> = scenarios
         .into_iter()
