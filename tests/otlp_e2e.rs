@@ -459,8 +459,8 @@ fn agent_delivers_every_series_through_outages_and_a_crash() {
         return;
     }
     let pod = Arc::new(PodmanPod::start("podometer-otlp-e2e", &["sleep 100000", "sleep 100000"]));
-    type Scenario = (&'static str, fn(&PodmanPod));
-    let scenarios: [Scenario; 3] =
+    type ScenarioFn = (&'static str, fn(&PodmanPod));
+    let scenarios: [ScenarioFn; 3] =
         [("delivery", scenario_delivery), ("outage", scenario_outage), ("restart", scenario_restart)];
     let handles: Vec<_> = scenarios
         .into_iter()
