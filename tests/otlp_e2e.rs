@@ -363,10 +363,12 @@ fn assert_pod_is_measured(sweeps: &[ExportMetricsServiceRequest], pod: &PodmanPo
             pod.name
         );
     }
+    // A Podman pod has no cgroup of its own in the model: its network series sit on the
+    // container holding the namespace (the infra container), tagged with the pod id.
     assert!(
         last.iter().any(|s| s.labels.get(semconv::PODMAN_POD_ID) == Some(&pod.pod_id)
-            && !s.labels.contains_key(semconv::CONTAINER_ID)),
-        "pod {} has no pod-level series",
+            && s.labels["__name__"] == semconv::CONTAINER_NETWORK.io.name),
+        "pod {} has no network series",
         pod.pod_id
     );
 }
@@ -399,6 +401,8 @@ fn scenario_outage(pod: &PodmanPod) {
     let during: usize =
         sweeps.iter().filter_map(sweep_time_ms).filter(|t| *t >= ms(down_at) && *t <= ms(up_at)).count();
     assert!(during >= 50, "outage: only {during} sweeps were taken during the {OUTAGE:?} outage");
+    let log = agent.log_text();
+    assert!(log.contains("retrying"), "outage: the agent never had to retry; log:\n{log}");
     s.assert_delivered(&sweeps, Duration::from_secs(60));
     let probe = probe_series(&sweeps, &pod.app_ids[0]);
     let file_times: Vec<i64> = sweeps.iter().filter_map(sweep_time_ms).collect();
@@ -424,6 +428,11 @@ fn scenario_restart(pod: &PodmanPod) {
     agent.stop();
     let sweeps = file_sweeps(&s.file());
     assert!(sweeps.len() > before_crash, "restart: the restarted agent took sweeps");
+    let log = agent.log_text();
+    assert!(
+        log.contains("Recovered queued batches from disk"),
+        "restart: the second agent found nothing queued on disk; log:\n{log}"
+    );
     assert_pod_is_measured(&sweeps, pod);
     // A sweep taken within the last interval before the crash may have reached the file but
     // not yet the OTLP queues (each exporter has its own task): that sweep was never accepted

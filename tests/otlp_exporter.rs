@@ -573,3 +573,107 @@ async fn a_missing_ca_file_is_a_constructor_error_naming_it() {
     let err = OtlpExporter::from_resolved("tls", c.resolve(|_| None).unwrap()).err().expect("fails");
     assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
 }
+
+// ---------- every code and status, end to end through the exporter ----------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_grpc_code_is_retried_or_dropped_as_the_spec_says() {
+    use tonic::Code;
+    let retryable = [
+        Code::Unavailable,
+        Code::DeadlineExceeded,
+        Code::Aborted,
+        Code::Cancelled,
+        Code::OutOfRange,
+        Code::DataLoss,
+    ];
+    let permanent = [
+        Code::InvalidArgument,
+        Code::Unauthenticated,
+        Code::PermissionDenied,
+        Code::NotFound,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::FailedPrecondition,
+        Code::AlreadyExists,
+        Code::Unknown,
+        Code::ResourceExhausted,
+    ];
+    let mut cases = Vec::new();
+    for (code, retried) in retryable.iter().map(|c| (*c, true)).chain(permanent.iter().map(|c| (*c, false))) {
+        let server =
+            GrpcServer::start(vec![GrpcReply::Status(tonic::Status::new(code, "scripted")), GrpcReply::Ok])
+                .await;
+        let mut exp = exporter(&config(&format!("endpoint: {}", server.endpoint())));
+        exp.export(Arc::new(sweep(1, 1))).await.unwrap();
+        cases.push((code, retried, server, exp));
+    }
+    for (code, retried, server, exp) in &cases {
+        let stats = exp.stats();
+        wait_for(&format!("{code:?} settles"), Duration::from_secs(10), || {
+            get(&stats.batches_sent) + get(&stats.batches_dropped) == 1
+        })
+        .await;
+        if *retried {
+            assert_eq!(
+                (get(&stats.batches_retried), get(&stats.batches_sent)),
+                (1, 1),
+                "{code:?} is retried"
+            );
+            assert_eq!(server.attempts(), 2, "{code:?}");
+        } else {
+            assert_eq!(
+                (get(&stats.batches_dropped), get(&stats.batches_retried)),
+                (1, 0),
+                "{code:?} is dropped"
+            );
+            assert_eq!(server.attempts(), 1, "{code:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_http_status_is_retried_or_dropped_as_the_spec_says() {
+    let mut cases = Vec::new();
+    for (status, retried) in [
+        (429, true),
+        (502, true),
+        (503, true),
+        (504, true),
+        (400, false),
+        (401, false),
+        (403, false),
+        (404, false),
+        (413, false),
+        (415, false),
+        (500, false),
+        (501, false),
+    ] {
+        let server = HttpServer::start(vec![HttpReply::status(status)]).await;
+        let mut exp = exporter(&config(&format!("protocol: http/protobuf\nendpoint: {}", server.url())));
+        exp.export(Arc::new(sweep(1, 1))).await.unwrap();
+        cases.push((status, retried, server, exp));
+    }
+    for (status, retried, server, exp) in &cases {
+        let stats = exp.stats();
+        wait_for(&format!("{status} settles"), Duration::from_secs(10), || {
+            get(&stats.batches_sent) + get(&stats.batches_dropped) == 1
+        })
+        .await;
+        if *retried {
+            assert_eq!(
+                (get(&stats.batches_retried), get(&stats.batches_sent)),
+                (1, 1),
+                "{status} is retried"
+            );
+            assert_eq!(server.attempts(), 2, "{status}");
+        } else {
+            assert_eq!(
+                (get(&stats.batches_dropped), get(&stats.batches_retried)),
+                (1, 0),
+                "{status} is dropped"
+            );
+            assert_eq!(server.attempts(), 1, "{status}");
+        }
+    }
+}
