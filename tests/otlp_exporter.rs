@@ -677,3 +677,176 @@ async fn every_http_status_is_retried_or_dropped_as_the_spec_says() {
         }
     }
 }
+
+// ---------- TLS and mutual TLS ----------
+
+/// A throwaway CA with a server certificate for 127.0.0.1 and a client certificate, made with
+/// the `openssl` command.
+struct TestPki {
+    dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    fn create() -> TestPki {
+        let dir = tempfile::tempdir().unwrap();
+        let script = r#"
+set -e
+ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+openssl req -x509 $ec -keyout ca.key -out ca.pem -days 2 -subj /CN=podometer-test-ca \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+openssl req -x509 $ec -keyout other-ca.key -out other-ca.pem -days 2 -subj /CN=other-ca \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+for who in server client; do
+  openssl req $ec -keyout $who.key -out $who.csr -subj /CN=$who
+done
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > server.ext
+printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n' > client.ext
+for who in server client; do
+  openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $who.pem -days 2 -extfile $who.ext
+done
+"#;
+        support::run(std::process::Command::new("sh").arg("-c").arg(script).current_dir(dir.path()));
+        TestPki { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.dir.path().join(name)).unwrap()
+    }
+
+    fn rustls_server_config(&self) -> Arc<rustls::ServerConfig> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let certs: Vec<_> =
+            rustls_pemfile::certs(&mut &self.read("server.pem")[..]).collect::<Result<_, _>>().unwrap();
+        let key = rustls_pemfile::private_key(&mut &self.read("server.key")[..]).unwrap().unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in rustls_pemfile::certs(&mut &self.read("ca.pem")[..]) {
+            roots.add(ca.unwrap()).unwrap();
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build().unwrap();
+        let mut config = rustls::ServerConfig::builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}
+
+fn openssl_available() -> bool {
+    support::prerequisite(support::have_command("openssl"), "openssl (to make test certificates)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_mutual_tls_delivers_and_refuses_an_unknown_server() {
+    if !openssl_available() {
+        return;
+    }
+    let pki = TestPki::create();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let script = Arc::new(GrpcScript::default());
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(pki.read("server.pem"), pki.read("server.key")))
+        .client_ca_root(tonic::transport::Certificate::from_pem(pki.read("ca.pem")));
+    let service =
+        MetricsServiceServer::new(GrpcReceiver(script.clone())).accept_compressed(CompressionEncoding::Gzip);
+    let server = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .tls_config(tls)
+            .unwrap()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+
+    let good = format!(
+        "endpoint: https://127.0.0.1:{}\ntls: {{ca_file: {}, cert_file: {}, key_file: {}}}",
+        addr.port(),
+        pki.path("ca.pem"),
+        pki.path("client.pem"),
+        pki.path("client.key")
+    );
+    let mut exp = exporter(&config(&good));
+    let stats = exp.stats();
+    exp.export(Arc::new(sweep(1, 2))).await.unwrap();
+    wait_for("delivery over mTLS", Duration::from_secs(10), || get(&stats.batches_sent) == 1).await;
+    assert_eq!(script.received.lock().unwrap()[0].1, encode_sweep(&sweep(1, 2)));
+
+    // A server whose certificate does not chain to the configured CA is never sent to.
+    let wrong_ca = good.replace(&pki.path("ca.pem"), &pki.path("other-ca.pem"));
+    let mut exp = exporter(&config(&wrong_ca));
+    let stats = exp.stats();
+    exp.export(Arc::new(sweep(2, 1))).await.unwrap();
+    wait_for("retries", Duration::from_secs(10), || get(&stats.batches_retried) >= 2).await;
+    assert_eq!(get(&stats.batches_sent), 0);
+    assert_eq!(script.received.lock().unwrap().len(), 1, "nothing reached the server");
+    server.abort();
+}
+
+/// Serves axum over TLS: the handshake happens in `accept`, which is plenty for a test.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else { continue };
+            // A refused client (no certificate) fails here; keep serving the others.
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_over_mutual_tls_delivers_and_needs_the_client_certificate() {
+    if !openssl_available() {
+        return;
+    }
+    let pki = TestPki::create();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let script = Arc::new(HttpScript::default());
+    let app = axum::Router::new()
+        .route("/v1/metrics", axum::routing::post(http_handler))
+        .with_state(script.clone());
+    let listener = TlsListener { tcp, acceptor: tokio_rustls::TlsAcceptor::from(pki.rustls_server_config()) };
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let base = format!(
+        "protocol: http/protobuf\nendpoint: https://127.0.0.1:{}/v1/metrics\ntls: {{ca_file: {}",
+        addr.port(),
+        pki.path("ca.pem")
+    );
+    let with_cert =
+        format!("{base}, cert_file: {}, key_file: {}}}", pki.path("client.pem"), pki.path("client.key"));
+    let mut exp = exporter(&config(&with_cert));
+    let stats = exp.stats();
+    exp.export(Arc::new(sweep(1, 2))).await.unwrap();
+    wait_for("delivery over HTTPS with mTLS", Duration::from_secs(10), || get(&stats.batches_sent) == 1)
+        .await;
+    assert_eq!(script.received.lock().unwrap()[0].request, encode_sweep(&sweep(1, 2)));
+
+    let mut exp = exporter(&config(&format!("{base}}}")));
+    let stats = exp.stats();
+    exp.export(Arc::new(sweep(2, 1))).await.unwrap();
+    wait_for("retries", Duration::from_secs(10), || get(&stats.batches_retried) >= 2).await;
+    assert_eq!(get(&stats.batches_sent), 0, "the server demands a client certificate");
+    assert_eq!(script.received.lock().unwrap().len(), 1);
+    server.abort();
+}
