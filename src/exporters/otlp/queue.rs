@@ -13,6 +13,8 @@
 //!   is one `ExportMetricsServiceRequest` in protobuf encoding, uncompressed. Record `i` of a
 //!   segment has sequence number `first-seq + i`. A new segment starts when the current one
 //!   passes [`SEGMENT_BYTES`]; a segment is deleted once all its records are acked.
+//! - `lock`: held with `flock(LOCK_EX)` while a queue is open, so two exporters or two agents
+//!   never append to the same directory; the kernel releases it when the process dies.
 //! - `acked`: the decimal sequence number of the first batch not yet delivered (or evicted),
 //!   replaced atomically (write `acked.tmp`, rename).
 //!
@@ -40,6 +42,7 @@ pub const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 /// No batch is this large; a length field above it is damage, not data.
 const MAX_RECORD: u32 = 256 * 1024 * 1024;
 const ACKED_FILE: &str = "acked";
+const LOCK_FILE: &str = "lock";
 const ACKED_TMP: &str = "acked.tmp";
 const SEGMENT_SUFFIX: &str = ".seg";
 
@@ -49,6 +52,10 @@ pub enum QueueError {
     Io { path: PathBuf, source: io::Error },
     #[error("queue file {path} is damaged at offset {offset}: {reason}")]
     Corrupt { path: PathBuf, offset: u64, reason: &'static str },
+    #[error("queue directory {path} is in use by another exporter or agent (give each its own directory)")]
+    InUse { path: PathBuf },
+    #[error("a batch of {len} bytes is larger than a queue record may be ({MAX_RECORD} bytes), in {path}")]
+    TooLarge { path: PathBuf, len: usize },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> QueueError + '_ {
@@ -219,6 +226,8 @@ pub struct DiskQueue {
     next_seq: u64,
     writer: Option<File>,
     gauge: BytesGauge,
+    /// Holds the directory's flock for as long as the queue is open.
+    _lock: File,
 }
 
 /// What reopening a queue directory found.
@@ -258,6 +267,23 @@ fn crc32(data: &[u8]) -> u32 {
     crc.sum()
 }
 
+fn lock_dir(dir: &Path) -> Result<File, QueueError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(LOCK_FILE);
+    let file =
+        OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path))?;
+    // SAFETY: flock(2) on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = io::Error::last_os_error();
+        return Err(if err.kind() == io::ErrorKind::WouldBlock {
+            QueueError::InUse { path: dir.to_owned() }
+        } else {
+            QueueError::Io { path, source: err }
+        });
+    }
+    Ok(file)
+}
+
 fn sync_dir(dir: &Path) -> Result<(), QueueError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
 }
@@ -266,6 +292,7 @@ impl DiskQueue {
     /// Opens (creating if needed) the queue in `dir`, recovering what a previous run left.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<(DiskQueue, Recovery), QueueError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock = lock_dir(dir)?;
         let acked_path = dir.join(ACKED_FILE);
         let acked = match fs::read_to_string(&acked_path) {
             Ok(text) => text.trim().parse::<u64>().unwrap_or_else(|_| {
@@ -299,6 +326,7 @@ impl DiskQueue {
             next_seq: acked,
             writer: None,
             gauge: BytesGauge::default(),
+            _lock: lock,
         };
         let mut recovery = Recovery::default();
         for first in firsts {
@@ -503,23 +531,29 @@ mod tests {
 
     #[test]
     fn memory_queue_is_fifo_and_evicts_the_oldest_when_full() {
-        let each = cost(payload(0).len());
-        let mut q = Queue::Memory(MemoryQueue::new(each * 3));
-        for i in 0..3 {
-            assert_eq!(q.push(payload(0).slice(..).clone()).unwrap(), 0, "batch {i} fits");
-        }
-        let mut q2 = Queue::Memory(MemoryQueue::new(cost(payload(1).len()) * 3 + 20));
+        let bound = cost(payload(1).len()) * 3 + 20;
+        let mut q = Queue::Memory(MemoryQueue::new(bound));
         let mut evicted = 0;
         for i in 1..=5 {
-            evicted += q2.push(payload(i)).unwrap();
+            evicted += q.push(payload(i)).unwrap();
         }
-        assert!(q2.bytes() <= cost(payload(1).len()) * 3 + 20);
-        assert_eq!(evicted, 5 - q2.len());
-        let left = drain(&mut q2);
+        assert!(q.bytes() <= bound, "{} > {bound}", q.bytes());
+        assert!(evicted >= 2, "five batches cannot fit in room for about three");
+        assert_eq!(evicted + q.len(), 5);
+        let left = drain(&mut q);
         let expected: Vec<Bytes> = ((6 - left.len() as u32)..=5).map(payload).collect();
         assert_eq!(left, expected, "the newest survive, in order");
-        assert_eq!(q.len(), 3);
-        assert_eq!(q.bytes(), each * 3);
+        assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn a_queue_directory_is_used_by_one_queue_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, _) = DiskQueue::open(dir.path(), 1 << 20).unwrap();
+        let second = DiskQueue::open(dir.path(), 1 << 20).err().expect("the directory is locked");
+        assert!(matches!(second, QueueError::InUse { .. }), "{second}");
+        drop(first);
+        assert!(DiskQueue::open(dir.path(), 1 << 20).is_ok(), "the lock goes with the queue");
     }
 
     #[test]
