@@ -36,7 +36,8 @@ fn node_sweep() -> Sweep {
                     .with(semconv::SYSTEM_DEVICE, format!("8:{i}"))
                     .with(semconv::DISK_IO_DIRECTION, "read"),
             );
-            r.points.push(Point::new(&semconv::CONTAINER.memory_usage, Value::Int((c << 20) as i64 + i as i64)));
+            r.points
+                .push(Point::new(&semconv::CONTAINER.memory_usage, Value::Int((c << 20) as i64 + i as i64)));
         }
     }
     sweep
@@ -48,6 +49,10 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("otlp");
     group.sample_size(20).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
     group.throughput(Throughput::Elements(points));
+
+    group.bench_function("encode_whole_sweep_reference", |b| {
+        b.iter(|| podometer::encode::encode_sweep(&sweep).encode_to_vec().len())
+    });
 
     group.bench_function("split_and_encode_9000_points", |b| {
         let batcher = Batcher::default();

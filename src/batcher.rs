@@ -69,9 +69,8 @@ impl Batcher {
                 continue;
             }
             let mut pieces = Vec::new();
-            self.encode_fitting(resource, &resource.points, sweep, &mut pieces);
-            for rm in pieces {
-                let (p, b) = (point_count(&rm), framed_len(&rm));
+            self.encode_fitting(resource, sweep, &mut pieces);
+            for (rm, p, b) in pieces {
                 if !current.is_empty() && (points + p > self.max_points || bytes + b > self.max_bytes) {
                     requests
                         .push(ExportMetricsServiceRequest { resource_metrics: std::mem::take(&mut current) });
@@ -89,39 +88,41 @@ impl Batcher {
         requests
     }
 
-    /// Encodes `points` of `resource` as one `ResourceMetrics` when it fits the limits, else
-    /// halves the points and tries each half: O(n log n) encodings for an oversized resource,
-    /// one for a normal one.
+    /// Encodes `resource` as one `ResourceMetrics` when it fits the limits, else halves its
+    /// points and tries each half: one encoding for a normal resource (no copy of its points),
+    /// O(n log n) for an oversized one.
+    /// Each piece comes with its point count and framed size.
     fn encode_fitting(
         &self,
         resource: &Resource,
-        points: &[crate::model::Point],
         sweep: &Sweep,
-        out: &mut Vec<ResourceMetrics>,
+        out: &mut Vec<(ResourceMetrics, usize, usize)>,
     ) {
-        let fits_points = points.len() <= self.max_points;
-        let part = Resource {
-            id: resource.id.clone(),
-            attributes: resource.attributes.clone(),
-            points: points.to_vec(),
-        };
-        if fits_points {
-            let rm = encode_resource(&part, sweep.time);
-            if framed_len(&rm) <= self.max_bytes || points.len() == 1 {
-                if points.len() == 1 && framed_len(&rm) > self.max_bytes {
+        let n = resource.points.len();
+        if n <= self.max_points {
+            let rm = encode_resource(resource, sweep.time);
+            let len = framed_len(&rm);
+            if len <= self.max_bytes || n == 1 {
+                if len > self.max_bytes {
                     tracing::warn!(
-                        bytes = framed_len(&rm),
+                        bytes = len,
                         limit = self.max_bytes,
                         "A single data point encodes larger than the request limit; sending it alone."
                     );
                 }
-                out.push(rm);
+                out.push((rm, n, len));
                 return;
             }
         }
-        let mid = if fits_points { points.len() / 2 } else { self.max_points.min(points.len() / 2).max(1) };
-        self.encode_fitting(resource, &points[..mid], sweep, out);
-        self.encode_fitting(resource, &points[mid..], sweep, out);
+        let mid = if n <= self.max_points { n / 2 } else { self.max_points.min(n / 2).max(1) };
+        for points in [&resource.points[..mid], &resource.points[mid..]] {
+            let part = Resource {
+                id: resource.id.clone(),
+                attributes: resource.attributes.clone(),
+                points: points.to_vec(),
+            };
+            self.encode_fitting(&part, sweep, out);
+        }
     }
 }
 

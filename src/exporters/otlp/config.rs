@@ -64,8 +64,10 @@ impl Compression {
     }
 }
 
-/// Pushes OTLP to a collector or a TSDB. Every field may be left out: it then falls back to
-/// `OTEL_EXPORTER_OTLP_METRICS_<X>`, then `OTEL_EXPORTER_OTLP_<X>`, then the default.
+/// Pushes OTLP to a collector or a TSDB. Every field may be left out. The connection fields
+/// (`protocol`, `endpoint`, `headers`, `compression`, `timeout`, `tls`) then fall back to
+/// `OTEL_EXPORTER_OTLP_METRICS_<X>`, then `OTEL_EXPORTER_OTLP_<X>`, then their default, as the
+/// OpenTelemetry specification orders them; the others go straight to their default.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpExporterConfig {
