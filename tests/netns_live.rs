@@ -13,7 +13,7 @@ use podometer::semconv;
 use podometer::sources::netns::{HostNetwork, NetnsConfig, NetnsSource};
 use podometer::sources::Source;
 use support::cgroupfs::TestCgroup;
-use support::netns::{send_tcp, tcp_sink_in, TestNetns};
+use support::netns::{podman_net_bytes, send_tcp, tcp_sink_in, TestNetns};
 
 const PORT: u16 = 8080;
 
@@ -181,6 +181,7 @@ fn two_container_pod_reports_once_with_exact_bytes_and_its_host_veth() {
     let rx = value(&after, &id, "k8s.pod.network.io", "eth0", "receive")
         - value(&before, &id, "k8s.pod.network.io", "eth0", "receive");
     let kernel = (host_tx_after - host_tx_before) as i64;
+    eprintln!("k8s pod: payload {PAYLOAD}, pod receive delta {rx}, host veth transmit delta {kernel}");
     assert_eq!(rx, kernel, "pod receive delta equals the host veth's transmit delta");
     assert!(rx >= PAYLOAD as i64, "receive delta {rx} below the payload {PAYLOAD}");
     let packets = value(&after, &id, "k8s.pod.network.packet.count", "eth0", "receive")
@@ -324,4 +325,137 @@ fn interfaces_that_come_and_go_are_followed_with_their_peers() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(names, ["eth0", "lo"], "no stale interface after deletion");
+}
+
+fn podman_info(pod: &support::podman::PodmanPod, id: &str) -> ContainerInfo {
+    ContainerInfo {
+        id: id.to_owned(),
+        runtime: Runtime::Podman,
+        pod: Some(PodRef::Podman { id: pod.pod_id.clone() }),
+        procs_file: Path::new("/sys/fs/cgroup/memory/libpod_parent")
+            .join(&pod.pod_id)
+            .join(format!("libpod-{id}"))
+            .join("cgroup.procs"),
+    }
+}
+
+fn podman_pid(id: &str) -> u32 {
+    let out = support::run(support::podman::podman().args(["inspect", id, "--format", "{{.State.Pid}}"]));
+    out.trim().parse().unwrap_or_else(|e| panic!("pid of {id}: {e}: {out}"))
+}
+
+#[test]
+fn podman_pod_reports_once_on_the_infra_container_like_podman_stats() {
+    if !support::podman::podman_available() {
+        return;
+    }
+    let pod = support::podman::PodmanPod::start("podometer-netns", &["sleep 300", "sleep 300"]);
+    let containers: Vec<ContainerInfo> = pod.all_ids().iter().map(|id| podman_info(&pod, id)).collect();
+    for c in &containers {
+        assert!(c.procs_file.exists(), "{} missing", c.procs_file.display());
+    }
+    let infra = ResourceId::Container(pod.infra_id.clone());
+    let infra_pid = podman_pid(&pod.infra_id);
+    let addr = support::run(support::podman::podman().args([
+        "inspect",
+        &pod.infra_id,
+        "--format",
+        "{{.NetworkSettings.IPAddress}}",
+    ]));
+    // The host side of the pod's eth0, found independently: eth0's iflink is its ifindex.
+    let iflink = support::run(support::podman::podman().args([
+        "exec",
+        &pod.app_ids[0],
+        "cat",
+        "/sys/class/net/eth0/iflink",
+    ]));
+    let host_veth = std::fs::read_dir("/sys/class/net")
+        .expect("sysfs")
+        .filter_map(Result::ok)
+        .find(|e| {
+            std::fs::read_to_string(e.path().join("ifindex"))
+                .map(|i| i.trim() == iflink.trim())
+                .unwrap_or(false)
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .expect("host veth of the pod");
+    let master = std::fs::read_link(format!("/sys/class/net/{host_veth}/master")).expect("veth on a bridge");
+    assert!(master.ends_with("podman0"), "{host_veth} is on {}", master.display());
+
+    let mut source = NetnsSource::new(&NetnsConfig::default()).expect("source");
+    let start = sweep(&mut source, &containers);
+    let sink = tcp_sink_in(&format!("/proc/{infra_pid}/ns/net"), PORT);
+    const PAYLOAD: usize = 500_000;
+    send_tcp(addr.trim(), PORT, PAYLOAD, Duration::from_secs(10));
+    assert_eq!(sink.join().expect("sink"), PAYLOAD as u64);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // podman reads the same kernel counters at its own instant; the podman0 bridge carries
+    // background traffic (ARP, IPv6 neighbour discovery) at any time, so the reference is
+    // bracketed by two of our sweeps rather than compared with a fudge factor.
+    let before = sweep(&mut source, &containers);
+    let (podman_rx, podman_tx) = podman_net_bytes(&pod.infra_id);
+    let after = sweep(&mut source, &containers);
+    let rx = |s: &Sweep| value(s, &infra, "container.network.io", "eth0", "receive");
+    let tx = |s: &Sweep| value(s, &infra, "container.network.io", "eth0", "transmit");
+    assert!(
+        rx(&before) as u64 <= podman_rx && podman_rx <= rx(&after) as u64,
+        "podman rx {podman_rx} outside [{}, {}]",
+        rx(&before),
+        rx(&after)
+    );
+    assert!(
+        tx(&before) as u64 <= podman_tx && podman_tx <= tx(&after) as u64,
+        "podman tx {podman_tx} outside [{}, {}]",
+        tx(&before),
+        tx(&after)
+    );
+    eprintln!(
+        "podman: ours rx [{}, {}] podman rx {podman_rx}; ours tx [{}, {}] podman tx {podman_tx}",
+        rx(&before),
+        rx(&after),
+        tx(&before),
+        tx(&after)
+    );
+    assert!(rx(&before) - rx(&start) >= PAYLOAD as i64, "payload counted on receive");
+    for app in &pod.app_ids {
+        let (app_rx, _) = podman_net_bytes(app);
+        assert!(app_rx >= rx(&before) as u64, "podman reports the shared netns for app {app} too");
+    }
+
+    // One set of series, on the infra container, none on the apps.
+    for s in [&start, &before, &after] {
+        assert_eq!(network_point_count(s), 8, "{s:#?}");
+        assert_eq!(interfaces_of(s, &infra), ["eth0"]);
+        for app in &pod.app_ids {
+            assert_eq!(s.resource(&ResourceId::Container(app.clone())), None);
+        }
+        let r = s.resource(&infra).expect("infra resource");
+        assert_eq!(r.attribute(semconv::CONTAINER_ID), Some(&AttrValue::from(pod.infra_id.as_str())));
+        assert_eq!(r.attribute(semconv::CONTAINER_RUNTIME_NAME), Some(&AttrValue::from("podman")));
+        for p in &r.points {
+            assert_eq!(
+                p.attribute(semconv::NETWORK_INTERFACE_HOST_PEER),
+                Some(&AttrValue::from(host_veth.as_str()))
+            );
+        }
+    }
+
+    // Without its infra process the pod's namespace lives on (podman holds it in /run/netns):
+    // the app whose process started first takes over, and still only one set is emitted.
+    support::run(Command::new("kill").args(["-9", &infra_pid.to_string()]));
+    let mut gone = false;
+    for _ in 0..100 {
+        if !Path::new(&format!("/proc/{infra_pid}/ns/net")).exists() {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(gone, "infra process {infra_pid} still there");
+    let s = sweep(&mut source, &containers);
+    assert_eq!(network_point_count(&s), 8, "{s:#?}");
+    assert_eq!(s.resource(&infra), None, "the dead infra has no series");
+    let app0 = ResourceId::Container(pod.app_ids[0].clone());
+    assert_eq!(interfaces_of(&s, &app0), ["eth0"], "the first app owns the namespace now: {s:#?}");
 }
