@@ -459,3 +459,60 @@ fn podman_pod_reports_once_on_the_infra_container_like_podman_stats() {
     let app0 = ResourceId::Container(pod.app_ids[0].clone());
     assert_eq!(interfaces_of(&s, &app0), ["eth0"], "the first app owns the namespace now: {s:#?}");
 }
+
+/// Many pods at once: every pod gets its own series and peer, and once warm a sweep does no
+/// per-namespace netlink work (host link dumps only follow link events, which other tests on
+/// this machine cause at any time, so those are bounded, not zero).
+#[test]
+fn many_pods_cost_no_netlink_work_in_steady_state() {
+    if !live() {
+        return;
+    }
+    const PODS: usize = 24;
+    let mut namespaces = Vec::new();
+    let mut pods = Vec::new();
+    for _ in 0..PODS {
+        let ns = TestNetns::create();
+        let mut pod = KubePod::new(2);
+        pod.start(0, &format!("exec ip netns exec {} sleep 300", ns.name), "sleep");
+        pod.start(1, &format!("exec ip netns exec {} sleep 300", ns.name), "sleep");
+        namespaces.push(ns);
+        pods.push(pod);
+    }
+    let containers: Vec<ContainerInfo> = pods.iter().flat_map(KubePod::infos).collect();
+    let mut source = NetnsSource::new(&NetnsConfig::default()).expect("source");
+
+    let t = std::time::Instant::now();
+    let cold = sweep(&mut source, &containers);
+    let cold_time = t.elapsed();
+    let warm_counts = source.netlink_counts().expect("peers resolved as root in the host netns");
+    assert_eq!(warm_counts.namespace_lookups, PODS as u64, "one lookup per new namespace");
+
+    const SWEEPS: u32 = 20;
+    let t = std::time::Instant::now();
+    let mut last = cold.clone();
+    for _ in 0..SWEEPS {
+        last = sweep(&mut source, &containers);
+    }
+    let warm_time = t.elapsed() / SWEEPS;
+    let counts = source.netlink_counts().expect("counts");
+    eprintln!(
+        "{PODS} pods / {} containers: cold sweep {cold_time:?}, warm sweep {warm_time:?} (debug build); \
+         netlink after warm-up: {} host dumps, {} namespace lookups over {SWEEPS} sweeps",
+        containers.len(),
+        counts.host_dumps - warm_counts.host_dumps,
+        counts.namespace_lookups - warm_counts.namespace_lookups
+    );
+    assert_eq!(counts.namespace_lookups, warm_counts.namespace_lookups, "no namespace lookups once warm");
+    assert!(counts.host_dumps - warm_counts.host_dumps <= u64::from(SWEEPS), "at most one host dump a sweep");
+    for s in [&cold, &last] {
+        assert_eq!(network_point_count(s), 8 * PODS, "one set of series per pod");
+        for (pod, ns) in pods.iter().zip(&namespaces) {
+            let r = s.resource(&pod.resource_id()).expect("pod resource");
+            assert!(r.points.iter().all(|p| {
+                p.attribute(semconv::NETWORK_INTERFACE_HOST_PEER)
+                    == Some(&AttrValue::from(ns.host_if.as_str()))
+            }));
+        }
+    }
+}

@@ -198,6 +198,11 @@ impl NetnsSource {
         })
     }
 
+    /// Netlink work done so far; `None` when host peers are not resolved.
+    pub fn netlink_counts(&self) -> Option<NetlinkCounts> {
+        self.peers.as_ref().map(|p| p.counts)
+    }
+
     fn wanted(&self, name: &str) -> bool {
         (self.include.is_empty() || self.include.iter().any(|g| g.matches(name)))
             && !self.exclude.iter().any(|g| g.matches(name))
@@ -439,6 +444,16 @@ fn container_attributes(c: &ContainerInfo) -> Attributes {
     attrs
 }
 
+/// How often the peer resolver went to the kernel; to check that steady state costs nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetlinkCounts {
+    /// Dumps of the host's links (after link events, or for a new namespace).
+    pub host_dumps: u64,
+    /// Namespaces resolved (`RTM_GETNSID` plus a dump of the pod's links): new namespaces and
+    /// namespaces whose interface names changed.
+    pub namespace_lookups: u64,
+}
+
 /// Per-namespace cache of host peers, refreshed on link events.
 struct PeerResolver {
     rtnl: Rtnl,
@@ -447,7 +462,10 @@ struct PeerResolver {
     /// Bumped on every host dump; a namespace matched under an older one is matched again.
     generation: u64,
     host_dirty: bool,
+    /// A failed host dump is not retried for every namespace of the same sweep.
+    host_tried: bool,
     namespaces: HashMap<NsKey, NsPeers>,
+    counts: NetlinkCounts,
 }
 
 struct NsPeers {
@@ -477,7 +495,9 @@ impl PeerResolver {
                 host_links: Vec::new(),
                 generation: 0,
                 host_dirty: true,
+                host_tried: false,
                 namespaces: HashMap::new(),
+                counts: NetlinkCounts::default(),
             }),
             Err(e) => {
                 tracing::info!(error = %e, "Cannot open rtnetlink; host veth peers are not resolved.");
@@ -490,12 +510,15 @@ impl PeerResolver {
         if self.events.drain() {
             self.host_dirty = true;
         }
+        self.host_tried = false;
     }
 
     fn refresh_host(&mut self) {
-        if !self.host_dirty {
+        if !self.host_dirty || self.host_tried {
             return;
         }
+        self.host_tried = true;
+        self.counts.host_dumps += 1;
         match self.rtnl.dump_links(None) {
             Ok(links) => {
                 self.host_links = links;
@@ -525,6 +548,7 @@ impl PeerResolver {
         }
         if stale {
             let ns_path = proc_root.join(pid.to_string()).join("ns/net");
+            self.counts.namespace_lookups += 1;
             let (nsid, pod_links) = match self.rtnl.nsid_of(&ns_path) {
                 Ok(Some(nsid)) => match self.rtnl.dump_links(Some(nsid)) {
                     Ok(links) => (Some(nsid), links),
