@@ -198,6 +198,11 @@ impl Rtnl {
                     continue; // late answer to an earlier, timed-out request
                 }
                 match parsed.payload {
+                    // A dump the kernel refused (no CAP_NET_ADMIN for IFLA_TARGET_NETNSID)
+                    // ends in DONE carrying the error, not in an error message.
+                    NetlinkPayload::Done(done) if done.code < 0 => {
+                        return Err(io::Error::from_raw_os_error(-done.code))
+                    }
                     NetlinkPayload::Done(_) => return Ok(replies),
                     NetlinkPayload::Error(e) => match e.code {
                         Some(_) => return Err(e.to_io()),
