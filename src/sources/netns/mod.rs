@@ -223,19 +223,36 @@ impl NetnsSource {
             .map_err(|source| NetnsError::Read { path: c.procs_file.clone(), source })?;
         let pids =
             parse_procs(&text).map_err(|source| NetnsError::Parse { path: c.procs_file.clone(), source })?;
-        let mut live: Vec<CachedPid> = pids
-            .into_iter()
-            .filter_map(|pid| start_time(&self.proc_root, pid).ok().map(|start| CachedPid { pid, start }))
-            .collect();
+        // Pids that exit meanwhile are skipped quietly; any other failure (no CAP_SYS_PTRACE
+        // for ns/net, say) is reported if no pid works, rather than passing for "no process".
+        let mut failure: Option<NetnsError> = None;
+        let mut note = |e: NetnsError| {
+            if !e.is_vanished() {
+                failure = Some(e);
+            }
+        };
+        let mut live: Vec<CachedPid> = Vec::with_capacity(pids.len());
+        for pid in pids {
+            match start_time(&self.proc_root, pid) {
+                Ok(start) => live.push(CachedPid { pid, start }),
+                Err(e) => note(e),
+            }
+        }
         live.sort_by_key(|p| (p.start, p.pid));
         for candidate in live {
             // A zombie still has a stat file but no namespace: try the next one.
-            if let Ok(key) = ns_key(&self.proc_root, candidate.pid) {
-                self.pids.insert(c.id.clone(), candidate);
-                return Ok(Some((candidate, key)));
+            match ns_key(&self.proc_root, candidate.pid) {
+                Ok(key) => {
+                    self.pids.insert(c.id.clone(), candidate);
+                    return Ok(Some((candidate, key)));
+                }
+                Err(e) => note(e),
             }
         }
-        Ok(None)
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
     }
 }
 
@@ -278,7 +295,6 @@ impl Source for NetnsSource {
         let host = self.host;
         let telemetry = Telemetry::global();
 
-        // BTreeMap: a stable order makes the "first namespace wins" rule below deterministic.
         let mut groups: BTreeMap<NsKey, Vec<Member<'_>>> = BTreeMap::new();
         let mut seen: HashSet<&str> = HashSet::with_capacity(ctx.containers.len());
         for c in &ctx.containers {
@@ -301,6 +317,11 @@ impl Source for NetnsSource {
             peers.begin_sweep();
         }
 
+        // Oldest namespace first (by its oldest process), so that when a pod shows in two
+        // namespaces (its sandbox being replaced) the one it has been using keeps the series.
+        let mut groups: Vec<(NsKey, Vec<Member<'_>>)> = groups.into_iter().collect();
+        groups.sort_by_key(|(key, members)| (members.iter().map(|m| m.pid.start).min(), *key));
+
         let mut pods_done: HashSet<String> = HashSet::new();
         let mut live_namespaces: HashSet<NsKey> = HashSet::with_capacity(groups.len());
         for (key, members) in &groups {
@@ -317,8 +338,6 @@ impl Source for NetnsSource {
             let pod = kubernetes_pod(members);
             if let Some((uid, _)) = pod {
                 if !pods_done.insert(uid.to_owned()) {
-                    // A pod seen in two namespaces is a sandbox being replaced; the older one
-                    // (first here) is still the pod's until its containers are gone.
                     debug!(
                         pod_uid = uid,
                         "Pod spans two network namespaces this sweep; reporting the first."
