@@ -516,3 +516,32 @@ fn many_pods_cost_no_netlink_work_in_steady_state() {
         }
     }
 }
+
+#[test]
+fn vanished_and_empty_containers_are_skipped_without_losing_the_others() {
+    if !live() {
+        return;
+    }
+    let ns = TestNetns::create();
+    let mut pod = KubePod::new(2);
+    pod.start(0, &format!("exec ip netns exec {} sleep 300", ns.name), "sleep");
+    // Container 1 keeps an empty cgroup: created, never started.
+    let mut containers = pod.infos();
+    let mut vanished = containers[0].clone();
+    vanished.id = hex_id("vanished");
+    vanished.procs_file = containers[0].procs_file.with_file_name("gone-meanwhile").join("cgroup.procs");
+    containers.insert(0, vanished);
+
+    let telemetry = podometer::telemetry::Telemetry::global();
+    let count = || telemetry.containers_vanished.load(std::sync::atomic::Ordering::Relaxed);
+    let errors = || telemetry.source_errors.load(std::sync::atomic::Ordering::Relaxed);
+    let (vanished_before, errors_before) = (count(), errors());
+    let mut source = NetnsSource::new(&NetnsConfig::default()).expect("source");
+    let s = sweep(&mut source, &containers);
+    assert!(count() > vanished_before, "the vanished container is counted");
+    assert_eq!(interfaces_of(&s, &pod.resource_id()), ["eth0"], "the live pod is still reported");
+    assert_eq!(network_point_count(&s), 8);
+    // Other tests in this binary run in parallel and share the counter, but none of them
+    // should cause source errors either.
+    assert_eq!(errors(), errors_before, "a vanished or empty container is not an error");
+}

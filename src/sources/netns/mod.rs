@@ -168,6 +168,8 @@ pub struct NetnsSource {
     /// The host's network namespace, fixed for the agent's life.
     host: NsKey,
     pids: HashMap<String, CachedPid>,
+    /// hostNetwork containers already logged, so the debug line comes once per container.
+    host_network_logged: HashSet<String>,
     peers: Option<PeerResolver>,
 }
 
@@ -194,6 +196,7 @@ impl NetnsSource {
             host_network: config.host_network,
             host,
             pids: HashMap::new(),
+            host_network_logged: HashSet::new(),
             peers,
         })
     }
@@ -312,6 +315,7 @@ impl Source for NetnsSource {
             }
         }
         self.pids.retain(|id, _| seen.contains(id.as_str()));
+        self.host_network_logged.retain(|id| seen.contains(id.as_str()));
 
         if let Some(peers) = &mut self.peers {
             peers.begin_sweep();
@@ -420,9 +424,11 @@ impl Source for NetnsSource {
 }
 
 impl NetnsSource {
-    fn host_network_members(&self, members: &[Member<'_>], sweep: &mut Sweep) {
+    fn host_network_members(&mut self, members: &[Member<'_>], sweep: &mut Sweep) {
         for m in members {
-            debug!(container = %m.container.id, "Container uses the host network namespace; no network series for it.");
+            if self.host_network_logged.insert(m.container.id.clone()) {
+                debug!(container = %m.container.id, "Container uses the host network namespace; no network series for it.");
+            }
             if self.host_network != HostNetwork::Mark {
                 continue;
             }
@@ -542,7 +548,8 @@ impl PeerResolver {
             Ok(links) => {
                 self.host_links = links;
                 self.generation += 1;
-                self.host_dirty = false;
+                // A dump that raced with a change is used, and redone next sweep.
+                self.host_dirty = self.rtnl.interrupted;
             }
             Err(e) => {
                 Telemetry::inc(&Telemetry::global().source_errors);

@@ -27,7 +27,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use netlink_packet_core::{
-    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
@@ -116,6 +116,8 @@ pub struct Rtnl {
     socket: Socket,
     seq: u32,
     buf: Vec<u8>,
+    /// The last dump raced with a change (`NLM_F_DUMP_INTR`) and may be inconsistent.
+    pub interrupted: bool,
 }
 
 impl Rtnl {
@@ -125,7 +127,7 @@ impl Rtnl {
         socket.connect(&SocketAddr::new(0, 0))?;
         // A kernel that never answers must not stall the sweep thread forever.
         set_recv_timeout(&socket, Duration::from_secs(2))?;
-        Ok(Rtnl { socket, seq: 0, buf: vec![0; 64 * 1024] })
+        Ok(Rtnl { socket, seq: 0, buf: vec![0; 64 * 1024], interrupted: false })
     }
 
     /// The id the host gives the namespace of `ns_path`; `None` when it has none.
@@ -178,6 +180,7 @@ impl Rtnl {
         self.socket.send(&out, 0)?;
 
         let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        self.interrupted = false;
         let mut replies = Vec::new();
         loop {
             let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
@@ -196,6 +199,9 @@ impl Rtnl {
                 }
                 if parsed.header.sequence_number != seq {
                     continue; // late answer to an earlier, timed-out request
+                }
+                if parsed.header.flags & NLM_F_DUMP_INTR != 0 {
+                    self.interrupted = true;
                 }
                 match parsed.payload {
                     // A dump the kernel refused (no CAP_NET_ADMIN for IFLA_TARGET_NETNSID)
