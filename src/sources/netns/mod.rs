@@ -206,9 +206,9 @@ impl NetnsSource {
         self.peers.as_ref().map(|p| p.counts)
     }
 
+    #[cfg(test)]
     fn wanted(&self, name: &str) -> bool {
-        (self.include.is_empty() || self.include.iter().any(|g| g.matches(name)))
-            && !self.exclude.iter().any(|g| g.matches(name))
+        interface_wanted(&self.include, &self.exclude, name)
     }
 
     /// The container's oldest live process and its namespace; `Ok(None)` when it has no live
@@ -350,25 +350,39 @@ impl Source for NetnsSource {
                 }
             }
 
-            let path = self.proc_root.join(owner.pid.pid.to_string()).join("net/dev");
-            let counters = match std::fs::read_to_string(&path) {
-                Ok(text) => match parse_net_dev(&text) {
-                    Ok(c) => c,
+            // The owner first; if its process exits right now, any other member will do.
+            let readers = std::iter::once(owner).chain(members.iter().filter(|m| m.pid.pid != owner.pid.pid));
+            let mut read = None;
+            let mut failed = false;
+            for reader in readers {
+                let path = self.proc_root.join(reader.pid.pid.to_string()).join("net/dev");
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => {
+                        read = Some((reader.pid.pid, path, text));
+                        break;
+                    }
+                    Err(source) if is_vanished(&source) => continue,
                     Err(source) => {
                         Telemetry::inc(&telemetry.source_errors);
-                        let e = NetnsError::Parse { path, source };
-                        warn_limited!("netns.parse", error = %e, "Cannot parse a namespace's network counters.");
-                        continue;
+                        let e = NetnsError::Read { path, source };
+                        warn_limited!("netns.read", error = %e, "Cannot read a namespace's network counters.");
+                        failed = true;
+                        break;
                     }
-                },
-                Err(source) if is_vanished(&source) => {
-                    Telemetry::inc(&telemetry.containers_vanished);
-                    continue;
                 }
+            }
+            let Some((reader_pid, path, text)) = read else {
+                if !failed {
+                    Telemetry::inc(&telemetry.containers_vanished);
+                }
+                continue;
+            };
+            let counters = match parse_net_dev(&text) {
+                Ok(c) => c,
                 Err(source) => {
                     Telemetry::inc(&telemetry.source_errors);
-                    let e = NetnsError::Read { path, source };
-                    warn_limited!("netns.read", error = %e, "Cannot read a namespace's network counters.");
+                    let e = NetnsError::Parse { path, source };
+                    warn_limited!("netns.parse", error = %e, "Cannot parse a namespace's network counters.");
                     continue;
                 }
             };
@@ -376,9 +390,15 @@ impl Source for NetnsSource {
 
             let names: Vec<&str> = counters.iter().map(|c| c.name.as_str()).collect();
             let peers = match &mut self.peers {
-                Some(p) => p.peers_of(*key, &self.proc_root, owner.pid.pid, &names),
+                Some(p) => p.peers_of(*key, &self.proc_root, reader_pid, &names),
                 None => None,
             };
+            let (include, exclude) = (&self.include, &self.exclude);
+            let mut wanted =
+                counters.iter().filter(|i| interface_wanted(include, exclude, &i.name)).peekable();
+            if wanted.peek().is_none() {
+                continue;
+            }
 
             let (id, attributes, family): (ResourceId, Attributes, &'static NetworkFamily) = match pod {
                 Some((uid, qos)) => (
@@ -393,8 +413,8 @@ impl Source for NetnsSource {
                 ),
             };
             let resource = sweep.resource_mut(id, || attributes);
-            for iface in counters.iter().filter(|i| self.wanted(&i.name)) {
-                let peer = peers.as_ref().and_then(|p| p.get(&iface.name));
+            for iface in wanted {
+                let peer = peers.and_then(|p| p.get(&iface.name));
                 for (direction, c) in [
                     (semconv::DIRECTION_RECEIVE, &iface.receive),
                     (semconv::DIRECTION_TRANSMIT, &iface.transmit),
@@ -445,6 +465,11 @@ impl NetnsSource {
             sweep.resource_mut(id, || attributes).set_attribute(semconv::PODOMETER_HOST_NETWORK, true);
         }
     }
+}
+
+fn interface_wanted(include: &[Glob], exclude: &[Glob], name: &str) -> bool {
+    (include.is_empty() || include.iter().any(|g| g.matches(name)))
+        && !exclude.iter().any(|g| g.matches(name))
 }
 
 /// The Kubernetes pod of a namespace's members, if any; the smallest uid if they disagree.
@@ -564,7 +589,7 @@ impl PeerResolver {
         proc_root: &Path,
         pid: u32,
         names: &[&str],
-    ) -> Option<HashMap<String, String>> {
+    ) -> Option<&HashMap<String, String>> {
         let stale = match self.namespaces.get(&key) {
             Some(ns) => ns.interfaces.iter().map(String::as_str).ne(names.iter().copied()),
             None => true,
@@ -611,7 +636,7 @@ impl PeerResolver {
             };
             ns.generation = self.generation;
         }
-        Some(ns.peers.clone())
+        Some(&ns.peers)
     }
 
     fn end_sweep(&mut self, live: &HashSet<NsKey>) {
