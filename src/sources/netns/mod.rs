@@ -21,6 +21,19 @@
 //!   are merely skipped or also marked.
 //! - **Host peer.** See [`peer`]: rtnetlink from the host namespace names the host-side veth
 //!   of each pod interface (point attribute `network.interface.host_peer`).
+//!
+//! Privileges, checked on kernel 6.18 with `setpriv` dropping one capability at a time:
+//! - `stat` of `/proc/<pid>/ns/net` is a ptrace-read check: `CAP_SYS_PTRACE` for processes
+//!   of other users and for root processes with capabilities the agent lacks (so: always).
+//!   `CAP_DAC_READ_SEARCH`/`CAP_DAC_OVERRIDE` do not help. Without it a container is reported
+//!   as an error (`source_errors`, rate-limited warning), not silently skipped.
+//! - `/proc/<pid>/net/dev`, `/proc/<pid>/stat` and `cgroup.procs` are world-readable.
+//! - `RTM_GETNSID` needs only the open namespace fd (same ptrace check); the host link dump
+//!   and the `RTNLGRP_LINK` subscription need nothing. The dump of a pod's links with
+//!   `IFLA_TARGET_NETNSID` needs `CAP_NET_ADMIN` (`EACCES` otherwise): without it, counters
+//!   are still reported, without `host_peer`. `RTM_NEWNSID` is never sent.
+//! - In a DaemonSet: `hostPID: true` (pids in `cgroup.procs` are the host's) and
+//!   `hostNetwork: true` for host peers (netlink sockets see the namespace they are opened in).
 
 mod peer;
 mod procfs;
