@@ -19,7 +19,7 @@
 //! - **hostNetwork.** A namespace equal to `<proc_root>/1/ns/net` is the host's; its interfaces
 //!   are never attributed to a container or pod. [`HostNetwork`] decides whether such members
 //!   are merely skipped or also marked.
-//! - **Host peer.** See [`peer`]: rtnetlink from the host namespace names the host-side veth
+//! - **Host peer.** See the `peer` submodule: rtnetlink from the host namespace names the host-side veth
 //!   of each pod interface (point attribute `network.interface.host_peer`).
 //!
 //! Privileges, checked on kernel 6.18 with `setpriv` dropping one capability at a time:
