@@ -289,9 +289,10 @@ mod tests {
         LinkRecord { index, name: name.into(), kind: kind.map(Into::into), link, link_netnsid: nsid }
     }
 
-    /// Host links as `ip -d link` showed them on the test machine with two pods: pod A
-    /// (nsid 0) with eth0@if2 and a second veth net1@if3, pod B (nsid 1) with eth0@if2,
-    /// a macvlan pod (nsid 2) and the physical uplink.
+    /// A node with more than the capture below shows: pod A (nsid 0) with eth0 and a second
+    /// veth net1, pod B (nsid 1) whose eth0 has the same ifindex as pod A's, a macvlan pod
+    /// (nsid 2), a vxlan and the physical uplink. Built by hand from the fields the captured
+    /// messages carry.
     fn captured_host() -> Vec<LinkRecord> {
         vec![
             link(1, "lo", None, None, None),
@@ -331,6 +332,40 @@ mod tests {
         assert!(match_host_peers(2, &macvlan, &captured_host()).is_empty());
         let pod_a = vec![link(2, "eth0", Some("veth"), Some(7), Some(0))];
         assert!(match_host_peers(5, &pod_a, &captured_host()).is_empty());
+    }
+
+    /// Real RTM_NEWLINK messages, as the kernel sent them, parsed and matched.
+    #[test]
+    fn captured_kernel_messages_match_the_pod_eth0_to_its_host_veth() {
+        let mut host = Vec::new();
+        let mut pod = Vec::new();
+        for line in include_str!("testdata/rtnl_links.txt").lines().filter(|l| !l.starts_with('#')) {
+            let mut fields = line.split_whitespace();
+            let (side, name, hex) = (fields.next().unwrap(), fields.next().unwrap(), fields.next().unwrap());
+            let bytes: Vec<u8> =
+                (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes).unwrap();
+            let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) = msg.payload else {
+                panic!("{side} {name}: not a link message");
+            };
+            let rec = LinkRecord::from_message(&link);
+            assert_eq!(rec.name, name);
+            if side == "HOST" {
+                host.push(rec)
+            } else {
+                pod.push(rec)
+            }
+        }
+        let vcap0 = host.iter().find(|l| l.name == "vcap0").expect("vcap0 captured");
+        let eth0 = pod.iter().find(|l| l.name == "eth0").expect("eth0 captured");
+        assert_eq!(vcap0.kind.as_deref(), Some("veth"));
+        assert_eq!(vcap0.link_netnsid, Some(0));
+        assert_eq!(vcap0.link, Some(eth0.index));
+        assert_eq!(eth0.link, Some(vcap0.index), "and the pod side points back at the host veth");
+        let peers = match_host_peers(0, &pod, &host);
+        assert_eq!(peers.get("eth0").map(String::as_str), Some("vcap0"));
+        assert_eq!(peers.len(), 1, "lo has no peer: {peers:?}");
+        assert!(match_host_peers(1, &pod, &host).is_empty(), "another namespace id matches nothing");
     }
 
     #[test]
