@@ -695,28 +695,3 @@ mod tests {
         assert!(!source.wanted("eth9") && !source.wanted("wlan0") && !source.wanted("net10"));
     }
 }
-
-#[derive(Debug, thiserror::Error)]
-pub enum NetnsError {
-    #[error("netns source is not merged yet")]
-    NotYet,
-}
-
-/// Placeholder until the netns source lands.
-pub struct NetnsSource;
-
-impl NetnsSource {
-    pub fn new(_config: &NetnsConfig) -> Result<NetnsSource, NetnsError> {
-        Ok(NetnsSource)
-    }
-}
-
-impl crate::sources::Source for NetnsSource {
-    fn collect(
-        &mut self,
-        _ctx: &mut crate::model::SweepContext,
-        _sweep: &mut crate::model::Sweep,
-    ) -> Result<(), crate::sources::BoxError> {
-        Err(NetnsError::NotYet.into())
-    }
-}
