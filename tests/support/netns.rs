@@ -172,33 +172,9 @@ pub fn tcp_sink_in(ns_path: &str, port: u16) -> std::thread::JoinHandle<u64> {
 }
 
 /// Bytes received and transmitted by a container's network namespace (its `eth0`) as
-/// `podman stats` reports them, in the container's view. Podman 4.3's `--format json` prints
-/// rounded human strings (`net_io: "1.2kB / 3kB"`); the template over `.ContainerStats`
-/// gives the exact counters. Before 4.4 podman swapped them (`NetInput` was eth0's transmit
-/// bytes, containers/podman#16618, fixed by #16628), so they are put back in order here.
+/// `podman stats` reports them, in the container's view.
 pub fn podman_net_bytes(id: &str) -> (u64, u64) {
-    let text = run(super::podman::podman().args([
-        "stats",
-        "--no-stream",
-        "--no-reset",
-        "--format",
-        "{{json .ContainerStats}}",
-        id,
-    ]));
-    let json: serde_json::Value =
-        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("podman stats json: {e}: {text}"));
-    let field = |k: &str| json[k].as_u64().unwrap_or_else(|| panic!("podman stats has no {k}: {text}"));
-    let (input, output) = (field("NetInput"), field("NetOutput"));
-    if podman_swaps_net_io() {
-        (output, input)
-    } else {
-        (input, output)
-    }
-}
-
-fn podman_swaps_net_io() -> bool {
-    let version = run(super::podman::podman().args(["version", "--format", "{{.Client.Version}}"]));
-    let mut parts = version.trim().split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) < (4, 4)
+    let stats = super::podman::podman_stats(&[id.to_owned()]);
+    let s = stats.first().unwrap_or_else(|| panic!("podman stats printed nothing for {id}"));
+    (s.net_input_bytes, s.net_output_bytes)
 }
