@@ -1,29 +1,10 @@
 //! `cgroups`: every container's CPU, memory, block I/O, PIDs and pressure from cgroup v1, v2
 //! and hybrid hosts.
 
+pub mod classify;
+pub mod parse;
+
 use std::path::PathBuf;
-use std::time::Duration;
-
 use serde::Deserialize;
-
-/// Reads container cgroups.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct CgroupsConfig {
-    /// Where the host's cgroup filesystem is mounted; `/host/sys/fs/cgroup` in a DaemonSet.
-    #[serde(default = "default_root")]
-    pub root: PathBuf,
-}
-
-fn default_root() -> PathBuf {
-    PathBuf::from("/sys/fs/cgroup")
-}
-
-impl Default for CgroupsConfig {
-    fn default() -> Self {
-        CgroupsConfig { root: default_root() }
-    }
-}
-
-#[allow(dead_code)]
-const _DURATION: Option<Duration> = None;
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+pub struct CgroupsConfig { pub root: PathBuf }
