@@ -66,6 +66,8 @@ pub fn classify(relative_path: &str) -> Option<Classified> {
         return match (pod, parent) {
             (Some(pod), _) => container(name, Runtime::Containerd, Some(pod)),
             (None, Some("docker")) => container(name, Runtime::Docker, None),
+            // A Podman pod's own cgroup, not a container.
+            (None, Some("libpod_parent")) => None,
             (None, Some(_)) if parents.len() == 1 => container(name, Runtime::Containerd, None),
             _ => None,
         };
