@@ -28,9 +28,16 @@ use crate::model::{PodRef, Runtime};
 /// What a cgroup is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Classified {
-    Container { id: String, runtime: Runtime, pod: Option<PodRef> },
+    Container {
+        id: String,
+        runtime: Runtime,
+        pod: Option<PodRef>,
+    },
     /// A Kubernetes pod's own cgroup, the parent of its containers.
-    Pod { uid: String, qos: String },
+    Pod {
+        uid: String,
+        qos: String,
+    },
 }
 
 pub const QOS_GUARANTEED: &str = "guaranteed";
@@ -180,10 +187,19 @@ mod tests {
 
     #[test]
     fn kubelet_cgroupfs_driver() {
-        assert_eq!(classify(&format!("kubepods/burstable/pod{UID}/{ID}")), k8s(Runtime::Containerd, "burstable"));
-        assert_eq!(classify(&format!("/kubepods/besteffort/pod{UID}/{ID}")), k8s(Runtime::Containerd, "besteffort"));
+        assert_eq!(
+            classify(&format!("kubepods/burstable/pod{UID}/{ID}")),
+            k8s(Runtime::Containerd, "burstable")
+        );
+        assert_eq!(
+            classify(&format!("/kubepods/besteffort/pod{UID}/{ID}")),
+            k8s(Runtime::Containerd, "besteffort")
+        );
         assert_eq!(classify(&format!("kubepods/pod{UID}/{ID}")), k8s(Runtime::Containerd, "guaranteed"));
-        assert_eq!(classify(&format!("kubepods/burstable/pod{UID}/crio-{ID}")), k8s(Runtime::CriO, "burstable"));
+        assert_eq!(
+            classify(&format!("kubepods/burstable/pod{UID}/crio-{ID}")),
+            k8s(Runtime::CriO, "burstable")
+        );
         assert_eq!(classify(&format!("kubepods/burstable/pod{UID}")), pod("burstable"));
         assert_eq!(classify(&format!("kubepods/pod{UID}")), pod("guaranteed"));
         assert_eq!(classify("kubepods/burstable"), None);
@@ -195,7 +211,10 @@ mod tests {
     #[test]
     fn kubelet_systemd_driver() {
         let base = format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice");
-        assert_eq!(classify(&format!("{base}/cri-containerd-{ID}.scope")), k8s(Runtime::Containerd, "burstable"));
+        assert_eq!(
+            classify(&format!("{base}/cri-containerd-{ID}.scope")),
+            k8s(Runtime::Containerd, "burstable")
+        );
         assert_eq!(classify(&format!("{base}/crio-{ID}.scope")), k8s(Runtime::CriO, "burstable"));
         assert_eq!(classify(&format!("{base}/docker-{ID}.scope")), k8s(Runtime::Docker, "burstable"));
         assert_eq!(classify(&format!("{base}/crio-conmon-{ID}.scope")), None);
@@ -203,7 +222,10 @@ mod tests {
         let be = format!("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice");
         assert_eq!(classify(&format!("{be}/crio-{ID}.scope")), k8s(Runtime::CriO, "besteffort"));
         let g = format!("kubepods.slice/kubepods-pod{UID_}.slice");
-        assert_eq!(classify(&format!("{g}/cri-containerd-{ID}.scope")), k8s(Runtime::Containerd, "guaranteed"));
+        assert_eq!(
+            classify(&format!("{g}/cri-containerd-{ID}.scope")),
+            k8s(Runtime::Containerd, "guaranteed")
+        );
         assert_eq!(classify(&g), pod("guaranteed"));
         assert_eq!(classify("kubepods.slice"), None);
         assert_eq!(classify("kubepods.slice/kubepods-burstable.slice"), None);
@@ -214,7 +236,8 @@ mod tests {
 
     #[test]
     fn containerd_systemd_driver_without_systemd() {
-        let p = format!("system.slice/containerd.service/kubepods-burstable-pod{UID_}.slice:cri-containerd:{ID}");
+        let p =
+            format!("system.slice/containerd.service/kubepods-burstable-pod{UID_}.slice:cri-containerd:{ID}");
         assert_eq!(classify(&p), k8s(Runtime::Containerd, "burstable"));
         assert_eq!(classify(&format!("x/kubepods-burstable-pod{UID_}.slice:unknown:{ID}")), None);
     }
@@ -234,7 +257,10 @@ mod tests {
             pod: Some(PodRef::Podman { id: POD.into() }),
         });
         assert_eq!(classify(&format!("libpod_parent/{POD}/libpod-{ID}")), in_pod);
-        assert_eq!(classify(&format!("machine.slice/machine-libpod_pod_{POD}.slice/libpod-{ID}.scope")), in_pod);
+        assert_eq!(
+            classify(&format!("machine.slice/machine-libpod_pod_{POD}.slice/libpod-{ID}.scope")),
+            in_pod
+        );
         assert_eq!(classify(&format!("libpod_parent/libpod-{ID}")), bare(Runtime::Podman));
         assert_eq!(classify(&format!("machine.slice/libpod-{ID}.scope")), bare(Runtime::Podman));
         assert_eq!(classify(&format!("libpod_parent/{POD}/libpod-conmon-{ID}")), None);

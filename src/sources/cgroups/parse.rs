@@ -12,17 +12,24 @@ pub enum ParseError {
     BadLine(String),
     #[error("the file is empty")]
     Empty,
+    #[error("the file is not UTF-8 text")]
+    NotText,
 }
 
 fn number(key: &str, text: &str) -> Result<u64, ParseError> {
-    text.trim().parse().map_err(|_| ParseError::BadNumber { key: key.to_owned(), text: text.trim().to_owned() })
+    text.trim()
+        .parse()
+        .map_err(|_| ParseError::BadNumber { key: key.to_owned(), text: text.trim().to_owned() })
 }
 
 /// Values of `keys` in a file of `key value` lines (`memory.stat`, `cpu.stat`, `memory.events`,
 /// `cpuacct.stat`, `memory.oom_control`). Only wanted values are parsed, so a sweep does not pay
 /// for the forty other keys of `memory.stat`; a line that is not `key value` is an error all the
 /// same, so garbage is never read as "key missing".
-pub fn scan_keys<const N: usize>(text: &str, keys: [&'static str; N]) -> Result<[Option<u64>; N], ParseError> {
+pub fn scan_keys<const N: usize>(
+    text: &str,
+    keys: [&'static str; N],
+) -> Result<[Option<u64>; N], ParseError> {
     let mut out = [None; N];
     for line in text.lines() {
         let line = line.trim();
@@ -121,8 +128,10 @@ pub struct V2CpuStat {
 pub fn parse_v2_cpu_stat(text: &str) -> Result<V2CpuStat, ParseError> {
     let [user, system, periods, throttled, throttled_usec] =
         scan_keys(text, ["user_usec", "system_usec", "nr_periods", "nr_throttled", "throttled_usec"])?;
-    let time =
-        CpuTime { user: need(user, "user_usec")? as f64 / 1e6, system: need(system, "system_usec")? as f64 / 1e6 };
+    let time = CpuTime {
+        user: need(user, "user_usec")? as f64 / 1e6,
+        system: need(system, "system_usec")? as f64 / 1e6,
+    };
     let throttling = match periods {
         Some(periods) => Some(Throttling {
             periods,
@@ -192,7 +201,8 @@ pub fn parse_v1_blkio(text: &str) -> Result<Vec<DeviceIo>, ParseError> {
             continue;
         }
         let mut parts = line.split_ascii_whitespace();
-        let (Some(device), Some(op), Some(value), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(device), Some(op), Some(value), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(ParseError::BadLine(line.to_owned()));
         };
@@ -225,7 +235,10 @@ pub fn parse_v1_blkio(text: &str) -> Result<Vec<DeviceIo>, ParseError> {
 fn is_device(s: &str) -> bool {
     match s.split_once(':') {
         Some((a, b)) => {
-            !a.is_empty() && !b.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && b.bytes().all(|c| c.is_ascii_digit())
+            !a.is_empty()
+                && !b.is_empty()
+                && a.bytes().all(|c| c.is_ascii_digit())
+                && b.bytes().all(|c| c.is_ascii_digit())
         }
         None => false,
     }
@@ -247,7 +260,8 @@ pub fn parse_v2_io_stat(text: &str) -> Result<IoStat, ParseError> {
             continue;
         }
         let mut parts = line.split_ascii_whitespace();
-        let device = parts.next().filter(|d| is_device(d)).ok_or_else(|| ParseError::BadLine(line.to_owned()))?;
+        let device =
+            parts.next().filter(|d| is_device(d)).ok_or_else(|| ParseError::BadLine(line.to_owned()))?;
         let (mut rbytes, mut wbytes, mut rios, mut wios) = (None, None, None, None);
         for kv in parts {
             let (k, v) = kv.split_once('=').ok_or_else(|| ParseError::BadLine(line.to_owned()))?;
@@ -298,9 +312,7 @@ pub fn parse_pressure(text: &str) -> Result<Pressure, ParseError> {
             Some("full") => &mut full,
             _ => return Err(ParseError::BadLine(line.to_owned())),
         };
-        let total = parts
-            .find_map(|kv| kv.strip_prefix("total="))
-            .ok_or(ParseError::MissingKey("total"))?;
+        let total = parts.find_map(|kv| kv.strip_prefix("total=")).ok_or(ParseError::MissingKey("total"))?;
         *slot = Some(number("total", total)? as f64 / 1e6);
     }
     Ok(Pressure { some: some.ok_or(ParseError::MissingKey("some"))?, full })
@@ -325,8 +337,10 @@ mod tests {
 
     #[test]
     fn v1_cpu_stat_throttled_time_is_nanoseconds() {
-        let t = parse_v1_cpu_stat("nr_periods 120\nnr_throttled 7\nthrottled_time 3500000000\nnr_bursts 0\nburst_time 0\n")
-            .unwrap();
+        let t = parse_v1_cpu_stat(
+            "nr_periods 120\nnr_throttled 7\nthrottled_time 3500000000\nnr_bursts 0\nburst_time 0\n",
+        )
+        .unwrap();
         assert_eq!(t, Throttling { periods: 120, throttled_periods: 7, throttled_time: 3.5 });
         assert_eq!(
             parse_v1_cpu_stat("nr_periods 1\nthrottled_time 0\n"),
@@ -342,7 +356,10 @@ mod tests {
         assert_eq!(s.throttling, Some(Throttling { periods: 50, throttled_periods: 4, throttled_time: 2.5 }));
         let core = "usage_usec 10\nuser_usec 6\nsystem_usec 4\n";
         assert_eq!(parse_v2_cpu_stat(core).unwrap().throttling, None);
-        assert_eq!(parse_v2_cpu_stat("usage_usec 10\nuser_usec 6\n"), Err(ParseError::MissingKey("system_usec")));
+        assert_eq!(
+            parse_v2_cpu_stat("usage_usec 10\nuser_usec 6\n"),
+            Err(ParseError::MissingKey("system_usec"))
+        );
         assert_eq!(
             parse_v2_cpu_stat("user_usec 6\nsystem_usec 4\nnr_periods 1\nnr_throttled 0\n"),
             Err(ParseError::MissingKey("throttled_usec"))
@@ -351,11 +368,21 @@ mod tests {
 
     #[test]
     fn memory_stat_v1_uses_total_keys_and_v2_plain_keys() {
-        let v1 = "cache 1\nrss 2\ninactive_file 3\ntotal_cache 40960\ntotal_rss 81920\ntotal_inactive_file 8192\n";
-        assert_eq!(parse_v1_memory_stat(v1).unwrap(), MemoryStat { inactive_file: 8192, rss: 81920, file: 40960 });
-        assert_eq!(parse_v1_memory_stat("cache 1\nrss 2\n"), Err(ParseError::MissingKey("total_inactive_file")));
+        let v1 =
+            "cache 1\nrss 2\ninactive_file 3\ntotal_cache 40960\ntotal_rss 81920\ntotal_inactive_file 8192\n";
+        assert_eq!(
+            parse_v1_memory_stat(v1).unwrap(),
+            MemoryStat { inactive_file: 8192, rss: 81920, file: 40960 }
+        );
+        assert_eq!(
+            parse_v1_memory_stat("cache 1\nrss 2\n"),
+            Err(ParseError::MissingKey("total_inactive_file"))
+        );
         let v2 = "anon 4096\nfile 12288\nkernel 100\ninactive_file 8192\nactive_file 4096\n";
-        assert_eq!(parse_v2_memory_stat(v2).unwrap(), MemoryStat { inactive_file: 8192, rss: 4096, file: 12288 });
+        assert_eq!(
+            parse_v2_memory_stat(v2).unwrap(),
+            MemoryStat { inactive_file: 8192, rss: 4096, file: 12288 }
+        );
         assert_eq!(parse_v2_memory_stat("file 1\ninactive_file 1\n"), Err(ParseError::MissingKey("anon")));
     }
 
@@ -383,12 +410,16 @@ mod tests {
     fn oom_kills_from_v1_oom_control_and_v2_events() {
         assert_eq!(parse_oom_kills("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n"), Ok(3));
         assert_eq!(parse_oom_kills("low 0\nhigh 0\nmax 2\noom 2\noom_kill 1\noom_group_kill 0\n"), Ok(1));
-        assert_eq!(parse_oom_kills("oom_kill_disable 0\nunder_oom 0\n"), Err(ParseError::MissingKey("oom_kill")));
+        assert_eq!(
+            parse_oom_kills("oom_kill_disable 0\nunder_oom 0\n"),
+            Err(ParseError::MissingKey("oom_kill"))
+        );
     }
 
     #[test]
     fn v1_blkio_reads_read_and_write_and_skips_totals() {
-        let text = "8:0 Read 4096\n8:0 Write 8192\n8:0 Sync 12288\n8:0 Async 0\n8:0 Discard 0\n8:0 Total 12288\n\
+        let text =
+            "8:0 Read 4096\n8:0 Write 8192\n8:0 Sync 12288\n8:0 Async 0\n8:0 Discard 0\n8:0 Total 12288\n\
                     253:1 Read 512\n253:1 Write 0\n253:1 Total 512\nTotal 12800\n";
         assert_eq!(
             parse_v1_blkio(text).unwrap(),
