@@ -41,8 +41,11 @@ fn sweep_once(source: &mut CgroupSource) -> (SweepContext, Sweep) {
 /// A point as compared: metric name, sorted point attributes, value.
 type Key = (String, Vec<(String, String)>);
 
+/// One expected point: metric name, point attributes, value.
+type ExpectedPoint = (&'static str, Vec<(&'static str, &'static str)>, Value);
+
 #[derive(Default)]
-struct Expect(Vec<(&'static str, Vec<(&'static str, &'static str)>, Value)>);
+struct Expect(Vec<ExpectedPoint>);
 
 impl Expect {
     fn int(mut self, name: &'static str, v: i64) -> Self {
