@@ -89,22 +89,38 @@ pub struct PodmanStats {
 }
 
 /// Reads `podman stats` for the given containers (full ids).
+///
+/// Podman 4.3's `--format json` prints humanised strings (`"cpu_time": "997.89ms"`,
+/// `"mem_usage": "466.9kB / 25.28GB"`) and 12-character ids, so the raw numbers are taken from
+/// the stats struct through a Go template instead.
 pub fn podman_stats(ids: &[String]) -> Vec<PodmanStats> {
     let mut cmd = podman();
-    cmd.args(["stats", "--no-stream", "--no-reset", "--format", "json"]);
+    cmd.args([
+        "stats",
+        "--no-stream",
+        "--no-reset",
+        "--format",
+        "{{.ContainerStats.ContainerID}} {{.ContainerStats.CPUNano}} {{.ContainerStats.MemUsage}} \
+         {{.ContainerStats.NetInput}} {{.ContainerStats.NetOutput}}",
+    ]);
     cmd.args(ids);
     let text = run(&mut cmd);
-    let json: serde_json::Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("podman stats json: {e}: {text}"));
-    json.as_array()
-        .expect("podman stats prints an array")
-        .iter()
-        .map(|c| PodmanStats {
-            id: c["id"].as_str().unwrap_or_default().to_owned(),
-            cpu_seconds: c["cpu_nano"].as_u64().map(|n| n as f64 / 1e9).unwrap_or(f64::NAN),
-            mem_usage_bytes: c["mem_usage"].as_u64().unwrap_or(0),
-            net_input_bytes: c["net_input"].as_u64().unwrap_or(0),
-            net_output_bytes: c["net_output"].as_u64().unwrap_or(0),
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let num = |i: usize| -> u64 {
+                f.get(i)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("podman stats field {i} is not a number: {line}"))
+            };
+            PodmanStats {
+                id: f.first().map(|s| (*s).to_owned()).unwrap_or_default(),
+                cpu_seconds: num(1) as f64 / 1e9,
+                mem_usage_bytes: num(2),
+                net_input_bytes: num(3),
+                net_output_bytes: num(4),
+            }
         })
         .collect()
 }
