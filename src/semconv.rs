@@ -192,3 +192,9 @@ pub static CONTAINER: CgroupFamily = cgroup_family!("container");
 pub static POD: CgroupFamily = cgroup_family!("k8s.pod");
 pub static CONTAINER_NETWORK: NetworkFamily = network_family!("container");
 pub static POD_NETWORK: NetworkFamily = network_family!("k8s.pod");
+
+// ---- netns source (additive) ----
+/// Not in the conventions: resource attribute, `true` on a pod or container that uses the
+/// host's network namespace (`hostNetwork: true`), when the netns source's `host_network` is
+/// `mark`. Such resources get no network series.
+pub const PODOMETER_HOST_NETWORK: &str = "podometer.host_network";

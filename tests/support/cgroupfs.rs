@@ -95,11 +95,48 @@ fn inherit_cpuset(dir: &Path) {
     }
 }
 
+impl TestCgroup {
+    /// Pids in this cgroup or below it, from the first hierarchy that lists them.
+    fn member_pids(&self) -> Vec<i32> {
+        let mut pids = Vec::new();
+        if let Some(h) = self.hierarchies().first() {
+            collect_pids(&h.join(&self.relative), &mut pids);
+        }
+        pids
+    }
+}
+
+fn collect_pids(dir: &Path, out: &mut Vec<i32>) {
+    if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
+        out.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    }
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                collect_pids(&e.path(), out);
+            }
+        }
+    }
+}
+
 impl Drop for TestCgroup {
     fn drop(&mut self) {
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // Grandchildren of `spawn` (a backgrounded command, a forked sleep) outlive the shell;
+        // every process still in the cgroup was started by this test, so end them by pid.
+        for _ in 0..50 {
+            let pids = self.member_pids();
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                // SAFETY: kill has no memory-safety preconditions; the pid is in our own cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
         // Processes leave a cgroup asynchronously after exit; rmdir fails with EBUSY until then.
         for dir in self.created.iter().rev() {

@@ -77,34 +77,52 @@ impl Drop for PodmanPod {
     }
 }
 
-/// One container of `podman stats --no-stream --format json`, the reference for our numbers.
+/// One container as `podman stats` reports it: the reference for our numbers.
 #[derive(Debug, Clone)]
 pub struct PodmanStats {
     pub id: String,
     /// Cumulative CPU time, seconds.
     pub cpu_seconds: f64,
     pub mem_usage_bytes: u64,
+    /// Bytes the container's network namespace received (its view).
     pub net_input_bytes: u64,
+    /// Bytes the container's network namespace transmitted (its view).
     pub net_output_bytes: u64,
 }
 
-/// Reads `podman stats` for the given containers (full ids).
+/// Reads `podman stats` for the given containers (full ids), one JSON object per container.
+/// `--format json` prints rounded human strings in Podman 4.3 (`"mem_usage": "340kB / 25GB"`);
+/// the template over `.ContainerStats` gives the exact counters. Before 4.4 podman swapped the
+/// network directions (`NetInput` was eth0's transmit bytes, containers/podman#16618), so they
+/// are put back in the container's view here.
 pub fn podman_stats(ids: &[String]) -> Vec<PodmanStats> {
     let mut cmd = podman();
-    cmd.args(["stats", "--no-stream", "--no-reset", "--format", "json"]);
+    cmd.args(["stats", "--no-stream", "--no-reset", "--format", "{{json .ContainerStats}}"]);
     cmd.args(ids);
     let text = run(&mut cmd);
-    let json: serde_json::Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("podman stats json: {e}: {text}"));
-    json.as_array()
-        .expect("podman stats prints an array")
-        .iter()
-        .map(|c| PodmanStats {
-            id: c["id"].as_str().unwrap_or_default().to_owned(),
-            cpu_seconds: c["cpu_nano"].as_u64().map(|n| n as f64 / 1e9).unwrap_or(f64::NAN),
-            mem_usage_bytes: c["mem_usage"].as_u64().unwrap_or(0),
-            net_input_bytes: c["net_input"].as_u64().unwrap_or(0),
-            net_output_bytes: c["net_output"].as_u64().unwrap_or(0),
+    let swapped = podman_swaps_net_io();
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let c: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("podman stats json: {e}: {line}"));
+            let field = |k: &str| c[k].as_u64().unwrap_or_else(|| panic!("podman stats has no {k}: {line}"));
+            let (input, output) = (field("NetInput"), field("NetOutput"));
+            let (net_input_bytes, net_output_bytes) = if swapped { (output, input) } else { (input, output) };
+            PodmanStats {
+                id: c["ContainerID"].as_str().unwrap_or_default().to_owned(),
+                cpu_seconds: field("CPUNano") as f64 / 1e9,
+                mem_usage_bytes: field("MemUsage"),
+                net_input_bytes,
+                net_output_bytes,
+            }
         })
         .collect()
+}
+
+fn podman_swaps_net_io() -> bool {
+    let version = run(podman().args(["version", "--format", "{{.Client.Version}}"]));
+    let mut parts = version.trim().split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) < (4, 4)
 }

@@ -1,49 +1,697 @@
 //! `netns`: network I/O per network namespace, on the pod's or the owning container's Resource.
+//!
+//! Works from the containers the cgroup source published in [`SweepContext::containers`]:
+//!
+//! - **Which namespace.** For each container, a live pid from its `cgroup.procs` (the oldest,
+//!   cached, and checked first next sweep together with its start time so a reused pid is not
+//!   trusted); the namespace identity is the device and inode of `<proc_root>/<pid>/ns/net`
+//!   (a `stat`, nothing is opened). Containers are grouped by that identity.
+//! - **Counters.** `<proc_root>/<pid>/net/dev` of one member, read once per namespace and
+//!   sweep. procfs shows the namespace of the process it belongs to, so no `setns`, no fork.
+//!   Counters are in the pod's view: receive is what the pod received.
+//! - **Where the series go.** Once per namespace. If any member belongs to a Kubernetes pod,
+//!   on that pod's Resource with `k8s.pod.network.*`. Otherwise on the Resource of the
+//!   namespace's *owner* with `container.network.*`: the member whose oldest live process
+//!   started first (ties: smallest id). The sandbox/infra container creates the namespace and
+//!   the others join it later, so it always started first; no runtime metadata is needed, and
+//!   when the sandbox process is gone (CRI-O `drop_infra_ctr`, killed pause) the oldest app
+//!   container takes over. Other members get no network series.
+//! - **hostNetwork.** A namespace equal to `<proc_root>/1/ns/net` is the host's; its interfaces
+//!   are never attributed to a container or pod. [`HostNetwork`] decides whether such members
+//!   are merely skipped or also marked.
+//! - **Host peer.** See the `peer` submodule: rtnetlink from the host namespace names the host-side veth
+//!   of each pod interface (point attribute `network.interface.host_peer`).
+//!
+//! Privileges, checked on kernel 6.18 with `setpriv` dropping one capability at a time:
+//! - `stat` of `/proc/<pid>/ns/net` is a ptrace-read check: `CAP_SYS_PTRACE` for processes
+//!   of other users and for root processes with capabilities the agent lacks (so: always).
+//!   `CAP_DAC_READ_SEARCH`/`CAP_DAC_OVERRIDE` do not help. Without it a container is reported
+//!   as an error (`source_errors`, rate-limited warning), not silently skipped.
+//! - `/proc/<pid>/net/dev`, `/proc/<pid>/stat` and `cgroup.procs` are world-readable.
+//! - `RTM_GETNSID` needs only the open namespace fd (same ptrace check); the host link dump
+//!   and the `RTNLGRP_LINK` subscription need nothing. The dump of a pod's links with
+//!   `IFLA_TARGET_NETNSID` needs `CAP_NET_ADMIN` (`EACCES` otherwise): without it, counters
+//!   are still reported, without `host_peer`. `RTM_NEWNSID` is never sent.
+//! - In a DaemonSet: `hostPID: true` (pids in `cgroup.procs` are the host's) and
+//!   `hostNetwork: true` for host peers (netlink sockets see the namespace they are opened in).
 
-use std::path::PathBuf;
+mod peer;
+mod procfs;
+
+pub use peer::{match_host_peers, LinkRecord};
+pub use procfs::{
+    parse_net_dev, parse_procs, parse_stat_starttime, DirectionCounters, InterfaceCounters, ParseError,
+};
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use thiserror::Error;
+use tracing::debug;
+
+use crate::glob::Glob;
+use crate::model::{
+    AttrValue, Attributes, ContainerInfo, PodRef, Point, ResourceId, Sweep, SweepContext, Value,
+};
+use crate::semconv::{self, NetworkFamily};
+use crate::sources::{BoxError, Source};
+use crate::telemetry::Telemetry;
+use crate::warn_limited;
+
+use peer::{LinkEvents, Rtnl};
 
 /// Reads network counters once per network namespace.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NetnsConfig {
-    /// Where the host's procfs is mounted; `/host/proc` in a DaemonSet.
+    /// Where the host's procfs is mounted; `/host/proc` in a DaemonSet. The agent must see the
+    /// host's pids there (`hostPID: true`), since `cgroup.procs` lists them.
     #[serde(default = "default_proc_root")]
     pub proc_root: PathBuf,
+    /// Interfaces to report, as globs (`eth*`, `net?`). Empty (the default): all of them,
+    /// minus `exclude_interfaces`.
+    #[serde(default)]
+    pub include_interfaces: Vec<Glob>,
+    /// Interfaces never reported, as globs; applied after `include_interfaces`.
+    /// Default: `["lo"]`, since loopback traffic never leaves the pod.
+    #[serde(default = "default_exclude_interfaces")]
+    pub exclude_interfaces: Vec<Glob>,
+    /// What to do with containers in the host's network namespace (Kubernetes
+    /// `hostNetwork: true`, `podman --network host`). Their interfaces are the host's and are
+    /// never reported for them. `skip` (default): nothing, a debug log. `mark`: also set the
+    /// resource attribute `podometer.host_network = true` on their pod (Kubernetes) or
+    /// container Resource.
+    #[serde(default)]
+    pub host_network: HostNetwork,
+    /// Name the host-side veth of each pod interface (`network.interface.host_peer`) through
+    /// rtnetlink. Needs the agent in the host network namespace (`hostNetwork: true`);
+    /// elsewhere it is turned off by itself with a log line.
+    #[serde(default = "default_true")]
+    pub resolve_host_peer: bool,
+}
+
+/// Handling of containers that share the host's network namespace.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HostNetwork {
+    /// No series and no attribute.
+    #[default]
+    Skip,
+    /// No series; `podometer.host_network = true` on the pod's or container's Resource.
+    Mark,
 }
 
 fn default_proc_root() -> PathBuf {
     PathBuf::from("/proc")
 }
 
+fn default_exclude_interfaces() -> Vec<Glob> {
+    vec![Glob::new("lo")]
+}
+
+fn default_true() -> bool {
+    true
+}
+
 impl Default for NetnsConfig {
     fn default() -> Self {
-        NetnsConfig { proc_root: default_proc_root() }
+        NetnsConfig {
+            proc_root: default_proc_root(),
+            include_interfaces: Vec::new(),
+            exclude_interfaces: default_exclude_interfaces(),
+            host_network: HostNetwork::default(),
+            resolve_host_peer: true,
+        }
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Error)]
 pub enum NetnsError {
-    #[error("netns source is not merged yet")]
-    NotYet,
+    #[error("cannot stat the network namespace {path}: {source}")]
+    Namespace { path: PathBuf, source: io::Error },
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path}: {source}")]
+    Parse { path: PathBuf, source: ParseError },
 }
 
-/// Placeholder until the netns source lands.
-pub struct NetnsSource;
+impl NetnsError {
+    /// A process or cgroup that went away between listing and reading: normal on a busy node.
+    fn is_vanished(&self) -> bool {
+        match self {
+            NetnsError::Read { source, .. } | NetnsError::Namespace { source, .. } => is_vanished(source),
+            NetnsError::Parse { .. } => false,
+        }
+    }
+}
+
+fn is_vanished(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound
+        || matches!(e.raw_os_error(), Some(libc::ESRCH) | Some(libc::ENODEV) | Some(libc::ENOENT))
+}
+
+/// Identity of a network namespace: device and inode of the nsfs file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct NsKey {
+    dev: u64,
+    ino: u64,
+}
+
+/// The oldest live process of a container, and when it started (clock ticks since boot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CachedPid {
+    pid: u32,
+    start: u64,
+}
+
+/// Chooses the member that owns a namespace: the one whose oldest process started first,
+/// ties to the smallest id. Returns an index into `members`.
+fn choose_owner(members: &[(&str, u64)]) -> Option<usize> {
+    members.iter().enumerate().min_by(|(_, a), (_, b)| a.1.cmp(&b.1).then(a.0.cmp(b.0))).map(|(i, _)| i)
+}
+
+pub struct NetnsSource {
+    proc_root: PathBuf,
+    include: Vec<Glob>,
+    exclude: Vec<Glob>,
+    host_network: HostNetwork,
+    /// The host's network namespace, fixed for the agent's life.
+    host: NsKey,
+    pids: HashMap<String, CachedPid>,
+    /// hostNetwork containers already logged, so the debug line comes once per container.
+    host_network_logged: HashSet<String>,
+    peers: Option<PeerResolver>,
+}
+
+impl std::fmt::Debug for NetnsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetnsSource")
+            .field("proc_root", &self.proc_root)
+            .field("cached_pids", &self.pids.len())
+            .field("resolves_host_peers", &self.peers.is_some())
+            .finish()
+    }
+}
 
 impl NetnsSource {
-    pub fn new(_config: &NetnsConfig) -> Result<NetnsSource, NetnsError> {
-        Ok(NetnsSource)
+    /// Fails only when neither `<proc_root>/1/ns/net` nor the agent's own namespace can be
+    /// stat'ed; peer resolution that cannot start is turned off with a log line instead.
+    pub fn new(config: &NetnsConfig) -> Result<NetnsSource, NetnsError> {
+        let host = host_ns_key(&config.proc_root)?;
+        let peers = if config.resolve_host_peer { PeerResolver::start(host) } else { None };
+        Ok(NetnsSource {
+            proc_root: config.proc_root.clone(),
+            include: config.include_interfaces.clone(),
+            exclude: config.exclude_interfaces.clone(),
+            host_network: config.host_network,
+            host,
+            pids: HashMap::new(),
+            host_network_logged: HashSet::new(),
+            peers,
+        })
+    }
+
+    /// Netlink work done so far; `None` when host peers are not resolved.
+    pub fn netlink_counts(&self) -> Option<NetlinkCounts> {
+        self.peers.as_ref().map(|p| p.counts)
+    }
+
+    #[cfg(test)]
+    fn wanted(&self, name: &str) -> bool {
+        interface_wanted(&self.include, &self.exclude, name)
+    }
+
+    /// The container's oldest live process and its namespace; `Ok(None)` when it has no live
+    /// process left.
+    fn locate(&mut self, c: &ContainerInfo) -> Result<Option<(CachedPid, NsKey)>, NetnsError> {
+        if let Some(cached) = self.pids.get(&c.id).copied() {
+            if start_time(&self.proc_root, cached.pid).ok() == Some(cached.start) {
+                if let Ok(key) = ns_key(&self.proc_root, cached.pid) {
+                    return Ok(Some((cached, key)));
+                }
+            }
+            self.pids.remove(&c.id);
+        }
+        let text = std::fs::read_to_string(&c.procs_file)
+            .map_err(|source| NetnsError::Read { path: c.procs_file.clone(), source })?;
+        let pids =
+            parse_procs(&text).map_err(|source| NetnsError::Parse { path: c.procs_file.clone(), source })?;
+        // Pids that exit meanwhile are skipped quietly; any other failure (no CAP_SYS_PTRACE
+        // for ns/net, say) is reported if no pid works, rather than passing for "no process".
+        let mut failure: Option<NetnsError> = None;
+        let mut note = |e: NetnsError| {
+            if !e.is_vanished() {
+                failure = Some(e);
+            }
+        };
+        let mut live: Vec<CachedPid> = Vec::with_capacity(pids.len());
+        for pid in pids {
+            match start_time(&self.proc_root, pid) {
+                Ok(start) => live.push(CachedPid { pid, start }),
+                Err(e) => note(e),
+            }
+        }
+        live.sort_by_key(|p| (p.start, p.pid));
+        for candidate in live {
+            // A zombie still has a stat file but no namespace: try the next one.
+            match ns_key(&self.proc_root, candidate.pid) {
+                Ok(key) => {
+                    self.pids.insert(c.id.clone(), candidate);
+                    return Ok(Some((candidate, key)));
+                }
+                Err(e) => note(e),
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
     }
 }
 
-impl crate::sources::Source for NetnsSource {
-    fn collect(
+/// The host namespace is pid 1's. Some sandboxes forbid even root to look at pid 1 (an LSM
+/// or a protected init); the agent's own namespace is then the reference, which is the host's
+/// in the supported deployment (`hostNetwork: true`).
+fn host_ns_key(proc_root: &Path) -> Result<NsKey, NetnsError> {
+    match ns_key(proc_root, 1) {
+        Ok(key) => Ok(key),
+        Err(e) => {
+            let own = ns_key(Path::new("/proc"), std::process::id())?;
+            tracing::warn!(error = %e, "Cannot see pid 1's network namespace; taking the agent's own as the host's.");
+            Ok(own)
+        }
+    }
+}
+
+fn ns_key(proc_root: &Path, pid: u32) -> Result<NsKey, NetnsError> {
+    let path = proc_root.join(pid.to_string()).join("ns/net");
+    // stat follows the magic link to the nsfs inode without opening the namespace.
+    let meta = std::fs::metadata(&path).map_err(|source| NetnsError::Namespace { path, source })?;
+    Ok(NsKey { dev: meta.dev(), ino: meta.ino() })
+}
+
+fn start_time(proc_root: &Path, pid: u32) -> Result<u64, NetnsError> {
+    let path = proc_root.join(pid.to_string()).join("stat");
+    let text =
+        std::fs::read_to_string(&path).map_err(|source| NetnsError::Read { path: path.clone(), source })?;
+    parse_stat_starttime(&text).map_err(|source| NetnsError::Parse { path, source })
+}
+
+/// One member of a namespace group this sweep.
+struct Member<'a> {
+    container: &'a ContainerInfo,
+    pid: CachedPid,
+}
+
+impl Source for NetnsSource {
+    fn collect(&mut self, ctx: &mut SweepContext, sweep: &mut Sweep) -> Result<(), BoxError> {
+        let host = self.host;
+        let telemetry = Telemetry::global();
+
+        let mut groups: BTreeMap<NsKey, Vec<Member<'_>>> = BTreeMap::new();
+        let mut seen: HashSet<&str> = HashSet::with_capacity(ctx.containers.len());
+        for c in &ctx.containers {
+            seen.insert(c.id.as_str());
+            match self.locate(c) {
+                Ok(Some((pid, key))) => groups.entry(key).or_default().push(Member { container: c, pid }),
+                Ok(None) => {
+                    debug!(container = %c.id, "Container has no live process; no network series for it.")
+                }
+                Err(e) if e.is_vanished() => Telemetry::inc(&telemetry.containers_vanished),
+                Err(e) => {
+                    Telemetry::inc(&telemetry.source_errors);
+                    warn_limited!("netns.locate", container = %c.id, error = %e, "Cannot find the network namespace of a container.");
+                }
+            }
+        }
+        self.pids.retain(|id, _| seen.contains(id.as_str()));
+        self.host_network_logged.retain(|id| seen.contains(id.as_str()));
+
+        if let Some(peers) = &mut self.peers {
+            peers.begin_sweep();
+        }
+
+        // Oldest namespace first (by its oldest process), so that when a pod shows in two
+        // namespaces (its sandbox being replaced) the one it has been using keeps the series.
+        let mut groups: Vec<(NsKey, Vec<Member<'_>>)> = groups.into_iter().collect();
+        groups.sort_by_key(|(key, members)| (members.iter().map(|m| m.pid.start).min(), *key));
+
+        let mut pods_done: HashSet<String> = HashSet::new();
+        let mut live_namespaces: HashSet<NsKey> = HashSet::with_capacity(groups.len());
+        for (key, members) in &groups {
+            if *key == host {
+                self.host_network_members(members, sweep);
+                continue;
+            }
+            let Some(owner) = choose_owner(
+                &members.iter().map(|m| (m.container.id.as_str(), m.pid.start)).collect::<Vec<_>>(),
+            ) else {
+                continue;
+            };
+            let owner = &members[owner];
+            let pod = kubernetes_pod(members);
+            if let Some((uid, _)) = pod {
+                if !pods_done.insert(uid.to_owned()) {
+                    debug!(
+                        pod_uid = uid,
+                        "Pod spans two network namespaces this sweep; reporting the first."
+                    );
+                    continue;
+                }
+            }
+
+            // The owner first; if its process exits right now, any other member will do.
+            let readers = std::iter::once(owner).chain(members.iter().filter(|m| m.pid.pid != owner.pid.pid));
+            let mut read = None;
+            let mut failed = false;
+            for reader in readers {
+                let path = self.proc_root.join(reader.pid.pid.to_string()).join("net/dev");
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => {
+                        read = Some((reader.pid.pid, path, text));
+                        break;
+                    }
+                    Err(source) if is_vanished(&source) => continue,
+                    Err(source) => {
+                        Telemetry::inc(&telemetry.source_errors);
+                        let e = NetnsError::Read { path, source };
+                        warn_limited!("netns.read", error = %e, "Cannot read a namespace's network counters.");
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            let Some((reader_pid, path, text)) = read else {
+                if !failed {
+                    Telemetry::inc(&telemetry.containers_vanished);
+                }
+                continue;
+            };
+            let counters = match parse_net_dev(&text) {
+                Ok(c) => c,
+                Err(source) => {
+                    Telemetry::inc(&telemetry.source_errors);
+                    let e = NetnsError::Parse { path, source };
+                    warn_limited!("netns.parse", error = %e, "Cannot parse a namespace's network counters.");
+                    continue;
+                }
+            };
+            live_namespaces.insert(*key);
+
+            let names: Vec<&str> = counters.iter().map(|c| c.name.as_str()).collect();
+            let peers = match &mut self.peers {
+                Some(p) => p.peers_of(*key, &self.proc_root, reader_pid, &names),
+                None => None,
+            };
+            let (include, exclude) = (&self.include, &self.exclude);
+            let mut wanted =
+                counters.iter().filter(|i| interface_wanted(include, exclude, &i.name)).peekable();
+            if wanted.peek().is_none() {
+                continue;
+            }
+
+            let (id, attributes, family): (ResourceId, Attributes, &'static NetworkFamily) = match pod {
+                Some((uid, qos)) => (
+                    ResourceId::Pod(uid.to_owned()),
+                    vec![(semconv::K8S_POD_UID, uid.into()), (semconv::K8S_POD_QOS_CLASS, qos.into())],
+                    &semconv::POD_NETWORK,
+                ),
+                None => (
+                    owner.container.resource_id(),
+                    container_attributes(owner.container),
+                    &semconv::CONTAINER_NETWORK,
+                ),
+            };
+            let resource = sweep.resource_mut(id, || attributes);
+            for iface in wanted {
+                let peer = peers.and_then(|p| p.get(&iface.name));
+                for (direction, c) in [
+                    (semconv::DIRECTION_RECEIVE, &iface.receive),
+                    (semconv::DIRECTION_TRANSMIT, &iface.transmit),
+                ] {
+                    for (metric, value) in [
+                        (&family.io, c.bytes),
+                        (&family.errors, c.errors),
+                        (&family.packets, c.packets),
+                        (&family.dropped, c.dropped),
+                    ] {
+                        let mut point = Point::new(metric, Value::from_u64(value))
+                            .with(semconv::NETWORK_INTERFACE_NAME, iface.name.as_str())
+                            .with(semconv::NETWORK_IO_DIRECTION, direction);
+                        if let Some(peer) = peer {
+                            point = point.with(semconv::NETWORK_INTERFACE_HOST_PEER, peer.as_str());
+                        }
+                        resource.points.push(point);
+                    }
+                }
+            }
+        }
+        if let Some(peers) = &mut self.peers {
+            peers.end_sweep(&live_namespaces);
+        }
+        Ok(())
+    }
+}
+
+impl NetnsSource {
+    fn host_network_members(&mut self, members: &[Member<'_>], sweep: &mut Sweep) {
+        for m in members {
+            if self.host_network_logged.insert(m.container.id.clone()) {
+                debug!(container = %m.container.id, "Container uses the host network namespace; no network series for it.");
+            }
+            if self.host_network != HostNetwork::Mark {
+                continue;
+            }
+            let (id, attributes) = match &m.container.pod {
+                Some(PodRef::Kubernetes { uid, qos }) => (
+                    ResourceId::Pod(uid.clone()),
+                    vec![
+                        (semconv::K8S_POD_UID, uid.as_str().into()),
+                        (semconv::K8S_POD_QOS_CLASS, qos.as_str().into()),
+                    ],
+                ),
+                _ => (m.container.resource_id(), container_attributes(m.container)),
+            };
+            sweep.resource_mut(id, || attributes).set_attribute(semconv::PODOMETER_HOST_NETWORK, true);
+        }
+    }
+}
+
+fn interface_wanted(include: &[Glob], exclude: &[Glob], name: &str) -> bool {
+    (include.is_empty() || include.iter().any(|g| g.matches(name)))
+        && !exclude.iter().any(|g| g.matches(name))
+}
+
+/// The Kubernetes pod of a namespace's members, if any; the smallest uid if they disagree.
+fn kubernetes_pod<'a>(members: &'a [Member<'_>]) -> Option<(&'a str, &'a str)> {
+    members
+        .iter()
+        .filter_map(|m| match &m.container.pod {
+            Some(PodRef::Kubernetes { uid, qos }) => Some((uid.as_str(), qos.as_str())),
+            _ => None,
+        })
+        .min()
+}
+
+fn container_attributes(c: &ContainerInfo) -> Attributes {
+    let mut attrs: Attributes = vec![
+        (semconv::CONTAINER_ID, c.id.as_str().into()),
+        (semconv::CONTAINER_RUNTIME_NAME, c.runtime.as_str().into()),
+    ];
+    if let Some(PodRef::Podman { id }) = &c.pod {
+        attrs.push((semconv::PODMAN_POD_ID, AttrValue::from(id.as_str())));
+    }
+    attrs
+}
+
+/// How often the peer resolver went to the kernel; to check that steady state costs nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetlinkCounts {
+    /// Dumps of the host's links (after link events, or for a new namespace).
+    pub host_dumps: u64,
+    /// Namespaces resolved (`RTM_GETNSID` plus a dump of the pod's links): new namespaces and
+    /// namespaces whose interface names changed.
+    pub namespace_lookups: u64,
+}
+
+/// Per-namespace cache of host peers, refreshed on link events.
+struct PeerResolver {
+    rtnl: Rtnl,
+    events: LinkEvents,
+    host_links: Vec<LinkRecord>,
+    /// Bumped on every host dump; a namespace matched under an older one is matched again.
+    generation: u64,
+    host_dirty: bool,
+    /// A failed host dump is not retried for every namespace of the same sweep.
+    host_tried: bool,
+    namespaces: HashMap<NsKey, NsPeers>,
+    counts: NetlinkCounts,
+}
+
+struct NsPeers {
+    interfaces: Vec<String>,
+    nsid: Option<i32>,
+    pod_links: Vec<LinkRecord>,
+    generation: u64,
+    peers: HashMap<String, String>,
+}
+
+impl PeerResolver {
+    fn start(host: NsKey) -> Option<PeerResolver> {
+        // Sockets live in the agent's namespace: only there do host links and nsids mean the
+        // host's.
+        match std::fs::metadata("/proc/self/ns/net") {
+            Ok(me) if (NsKey { dev: me.dev(), ino: me.ino() }) == host => {}
+            _ => {
+                tracing::info!("The agent is not in the host network namespace (no hostNetwork); host veth peers are not resolved.");
+                return None;
+            }
+        }
+        let started = Rtnl::new().and_then(|rtnl| Ok((rtnl, LinkEvents::new()?)));
+        match started {
+            Ok((rtnl, events)) => Some(PeerResolver {
+                rtnl,
+                events,
+                host_links: Vec::new(),
+                generation: 0,
+                host_dirty: true,
+                host_tried: false,
+                namespaces: HashMap::new(),
+                counts: NetlinkCounts::default(),
+            }),
+            Err(e) => {
+                tracing::info!(error = %e, "Cannot open rtnetlink; host veth peers are not resolved.");
+                None
+            }
+        }
+    }
+
+    fn begin_sweep(&mut self) {
+        if self.events.drain() {
+            self.host_dirty = true;
+        }
+        self.host_tried = false;
+    }
+
+    fn refresh_host(&mut self) {
+        if !self.host_dirty || self.host_tried {
+            return;
+        }
+        self.host_tried = true;
+        self.counts.host_dumps += 1;
+        match self.rtnl.dump_links(None) {
+            Ok(links) => {
+                self.host_links = links;
+                self.generation += 1;
+                // A dump that raced with a change is used, and redone next sweep.
+                self.host_dirty = self.rtnl.interrupted;
+            }
+            Err(e) => {
+                Telemetry::inc(&Telemetry::global().source_errors);
+                warn_limited!("netns.host_links", error = %e, "Cannot list the host's links; host peers may be stale.");
+            }
+        }
+    }
+
+    fn peers_of(
         &mut self,
-        _ctx: &mut crate::model::SweepContext,
-        _sweep: &mut crate::model::Sweep,
-    ) -> Result<(), crate::sources::BoxError> {
-        Err(NetnsError::NotYet.into())
+        key: NsKey,
+        proc_root: &Path,
+        pid: u32,
+        names: &[&str],
+    ) -> Option<&HashMap<String, String>> {
+        let stale = match self.namespaces.get(&key) {
+            Some(ns) => ns.interfaces.iter().map(String::as_str).ne(names.iter().copied()),
+            None => true,
+        };
+        if stale || self.host_dirty {
+            self.refresh_host();
+        }
+        if stale {
+            let ns_path = proc_root.join(pid.to_string()).join("ns/net");
+            self.counts.namespace_lookups += 1;
+            let (nsid, pod_links) = match self.rtnl.nsid_of(&ns_path) {
+                Ok(Some(nsid)) => match self.rtnl.dump_links(Some(nsid)) {
+                    Ok(links) => (Some(nsid), links),
+                    Err(e) => {
+                        debug!(path = %ns_path.display(), error = %e, "Cannot list the links of a pod namespace; no host peers for it.");
+                        (Some(nsid), Vec::new())
+                    }
+                },
+                Ok(None) => {
+                    debug!(path = %ns_path.display(), "No host link points into this namespace (no veth: macvlan, ipvlan or none); no host peers for it.");
+                    (None, Vec::new())
+                }
+                Err(e) => {
+                    debug!(path = %ns_path.display(), error = %e, "Cannot get the host's id of a namespace; no host peers for it.");
+                    (None, Vec::new())
+                }
+            };
+            self.namespaces.insert(
+                key,
+                NsPeers {
+                    interfaces: names.iter().map(|s| (*s).to_owned()).collect(),
+                    nsid,
+                    pod_links,
+                    generation: 0,
+                    peers: HashMap::new(),
+                },
+            );
+        }
+        let ns = self.namespaces.get_mut(&key)?;
+        if ns.generation != self.generation {
+            ns.peers = match ns.nsid {
+                Some(nsid) => match_host_peers(nsid, &ns.pod_links, &self.host_links),
+                None => HashMap::new(),
+            };
+            ns.generation = self.generation;
+        }
+        Some(&ns.peers)
+    }
+
+    fn end_sweep(&mut self, live: &HashSet<NsKey>) {
+        self.namespaces.retain(|k, _| live.contains(k));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_is_the_member_whose_oldest_process_started_first_ties_to_smallest_id() {
+        assert_eq!(choose_owner(&[("b", 300), ("a", 200), ("c", 100)]), Some(2));
+        assert_eq!(choose_owner(&[("b", 100), ("a", 100), ("c", 50), ("0", 50)]), Some(3));
+        assert_eq!(choose_owner(&[]), None);
+    }
+
+    #[test]
+    fn config_defaults_exclude_lo_and_unknown_fields_are_rejected() {
+        let cfg: NetnsConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(cfg, NetnsConfig::default());
+        assert_eq!(cfg.exclude_interfaces, vec![Glob::new("lo")]);
+        let cfg: NetnsConfig = serde_json::from_str(
+            r#"{"host_network":"mark","include_interfaces":["eth*"],"exclude_interfaces":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.host_network, HostNetwork::Mark);
+        assert!(cfg.exclude_interfaces.is_empty());
+        assert!(serde_json::from_str::<NetnsConfig>(r#"{"proc_rot":"/x"}"#).is_err());
+        assert!(serde_json::from_str::<NetnsConfig>(r#"{"host_network":"report"}"#).is_err());
+    }
+
+    #[test]
+    fn interface_filters_include_then_exclude() {
+        let cfg = NetnsConfig { resolve_host_peer: false, ..NetnsConfig::default() };
+        let mut source = NetnsSource::new(&cfg).unwrap();
+        assert!(source.wanted("eth0"));
+        assert!(!source.wanted("lo"));
+        source.include = vec![Glob::new("eth*"), Glob::new("net?")];
+        source.exclude = vec![Glob::new("eth9")];
+        assert!(source.wanted("eth0") && source.wanted("net1"));
+        assert!(!source.wanted("eth9") && !source.wanted("wlan0") && !source.wanted("net10"));
     }
 }

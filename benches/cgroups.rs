@@ -1,0 +1,183 @@
+//! Steady-state cost of the cgroup source per container, next to the naive way (open, read,
+//! close every file each sweep).
+//!
+//! As root it builds N containers' cgroups on the real cgroupfs, in a kubelet-like tree
+//! (`podometer-bench-<pid>/kubepods/burstable/pod<uid>/<id>`); without root it copies a fixture
+//! container N times onto tmpfs (/dev/shm), which is cheaper to read than cgroupfs and so only
+//! a lower bound. Besides criterion's wall-clock numbers it prints the sweep thread's CPU time
+//! per container (getrusage), the figure the budget (≤ 40 µs) is about.
+//!
+//! `cargo bench --bench cgroups` (about 30 s).
+
+#[path = "../tests/support/cgroupfs.rs"]
+#[allow(dead_code)]
+mod cgroupfs;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use podometer::model::{Sweep, SweepContext};
+use podometer::sources::cgroups::{CgroupSource, CgroupsConfig};
+use podometer::sources::Source;
+
+const N: usize = 100;
+
+/// The files one sweep reads per container on a hybrid host, limits excluded (read every 60 s).
+const HYBRID_FILES: &[(&str, &str)] = &[
+    ("cpuacct", "cpuacct.usage_user"),
+    ("cpuacct", "cpuacct.usage_sys"),
+    ("cpu", "cpu.stat"),
+    ("memory", "memory.usage_in_bytes"),
+    ("memory", "memory.stat"),
+    ("memory", "memory.oom_control"),
+    ("blkio", "blkio.throttle.io_service_bytes_recursive"),
+    ("blkio", "blkio.throttle.io_serviced_recursive"),
+    ("pids", "pids.current"),
+    ("unified", "cpu.pressure"),
+    ("unified", "memory.pressure"),
+    ("unified", "io.pressure"),
+];
+
+const V2_FILES: &[&str] = &[
+    "cpu.stat",
+    "memory.current",
+    "memory.stat",
+    "memory.events",
+    "io.stat",
+    "pids.current",
+    "cpu.pressure",
+    "memory.pressure",
+    "io.pressure",
+];
+
+enum Bed {
+    Live { _cgroups: Vec<cgroupfs::TestCgroup>, files: Vec<PathBuf> },
+    Tmpfs { _dir: tempfile::TempDir, root: PathBuf, files: Vec<PathBuf> },
+}
+
+impl Bed {
+    fn root(&self) -> &Path {
+        match self {
+            Bed::Live { .. } => Path::new("/sys/fs/cgroup"),
+            Bed::Tmpfs { root, .. } => root,
+        }
+    }
+    fn files(&self) -> &[PathBuf] {
+        match self {
+            Bed::Live { files, .. } | Bed::Tmpfs { files, .. } => files,
+        }
+    }
+}
+
+fn hex64(i: usize) -> String {
+    format!("{:016x}{:048x}", std::process::id(), i + 1)
+}
+
+fn build() -> Bed {
+    // SAFETY: geteuid has no preconditions.
+    let root_user = unsafe { libc::geteuid() } == 0;
+    if root_user && Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists() {
+        let pod = format!(
+            "podometer-bench-{}/kubepods/burstable/pod0f3e5a8c-1b2d-4c6e-8f90-{:012x}",
+            std::process::id(),
+            1
+        );
+        let mut cgroups = vec![cgroupfs::TestCgroup::create(Path::new("/sys/fs/cgroup"), &pod)];
+        let mut files = Vec::new();
+        for i in 0..N {
+            let cg =
+                cgroupfs::TestCgroup::create(Path::new("/sys/fs/cgroup"), &format!("{pod}/{}", hex64(i)));
+            for (h, f) in HYBRID_FILES {
+                files.push(cg.dir(h).join(f));
+            }
+            cgroups.push(cg);
+        }
+        return Bed::Live { _cgroups: cgroups, files };
+    }
+    eprintln!("not root: benchmarking a fixture copy on tmpfs, a lower bound of the real cost");
+    let dir = tempfile::tempdir_in("/dev/shm").expect("tmpfs dir");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cgroup/v2-kubelet-systemd-containerd");
+    let root = dir.path().to_owned();
+    std::fs::copy(fixture.join("cgroup.controllers"), root.join("cgroup.controllers")).expect("copy");
+    let pod = root.join("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0f3e5a8c_1b2d_4c6e_8f90_a1b2c3d4e5f6.slice");
+    let template = std::fs::read_dir(fixture.join(pod.strip_prefix(&root).expect("under root")))
+        .expect("fixture pod")
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("cri-containerd-"))
+        .expect("fixture container")
+        .path();
+    let mut files = Vec::new();
+    for i in 0..N {
+        let c = pod.join(format!("cri-containerd-{}.scope", hex64(i)));
+        std::fs::create_dir_all(&c).expect("mkdir");
+        for f in V2_FILES.iter().chain(["cgroup.procs", "memory.max", "pids.max"].iter()) {
+            std::fs::copy(template.join(f), c.join(f)).expect("copy");
+        }
+        files.extend(V2_FILES.iter().map(|f| c.join(f)));
+    }
+    Bed::Tmpfs { _dir: dir, root, files }
+}
+
+fn thread_cpu() -> Duration {
+    // SAFETY: getrusage writes into the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn sweep(source: &mut CgroupSource) -> usize {
+    let mut ctx = SweepContext::new(SystemTime::now());
+    let mut sweep = Sweep::new(SystemTime::now());
+    source.collect(&mut ctx, &mut sweep).expect("collect");
+    sweep.resources.len()
+}
+
+fn naive(files: &[PathBuf]) -> usize {
+    files.iter().map(|f| std::fs::read_to_string(f).map(|s| s.len()).unwrap_or(0)).sum()
+}
+
+fn bench(c: &mut Criterion) {
+    let bed = build();
+    let config = CgroupsConfig {
+        root: bed.root().to_owned(),
+        discovery_interval: Duration::from_secs(3600),
+        limits_interval: Duration::from_secs(3600),
+    };
+    let mut source = CgroupSource::new(&config).expect("source");
+    // The first sweep walks the tree and opens the files; steady state is what follows.
+    sweep(&mut source);
+    let groups = source.last_sweep_stats().containers + source.last_sweep_stats().pods;
+    let naive_containers =
+        bed.files().len() / if matches!(bed, Bed::Live { .. }) { HYBRID_FILES.len() } else { V2_FILES.len() };
+
+    // CPU time of the sweep thread, per cgroup read (the source also reads every other
+    // container on the host, so divide by what it read, not by N).
+    let rounds = 200;
+    let t0 = thread_cpu();
+    for _ in 0..rounds {
+        sweep(&mut source);
+    }
+    let per_source = (thread_cpu() - t0).as_secs_f64() * 1e6 / (rounds * groups) as f64;
+    let t0 = thread_cpu();
+    for _ in 0..rounds {
+        naive(bed.files());
+    }
+    let per_naive = (thread_cpu() - t0).as_secs_f64() * 1e6 / (rounds * naive_containers) as f64;
+    eprintln!(
+        "CPU per container per sweep: source {per_source:.1} µs ({groups} cgroups per sweep), \
+         naive open+read+close {per_naive:.1} µs ({naive_containers} containers)"
+    );
+
+    let mut g = c.benchmark_group("cgroups");
+    g.sample_size(20).measurement_time(Duration::from_secs(8)).warm_up_time(Duration::from_secs(2));
+    g.throughput(Throughput::Elements(groups as u64));
+    g.bench_function("steady_sweep", |b| b.iter(|| sweep(&mut source)));
+    g.throughput(Throughput::Elements(naive_containers as u64));
+    g.bench_function("naive_open_read_close", |b| b.iter(|| naive(bed.files())));
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

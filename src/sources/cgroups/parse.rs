@@ -1,0 +1,460 @@
+//! Pure parsers of cgroup control files. Each takes the file's text and returns values in the
+//! units the agent emits (seconds, bytes), so every conversion is tested on literal strings.
+
+/// What is wrong with a control file's text. The file layer adds the path.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ParseError {
+    #[error("key `{0}` is missing")]
+    MissingKey(&'static str),
+    #[error("`{text}` is not a number (key `{key}`)")]
+    BadNumber { key: String, text: String },
+    #[error("unexpected line `{0}`")]
+    BadLine(String),
+    #[error("the file is empty")]
+    Empty,
+    #[error("the file is not UTF-8 text")]
+    NotText,
+}
+
+fn number(key: &str, text: &str) -> Result<u64, ParseError> {
+    text.trim()
+        .parse()
+        .map_err(|_| ParseError::BadNumber { key: key.to_owned(), text: text.trim().to_owned() })
+}
+
+/// Values of `keys` in a file of `key value` lines (`memory.stat`, `cpu.stat`, `memory.events`,
+/// `cpuacct.stat`, `memory.oom_control`). Only wanted values are parsed, so a sweep does not pay
+/// for the forty other keys of `memory.stat`; a line that is not `key value` is an error all the
+/// same, so garbage is never read as "key missing".
+pub fn scan_keys<const N: usize>(
+    text: &str,
+    keys: [&'static str; N],
+) -> Result<[Option<u64>; N], ParseError> {
+    let mut out = [None; N];
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let Some((key, value)) = line.split_once(' ') else {
+            return Err(ParseError::BadLine(line.to_owned()));
+        };
+        if let Some(i) = keys.iter().position(|k| *k == key) {
+            out[i] = Some(number(key, value)?);
+        }
+    }
+    Ok(out)
+}
+
+fn need(value: Option<u64>, key: &'static str) -> Result<u64, ParseError> {
+    value.ok_or(ParseError::MissingKey(key))
+}
+
+/// A file holding one number (`memory.usage_in_bytes`, `memory.current`, `pids.current`,
+/// `cpuacct.usage_user`).
+pub fn parse_single(text: &str) -> Result<u64, ParseError> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(ParseError::Empty);
+    }
+    number("value", t)
+}
+
+/// A limit file that says `max` when unlimited (`memory.max`, `pids.max`): `None` when unlimited.
+pub fn parse_max_or_number(text: &str) -> Result<Option<u64>, ParseError> {
+    match text.trim() {
+        "max" => Ok(None),
+        _ => parse_single(text).map(Some),
+    }
+}
+
+/// At or above this, a v1 `memory.limit_in_bytes` means "no limit": the kernel reports
+/// `PAGE_COUNTER_MAX` pages rounded down to a page, 9223372036854771712 with 4 KiB pages, and
+/// a little less with larger pages.
+pub const V1_UNLIMITED_THRESHOLD: u64 = 1 << 62;
+
+/// v1 `memory.limit_in_bytes`: `None` when unlimited.
+pub fn parse_v1_memory_limit(text: &str) -> Result<Option<u64>, ParseError> {
+    let v = parse_single(text)?;
+    Ok((v < V1_UNLIMITED_THRESHOLD).then_some(v))
+}
+
+/// CPU time by mode, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CpuTime {
+    pub user: f64,
+    pub system: f64,
+}
+
+/// v1 `cpuacct.usage_user` and `cpuacct.usage_sys`: nanoseconds.
+pub fn parse_cpuacct_usage_pair(user: &str, sys: &str) -> Result<CpuTime, ParseError> {
+    Ok(CpuTime { user: parse_single(user)? as f64 / 1e9, system: parse_single(sys)? as f64 / 1e9 })
+}
+
+/// v1 `cpuacct.stat`: `user` and `system` in USER_HZ ticks (`clock_ticks` per second).
+pub fn parse_cpuacct_stat(text: &str, clock_ticks: u64) -> Result<CpuTime, ParseError> {
+    let [user, system] = scan_keys(text, ["user", "system"])?;
+    let hz = clock_ticks.max(1) as f64;
+    Ok(CpuTime { user: need(user, "user")? as f64 / hz, system: need(system, "system")? as f64 / hz })
+}
+
+/// CFS bandwidth counters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Throttling {
+    pub periods: u64,
+    pub throttled_periods: u64,
+    /// Seconds.
+    pub throttled_time: f64,
+}
+
+/// v1 `cpu.stat` (cpu controller): `nr_periods`, `nr_throttled`, `throttled_time` in ns.
+pub fn parse_v1_cpu_stat(text: &str) -> Result<Throttling, ParseError> {
+    let [p, t, time] = scan_keys(text, ["nr_periods", "nr_throttled", "throttled_time"])?;
+    Ok(Throttling {
+        periods: need(p, "nr_periods")?,
+        throttled_periods: need(t, "nr_throttled")?,
+        throttled_time: need(time, "throttled_time")? as f64 / 1e9,
+    })
+}
+
+/// v2 `cpu.stat`: CPU time always (`user_usec`, `system_usec`); throttling only when the cpu
+/// controller is enabled for the group, which is when the kernel writes `nr_periods`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct V2CpuStat {
+    pub time: CpuTime,
+    pub throttling: Option<Throttling>,
+}
+
+pub fn parse_v2_cpu_stat(text: &str) -> Result<V2CpuStat, ParseError> {
+    let [user, system, periods, throttled, throttled_usec] =
+        scan_keys(text, ["user_usec", "system_usec", "nr_periods", "nr_throttled", "throttled_usec"])?;
+    let time = CpuTime {
+        user: need(user, "user_usec")? as f64 / 1e6,
+        system: need(system, "system_usec")? as f64 / 1e6,
+    };
+    let throttling = match periods {
+        Some(periods) => Some(Throttling {
+            periods,
+            throttled_periods: need(throttled, "nr_throttled")?,
+            throttled_time: need(throttled_usec, "throttled_usec")? as f64 / 1e6,
+        }),
+        None => None,
+    };
+    Ok(V2CpuStat { time, throttling })
+}
+
+/// The `memory.stat` values the agent emits, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemoryStat {
+    pub inactive_file: u64,
+    pub rss: u64,
+    pub file: u64,
+}
+
+/// v1 `memory.stat`: the hierarchical `total_*` keys, so a pod's numbers include its containers.
+pub fn parse_v1_memory_stat(text: &str) -> Result<MemoryStat, ParseError> {
+    let [inactive, rss, file] = scan_keys(text, ["total_inactive_file", "total_rss", "total_cache"])?;
+    Ok(MemoryStat {
+        inactive_file: need(inactive, "total_inactive_file")?,
+        rss: need(rss, "total_rss")?,
+        file: need(file, "total_cache")?,
+    })
+}
+
+/// v2 `memory.stat` (always hierarchical).
+pub fn parse_v2_memory_stat(text: &str) -> Result<MemoryStat, ParseError> {
+    let [inactive, rss, file] = scan_keys(text, ["inactive_file", "anon", "file"])?;
+    Ok(MemoryStat {
+        inactive_file: need(inactive, "inactive_file")?,
+        rss: need(rss, "anon")?,
+        file: need(file, "file")?,
+    })
+}
+
+/// The kubelet's working set: usage minus inactive page cache, never below zero.
+pub fn working_set(usage: u64, stat: &MemoryStat) -> u64 {
+    usage.saturating_sub(stat.inactive_file)
+}
+
+/// `oom_kill` from v1 `memory.oom_control` or v2 `memory.events`.
+pub fn parse_oom_kills(text: &str) -> Result<u64, ParseError> {
+    let [kills] = scan_keys(text, ["oom_kill"])?;
+    need(kills, "oom_kill")
+}
+
+/// Read and write counters of one block device (`MAJ:MIN`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceIo {
+    pub device: String,
+    pub read: u64,
+    pub write: u64,
+}
+
+/// v1 `blkio.throttle.io_service_bytes_recursive` or `..._io_serviced_recursive`:
+/// `MAJ:MIN Op value` lines, then a `Total value` line that is skipped. Devices keep the order of
+/// their first line.
+pub fn parse_v1_blkio(text: &str) -> Result<Vec<DeviceIo>, ParseError> {
+    let mut out: Vec<DeviceIo> = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with("Total") {
+            continue;
+        }
+        let mut parts = line.split_ascii_whitespace();
+        let (Some(device), Some(op), Some(value), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(ParseError::BadLine(line.to_owned()));
+        };
+        if !is_device(device) {
+            return Err(ParseError::BadLine(line.to_owned()));
+        }
+        let slot = match op {
+            "Read" => 0,
+            "Write" => 1,
+            // Sync, Async, Discard and the per-device Total repeat Read and Write.
+            _ => continue,
+        };
+        let value = number(op, value)?;
+        let entry = match out.iter_mut().position(|d| d.device == device) {
+            Some(i) => &mut out[i],
+            None => {
+                out.push(DeviceIo { device: device.to_owned(), read: 0, write: 0 });
+                out.last_mut().ok_or(ParseError::Empty)?
+            }
+        };
+        if slot == 0 {
+            entry.read = value;
+        } else {
+            entry.write = value;
+        }
+    }
+    Ok(out)
+}
+
+fn is_device(s: &str) -> bool {
+    match s.split_once(':') {
+        Some((a, b)) => {
+            !a.is_empty()
+                && !b.is_empty()
+                && a.bytes().all(|c| c.is_ascii_digit())
+                && b.bytes().all(|c| c.is_ascii_digit())
+        }
+        None => false,
+    }
+}
+
+/// v2 `io.stat`, split into bytes and operations.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IoStat {
+    pub bytes: Vec<DeviceIo>,
+    pub operations: Vec<DeviceIo>,
+}
+
+/// v2 `io.stat`: `MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. dbytes=.. dios=..` per device.
+pub fn parse_v2_io_stat(text: &str) -> Result<IoStat, ParseError> {
+    let mut out = IoStat::default();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut parts = line.split_ascii_whitespace();
+        let device =
+            parts.next().filter(|d| is_device(d)).ok_or_else(|| ParseError::BadLine(line.to_owned()))?;
+        let (mut rbytes, mut wbytes, mut rios, mut wios) = (None, None, None, None);
+        for kv in parts {
+            let (k, v) = kv.split_once('=').ok_or_else(|| ParseError::BadLine(line.to_owned()))?;
+            let slot = match k {
+                "rbytes" => &mut rbytes,
+                "wbytes" => &mut wbytes,
+                "rios" => &mut rios,
+                "wios" => &mut wios,
+                _ => continue,
+            };
+            *slot = Some(number(k, v)?);
+        }
+        let device = device.to_owned();
+        out.bytes.push(DeviceIo {
+            device: device.clone(),
+            read: rbytes.ok_or(ParseError::MissingKey("rbytes"))?,
+            write: wbytes.ok_or(ParseError::MissingKey("wbytes"))?,
+        });
+        out.operations.push(DeviceIo {
+            device,
+            read: rios.ok_or(ParseError::MissingKey("rios"))?,
+            write: wios.ok_or(ParseError::MissingKey("wios"))?,
+        });
+    }
+    Ok(out)
+}
+
+/// Total stall time of one PSI file, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pressure {
+    pub some: f64,
+    /// Absent from `cpu.pressure` before Linux 5.13.
+    pub full: Option<f64>,
+}
+
+/// `cpu.pressure`, `memory.pressure`, `io.pressure`: `total=` is in microseconds.
+pub fn parse_pressure(text: &str) -> Result<Pressure, ParseError> {
+    let mut some = None;
+    let mut full = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut parts = line.split_ascii_whitespace();
+        let slot = match parts.next() {
+            Some("some") => &mut some,
+            Some("full") => &mut full,
+            _ => return Err(ParseError::BadLine(line.to_owned())),
+        };
+        let total = parts.find_map(|kv| kv.strip_prefix("total=")).ok_or(ParseError::MissingKey("total"))?;
+        *slot = Some(number("total", total)? as f64 / 1e6);
+    }
+    Ok(Pressure { some: some.ok_or(ParseError::MissingKey("some"))?, full })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpuacct_usage_pair_is_nanoseconds_to_seconds() {
+        let t = parse_cpuacct_usage_pair("1500000000\n", "250000000\n").unwrap();
+        assert_eq!(t, CpuTime { user: 1.5, system: 0.25 });
+    }
+
+    #[test]
+    fn cpuacct_stat_is_ticks_to_seconds() {
+        let t = parse_cpuacct_stat("user 250\nsystem 75\n", 100).unwrap();
+        assert_eq!(t, CpuTime { user: 2.5, system: 0.75 });
+        assert_eq!(parse_cpuacct_stat("user 250\n", 100), Err(ParseError::MissingKey("system")));
+    }
+
+    #[test]
+    fn v1_cpu_stat_throttled_time_is_nanoseconds() {
+        let t = parse_v1_cpu_stat(
+            "nr_periods 120\nnr_throttled 7\nthrottled_time 3500000000\nnr_bursts 0\nburst_time 0\n",
+        )
+        .unwrap();
+        assert_eq!(t, Throttling { periods: 120, throttled_periods: 7, throttled_time: 3.5 });
+        assert_eq!(
+            parse_v1_cpu_stat("nr_periods 1\nthrottled_time 0\n"),
+            Err(ParseError::MissingKey("nr_throttled"))
+        );
+    }
+
+    #[test]
+    fn v2_cpu_stat_is_microseconds_and_throttling_needs_the_cpu_controller() {
+        let full = "usage_usec 1234567\nuser_usec 1000000\nsystem_usec 234567\nnr_periods 50\nnr_throttled 4\nthrottled_usec 2500000\nnr_bursts 0\nburst_usec 0\n";
+        let s = parse_v2_cpu_stat(full).unwrap();
+        assert_eq!(s.time, CpuTime { user: 1.0, system: 0.234567 });
+        assert_eq!(s.throttling, Some(Throttling { periods: 50, throttled_periods: 4, throttled_time: 2.5 }));
+        let core = "usage_usec 10\nuser_usec 6\nsystem_usec 4\n";
+        assert_eq!(parse_v2_cpu_stat(core).unwrap().throttling, None);
+        assert_eq!(
+            parse_v2_cpu_stat("usage_usec 10\nuser_usec 6\n"),
+            Err(ParseError::MissingKey("system_usec"))
+        );
+        assert_eq!(
+            parse_v2_cpu_stat("user_usec 6\nsystem_usec 4\nnr_periods 1\nnr_throttled 0\n"),
+            Err(ParseError::MissingKey("throttled_usec"))
+        );
+    }
+
+    #[test]
+    fn memory_stat_v1_uses_total_keys_and_v2_plain_keys() {
+        let v1 =
+            "cache 1\nrss 2\ninactive_file 3\ntotal_cache 40960\ntotal_rss 81920\ntotal_inactive_file 8192\n";
+        assert_eq!(
+            parse_v1_memory_stat(v1).unwrap(),
+            MemoryStat { inactive_file: 8192, rss: 81920, file: 40960 }
+        );
+        assert_eq!(
+            parse_v1_memory_stat("cache 1\nrss 2\n"),
+            Err(ParseError::MissingKey("total_inactive_file"))
+        );
+        let v2 = "anon 4096\nfile 12288\nkernel 100\ninactive_file 8192\nactive_file 4096\n";
+        assert_eq!(
+            parse_v2_memory_stat(v2).unwrap(),
+            MemoryStat { inactive_file: 8192, rss: 4096, file: 12288 }
+        );
+        assert_eq!(parse_v2_memory_stat("file 1\ninactive_file 1\n"), Err(ParseError::MissingKey("anon")));
+    }
+
+    #[test]
+    fn working_set_saturates_at_zero() {
+        let stat = MemoryStat { inactive_file: 5000, rss: 0, file: 0 };
+        assert_eq!(working_set(12000, &stat), 7000);
+        assert_eq!(working_set(3000, &stat), 0);
+    }
+
+    #[test]
+    fn limits_unlimited_are_none() {
+        assert_eq!(parse_v1_memory_limit("9223372036854771712\n"), Ok(None));
+        assert_eq!(parse_v1_memory_limit("268435456\n"), Ok(Some(268435456)));
+        assert_eq!(parse_max_or_number("max\n"), Ok(None));
+        assert_eq!(parse_max_or_number("4096\n"), Ok(Some(4096)));
+        assert_eq!(
+            parse_max_or_number("lots\n"),
+            Err(ParseError::BadNumber { key: "value".into(), text: "lots".into() })
+        );
+        assert_eq!(parse_single(""), Err(ParseError::Empty));
+    }
+
+    #[test]
+    fn oom_kills_from_v1_oom_control_and_v2_events() {
+        assert_eq!(parse_oom_kills("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n"), Ok(3));
+        assert_eq!(parse_oom_kills("low 0\nhigh 0\nmax 2\noom 2\noom_kill 1\noom_group_kill 0\n"), Ok(1));
+        assert_eq!(
+            parse_oom_kills("oom_kill_disable 0\nunder_oom 0\n"),
+            Err(ParseError::MissingKey("oom_kill"))
+        );
+    }
+
+    #[test]
+    fn v1_blkio_reads_read_and_write_and_skips_totals() {
+        let text =
+            "8:0 Read 4096\n8:0 Write 8192\n8:0 Sync 12288\n8:0 Async 0\n8:0 Discard 0\n8:0 Total 12288\n\
+                    253:1 Read 512\n253:1 Write 0\n253:1 Total 512\nTotal 12800\n";
+        assert_eq!(
+            parse_v1_blkio(text).unwrap(),
+            vec![
+                DeviceIo { device: "8:0".into(), read: 4096, write: 8192 },
+                DeviceIo { device: "253:1".into(), read: 512, write: 0 },
+            ]
+        );
+        assert_eq!(parse_v1_blkio("Total 0\n").unwrap(), vec![]);
+        assert!(matches!(parse_v1_blkio("sda Read 1\n"), Err(ParseError::BadLine(_))));
+    }
+
+    #[test]
+    fn v2_io_stat_splits_bytes_and_operations() {
+        let text = "8:16 rbytes=1459200 wbytes=314773504 rios=192 wios=353 dbytes=0 dios=0\n";
+        let s = parse_v2_io_stat(text).unwrap();
+        assert_eq!(s.bytes, vec![DeviceIo { device: "8:16".into(), read: 1459200, write: 314773504 }]);
+        assert_eq!(s.operations, vec![DeviceIo { device: "8:16".into(), read: 192, write: 353 }]);
+        assert_eq!(parse_v2_io_stat("8:16 rbytes=1 rios=1 wios=1\n"), Err(ParseError::MissingKey("wbytes")));
+    }
+
+    #[test]
+    fn pressure_total_is_microseconds_and_full_may_be_absent() {
+        let text = "some avg10=0.00 avg60=0.10 avg300=0.05 total=2500000\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=1250000\n";
+        assert_eq!(parse_pressure(text).unwrap(), Pressure { some: 2.5, full: Some(1.25) });
+        let old_cpu = "some avg10=0.00 avg60=0.00 avg300=0.00 total=42\n";
+        assert_eq!(parse_pressure(old_cpu).unwrap(), Pressure { some: 0.000042, full: None });
+        assert_eq!(parse_pressure("full avg10=0 total=1\n"), Err(ParseError::MissingKey("some")));
+        assert_eq!(parse_pressure("some avg10=0.00\n"), Err(ParseError::MissingKey("total")));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(matches!(scan_keys("\u{0}\u{1}garbage###!!\n", ["x"]), Err(ParseError::BadLine(_))));
+        assert!(parse_v1_memory_stat("total_rss twelve\n").is_err());
+        assert!(parse_pressure("\n\nsome total=-1\n").is_err());
+    }
+}

@@ -1,0 +1,232 @@
+//! Pure parsers for the procfs files this source reads: `/proc/<pid>/net/dev`,
+//! `/proc/<pid>/stat` (start time only) and `cgroup.procs`.
+
+use thiserror::Error;
+
+/// What is wrong with a file's text; the caller adds the path.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("line {line}: {message}")]
+pub struct ParseError {
+    /// 1-based line number, 0 when the file as a whole is wrong.
+    pub line: usize,
+    pub message: String,
+}
+
+impl ParseError {
+    fn new(line: usize, message: impl Into<String>) -> ParseError {
+        ParseError { line, message: message.into() }
+    }
+}
+
+/// One direction of one interface, as `/proc/net/dev` counts it. Byte counters are in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DirectionCounters {
+    pub bytes: u64,
+    pub packets: u64,
+    pub errors: u64,
+    pub dropped: u64,
+    pub fifo: u64,
+    /// `frame` on receive, `colls` on transmit.
+    pub frame_or_collisions: u64,
+    pub compressed: u64,
+    /// `multicast` on receive, `carrier` on transmit.
+    pub multicast_or_carrier: u64,
+}
+
+/// One line of `/proc/net/dev`, in the namespace's own view: `receive` is what the
+/// namespace received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceCounters {
+    pub name: String,
+    pub receive: DirectionCounters,
+    pub transmit: DirectionCounters,
+}
+
+/// Parses `/proc/<pid>/net/dev`: two header lines, then `name: 16 numbers` per interface.
+///
+/// The kernel prints the name right-aligned in 6 columns followed by `:`, so a long name
+/// touches the first number (`verylongifname0:1234 ...`); names never contain `:` (the kernel
+/// refuses them), so the first `:` ends the name.
+pub fn parse_net_dev(text: &str) -> Result<Vec<InterfaceCounters>, ParseError> {
+    let mut lines = text.lines().enumerate();
+    match (lines.next(), lines.next()) {
+        (Some((_, first)), Some((_, second))) if first.contains('|') && second.contains('|') => {}
+        _ => return Err(ParseError::new(0, "missing the two header lines of /proc/net/dev")),
+    }
+    let mut out = Vec::new();
+    for (i, line) in lines {
+        let line_no = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (name, rest) = line.split_once(':').ok_or_else(|| {
+            ParseError::new(line_no, format!("no `:` after the interface name in `{line}`"))
+        })?;
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(ParseError::new(line_no, "empty interface name"));
+        }
+        let mut values = [0u64; 16];
+        let mut count = 0;
+        for field in rest.split_whitespace() {
+            if count == values.len() {
+                return Err(ParseError::new(line_no, format!("interface {name}: more than 16 counters")));
+            }
+            values[count] = field.parse().map_err(|_| {
+                ParseError::new(line_no, format!("interface {name}: counter `{field}` is not a number"))
+            })?;
+            count += 1;
+        }
+        if count != values.len() {
+            return Err(ParseError::new(line_no, format!("interface {name}: {count} counters, expected 16")));
+        }
+        let direction = |v: &[u64]| DirectionCounters {
+            bytes: v[0],
+            packets: v[1],
+            errors: v[2],
+            dropped: v[3],
+            fifo: v[4],
+            frame_or_collisions: v[5],
+            compressed: v[6],
+            multicast_or_carrier: v[7],
+        };
+        out.push(InterfaceCounters {
+            name: name.to_owned(),
+            receive: direction(&values[..8]),
+            transmit: direction(&values[8..]),
+        });
+    }
+    Ok(out)
+}
+
+/// Field 22 of `/proc/<pid>/stat`, the process start time in clock ticks since boot.
+///
+/// Only compared between processes and with itself (to detect a reused pid), never emitted,
+/// so it stays in ticks. `comm` (field 2) may contain spaces and parentheses: the fields are
+/// counted from the last `)`.
+pub fn parse_stat_starttime(text: &str) -> Result<u64, ParseError> {
+    let close = text.rfind(')').ok_or_else(|| ParseError::new(1, "no `)` closing the command name"))?;
+    // Field 3 (state) is the first after `)`, so field 22 is the 20th.
+    let field = text[close + 1..]
+        .split_whitespace()
+        .nth(19)
+        .ok_or_else(|| ParseError::new(1, "fewer than 22 fields, no starttime"))?;
+    field.parse().map_err(|_| ParseError::new(1, format!("starttime `{field}` is not a number")))
+}
+
+/// The pids of a `cgroup.procs` file, in file order.
+pub fn parse_procs(text: &str) -> Result<Vec<u32>, ParseError> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            l.trim().parse().map_err(|_| ParseError::new(i + 1, format!("`{}` is not a pid", l.trim())))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n";
+
+    #[test]
+    fn all_sixteen_columns_land_in_their_fields() {
+        let text = format!("{HEADER}  eth0: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n");
+        let parsed = parse_net_dev(&text).unwrap();
+        assert_eq!(parsed.len(), 1);
+        let eth0 = &parsed[0];
+        assert_eq!(eth0.name, "eth0");
+        assert_eq!(
+            eth0.receive,
+            DirectionCounters {
+                bytes: 1,
+                packets: 2,
+                errors: 3,
+                dropped: 4,
+                fifo: 5,
+                frame_or_collisions: 6,
+                compressed: 7,
+                multicast_or_carrier: 8
+            }
+        );
+        assert_eq!(
+            eth0.transmit,
+            DirectionCounters {
+                bytes: 9,
+                packets: 10,
+                errors: 11,
+                dropped: 12,
+                fifo: 13,
+                frame_or_collisions: 14,
+                compressed: 15,
+                multicast_or_carrier: 16
+            }
+        );
+    }
+
+    #[test]
+    fn a_long_name_touching_the_first_number_and_odd_spacing_parse() {
+        // Captured shape: the kernel pads names to 6 columns, long names are not padded.
+        let text = format!(
+            "{HEADER}    lo:  123456     789    0    0    0     0          0         0   123456     789    0    0    0     0       0          0\n\
+             verylongifname0:1234 5 0 0 0 0 0 0 4321 6 0 0 0 0 0 0\n\
+             \teth0:\t18446744073709551615   2  0\t1 0 0 0 0 99 3 0 0 0 0 0 0   \n"
+        );
+        let parsed = parse_net_dev(&text).unwrap();
+        let names: Vec<&str> = parsed.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["lo", "verylongifname0", "eth0"]);
+        assert_eq!(parsed[0].receive.bytes, 123_456);
+        assert_eq!(parsed[0].transmit.packets, 789);
+        assert_eq!(parsed[1].receive.bytes, 1234);
+        assert_eq!(parsed[1].receive.packets, 5);
+        assert_eq!(parsed[1].transmit.bytes, 4321);
+        assert_eq!(parsed[2].receive.bytes, u64::MAX);
+        assert_eq!(parsed[2].receive.dropped, 1);
+        assert_eq!(parsed[2].transmit.bytes, 99);
+    }
+
+    #[test]
+    fn bytes_are_bytes_not_kilobytes() {
+        // The kernel counts octets; a 1500-byte frame is 1500, with no scaling in between.
+        let text = format!("{HEADER}eth0: 1500 1 0 0 0 0 0 0 3000 2 0 0 0 0 0 0\n");
+        let eth0 = &parse_net_dev(&text).unwrap()[0];
+        assert_eq!(eth0.receive.bytes, 1500 * eth0.receive.packets);
+        assert_eq!(eth0.transmit.bytes, 1500 * eth0.transmit.packets);
+    }
+
+    #[test]
+    fn bad_input_is_an_error_naming_line_and_interface() {
+        assert!(parse_net_dev("").is_err());
+        assert!(parse_net_dev("eth0: 1 2 3\n").is_err(), "no header");
+        let short = parse_net_dev(&format!("{HEADER}eth0: 1 2 3\n")).unwrap_err();
+        assert_eq!(short.line, 3);
+        assert!(short.message.contains("eth0") && short.message.contains("3 counters"), "{short}");
+        let long = parse_net_dev(&format!("{HEADER}eth0: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17\n"));
+        assert!(long.unwrap_err().message.contains("more than 16"));
+        let nan = parse_net_dev(&format!("{HEADER}eth0: 1 2 3 4 5 6 7 8 9 10 11 x 13 14 15 16\n"));
+        assert!(nan.unwrap_err().message.contains("`x`"));
+        let no_colon = parse_net_dev(&format!("{HEADER}eth0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n"));
+        assert!(no_colon.unwrap_err().message.contains("no `:`"));
+        // Header only: no interfaces is not an error (a namespace with nothing in it).
+        assert_eq!(parse_net_dev(HEADER).unwrap(), Vec::new());
+    }
+
+    #[test]
+    fn starttime_is_field_22_even_with_parentheses_in_comm() {
+        let stat = "4242 (we ird) (x)) S 1 4242 4242 0 -1 4194560 100 0 0 0 3 4 0 0 20 0 1 0 987654 1000 200 18446744073709551615";
+        assert_eq!(parse_stat_starttime(stat).unwrap(), 987_654);
+        let stat = "1 (sh) S 0 1 1 0 -1 4194560 100 0 0 0 3 4 0 0 20 0 1 0 17 1000";
+        assert_eq!(parse_stat_starttime(stat).unwrap(), 17);
+        assert!(parse_stat_starttime("1 (sh) S 0 1").is_err());
+        assert!(parse_stat_starttime("1 sh S").is_err());
+    }
+
+    #[test]
+    fn procs_are_pids_and_garbage_is_an_error() {
+        assert_eq!(parse_procs("12\n7\n\n300\n").unwrap(), vec![12, 7, 300]);
+        assert_eq!(parse_procs("").unwrap(), Vec::<u32>::new());
+        assert_eq!(parse_procs("12\nabc\n").unwrap_err().line, 2);
+    }
+}

@@ -1,0 +1,654 @@
+//! The cgroup source on fixture trees of every layout (fixtures/cgroup/, written by
+//! fixtures/cgroup/generate.py from the kernel's documented formats). Every point of every
+//! resource is compared, so a wrong unit, a swapped key, a metric that should be absent, or a
+//! read of the root cgroup (whose files hold garbage) fails.
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use podometer::model::{AttrValue, ContainerInfo, PodRef, ResourceId, Runtime, Sweep, SweepContext, Value};
+use podometer::semconv::{self, CgroupFamily, CONTAINER, POD};
+use podometer::sources::cgroups::{CgroupMode, CgroupSource, CgroupsConfig, SweepStats};
+use podometer::sources::Source;
+
+const UID1: &str = "0f3e5a8c-1b2d-4c6e-8f90-a1b2c3d4e5f6";
+const UID2: &str = "7c9d2e41-5a6b-4f8e-9d0c-112233445566";
+const C1: &str = "1111111111111111111111111111111111111111111111111111111111111a01";
+const C2: &str = "2222222222222222222222222222222222222222222222222222222222222b02";
+const C3: &str = "3333333333333333333333333333333333333333333333333333333333333c03";
+const C4: &str = "4444444444444444444444444444444444444444444444444444444444444d04";
+const C5: &str = "5555555555555555555555555555555555555555555555555555555555555e05";
+const PODMAN_POD: &str = "9999999999999999999999999999999999999999999999999999999999999f09";
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cgroup").join(name)
+}
+
+fn config(root: &Path) -> CgroupsConfig {
+    CgroupsConfig { root: root.to_owned(), ..CgroupsConfig::default() }
+}
+
+fn sweep_once(source: &mut CgroupSource) -> (SweepContext, Sweep) {
+    let mut ctx = SweepContext::new(SystemTime::UNIX_EPOCH);
+    let mut sweep = Sweep::new(SystemTime::UNIX_EPOCH);
+    source.collect(&mut ctx, &mut sweep).expect("collect");
+    (ctx, sweep)
+}
+
+/// A point as compared: metric name, sorted point attributes, value.
+type Key = (String, Vec<(String, String)>);
+
+/// One expected point: metric name, point attributes, value.
+type ExpectedPoint = (&'static str, Vec<(&'static str, &'static str)>, Value);
+
+#[derive(Default)]
+struct Expect(Vec<ExpectedPoint>);
+
+impl Expect {
+    fn int(mut self, name: &'static str, v: i64) -> Self {
+        self.0.push((name, vec![], Value::Int(v)));
+        self
+    }
+    fn cpu(mut self, f: &'static CgroupFamily, user: f64, system: f64) -> Self {
+        self.0.push((f.cpu_time.name, vec![(semconv::CPU_MODE, "user")], Value::Double(user)));
+        self.0.push((f.cpu_time.name, vec![(semconv::CPU_MODE, "system")], Value::Double(system)));
+        self
+    }
+    fn throttling(self, f: &'static CgroupFamily, periods: i64, throttled: i64, time: f64) -> Self {
+        let mut s = self
+            .int(f.cpu_throttling_periods.name, periods)
+            .int(f.cpu_throttling_throttled_periods.name, throttled);
+        s.0.push((f.cpu_throttling_throttled_time.name, vec![], Value::Double(time)));
+        s
+    }
+    fn memory(self, f: &'static CgroupFamily, usage: i64, working_set: i64, rss: i64, file: i64) -> Self {
+        self.int(f.memory_usage.name, usage)
+            .int(f.memory_working_set.name, working_set)
+            .int(f.memory_rss.name, rss)
+            .int(f.memory_file.name, file)
+    }
+    fn disk(
+        mut self,
+        f: &'static CgroupFamily,
+        dev: &'static str,
+        rb: i64,
+        wb: i64,
+        ro: i64,
+        wo: i64,
+    ) -> Self {
+        for (name, dir, v) in [
+            (f.disk_io.name, "read", rb),
+            (f.disk_io.name, "write", wb),
+            (f.disk_operations.name, "read", ro),
+            (f.disk_operations.name, "write", wo),
+        ] {
+            self.0.push((
+                name,
+                vec![(semconv::DISK_IO_DIRECTION, dir), (semconv::SYSTEM_DEVICE, dev)],
+                Value::Int(v),
+            ));
+        }
+        self
+    }
+    fn psi(mut self, name: &'static str, some: f64, full: Option<f64>) -> Self {
+        self.0.push((name, vec![(semconv::PRESSURE_STALL_TYPE, "some")], Value::Double(some)));
+        if let Some(full) = full {
+            self.0.push((name, vec![(semconv::PRESSURE_STALL_TYPE, "full")], Value::Double(full)));
+        }
+        self
+    }
+    fn into_map(self) -> BTreeMap<Key, Value> {
+        let mut map = BTreeMap::new();
+        for (name, attrs, v) in self.0 {
+            let mut attrs: Vec<(String, String)> =
+                attrs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+            attrs.sort();
+            assert!(map.insert((name.to_owned(), attrs), v).is_none(), "expectation lists {name} twice");
+        }
+        map
+    }
+}
+
+fn actual(sweep: &Sweep, id: &ResourceId) -> BTreeMap<Key, Value> {
+    let resource = sweep.resource(id).unwrap_or_else(|| panic!("no resource {id:?}"));
+    let mut map = BTreeMap::new();
+    for p in &resource.points {
+        let mut attrs: Vec<(String, String)> = p
+            .attributes
+            .iter()
+            .map(|(k, v)| match v {
+                AttrValue::Str(s) => ((*k).to_owned(), s.clone()),
+                other => ((*k).to_owned(), format!("{other:?}")),
+            })
+            .collect();
+        attrs.sort();
+        assert!(
+            map.insert((p.metric.name.to_owned(), attrs), p.value).is_none(),
+            "{id:?} has a duplicate point"
+        );
+    }
+    map
+}
+
+fn assert_points(sweep: &Sweep, id: ResourceId, expect: Expect) {
+    assert_eq!(actual(sweep, &id), expect.into_map(), "points of {id:?}");
+}
+
+fn assert_attrs(sweep: &Sweep, id: ResourceId, expected: &[(&str, &str)]) {
+    let resource = sweep.resource(&id).unwrap_or_else(|| panic!("no resource {id:?}"));
+    let mut got: Vec<(String, String)> = resource
+        .attributes
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), if let AttrValue::Str(s) = v { s.clone() } else { format!("{v:?}") }))
+        .collect();
+    got.sort();
+    let mut want: Vec<(String, String)> =
+        expected.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    want.sort();
+    assert_eq!(got, want, "attributes of {id:?}");
+}
+
+fn cid(id: &str) -> ResourceId {
+    ResourceId::Container(id.to_owned())
+}
+
+fn pid(uid: &str) -> ResourceId {
+    ResourceId::Pod(uid.to_owned())
+}
+
+fn k8s(uid: &str, qos: &str) -> Option<PodRef> {
+    Some(PodRef::Kubernetes { uid: uid.to_owned(), qos: qos.to_owned() })
+}
+
+fn info(id: &str, runtime: Runtime, pod: Option<PodRef>, procs: PathBuf) -> ContainerInfo {
+    ContainerInfo { id: id.to_owned(), runtime, pod, procs_file: procs }
+}
+
+fn stats(containers: usize, pods: usize, errors: usize) -> SweepStats {
+    SweepStats { discovered: true, containers, pods, errors, vanished: 0 }
+}
+
+#[test]
+fn v1_kubelet_cgroupfs_containerd() {
+    let root = fixture("v1-kubelet-cgroupfs-containerd");
+    let mut source = CgroupSource::new(&config(&root)).expect("source");
+    assert_eq!(source.mode(), CgroupMode::V1);
+    let (ctx, sweep) = sweep_once(&mut source);
+    assert_eq!(source.last_sweep_stats(), stats(2, 1, 0));
+    assert_eq!(sweep.resources.len(), 3);
+
+    let pod_dir = format!("kubepods/burstable/pod{UID1}");
+    let procs = |id: &str| root.join("memory").join(&pod_dir).join(id).join("cgroup.procs");
+    assert_eq!(
+        ctx.containers,
+        vec![
+            info(C1, Runtime::Containerd, k8s(UID1, "burstable"), procs(C1)),
+            info(C2, Runtime::Containerd, k8s(UID1, "burstable"), procs(C2)),
+        ]
+    );
+    let c_attrs = |id| {
+        [
+            ("container.id", id),
+            ("container.runtime.name", "containerd"),
+            ("k8s.pod.uid", UID1),
+            ("k8s.pod.qos_class", "burstable"),
+        ]
+    };
+    assert_attrs(&sweep, cid(C1), &c_attrs(C1));
+    assert_attrs(&sweep, cid(C2), &c_attrs(C2));
+    assert_attrs(&sweep, pid(UID1), &[("k8s.pod.uid", UID1), ("k8s.pod.qos_class", "burstable")]);
+
+    let f = &CONTAINER;
+    assert_points(
+        &sweep,
+        cid(C1),
+        Expect::default()
+            // cpuacct.usage_user/usage_sys in ns
+            .cpu(f, 1.23456789, 0.987654321)
+            // cpu.stat throttled_time in ns
+            .throttling(f, 1500, 42, 2.5)
+            .memory(f, 104857600, 104857600 - 20971520, 73400320, 31457280)
+            .int(f.memory_limit.name, 268435456)
+            .int(f.memory_oom_kills.name, 2)
+            .disk(f, "8:0", 4096000, 1024000, 100, 25)
+            .disk(f, "253:0", 512, 0, 1, 0)
+            .int(f.pids_count.name, 7)
+            .int(f.pids_limit.name, 1024),
+    );
+    // No usage_user/usage_sys: cpuacct.stat in USER_HZ (100) ticks. Usage below inactive_file:
+    // working set 0. Unlimited memory, no blkio, no pids controller: those metrics are absent.
+    assert_points(
+        &sweep,
+        cid(C2),
+        Expect::default()
+            .cpu(f, 3.5, 1.25)
+            .throttling(f, 0, 0, 0.0)
+            .memory(f, 8388608, 0, 4194304, 10485760)
+            .int(f.memory_oom_kills.name, 0),
+    );
+    let p = &POD;
+    assert_points(
+        &sweep,
+        pid(UID1),
+        Expect::default()
+            .cpu(p, 5.123456789, 1.987654321)
+            .throttling(p, 3100, 57, 3.25)
+            .memory(p, 125829120, 125829120 - 22020096, 77594624, 48234496)
+            .int(p.memory_limit.name, 536870912)
+            .int(p.memory_oom_kills.name, 3)
+            .disk(p, "8:0", 4567040, 1228800, 133, 41)
+            .disk(p, "253:0", 512, 0, 1, 0)
+            .int(p.pids_count.name, 12)
+            .int(p.pids_limit.name, 4096),
+    );
+}
+
+#[test]
+fn v1_docker() {
+    let root = fixture("v1-docker");
+    let mut source = CgroupSource::new(&config(&root)).expect("source");
+    assert_eq!(source.mode(), CgroupMode::V1);
+    let (ctx, sweep) = sweep_once(&mut source);
+    assert_eq!(source.last_sweep_stats(), stats(2, 0, 0));
+    assert_eq!(sweep.resources.len(), 2);
+    let procs = |id: &str| root.join("memory/docker").join(id).join("cgroup.procs");
+    assert_eq!(
+        ctx.containers,
+        vec![info(C3, Runtime::Docker, None, procs(C3)), info(C4, Runtime::Docker, None, procs(C4))]
+    );
+    assert_attrs(&sweep, cid(C3), &[("container.id", C3), ("container.runtime.name", "docker")]);
+    let f = &CONTAINER;
+    // Unlimited memory (9223372036854771712) and pids.max `max`: no limit points.
+    assert_points(
+        &sweep,
+        cid(C3),
+        Expect::default()
+            .cpu(f, 45.0, 5.500000001)
+            .throttling(f, 0, 0, 0.0)
+            .memory(f, 52428800, 52428800 - 6291456, 41943040, 10485760)
+            .int(f.memory_oom_kills.name, 0)
+            .disk(f, "259:0", 1048576, 2097152, 16, 32)
+            .int(f.pids_count.name, 3),
+    );
+    // blkio files holding only `Total 0`: no device, no disk points.
+    assert_points(
+        &sweep,
+        cid(C4),
+        Expect::default()
+            .cpu(f, 0.0007, 0.0003)
+            .throttling(f, 10, 1, 0.0015)
+            .memory(f, 2097152, 2097152, 1048576, 1048576)
+            .int(f.memory_limit.name, 134217728)
+            .int(f.memory_oom_kills.name, 1)
+            .int(f.pids_count.name, 1)
+            .int(f.pids_limit.name, 100),
+    );
+}
+
+#[test]
+fn v2_kubelet_systemd_containerd() {
+    let root = fixture("v2-kubelet-systemd-containerd");
+    let mut source = CgroupSource::new(&config(&root)).expect("source");
+    assert_eq!(source.mode(), CgroupMode::V2);
+    let (ctx, sweep) = sweep_once(&mut source);
+    assert_eq!(source.last_sweep_stats(), stats(2, 1, 0));
+    assert_eq!(sweep.resources.len(), 3);
+    let uid_ = UID1.replace('-', "_");
+    let pod_dir = format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice");
+    let procs = |id: &str| root.join(&pod_dir).join(format!("cri-containerd-{id}.scope/cgroup.procs"));
+    assert_eq!(
+        ctx.containers,
+        vec![
+            info(C1, Runtime::Containerd, k8s(UID1, "burstable"), procs(C1)),
+            info(C2, Runtime::Containerd, k8s(UID1, "burstable"), procs(C2)),
+        ]
+    );
+    assert_attrs(
+        &sweep,
+        cid(C2),
+        &[
+            ("container.id", C2),
+            ("container.runtime.name", "containerd"),
+            ("k8s.pod.uid", UID1),
+            ("k8s.pod.qos_class", "burstable"),
+        ],
+    );
+    assert_attrs(&sweep, pid(UID1), &[("k8s.pod.uid", UID1), ("k8s.pod.qos_class", "burstable")]);
+    let f = &CONTAINER;
+    // cpu.stat and PSI totals in microseconds.
+    assert_points(
+        &sweep,
+        cid(C1),
+        Expect::default()
+            .cpu(f, 1.234567, 0.765433)
+            .throttling(f, 2000, 64, 4.25)
+            .memory(f, 157286400, 157286400 - 31457280, 104857600, 52428800)
+            .int(f.memory_limit.name, 268435456)
+            .int(f.memory_oom_kills.name, 1)
+            .disk(f, "8:16", 1459200, 314773504, 192, 353)
+            .disk(f, "8:0", 4096, 0, 1, 0)
+            .int(f.pids_count.name, 5)
+            .int(f.pids_limit.name, 1024)
+            .psi(f.cpu_pressure.name, 2.5, Some(1.0))
+            .psi(f.memory_pressure.name, 0.125, Some(0.0625))
+            .psi(f.io_pressure.name, 1.75, Some(1.5)),
+    );
+    // cpu controller off (no nr_periods): no throttling. memory.max and pids.max `max`: no
+    // limits. No io.stat: no disk. cpu.pressure without a `full` line: only `some`.
+    assert_points(
+        &sweep,
+        cid(C2),
+        Expect::default()
+            .cpu(f, 2.0, 1.0)
+            .memory(f, 41943040, 41943040 - 5242880, 31457280, 10485760)
+            .int(f.memory_oom_kills.name, 0)
+            .int(f.pids_count.name, 3)
+            .psi(f.cpu_pressure.name, 1.999999, None)
+            .psi(f.memory_pressure.name, 0.0, Some(0.0))
+            .psi(f.io_pressure.name, 0.0, Some(0.0)),
+    );
+    let p = &POD;
+    assert_points(
+        &sweep,
+        pid(UID1),
+        Expect::default()
+            .cpu(p, 3.234567, 1.765433)
+            .memory(p, 209715200, 209715200 - 41943040, 146800640, 62914560)
+            .int(p.memory_limit.name, 1073741824)
+            .int(p.memory_oom_kills.name, 1)
+            .disk(p, "8:16", 3145728, 8388608, 96, 512)
+            .int(p.pids_count.name, 9)
+            .int(p.pids_limit.name, 8192)
+            .psi(p.cpu_pressure.name, 4.5, Some(1.5))
+            .psi(p.memory_pressure.name, 0.25, Some(0.125))
+            .psi(p.io_pressure.name, 3.0, Some(2.0)),
+    );
+}
+
+/// Collects the log lines written while `f` runs on this thread.
+fn capture_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+    let out = tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8_lossy(&buf.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    (out, text)
+}
+
+#[test]
+fn v2_crio_guaranteed_with_a_missing_key() {
+    let root = fixture("v2-crio");
+    let mut source = CgroupSource::new(&config(&root)).expect("source");
+    let ((ctx, sweep), logs) = capture_logs(|| sweep_once(&mut source));
+    // C4's memory.events lacks oom_kill: one error, naming file and key, and nothing else lost.
+    assert_eq!(source.last_sweep_stats(), stats(2, 1, 1));
+    assert!(
+        logs.contains("memory.events") && logs.contains("oom_kill"),
+        "warning names file and key: {logs}"
+    );
+    assert!(logs.contains(&format!("crio-{C4}.scope")), "warning names the cgroup: {logs}");
+    // The conmon cgroup is not a container.
+    assert_eq!(ctx.containers.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), vec![C3, C4]);
+    assert!(ctx.containers.iter().all(|c| c.runtime == Runtime::CriO && c.pod == k8s(UID2, "guaranteed")));
+    assert_eq!(sweep.resources.len(), 3);
+    assert_attrs(
+        &sweep,
+        cid(C3),
+        &[
+            ("container.id", C3),
+            ("container.runtime.name", "cri-o"),
+            ("k8s.pod.uid", UID2),
+            ("k8s.pod.qos_class", "guaranteed"),
+        ],
+    );
+    let f = &CONTAINER;
+    assert_points(
+        &sweep,
+        cid(C3),
+        Expect::default()
+            .cpu(f, 0.6, 0.05)
+            .throttling(f, 400, 4, 0.06)
+            .memory(f, 50331648, 50331648 - 4194304, 41943040, 8388608)
+            .int(f.memory_limit.name, 268435456)
+            .int(f.memory_oom_kills.name, 0)
+            .disk(f, "252:0", 8192, 16384, 2, 4)
+            .int(f.pids_count.name, 2)
+            .int(f.pids_limit.name, 1024)
+            .psi(f.cpu_pressure.name, 7e-6, Some(3e-6))
+            .psi(f.memory_pressure.name, 11e-6, Some(5e-6))
+            .psi(f.io_pressure.name, 13e-6, Some(7e-6)),
+    );
+    assert_points(
+        &sweep,
+        cid(C4),
+        Expect::default()
+            .cpu(f, 0.25, 0.04)
+            .throttling(f, 400, 3, 0.03)
+            .memory(f, 16777216, 16777216 - 2097152, 8388608, 8388608)
+            .int(f.memory_limit.name, 268435456)
+            .int(f.pids_count.name, 2)
+            .int(f.pids_limit.name, 1024)
+            .psi(f.cpu_pressure.name, 3e-6, Some(1e-6))
+            .psi(f.memory_pressure.name, 5e-6, Some(2e-6))
+            .psi(f.io_pressure.name, 0.0, Some(0.0)),
+    );
+    let p = &POD;
+    assert_attrs(&sweep, pid(UID2), &[("k8s.pod.uid", UID2), ("k8s.pod.qos_class", "guaranteed")]);
+    assert_points(
+        &sweep,
+        pid(UID2),
+        Expect::default()
+            .cpu(p, 0.9, 0.1)
+            .throttling(p, 800, 8, 0.09)
+            .memory(p, 73400320, 73400320 - 10485760, 52428800, 20971520)
+            .int(p.memory_limit.name, 536870912)
+            .int(p.memory_oom_kills.name, 0)
+            .disk(p, "252:0", 8192, 16384, 2, 4)
+            .int(p.pids_count.name, 4)
+            .int(p.pids_limit.name, 2048)
+            .psi(p.cpu_pressure.name, 10e-6, Some(5e-6))
+            .psi(p.memory_pressure.name, 20e-6, Some(10e-6))
+            .psi(p.io_pressure.name, 30e-6, Some(15e-6)),
+    );
+}
+
+#[test]
+fn hybrid_kubelet_and_podman_with_pressure_from_unified() {
+    let root = fixture("hybrid");
+    let mut source = CgroupSource::new(&config(&root)).expect("source");
+    assert_eq!(source.mode(), CgroupMode::Hybrid);
+    let (ctx, sweep) = sweep_once(&mut source);
+    assert_eq!(source.last_sweep_stats(), stats(3, 1, 0));
+    assert_eq!(sweep.resources.len(), 4);
+    let pod_dir = format!("kubepods/besteffort/pod{UID2}");
+    let podman_dir = format!("libpod_parent/{PODMAN_POD}/libpod-{C5}");
+    let mem = root.join("memory");
+    let mut containers = ctx.containers.clone();
+    containers.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(
+        containers,
+        vec![
+            info(
+                C3,
+                Runtime::Containerd,
+                k8s(UID2, "besteffort"),
+                mem.join(&pod_dir).join(C3).join("cgroup.procs")
+            ),
+            info(
+                C4,
+                Runtime::Containerd,
+                k8s(UID2, "besteffort"),
+                mem.join(&pod_dir).join(C4).join("cgroup.procs")
+            ),
+            info(
+                C5,
+                Runtime::Podman,
+                Some(PodRef::Podman { id: PODMAN_POD.to_owned() }),
+                mem.join(&podman_dir).join("cgroup.procs")
+            ),
+        ]
+    );
+    assert_attrs(
+        &sweep,
+        cid(C5),
+        &[("container.id", C5), ("container.runtime.name", "podman"), ("podman.pod.id", PODMAN_POD)],
+    );
+    let f = &CONTAINER;
+    // cpu and cpuacct mounted apart; PSI from unified/ where the cgroup exists there.
+    assert_points(
+        &sweep,
+        cid(C3),
+        Expect::default()
+            .cpu(f, 2.0, 0.5)
+            .throttling(f, 0, 0, 0.0)
+            .memory(f, 25165824, 25165824 - 2097152, 20971520, 4194304)
+            .int(f.memory_oom_kills.name, 0)
+            .disk(f, "8:0", 65536, 131072, 4, 8)
+            .int(f.pids_count.name, 4)
+            .psi(f.cpu_pressure.name, 0.5, Some(0.0))
+            .psi(f.memory_pressure.name, 0.03, Some(0.015))
+            .psi(f.io_pressure.name, 0.07, Some(0.05)),
+    );
+    // Absent from unified/: no pressure points.
+    assert_points(
+        &sweep,
+        cid(C4),
+        Expect::default()
+            .cpu(f, 0.75, 0.25)
+            .throttling(f, 0, 0, 0.0)
+            .memory(f, 4194304, 4194304 - 1048576, 3145728, 1048576)
+            .int(f.memory_oom_kills.name, 0)
+            .int(f.pids_count.name, 2),
+    );
+    assert_points(
+        &sweep,
+        cid(C5),
+        Expect::default()
+            .cpu(f, 0.111111111, 0.022222222)
+            .throttling(f, 0, 0, 0.0)
+            .memory(f, 1310720, 1310720 - 327680, 655360, 655360)
+            .int(f.memory_limit.name, 67108864)
+            .int(f.memory_oom_kills.name, 0)
+            .int(f.pids_count.name, 1)
+            .int(f.pids_limit.name, 2048)
+            .psi(f.cpu_pressure.name, 0.0001, Some(0.00005))
+            .psi(f.memory_pressure.name, 0.0, Some(0.0))
+            .psi(f.io_pressure.name, 0.0, Some(0.0)),
+    );
+    let p = &POD;
+    assert_points(
+        &sweep,
+        pid(UID2),
+        Expect::default()
+            .cpu(p, 3.0, 1.0)
+            .throttling(p, 0, 0, 0.0)
+            .memory(p, 33554432, 33554432 - 4194304, 25165824, 8388608)
+            .int(p.memory_oom_kills.name, 0)
+            .disk(p, "8:0", 65536, 131072, 4, 8)
+            .int(p.pids_count.name, 6)
+            .psi(p.cpu_pressure.name, 0.6, Some(0.0))
+            .psi(p.memory_pressure.name, 0.04, Some(0.02))
+            .psi(p.io_pressure.name, 0.08, Some(0.06)),
+    );
+}
+
+/// Copies a fixture tree so a test can change it.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+fn int_of(sweep: &Sweep, id: &ResourceId, metric: &str) -> Option<i64> {
+    sweep.resource(id)?.points_of(metric).next().map(|p| match p.value {
+        Value::Int(v) => v,
+        Value::Double(v) => v as i64,
+    })
+}
+
+#[test]
+fn kept_open_files_see_new_values_limits_wait_for_their_interval_and_discovery_for_its() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    copy_tree(&fixture("v1-docker"), tmp.path());
+    let cfg = CgroupsConfig {
+        root: tmp.path().to_owned(),
+        discovery_interval: Duration::from_secs(3600),
+        limits_interval: Duration::from_secs(3600),
+    };
+    let mut source = CgroupSource::new(&cfg).expect("source");
+    let (_, first) = sweep_once(&mut source);
+    let c4 = tmp.path().join("memory/docker").join(C4);
+    assert_eq!(int_of(&first, &cid(C4), CONTAINER.memory_limit.name), Some(134217728));
+
+    // Same inode, new contents: the kept-open usage file shows the new value, the limit is not
+    // read again before limits_interval.
+    std::fs::write(c4.join("memory.usage_in_bytes"), "3145728\n").expect("write");
+    std::fs::write(c4.join("memory.limit_in_bytes"), "999424\n").expect("write");
+    // A new container appears, but discovery_interval has not elapsed.
+    let new_dir = tmp.path().join("memory/docker").join(C5);
+    copy_tree(&c4, &new_dir);
+    let (_, second) = sweep_once(&mut source);
+    assert!(!source.last_sweep_stats().discovered);
+    assert_eq!(int_of(&second, &cid(C4), CONTAINER.memory_usage.name), Some(3145728));
+    assert_eq!(int_of(&second, &cid(C4), CONTAINER.memory_limit.name), Some(134217728));
+    assert!(second.resource(&cid(C5)).is_none());
+
+    // With both intervals at zero the next sweep walks the tree and re-reads limits.
+    let cfg = CgroupsConfig { discovery_interval: Duration::ZERO, limits_interval: Duration::ZERO, ..cfg };
+    let mut source = CgroupSource::new(&cfg).expect("source");
+    let (ctx, third) = sweep_once(&mut source);
+    assert_eq!(int_of(&third, &cid(C4), CONTAINER.memory_limit.name), Some(999424));
+    assert_eq!(int_of(&third, &cid(C5), CONTAINER.memory_usage.name), Some(3145728));
+    assert_eq!(ctx.containers.len(), 3);
+
+    // A container directory removed: dropped at the next walk.
+    std::fs::remove_dir_all(&new_dir).expect("rm");
+    let (ctx, fourth) = sweep_once(&mut source);
+    assert!(fourth.resource(&cid(C5)).is_none());
+    assert_eq!(ctx.containers.len(), 2);
+}
+
+#[test]
+fn a_root_without_cgroups_is_an_error_naming_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let err = CgroupSource::new(&config(tmp.path())).expect_err("no hierarchy");
+    assert!(err.to_string().contains(&tmp.path().display().to_string()), "{err}");
+}
+
+#[test]
+fn config_reads_human_durations_and_rejects_unknown_fields() {
+    let cfg: CgroupsConfig = serde_json::from_str(
+        r#"{"root": "/host/sys/fs/cgroup", "discovery_interval": "5s", "limits_interval": "2m"}"#,
+    )
+    .expect("config");
+    assert_eq!(cfg.root, PathBuf::from("/host/sys/fs/cgroup"));
+    assert_eq!(cfg.discovery_interval, Duration::from_secs(5));
+    assert_eq!(cfg.limits_interval, Duration::from_secs(120));
+    let defaults: CgroupsConfig = serde_json::from_str("{}").expect("defaults");
+    assert_eq!(defaults, CgroupsConfig::default());
+    assert_eq!(defaults.discovery_interval, Duration::from_secs(10));
+    assert_eq!(defaults.limits_interval, Duration::from_secs(60));
+    assert!(serde_json::from_str::<CgroupsConfig>(r#"{"rooot": "/x"}"#).is_err());
+    assert!(serde_json::from_str::<CgroupsConfig>(r#"{"discovery_interval": "soon"}"#).is_err());
+}
