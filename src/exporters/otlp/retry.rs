@@ -2,6 +2,20 @@
 //!
 //! The decisions follow the OTLP specification's lists of retryable gRPC codes and HTTP
 //! statuses; they are pure functions of what the receiver said.
+//!
+//! | answer | decision |
+//! |---|---|
+//! | gRPC `OK`, HTTP 2xx | delivered (partial success counted in `points_rejected`) |
+//! | gRPC `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `ABORTED`, `CANCELLED`, `OUT_OF_RANGE`, `DATA_LOSS` | retry; a `RetryInfo` delay is honoured |
+//! | gRPC `RESOURCE_EXHAUSTED` with `RetryInfo` | retry after its delay |
+//! | gRPC `RESOURCE_EXHAUSTED` without `RetryInfo`, any other code | drop |
+//! | HTTP 429, 502, 503, 504 | retry; `Retry-After` (seconds or HTTP-date) is honoured |
+//! | any other HTTP status | drop |
+//! | no answer: connection refused or reset, TLS failure, timeout | retry |
+//!
+//! Without a delay from the receiver the wait is exponential (`initial_interval` times
+//! `multiplier` per attempt, capped at `max_interval`) with full or decorrelated jitter. A
+//! delay the receiver asks for is used as given, even above `max_interval`.
 
 use std::time::{Duration, SystemTime};
 
