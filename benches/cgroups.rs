@@ -52,8 +52,17 @@ const V2_FILES: &[&str] = &[
 ];
 
 enum Bed {
-    Live { _cgroups: Vec<cgroupfs::TestCgroup>, files: Vec<PathBuf> },
-    Tmpfs { _dir: tempfile::TempDir, root: PathBuf, files: Vec<PathBuf> },
+    /// Fields drop in order: the containers' cgroups before their pod's.
+    Live {
+        _containers: Vec<cgroupfs::TestCgroup>,
+        _pod: cgroupfs::TestCgroup,
+        files: Vec<PathBuf>,
+    },
+    Tmpfs {
+        _dir: tempfile::TempDir,
+        root: PathBuf,
+        files: Vec<PathBuf>,
+    },
 }
 
 impl Bed {
@@ -83,7 +92,8 @@ fn build() -> Bed {
             std::process::id(),
             1
         );
-        let mut cgroups = vec![cgroupfs::TestCgroup::create(Path::new("/sys/fs/cgroup"), &pod)];
+        let pod_cgroup = cgroupfs::TestCgroup::create(Path::new("/sys/fs/cgroup"), &pod);
+        let mut cgroups = Vec::new();
         let mut files = Vec::new();
         for i in 0..N {
             let cg =
@@ -93,7 +103,7 @@ fn build() -> Bed {
             }
             cgroups.push(cg);
         }
-        return Bed::Live { _cgroups: cgroups, files };
+        return Bed::Live { _containers: cgroups, _pod: pod_cgroup, files };
     }
     eprintln!("not root: benchmarking a fixture copy on tmpfs, a lower bound of the real cost");
     let dir = tempfile::tempdir_in("/dev/shm").expect("tmpfs dir");
@@ -119,12 +129,31 @@ fn build() -> Bed {
     Bed::Tmpfs { _dir: dir, root, files }
 }
 
-fn thread_cpu() -> Duration {
-    // SAFETY: getrusage writes into the struct we pass.
+/// User and system CPU time of this thread.
+fn thread_cpu() -> (Duration, Duration) {
+    // SAFETY: rusage is plain data; getrusage fills the struct we pass.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    (tv(ru.ru_utime), tv(ru.ru_stime))
+}
+
+/// Runs `f` `rounds` times; CPU µs (user, system) per unit of `per`.
+fn cpu_per(rounds: usize, per: usize, mut f: impl FnMut()) -> (f64, f64) {
+    let (u0, s0) = thread_cpu();
+    for _ in 0..rounds {
+        f();
+    }
+    let (u1, s1) = thread_cpu();
+    let scale = 1e6 / (rounds * per) as f64;
+    ((u1 - u0).as_secs_f64() * scale, (s1 - s0).as_secs_f64() * scale)
+}
+
+/// The kernel's floor: pread of the same files, kept open, no parsing.
+fn floor(files: &[std::fs::File], buf: &mut [u8]) -> usize {
+    use std::os::unix::fs::FileExt;
+    files.iter().map(|f| f.read_at(buf, 0).unwrap_or(0)).sum()
 }
 
 fn sweep(source: &mut CgroupSource) -> usize {
@@ -155,19 +184,25 @@ fn bench(c: &mut Criterion) {
     // CPU time of the sweep thread, per cgroup read (the source also reads every other
     // container on the host, so divide by what it read, not by N).
     let rounds = 200;
-    let t0 = thread_cpu();
-    for _ in 0..rounds {
+    let (su, ss) = cpu_per(rounds, groups, || {
         sweep(&mut source);
-    }
-    let per_source = (thread_cpu() - t0).as_secs_f64() * 1e6 / (rounds * groups) as f64;
-    let t0 = thread_cpu();
-    for _ in 0..rounds {
+    });
+    let (nu, ns) = cpu_per(rounds, naive_containers, || {
         naive(bed.files());
-    }
-    let per_naive = (thread_cpu() - t0).as_secs_f64() * 1e6 / (rounds * naive_containers) as f64;
+    });
+    let open: Vec<std::fs::File> = bed.files().iter().filter_map(|f| std::fs::File::open(f).ok()).collect();
+    let mut buf = vec![0u8; 16384];
+    let (fu, fs) = cpu_per(rounds, naive_containers, || {
+        floor(&open, &mut buf);
+    });
     eprintln!(
-        "CPU per container per sweep: source {per_source:.1} µs ({groups} cgroups per sweep), \
-         naive open+read+close {per_naive:.1} µs ({naive_containers} containers)"
+        "CPU per container per sweep (user + system): source {su:.1} + {ss:.1} = {:.1} µs ({groups} cgroups \
+         per sweep); naive open+read+close {nu:.1} + {ns:.1} = {:.1} µs; pread floor {fu:.1} + {fs:.1} = {:.1} µs \
+         ({naive_containers} containers, {} files)",
+        su + ss,
+        nu + ns,
+        fu + fs,
+        bed.files().len()
     );
 
     let mut g = c.benchmark_group("cgroups");

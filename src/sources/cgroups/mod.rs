@@ -777,3 +777,35 @@ fn push_device_io(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_into_grows_the_buffer_for_large_files_and_rereads_from_the_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("memory.stat");
+        let text: String = (0..3000).map(|i| format!("key_{i} {i}\n")).collect();
+        assert!(text.len() > 16 * 1024);
+        std::fs::write(&path, &text).expect("write");
+        let handle = Handle::open(Some(dir.path()), "memory.stat");
+        let mut buf = vec![0; 16 * 1024];
+        assert_eq!(read_into(&handle, &mut buf).expect("read"), Some(text.as_str()));
+        // Same file again: pread at offset 0 sees it whole, not from where the last read ended.
+        std::fs::write(&path, "short 1\n").expect("rewrite");
+        assert_eq!(read_into(&handle, &mut buf).expect("read"), Some("short 1\n"));
+    }
+
+    #[test]
+    fn a_missing_file_is_none_and_not_text_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut buf = vec![0; 64];
+        assert!(Handle::open(Some(dir.path()), "cpu.pressure").is_none());
+        assert_eq!(read_into(&None, &mut buf).expect("missing is fine"), None);
+        std::fs::write(dir.path().join("pids.current"), [0xff, 0xfe, b'\n']).expect("write");
+        let handle = Handle::open(Some(dir.path()), "pids.current");
+        let err = read_into(&handle, &mut buf).expect_err("not UTF-8");
+        assert!(err.to_string().contains("pids.current"), "{err}");
+    }
+}
