@@ -338,6 +338,12 @@ impl Scenario {
         assert!(!expected.is_empty(), "{}: the file exporter wrote no samples", self.name);
         wait_all_arrive(&format!("{} over gRPC via rotel", self.name), &self.vm_grpc, &expected, timeout);
         wait_all_arrive(&format!("{} over HTTP/protobuf", self.name), &self.vm_http, &expected, timeout);
+        eprintln!(
+            "{}: {} samples of {} sweeps found, equal, in both VictoriaMetrics",
+            self.name,
+            expected.len(),
+            sweeps.len()
+        );
     }
 }
 
