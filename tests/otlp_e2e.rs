@@ -449,6 +449,12 @@ fn scenario_restart(pod: &PodmanPod) {
         .filter(|r| sweep_time_ms(r).map(|t| t <= cutoff || t > ms(killed_at)).unwrap_or(false))
         .cloned()
         .collect();
+    eprintln!(
+        "restart: {} of {} sweeps fall in the last {} ms before the crash and may be missing",
+        sweeps.len() - must_arrive.len(),
+        sweeps.len(),
+        ms(killed_at) - cutoff
+    );
     s.assert_delivered(&must_arrive, Duration::from_secs(60));
     let probe = probe_series(&sweeps, &pod.app_ids[0]);
     let want: Vec<i64> = must_arrive.iter().filter_map(sweep_time_ms).collect();
