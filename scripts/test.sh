@@ -12,5 +12,6 @@ cargo fmt --check
 echo "== cargo clippy --all-targets -- -D warnings" >&2
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test" >&2
-# Integration test binaries run one after another; the tests inside each run in parallel.
-cargo test --all-targets --no-fail-fast -- --test-threads="${PODOMETER_TEST_THREADS:-4}"
+# Integration test binaries run one after another; the tests inside each run in parallel
+# (RUST_TEST_THREADS, not a libtest flag: the criterion benches, smoke-run here, reject those).
+RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}" cargo test --all-targets --no-fail-fast
