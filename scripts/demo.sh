@@ -49,7 +49,7 @@ echo
 echo "== starting VictoriaMetrics and rotel on loopback"
 vm_port=18428; grpc_port=14317; rotel_http_port=14318
 "$PODOMETER_VICTORIA_METRICS" -storageDataPath "$work/vm" -httpListenAddr "127.0.0.1:$vm_port" \
-  -search.latencyOffset=0s -loggerLevel=ERROR >"$work/vm.log" 2>&1 &
+  -search.latencyOffset=0s -dedup.minScrapeInterval=1ms -loggerLevel=ERROR >"$work/vm.log" 2>&1 &
 pids+=($!)
 "$PODOMETER_ROTEL" start --otlp-grpc-endpoint "127.0.0.1:$grpc_port" --otlp-http-endpoint "127.0.0.1:$rotel_http_port" \
   --exporter otlp --otlp-exporter-protocol http --otlp-exporter-endpoint "http://127.0.0.1:$vm_port/opentelemetry" \
@@ -76,19 +76,41 @@ sleep 12
 kill -TERM "$agent"; wait "$agent" || true
 
 echo
-echo "== read back from VictoriaMetrics"
-query() {
-  curl -sf "http://127.0.0.1:$vm_port/api/v1/query" --data-urlencode "query=$1" |
-    python3 -c 'import json,sys
-r=json.load(sys.stdin)["data"]["result"]
-for s in sorted(r, key=lambda s: sorted(s["metric"].items())):
-    m=s["metric"]; who=m.get("container_id","")[:12] or ("pod "+m.get("k8s_pod_uid","")[:8])
-    extra=" ".join(f"{k}={m[k]}" for k in ("cpu_mode","network_interface_name","network_io_direction","network_interface_host_peer") if k in m)
-    print(f"  {who:14} {float(s[\"value\"][1]):>14.3f}  {extra}")'
-}
-echo "CPU cores used (rate of container_cpu_time over 10s):"
-query 'sum by (container_id) (rate(container_cpu_time_seconds_total[10s]) or rate(container_cpu_time_total[10s]) or rate(container_cpu_time[10s]))'
-echo "Memory working set (bytes):"
-query 'last_over_time({__name__=~"container_memory_working_set.*"}[30s])'
-echo "Network (bytes/s, one series set per pod network namespace):"
-query 'rate({__name__=~"container_network_io.*"}[10s])'
+echo "== read back from VictoriaMetrics (metric and label names keep their dots)"
+cat >"$work/readback.py" <<'PY'
+import json, sys, urllib.parse, urllib.request
+from collections import defaultdict
+
+base = sys.argv[1]
+
+def query(q):
+    url = base + "/api/v1/query?" + urllib.parse.urlencode({"query": q})
+    with urllib.request.urlopen(url) as r:
+        return json.load(r)["data"]["result"]
+
+def who(m):
+    if "container.id" in m:
+        return "container " + m["container.id"][:12]
+    return "pod " + m.get("k8s.pod.uid", "?")[:12]
+
+cpu = defaultdict(float)
+for s in query('rate({__name__="container.cpu.time"}[10s])'):
+    cpu[who(s["metric"])] += float(s["value"][1])
+mem = {who(s["metric"]): float(s["value"][1]) for s in query('last_over_time({__name__="container.memory.working_set"}[30s])')}
+net = defaultdict(dict)
+for s in query('rate({__name__=~"(container|k8s.pod).network.io"}[10s])'):
+    m = s["metric"]
+    key = "%s %s (host veth %s)" % (who(m), m.get("network.interface.name"), m.get("network.interface.host_peer", "-"))
+    net[key][m.get("network.io.direction")] = float(s["value"][1])
+
+print("%-24s %10s %14s" % ("", "CPU cores", "working set"))
+for k in sorted(set(cpu) | set(mem)):
+    print("%-24s %10.3f %12.1fKiB" % (k, cpu.get(k, 0.0), mem.get(k, 0.0) / 1024))
+print()
+print("network, bytes/s (one series set per network namespace):")
+for k in sorted(net):
+    print("  %-60s rx %10.0f  tx %10.0f" % (k, net[k].get("receive", 0), net[k].get("transmit", 0)))
+if not cpu or not net:
+    sys.exit("VictoriaMetrics returned no container CPU or network series")
+PY
+python3 "$work/readback.py" "http://127.0.0.1:$vm_port"
