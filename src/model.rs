@@ -4,7 +4,7 @@
 //! one per pod), each with points that name a static [`MetricDesc`]. The encoder turns a sweep
 //! into an `ExportMetricsServiceRequest`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -233,14 +233,16 @@ impl SweepContext {
     }
 }
 
-/// Key of one time series: resource, metric and point attributes.
-type SeriesKey = (ResourceId, &'static str, Vec<(&'static str, String)>);
-
-#[derive(Debug, Clone, Copy)]
-struct SeriesState {
+/// One counter series of a resource, as [`StartTimes`] remembers it.
+#[derive(Debug, Clone)]
+struct Series {
+    metric: &'static str,
+    attributes: Attributes,
     start: SystemTime,
     last: f64,
     last_time: SystemTime,
+    /// The `StartTimes::generation` of the last sweep that had this series.
+    seen: u64,
 }
 
 /// Gives every counter point its start time.
@@ -249,9 +251,14 @@ struct SeriesState {
 /// container id, interface or device that comes back is a new series. A counter that goes
 /// backwards was reset between the previous sweep and this one; its new start is the previous
 /// sweep's time, the latest instant known to precede the reset.
+///
+/// This runs for every point of every sweep, so lookups allocate nothing: series are kept per
+/// resource in the order the source emits them, and the next point is checked against the
+/// next remembered series before any search.
 #[derive(Debug, Default)]
 pub struct StartTimes {
-    series: HashMap<SeriesKey, SeriesState>,
+    resources: HashMap<ResourceId, Vec<Series>>,
+    generation: u64,
 }
 
 impl StartTimes {
@@ -260,57 +267,66 @@ impl StartTimes {
     }
 
     pub fn apply(&mut self, sweep: &mut Sweep) {
+        self.generation += 1;
+        let generation = self.generation;
         let now = sweep.time;
-        let mut seen: HashSet<SeriesKey> = HashSet::with_capacity(self.series.len());
         for resource in &mut sweep.resources {
+            let series = match self.resources.get_mut(&resource.id) {
+                Some(series) => series,
+                None => self.resources.entry(resource.id.clone()).or_default(),
+            };
+            let mut hint = 0;
             for point in &mut resource.points {
                 if point.metric.kind != MetricKind::Counter {
                     continue;
                 }
-                let key = series_key(&resource.id, point);
                 let value = point.value.as_f64();
-                let state = self
-                    .series
-                    .entry(key.clone())
-                    .and_modify(|s| {
+                let same = |s: &Series| s.metric == point.metric.name && s.attributes == point.attributes;
+                let found = match series.get(hint) {
+                    Some(s) if same(s) => Some(hint),
+                    _ => series.iter().position(same),
+                };
+                let index = match found {
+                    Some(i) => {
+                        let s = &mut series[i];
                         if value < s.last {
                             s.start = s.last_time;
                         }
                         s.last = value;
                         s.last_time = now;
-                    })
-                    .or_insert(SeriesState { start: now, last: value, last_time: now });
-                point.start_time = Some(state.start);
-                seen.insert(key);
+                        s.seen = generation;
+                        i
+                    }
+                    None => {
+                        series.push(Series {
+                            metric: point.metric.name,
+                            attributes: point.attributes.clone(),
+                            start: now,
+                            last: value,
+                            last_time: now,
+                            seen: generation,
+                        });
+                        series.len() - 1
+                    }
+                };
+                point.start_time = Some(series[index].start);
+                hint = index + 1;
             }
         }
-        self.series.retain(|k, _| seen.contains(k));
+        self.resources.retain(|_, series| {
+            series.retain(|s| s.seen == generation);
+            !series.is_empty()
+        });
     }
 
+    /// How many series are remembered.
     pub fn len(&self) -> usize {
-        self.series.len()
+        self.resources.values().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.series.is_empty()
+        self.resources.is_empty()
     }
-}
-
-fn series_key(id: &ResourceId, point: &Point) -> SeriesKey {
-    let mut attrs: Vec<(&'static str, String)> = point
-        .attributes
-        .iter()
-        .map(|(k, v)| {
-            let v = match v {
-                AttrValue::Str(s) => s.clone(),
-                AttrValue::Int(i) => i.to_string(),
-                AttrValue::Bool(b) => b.to_string(),
-            };
-            (*k, v)
-        })
-        .collect();
-    attrs.sort();
-    (id.clone(), point.metric.name, attrs)
 }
 
 #[cfg(test)]
@@ -364,6 +380,39 @@ mod tests {
         let mut s3 = sweep_at(120, 7);
         st.apply(&mut s3);
         assert_eq!(start_of(&s3), SystemTime::UNIX_EPOCH + Duration::from_secs(120));
+    }
+
+    #[test]
+    fn series_are_told_apart_by_metric_and_attributes_in_any_order_of_points() {
+        let mut st = StartTimes::new();
+        let point = |device: &str, v: i64| {
+            Point::new(&semconv::CONTAINER.disk_io, Value::Int(v))
+                .with(semconv::SYSTEM_DEVICE, device.to_owned())
+        };
+        let mut s1 = Sweep::new(SystemTime::UNIX_EPOCH + Duration::from_secs(100));
+        s1.resource_mut(ResourceId::Container("a".into()), Vec::new)
+            .points
+            .extend([point("8:0", 5), point("8:16", 7)]);
+        st.apply(&mut s1);
+        let mut s2 = Sweep::new(SystemTime::UNIX_EPOCH + Duration::from_secs(110));
+        s2.resource_mut(ResourceId::Container("a".into()), Vec::new)
+            .points
+            .extend([point("8:0", 6), point("8:16", 8)]);
+        st.apply(&mut s2);
+        // The second device reset; the points arrive in the other order.
+        let mut s3 = Sweep::new(SystemTime::UNIX_EPOCH + Duration::from_secs(120));
+        s3.resource_mut(ResourceId::Container("a".into()), Vec::new)
+            .points
+            .extend([point("8:16", 1), point("8:0", 9)]);
+        st.apply(&mut s3);
+        let starts: Vec<_> = s3.resources[0].points.iter().map(|p| p.start_time.unwrap()).collect();
+        assert_eq!(
+            starts[0],
+            SystemTime::UNIX_EPOCH + Duration::from_secs(110),
+            "8:16 restarts at the previous sweep"
+        );
+        assert_eq!(starts[1], SystemTime::UNIX_EPOCH + Duration::from_secs(100), "8:0 keeps its first start");
+        assert_eq!(st.len(), 2);
     }
 
     #[test]
