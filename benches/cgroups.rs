@@ -25,6 +25,7 @@ const N: usize = 100;
 
 /// The files one sweep reads per container on a hybrid host, limits excluded (read every 60 s).
 const HYBRID_FILES: &[(&str, &str)] = &[
+    ("cpuacct", "cpuacct.usage"),
     ("cpuacct", "cpuacct.usage_user"),
     ("cpuacct", "cpuacct.usage_sys"),
     ("cpu", "cpu.stat"),

@@ -652,3 +652,35 @@ fn config_reads_human_durations_and_rejects_unknown_fields() {
     assert!(serde_json::from_str::<CgroupsConfig>(r#"{"rooot": "/x"}"#).is_err());
     assert!(serde_json::from_str::<CgroupsConfig>(r#"{"discovery_interval": "soon"}"#).is_err());
 }
+
+fn cpu_of(sweep: &Sweep, id: &ResourceId, mode: &str) -> f64 {
+    let r = sweep.resource(id).expect("resource");
+    r.points_of(CONTAINER.cpu_time.name)
+        .find(|p| p.attribute("cpu.mode") == Some(&podometer::model::AttrValue::Str(mode.into())))
+        .map(|p| p.value.as_f64())
+        .expect("cpu point")
+}
+
+/// v1's `cpuacct.usage_user`/`usage_sys` are tick samples whose sum drifts from the exact
+/// `cpuacct.usage`; the reported total must be the exact one, split by the samples' ratio,
+/// and neither mode may go backwards when the ratio shifts.
+#[test]
+fn v1_cpu_total_is_cpuacct_usage_split_by_the_sampled_ratio() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    copy_tree(&fixture("v1-docker"), tmp.path());
+    let dir = tmp.path().join("cpu,cpuacct/docker").join(C3);
+    let write = |name: &str, v: u64| std::fs::write(dir.join(name), format!("{v}\n")).expect("write");
+    // Samples 3:1 summing to 8 s, exact total 6 s.
+    write("cpuacct.usage_user", 6_000_000_000);
+    write("cpuacct.usage_sys", 2_000_000_000);
+    write("cpuacct.usage", 6_000_000_000);
+    let mut source = CgroupSource::new(&config(tmp.path())).expect("source");
+    let (_, first) = sweep_once(&mut source);
+    assert_eq!((cpu_of(&first, &cid(C3), "user"), cpu_of(&first, &cid(C3), "system")), (4.5, 1.5));
+    // The samples now say all user; the exact total grew by 1 s: system stays, user takes it.
+    write("cpuacct.usage_user", 9_000_000_000);
+    write("cpuacct.usage_sys", 0);
+    write("cpuacct.usage", 7_000_000_000);
+    let (_, second) = sweep_once(&mut source);
+    assert_eq!((cpu_of(&second, &cid(C3), "user"), cpu_of(&second, &cid(C3), "system")), (5.5, 1.5));
+}

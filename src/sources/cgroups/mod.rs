@@ -416,7 +416,15 @@ fn parsed<T>(handle: &Option<Handle>, result: Result<T, ParseError>) -> Result<T
 
 /// Where CPU time comes from, best first.
 enum CpuTimeFiles {
-    /// v1 `cpuacct.usage_user` and `cpuacct.usage_sys`, nanoseconds.
+    /// v1 `cpuacct.usage` (exact total) split by the ratio of `cpuacct.usage_user` and
+    /// `cpuacct.usage_sys` (tick samples), nanoseconds; `split` is the last split reported.
+    UsageSplit {
+        total: Option<Handle>,
+        user: Option<Handle>,
+        sys: Option<Handle>,
+        split: (u64, u64),
+    },
+    /// v1 `cpuacct.usage_user` and `cpuacct.usage_sys` without `cpuacct.usage`, nanoseconds.
     UsagePair(Option<Handle>, Option<Handle>),
     /// v1 `cpuacct.stat`, USER_HZ ticks.
     AcctStat(Option<Handle>),
@@ -464,7 +472,10 @@ impl Group {
         } else {
             let user = open(&cpuacct, "cpuacct.usage_user");
             let sys = open(&cpuacct, "cpuacct.usage_sys");
-            if user.is_some() && sys.is_some() {
+            let total = open(&cpuacct, "cpuacct.usage");
+            if user.is_some() && sys.is_some() && total.is_some() {
+                CpuTimeFiles::UsageSplit { total, user, sys, split: (0, 0) }
+            } else if user.is_some() && sys.is_some() {
                 CpuTimeFiles::UsagePair(user, sys)
             } else if let Some(stat) = open(&cpuacct, "cpuacct.stat") {
                 CpuTimeFiles::AcctStat(Some(stat))
@@ -545,14 +556,32 @@ impl Group {
     }
 
     fn read_cpu(
-        &self,
+        &mut self,
         r: &mut Reader,
         f: &'static CgroupFamily,
         clock_ticks: u64,
         points: &mut Vec<Point>,
     ) -> Result<(), CgroupsError> {
         let mut first_error = None;
-        let time = match &self.cpu_time {
+        let time = match &mut self.cpu_time {
+            CpuTimeFiles::UsageSplit { total, user, sys, split } => {
+                let total_ns = match read_into(total, &mut r.buf)? {
+                    Some(t) => Some(parsed(total, parse::parse_single(t))),
+                    None => None,
+                };
+                match (total_ns, read_into(user, &mut r.buf)?, read_into(sys, &mut r.second)?) {
+                    (Some(Ok(total_ns)), Some(u), Some(s)) => Some(
+                        parsed(user, parse::parse_single(u))
+                            .and_then(|u| parsed(sys, parse::parse_single(s)).map(|s| (u, s)))
+                            .map(|(u, s)| {
+                                *split = parse::adjust_cputime(total_ns, u, s, *split);
+                                parse::CpuTime { user: split.0 as f64 / 1e9, system: split.1 as f64 / 1e9 }
+                            }),
+                    ),
+                    (Some(Err(e)), _, _) => Some(Err(e)),
+                    _ => None,
+                }
+            }
             CpuTimeFiles::UsagePair(user, sys) => {
                 match (read_into(user, &mut r.buf)?, read_into(sys, &mut r.second)?) {
                     (Some(u), Some(s)) => Some(parsed(user, parse::parse_cpuacct_usage_pair(u, s))),

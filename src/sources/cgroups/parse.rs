@@ -91,6 +91,35 @@ pub fn parse_cpuacct_usage_pair(user: &str, sys: &str) -> Result<CpuTime, ParseE
     Ok(CpuTime { user: parse_single(user)? as f64 / 1e9, system: parse_single(sys)? as f64 / 1e9 })
 }
 
+/// Splits a precise CPU total into user and system the way the kernel's `cputime_adjust` does
+/// for cgroup v2 and `/proc/<pid>/stat`.
+///
+/// cgroup v1's `cpuacct.usage_user`/`usage_sys` (and `cpuacct.stat`) come from tick sampling:
+/// their sum drifts from the exact `cpuacct.usage` by tens of milliseconds per second of CPU on
+/// a busy VM. The total must be exact, so it comes from `cpuacct.usage` and the samples only
+/// give the ratio. `prev` is the split reported last time (nanoseconds); the result never goes
+/// below it in either mode, so both counters stay monotonic, and always sums to `total_ns`
+/// (unless the total itself went backwards, which is a counter reset the caller handles).
+pub fn adjust_cputime(total_ns: u64, user_sample: u64, sys_sample: u64, prev: (u64, u64)) -> (u64, u64) {
+    let (prev_user, prev_sys) = prev;
+    if prev_user.saturating_add(prev_sys) > total_ns {
+        // The cgroup's counters were reset (or this is a different cgroup): start over.
+        return adjust_cputime(total_ns, user_sample, sys_sample, (0, 0));
+    }
+    let mut sys = match (user_sample, sys_sample) {
+        (_, 0) => 0,
+        (0, _) => total_ns,
+        (u, s) => (u128::from(total_ns) * u128::from(s) / (u128::from(u) + u128::from(s))) as u64,
+    };
+    sys = sys.max(prev_sys);
+    let mut user = total_ns - sys.min(total_ns);
+    if user < prev_user {
+        user = prev_user;
+        sys = total_ns - user;
+    }
+    (user, sys)
+}
+
 /// v1 `cpuacct.stat`: `user` and `system` in USER_HZ ticks (`clock_ticks` per second).
 pub fn parse_cpuacct_stat(text: &str, clock_ticks: u64) -> Result<CpuTime, ParseError> {
     let [user, system] = scan_keys(text, ["user", "system"])?;
@@ -319,6 +348,38 @@ pub fn parse_pressure(text: &str) -> Result<Pressure, ParseError> {
 }
 
 #[cfg(test)]
+mod adjust_tests {
+    use super::adjust_cputime;
+
+    #[test]
+    fn the_split_always_sums_to_the_precise_total() {
+        // Samples say 3:1, their sum (0.62 s) overshoots the exact total (0.555 s).
+        let (u, s) = adjust_cputime(555_000_000, 465_000_000, 155_000_000, (0, 0));
+        assert_eq!(u + s, 555_000_000);
+        assert_eq!(s, 138_750_000);
+        assert_eq!((adjust_cputime(10, 0, 5, (0, 0))), (0, 10));
+        assert_eq!((adjust_cputime(10, 5, 0, (0, 0))), (10, 0));
+    }
+
+    #[test]
+    fn neither_mode_goes_backwards_when_the_sample_ratio_shifts() {
+        let first = adjust_cputime(1_000, 1, 1, (0, 0));
+        assert_eq!(first, (500, 500));
+        // Now the samples say almost all user: system may not drop below 500.
+        let second = adjust_cputime(1_100, 99, 1, first);
+        assert_eq!(second, (600, 500));
+        // And back to all system: user may not drop below 600.
+        let third = adjust_cputime(1_200, 0, 1, second);
+        assert_eq!(third, (600, 600));
+    }
+
+    #[test]
+    fn a_total_below_the_last_split_starts_over() {
+        assert_eq!(adjust_cputime(100, 1, 1, (500, 500)), (50, 50));
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -331,6 +392,7 @@ mod tests {
     #[test]
     fn cpuacct_stat_is_ticks_to_seconds() {
         let t = parse_cpuacct_stat("user 250\nsystem 75\n", 100).unwrap();
+        assert_eq!(adjust_cputime(1_000, 0, 0, (0, 0)), (1_000, 0));
         assert_eq!(t, CpuTime { user: 2.5, system: 0.75 });
         assert_eq!(parse_cpuacct_stat("user 250\n", 100), Err(ParseError::MissingKey("system")));
     }
