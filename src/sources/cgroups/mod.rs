@@ -565,10 +565,7 @@ impl Group {
         let mut first_error = None;
         let time = match &mut self.cpu_time {
             CpuTimeFiles::UsageSplit { total, user, sys, split } => {
-                let total_ns = match read_into(total, &mut r.buf)? {
-                    Some(t) => Some(parsed(total, parse::parse_single(t))),
-                    None => None,
-                };
+                let total_ns = read_into(total, &mut r.buf)?.map(|t| parsed(total, parse::parse_single(t)));
                 match (total_ns, read_into(user, &mut r.buf)?, read_into(sys, &mut r.second)?) {
                     (Some(Ok(total_ns)), Some(u), Some(s)) => Some(
                         parsed(user, parse::parse_single(u))
