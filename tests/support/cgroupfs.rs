@@ -32,9 +32,7 @@ impl TestCgroup {
                 dir.push(part);
                 if !dir.exists() {
                     fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-                    if dir.parent().map(|p| p.ends_with("cpuset")).unwrap_or(false)
-                        || hierarchy.ends_with("cpuset")
-                    {
+                    if hierarchy.ends_with("cpuset") {
                         inherit_cpuset(&dir);
                     }
                     cg.created.push(dir.clone());
