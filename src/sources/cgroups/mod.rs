@@ -414,6 +414,40 @@ fn parsed<T>(handle: &Option<Handle>, result: Result<T, ParseError>) -> Result<T
     })
 }
 
+/// Reads a kept-open file and parses it. `Ok(None)`: this group has no such file. The outer
+/// `Err` is the cgroup vanishing, which ends the whole group; the inner one is a parse failure
+/// that leaves out only this file's metrics.
+fn read_parsed<T>(
+    handle: &Option<Handle>,
+    buf: &mut Vec<u8>,
+    parse: impl FnOnce(&str) -> Result<T, ParseError>,
+) -> Result<Option<Result<T, CgroupsError>>, CgroupsError> {
+    Ok(read_into(handle, buf)?.map(|text| parsed(handle, parse(text))))
+}
+
+/// The first per-file failure of a group: the group's other files are still read and emitted,
+/// and this one error is reported for it.
+#[derive(Default)]
+struct FirstError(Option<CgroupsError>);
+
+impl FirstError {
+    /// The parsed value, or `None` after keeping its error (when it is the first).
+    fn keep<T>(&mut self, result: Option<Result<T, CgroupsError>>) -> Option<T> {
+        match result {
+            Some(Ok(value)) => Some(value),
+            Some(Err(e)) => {
+                self.0.get_or_insert(e);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn into_result(self) -> Result<(), CgroupsError> {
+        self.0.map_or(Ok(()), Err)
+    }
+}
+
 /// Where CPU time comes from, best first.
 enum CpuTimeFiles {
     /// v1 `cpuacct.usage` (exact total) split by the ratio of `cpuacct.usage_user` and
@@ -562,7 +596,7 @@ impl Group {
         clock_ticks: u64,
         points: &mut Vec<Point>,
     ) -> Result<(), CgroupsError> {
-        let mut first_error = None;
+        let mut errors = FirstError::default();
         let time = match &mut self.cpu_time {
             CpuTimeFiles::UsageSplit { total, user, sys, split } => {
                 let total_ns = read_into(total, &mut r.buf)?.map(|t| parsed(total, parse::parse_single(t)));
@@ -602,27 +636,20 @@ impl Group {
             },
             CpuTimeFiles::Missing => None,
         };
-        match time {
-            Some(Ok(t)) => {
-                points.push(
-                    Point::new(&f.cpu_time, Value::Double(t.user))
-                        .with(semconv::CPU_MODE, semconv::CPU_MODE_USER),
-                );
-                points.push(
-                    Point::new(&f.cpu_time, Value::Double(t.system))
-                        .with(semconv::CPU_MODE, semconv::CPU_MODE_SYSTEM),
-                );
-            }
-            Some(Err(e)) => first_error = Some(e),
-            None => {}
+        if let Some(t) = errors.keep(time) {
+            points.push(
+                Point::new(&f.cpu_time, Value::Double(t.user))
+                    .with(semconv::CPU_MODE, semconv::CPU_MODE_USER),
+            );
+            points.push(
+                Point::new(&f.cpu_time, Value::Double(t.system))
+                    .with(semconv::CPU_MODE, semconv::CPU_MODE_SYSTEM),
+            );
         }
-        if let Some(text) = read_into(&self.throttling, &mut r.buf)? {
-            match parsed(&self.throttling, parse::parse_v1_cpu_stat(text)) {
-                Ok(th) => push_throttling(f, th, points),
-                Err(e) => first_error = first_error.or(Some(e)),
-            }
+        if let Some(th) = errors.keep(read_parsed(&self.throttling, &mut r.buf, parse::parse_v1_cpu_stat)?) {
+            push_throttling(f, th, points);
         }
-        first_error.map_or(Ok(()), Err)
+        errors.into_result()
     }
 
     fn read_memory(
@@ -632,66 +659,46 @@ impl Group {
         read_limits: bool,
         points: &mut Vec<Point>,
     ) -> Result<(), CgroupsError> {
-        let mut first_error: Option<CgroupsError> = None;
-        let mut note = |e: CgroupsError| {
-            if first_error.is_none() {
-                first_error = Some(e);
+        let mut errors = FirstError::default();
+        let usage = errors.keep(read_parsed(&self.memory_usage, &mut r.buf, parse::parse_single)?);
+        if let Some(usage) = usage {
+            points.push(Point::new(&f.memory_usage, Value::from_u64(usage)));
+        }
+        let v2 = self.v2_memory;
+        let stat = read_parsed(&self.memory_stat, &mut r.buf, |t| {
+            if v2 {
+                parse::parse_v2_memory_stat(t)
+            } else {
+                parse::parse_v1_memory_stat(t)
             }
-        };
-        let usage = match read_into(&self.memory_usage, &mut r.buf)? {
-            Some(t) => match parsed(&self.memory_usage, parse::parse_single(t)) {
-                Ok(v) => {
-                    points.push(Point::new(&f.memory_usage, Value::from_u64(v)));
-                    Some(v)
-                }
-                Err(e) => {
-                    note(e);
-                    None
-                }
-            },
-            None => None,
-        };
-        if let Some(t) = read_into(&self.memory_stat, &mut r.buf)? {
-            let stat =
-                if self.v2_memory { parse::parse_v2_memory_stat(t) } else { parse::parse_v1_memory_stat(t) };
-            match parsed(&self.memory_stat, stat) {
-                Ok(stat) => {
-                    if let Some(usage) = usage {
-                        points.push(Point::new(
-                            &f.memory_working_set,
-                            Value::from_u64(parse::working_set(usage, &stat)),
-                        ));
-                    }
-                    points.push(Point::new(&f.memory_rss, Value::from_u64(stat.rss)));
-                    points.push(Point::new(&f.memory_file, Value::from_u64(stat.file)));
-                }
-                Err(e) => note(e),
+        })?;
+        if let Some(stat) = errors.keep(stat) {
+            if let Some(usage) = usage {
+                points.push(Point::new(
+                    &f.memory_working_set,
+                    Value::from_u64(parse::working_set(usage, &stat)),
+                ));
             }
+            points.push(Point::new(&f.memory_rss, Value::from_u64(stat.rss)));
+            points.push(Point::new(&f.memory_file, Value::from_u64(stat.file)));
         }
         if read_limits {
-            self.memory_limit_value = None;
-            if let Some(t) = read_into(&self.memory_limit, &mut r.buf)? {
-                let limit = if self.v2_memory {
+            let limit = read_parsed(&self.memory_limit, &mut r.buf, |t| {
+                if v2 {
                     parse::parse_max_or_number(t)
                 } else {
                     parse::parse_v1_memory_limit(t)
-                };
-                match parsed(&self.memory_limit, limit) {
-                    Ok(v) => self.memory_limit_value = v,
-                    Err(e) => note(e),
                 }
-            }
+            })?;
+            self.memory_limit_value = errors.keep(limit).flatten();
         }
         if let Some(v) = self.memory_limit_value {
             points.push(Point::new(&f.memory_limit, Value::from_u64(v)));
         }
-        if let Some(t) = read_into(&self.oom, &mut r.buf)? {
-            match parsed(&self.oom, parse::parse_oom_kills(t)) {
-                Ok(v) => points.push(Point::new(&f.memory_oom_kills, Value::from_u64(v))),
-                Err(e) => note(e),
-            }
+        if let Some(v) = errors.keep(read_parsed(&self.oom, &mut r.buf, parse::parse_oom_kills)?) {
+            points.push(Point::new(&f.memory_oom_kills, Value::from_u64(v)));
         }
-        first_error.map_or(Ok(()), Err)
+        errors.into_result()
     }
 
     fn read_io(
@@ -700,25 +707,17 @@ impl Group {
         f: &'static CgroupFamily,
         points: &mut Vec<Point>,
     ) -> Result<(), CgroupsError> {
-        let mut first_error = None;
-        if let Some(t) = read_into(&self.io_stat, &mut r.buf)? {
-            match parsed(&self.io_stat, parse::parse_v2_io_stat(t)) {
-                Ok(s) => {
-                    push_device_io(&f.disk_io, &s.bytes, points);
-                    push_device_io(&f.disk_operations, &s.operations, points);
-                }
-                Err(e) => first_error = Some(e),
-            }
+        let mut errors = FirstError::default();
+        if let Some(stat) = errors.keep(read_parsed(&self.io_stat, &mut r.buf, parse::parse_v2_io_stat)?) {
+            push_device_io(&f.disk_io, &stat.bytes, points);
+            push_device_io(&f.disk_operations, &stat.operations, points);
         }
         for (handle, metric) in [(&self.blkio_bytes, &f.disk_io), (&self.blkio_ops, &f.disk_operations)] {
-            if let Some(t) = read_into(handle, &mut r.buf)? {
-                match parsed(handle, parse::parse_v1_blkio(t)) {
-                    Ok(devices) => push_device_io(metric, &devices, points),
-                    Err(e) => first_error = first_error.or(Some(e)),
-                }
+            if let Some(devices) = errors.keep(read_parsed(handle, &mut r.buf, parse::parse_v1_blkio)?) {
+                push_device_io(metric, &devices, points);
             }
         }
-        first_error.map_or(Ok(()), Err)
+        errors.into_result()
     }
 
     fn read_pids(
@@ -728,26 +727,18 @@ impl Group {
         read_limits: bool,
         points: &mut Vec<Point>,
     ) -> Result<(), CgroupsError> {
-        let mut first_error = None;
-        if let Some(t) = read_into(&self.pids_current, &mut r.buf)? {
-            match parsed(&self.pids_current, parse::parse_single(t)) {
-                Ok(v) => points.push(Point::new(&f.pids_count, Value::from_u64(v))),
-                Err(e) => first_error = Some(e),
-            }
+        let mut errors = FirstError::default();
+        if let Some(v) = errors.keep(read_parsed(&self.pids_current, &mut r.buf, parse::parse_single)?) {
+            points.push(Point::new(&f.pids_count, Value::from_u64(v)));
         }
         if read_limits {
-            self.pids_limit_value = None;
-            if let Some(t) = read_into(&self.pids_max, &mut r.buf)? {
-                match parsed(&self.pids_max, parse::parse_max_or_number(t)) {
-                    Ok(v) => self.pids_limit_value = v,
-                    Err(e) => first_error = first_error.or(Some(e)),
-                }
-            }
+            let limit = read_parsed(&self.pids_max, &mut r.buf, parse::parse_max_or_number)?;
+            self.pids_limit_value = errors.keep(limit).flatten();
         }
         if let Some(v) = self.pids_limit_value {
             points.push(Point::new(&f.pids_limit, Value::from_u64(v)));
         }
-        first_error.map_or(Ok(()), Err)
+        errors.into_result()
     }
 
     fn read_pressure(
@@ -756,29 +747,22 @@ impl Group {
         f: &'static CgroupFamily,
         points: &mut Vec<Point>,
     ) -> Result<(), CgroupsError> {
-        let mut first_error = None;
+        let mut errors = FirstError::default();
         for (handle, metric) in
             self.pressure.iter().zip([&f.cpu_pressure, &f.memory_pressure, &f.io_pressure])
         {
-            if let Some(t) = read_into(handle, &mut r.buf)? {
-                match parsed(handle, parse::parse_pressure(t)) {
-                    Ok(p) => {
-                        points.push(
-                            Point::new(metric, Value::Double(p.some))
-                                .with(semconv::PRESSURE_STALL_TYPE, "some"),
-                        );
-                        if let Some(full) = p.full {
-                            points.push(
-                                Point::new(metric, Value::Double(full))
-                                    .with(semconv::PRESSURE_STALL_TYPE, "full"),
-                            );
-                        }
-                    }
-                    Err(e) => first_error = first_error.or(Some(e)),
+            if let Some(p) = errors.keep(read_parsed(handle, &mut r.buf, parse::parse_pressure)?) {
+                points.push(
+                    Point::new(metric, Value::Double(p.some)).with(semconv::PRESSURE_STALL_TYPE, "some"),
+                );
+                if let Some(full) = p.full {
+                    points.push(
+                        Point::new(metric, Value::Double(full)).with(semconv::PRESSURE_STALL_TYPE, "full"),
+                    );
                 }
             }
         }
-        first_error.map_or(Ok(()), Err)
+        errors.into_result()
     }
 }
 
