@@ -86,6 +86,28 @@ fn get(c: &std::sync::atomic::AtomicU64) -> u64 {
     ExporterStats::get(c)
 }
 
+/// After one exported batch: a retryable answer is followed by a second attempt that
+/// delivers it; a permanent one drops it after the first attempt.
+async fn assert_retried_or_dropped(
+    answer: &str,
+    retried: bool,
+    exp: &OtlpExporter,
+    attempts: impl Fn() -> usize,
+) {
+    let stats = exp.stats();
+    wait_for(&format!("{answer} settles"), Duration::from_secs(10), || {
+        get(&stats.batches_sent) + get(&stats.batches_dropped) == 1
+    })
+    .await;
+    if retried {
+        assert_eq!((get(&stats.batches_retried), get(&stats.batches_sent)), (1, 1), "{answer} is retried");
+        assert_eq!(attempts(), 2, "{answer}");
+    } else {
+        assert_eq!((get(&stats.batches_dropped), get(&stats.batches_retried)), (1, 0), "{answer} is dropped");
+        assert_eq!(attempts(), 1, "{answer}");
+    }
+}
+
 // ---------- scripted gRPC receiver ----------
 
 enum GrpcReply {
@@ -609,26 +631,7 @@ async fn every_grpc_code_is_retried_or_dropped_as_the_spec_says() {
         cases.push((code, retried, server, exp));
     }
     for (code, retried, server, exp) in &cases {
-        let stats = exp.stats();
-        wait_for(&format!("{code:?} settles"), Duration::from_secs(10), || {
-            get(&stats.batches_sent) + get(&stats.batches_dropped) == 1
-        })
-        .await;
-        if *retried {
-            assert_eq!(
-                (get(&stats.batches_retried), get(&stats.batches_sent)),
-                (1, 1),
-                "{code:?} is retried"
-            );
-            assert_eq!(server.attempts(), 2, "{code:?}");
-        } else {
-            assert_eq!(
-                (get(&stats.batches_dropped), get(&stats.batches_retried)),
-                (1, 0),
-                "{code:?} is dropped"
-            );
-            assert_eq!(server.attempts(), 1, "{code:?}");
-        }
+        assert_retried_or_dropped(&format!("{code:?}"), *retried, exp, || server.attempts()).await;
     }
 }
 
@@ -655,26 +658,7 @@ async fn every_http_status_is_retried_or_dropped_as_the_spec_says() {
         cases.push((status, retried, server, exp));
     }
     for (status, retried, server, exp) in &cases {
-        let stats = exp.stats();
-        wait_for(&format!("{status} settles"), Duration::from_secs(10), || {
-            get(&stats.batches_sent) + get(&stats.batches_dropped) == 1
-        })
-        .await;
-        if *retried {
-            assert_eq!(
-                (get(&stats.batches_retried), get(&stats.batches_sent)),
-                (1, 1),
-                "{status} is retried"
-            );
-            assert_eq!(server.attempts(), 2, "{status}");
-        } else {
-            assert_eq!(
-                (get(&stats.batches_dropped), get(&stats.batches_retried)),
-                (1, 0),
-                "{status} is dropped"
-            );
-            assert_eq!(server.attempts(), 1, "{status}");
-        }
+        assert_retried_or_dropped(&status.to_string(), *retried, exp, || server.attempts()).await;
     }
 }
 
