@@ -102,6 +102,9 @@ fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
 
 fn collect(config: &Config, format: Format, window: Duration) -> anyhow::Result<()> {
     let mut pipelines = pipeline::build_pipelines(config)?;
+    for p in &pipelines {
+        p.wait_for_processors();
+    }
     match format {
         Format::Json => {
             let sweep = pipeline::sweep_all(&mut pipelines, SystemTime::now());

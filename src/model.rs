@@ -61,6 +61,8 @@ pub enum AttrValue {
     Str(String),
     Int(i64),
     Bool(bool),
+    /// An array of strings (`container.image.tags`).
+    StrArray(Vec<String>),
 }
 
 impl From<&str> for AttrValue {
@@ -122,6 +124,16 @@ pub struct Resource {
 impl Resource {
     pub fn attribute(&self, key: &str) -> Option<&AttrValue> {
         self.attributes.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    /// Sets an attribute unless the resource already has one under `key`: a later metadata
+    /// processor fills only what the earlier ones left empty. Returns whether it was set.
+    pub fn set_attribute_if_absent(&mut self, key: &'static str, value: &AttrValue) -> bool {
+        if self.attributes.iter().any(|(k, _)| *k == key) {
+            return false;
+        }
+        self.attributes.push((key, value.clone()));
+        true
     }
 
     /// Sets an attribute, replacing an earlier value of the same key.

@@ -16,6 +16,7 @@ use crate::exporters::otlp::OtlpExporter;
 use crate::exporters::Exporter;
 use crate::model::{AttrValue, StartTimes, Sweep, SweepContext};
 use crate::processors::filter::Filter;
+use crate::processors::metadata::Readiness;
 use crate::processors::Processor;
 use crate::semconv;
 use crate::sources::cgroups::CgroupSource;
@@ -49,6 +50,23 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// Waits, before the first sweep, until every processor with a background cache has
+    /// filled it once or its own wait time has passed, so a restart does not export nameless
+    /// series. Returns the processors' readiness flags (for `/readyz`).
+    pub fn wait_for_processors(&self) -> Vec<Readiness> {
+        let started = Instant::now();
+        let mut flags = Vec::new();
+        for processor in &self.processors {
+            if let Some((readiness, wait)) = processor.readiness() {
+                if !readiness.wait_until(started + wait) {
+                    warn!(pipeline = %self.name, waited = %humantime::format_duration(wait), "A metadata processor has not synced yet; exporting with ids until it does.");
+                }
+                flags.push(readiness);
+            }
+        }
+        flags
+    }
+
     /// Runs every source and processor once. A failing source is logged and the others still run.
     pub fn sweep(&mut self, time: SystemTime) -> Sweep {
         let mut ctx = SweepContext::new(time);
@@ -238,6 +256,9 @@ fn sweep_loop(
     stop: std_mpsc::Receiver<()>,
 ) {
     let telemetry = Telemetry::global();
+    for pipeline in pipelines.iter() {
+        pipeline.wait_for_processors();
+    }
     let mut next = Instant::now();
     let mut next_stats = Instant::now() + stats_every;
     loop {

@@ -16,6 +16,30 @@ pub const K8S_POD_QOS_CLASS: &str = "k8s.pod.qos_class";
 /// Not in the conventions: the id of a Podman pod (`libpod_parent/<pod-id>`).
 pub const PODMAN_POD_ID: &str = "podman.pod.id";
 pub const HOST_NAME: &str = "host.name";
+
+// ---- resource attributes set by the metadata processors (semantic conventions 1.42) ----
+pub const K8S_POD_NAME: &str = "k8s.pod.name";
+pub const K8S_NAMESPACE_NAME: &str = "k8s.namespace.name";
+pub const K8S_CONTAINER_NAME: &str = "k8s.container.name";
+pub const K8S_CONTAINER_RESTART_COUNT: &str = "k8s.container.restart_count";
+pub const K8S_REPLICASET_NAME: &str = "k8s.replicaset.name";
+pub const K8S_DEPLOYMENT_NAME: &str = "k8s.deployment.name";
+pub const K8S_STATEFULSET_NAME: &str = "k8s.statefulset.name";
+pub const K8S_DAEMONSET_NAME: &str = "k8s.daemonset.name";
+pub const K8S_JOB_NAME: &str = "k8s.job.name";
+pub const K8S_CRONJOB_NAME: &str = "k8s.cronjob.name";
+/// Prefix of `k8s.pod.label.<key>`, for the keys a processor's allowlist names.
+pub const K8S_POD_LABEL_PREFIX: &str = "k8s.pod.label.";
+/// Prefix of `k8s.pod.annotation.<key>`, for the keys a processor's allowlist names.
+pub const K8S_POD_ANNOTATION_PREFIX: &str = "k8s.pod.annotation.";
+pub const CONTAINER_NAME: &str = "container.name";
+pub const CONTAINER_IMAGE_NAME: &str = "container.image.name";
+/// A string array: the image's tags.
+pub const CONTAINER_IMAGE_TAGS: &str = "container.image.tags";
+/// Prefix of `container.label.<key>`, for the keys a processor's allowlist names.
+pub const CONTAINER_LABEL_PREFIX: &str = "container.label.";
+/// Not in the conventions: the name of a Podman pod (mirrors `k8s.pod.name`).
+pub const PODMAN_POD_NAME: &str = "podman.pod.name";
 pub const K8S_NODE_NAME: &str = "k8s.node.name";
 
 // ---- point attributes ----

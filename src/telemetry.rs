@@ -26,6 +26,8 @@ pub struct Telemetry {
     pub batches_evicted: AtomicU64,
     pub points_rejected: AtomicU64,
     pub queue_bytes: AtomicU64,
+    /// Container resources a metadata processor had no names for (exported with ids only).
+    pub metadata_misses: AtomicU64,
 }
 
 impl Telemetry {
@@ -53,6 +55,7 @@ impl Telemetry {
             ("batches_evicted", get(&self.batches_evicted)),
             ("points_rejected", get(&self.points_rejected)),
             ("queue_bytes", get(&self.queue_bytes)),
+            ("metadata_misses", get(&self.metadata_misses)),
         ]
     }
 }
