@@ -345,6 +345,35 @@ where
     Ok(sender.send_request(hyper::Request::from_parts(parts, body)).await?)
 }
 
+/// A bollard client over [`send_on_socket`], speaking API `version`.
+fn docker_client(
+    socket: &Arc<PathBuf>,
+    limit: u64,
+    timeout: Duration,
+    version: &bollard::ClientVersion,
+) -> Docker {
+    let socket = Arc::clone(socket);
+    let transport = move |request: BollardRequest| send_on_socket(Arc::clone(&socket), limit, request);
+    Docker::connect_with_custom_transport(transport, Some("http://docker"), timeout.as_secs().max(1), version)
+        .expect("a custom transport needs no address parsing")
+}
+
+/// The API version to speak: the daemon's own (`ApiVersion` of `/version`) up to bollard's.
+fn api_version(daemon: Option<&str>) -> bollard::ClientVersion {
+    let ours = *bollard::API_DEFAULT_VERSION;
+    let parsed = daemon.and_then(|v| {
+        let (major, minor) = v.split_once('.')?;
+        Some(bollard::ClientVersion {
+            major_version: major.parse().ok()?,
+            minor_version: minor.parse().ok()?,
+        })
+    });
+    match parsed {
+        Some(v) if (v.major_version, v.minor_version) < (ours.major_version, ours.minor_version) => v,
+        _ => ours,
+    }
+}
+
 /// What the task needs, shared by its steps.
 struct Client {
     docker: Docker,
@@ -356,24 +385,19 @@ struct Client {
 
 impl Client {
     fn new(config: &DockerApiConfig, socket: PathBuf) -> Client {
-        let socket = Arc::new(socket);
-        let limit = config.max_response_bytes;
-        let for_transport = Arc::clone(&socket);
-        let transport =
-            move |request: BollardRequest| send_on_socket(Arc::clone(&for_transport), limit, request);
-        let docker = Docker::connect_with_custom_transport(
-            transport,
-            Some("http://docker"),
-            config.request_timeout.as_secs().max(1),
-            bollard::API_DEFAULT_VERSION,
-        )
-        .expect("a custom transport needs no address parsing");
         let labels = config
             .labels
             .iter()
             .map(|key| (key.clone(), allowlisted_key(semconv::CONTAINER_LABEL_PREFIX, key)))
             .collect();
-        Client { docker, socket, limit, timeout: config.request_timeout, labels }
+        let socket = Arc::new(socket);
+        let docker = docker_client(
+            &socket,
+            config.max_response_bytes,
+            config.request_timeout,
+            bollard::API_DEFAULT_VERSION,
+        );
+        Client { docker, socket, limit: config.max_response_bytes, timeout: config.request_timeout, labels }
     }
 
     fn error(&self, what: &'static str, message: impl ToString) -> ApiError {
@@ -396,11 +420,17 @@ impl Client {
         }
     }
 
-    /// Negotiates the API version and says whether the daemon is Podman.
+    /// Picks the API version from one unversioned `/version` (Podman answers it in about a
+    /// second, so it is asked once) and says whether the daemon is Podman.
     async fn hello(&mut self) -> Result<bool, ApiError> {
-        let docker = self.docker.clone();
-        self.docker = self.timed("GET /version", docker.negotiate_version()).await?;
-        let version = self.timed("GET /version", self.docker.version()).await?;
+        let version: bollard::models::SystemVersion =
+            self.get_json("GET /version", "/version".to_owned()).await?;
+        self.docker = docker_client(
+            &self.socket,
+            self.limit,
+            self.timeout,
+            &api_version(version.api_version.as_deref()),
+        );
         Ok(version.components.iter().flatten().any(|c| c.name.to_ascii_lowercase().contains("podman")))
     }
 
@@ -417,22 +447,30 @@ impl Client {
             // A 64-hex id needs no escaping besides the JSON's braces and quotes.
             path.push_str(&format!("&filters=%7B%22id%22%3A%5B%22{id}%22%5D%7D"));
         }
-        const WHAT: &str = "GET /libpod/containers/json";
+        self.get_json("GET /libpod/containers/json", path).await
+    }
+
+    /// A GET outside bollard's typed calls, on the same bounded transport, decoded as JSON.
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &'static str,
+        path: String,
+    ) -> Result<T, ApiError> {
         let request = hyper::Request::get(path)
             .body(bollard::body_full(bytes::Bytes::new()))
-            .map_err(|e| self.error(WHAT, e))?;
+            .map_err(|e| self.error(what, e))?;
         let fetch = async {
             let response = send_on_socket(Arc::clone(&self.socket), self.limit, request).await?;
             let status = response.status();
             let body = response.into_body().collect().await?.to_bytes();
             Ok::<_, bollard::errors::Error>((status, body))
         };
-        let (status, body) = self.timed(WHAT, fetch).await?;
+        let (status, body) = self.timed(what, fetch).await?;
         if !status.is_success() {
-            return Err(self.error(WHAT, format!("status {status}")));
+            return Err(self.error(what, format!("status {status}")));
         }
         serde_json::from_slice(&body)
-            .map_err(|e| self.error(WHAT, format!("answer is not the expected JSON: {e}")))
+            .map_err(|e| self.error(what, format!("answer is not the expected JSON: {e}")))
     }
 }
 
@@ -591,6 +629,19 @@ mod tests {
             let got = parse_image_reference(input).map(|r| (r.name, r.tag, r.digest));
             assert_eq!(got, *expected, "{input}");
         }
+    }
+
+    #[test]
+    fn api_version_is_the_daemons_up_to_bollards() {
+        let v = |s: Option<&str>| {
+            let c = api_version(s);
+            (c.major_version, c.minor_version)
+        };
+        assert_eq!(v(Some("1.41")), (1, 41));
+        let ours = (bollard::API_DEFAULT_VERSION.major_version, bollard::API_DEFAULT_VERSION.minor_version);
+        assert_eq!(v(Some("1.99")), ours);
+        assert_eq!(v(Some("garbage")), ours);
+        assert_eq!(v(None), ours);
     }
 
     #[test]
