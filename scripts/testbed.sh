@@ -23,6 +23,25 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >&2
 fi
 
+# A real Docker daemon for the docker_api tests and the Docker cgroup layout: Debian's
+# docker.io 20.10 (it puts dockerd, containerd and /usr/bin/docker in place; the machine
+# image's own docker CLI in /usr/local/bin belongs to no package, so nothing conflicts).
+# Without recommends: no apparmor, no cgroupfs-mount. The package's init scripts must not
+# start a daemon for the whole machine: the tests start their own, so policy-rc.d denies
+# service starts for the install when the machine has no policy of its own.
+if ! command -v dockerd >/dev/null; then
+  log "installing docker.io"
+  policy=/usr/sbin/policy-rc.d
+  own_policy=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && own_policy=1
+  fi
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    -o DPkg::Lock::Timeout=600 docker.io >&2
+  if [ -n "$own_policy" ]; then rm -f "$policy"; fi
+fi
+
 # Podman's defaults do not work here: crun refuses hybrid cgroups and the default nofile
 # ulimit exceeds the hard limit. Keep our own config instead of editing the machine's.
 conf="$tools/containers.conf"
@@ -48,6 +67,14 @@ if ! podman image exists localhost/bb:1 || ! podman image exists localhost/pause
   podman import "$root.tar" localhost/bb:1 >/dev/null
   podman import --change 'CMD ["/bin/sleep","1000000"]' "$root.tar" localhost/pause:1 >/dev/null
   rm -rf "$root" "$root.tar"
+fi
+
+# The same busybox image as a docker-archive, for `docker load` into the tests' dockerd.
+bb_docker="$tools/bb-docker.tar"
+if [ ! -s "$bb_docker" ]; then
+  log "saving localhost/bb:1 as a docker-archive"
+  podman save -q --format docker-archive -o "$bb_docker.tmp" localhost/bb:1 >&2
+  mv "$bb_docker.tmp" "$bb_docker"
 fi
 
 # VictoriaMetrics from Debian trixie, unpacked into tools without touching apt sources.
@@ -76,3 +103,4 @@ fi
 echo "export CONTAINERS_CONF=$conf"
 echo "export PODOMETER_VICTORIA_METRICS=$vm"
 echo "export PODOMETER_ROTEL=$rotel"
+echo "export PODOMETER_BB_DOCKER_TAR=$bb_docker"

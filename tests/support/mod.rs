@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cgroupfs;
+pub mod docker;
 pub mod netns;
 pub mod podman;
 pub mod receivers;

@@ -1,0 +1,212 @@
+//! Real Docker Engine API servers for the `docker_api` tests, each on a socket of its own and
+//! stopped by pid on drop: Podman's API service (`podman system service`) and Debian's
+//! `dockerd` 20.10 with its own data, exec and pid paths (scripts/testbed.sh installs it and
+//! saves the busybox image as a docker-archive).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::podman::podman;
+use super::{have_command, is_root, prerequisite, run};
+
+/// Sends SIGTERM to a child we started, waits up to `grace`, then kills it.
+fn stop_child(child: &mut Child, grace: Duration) {
+    // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Waits until something accepts connections on the socket.
+fn wait_for_socket(socket: &Path, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited before listening on {}: {status}", socket.display());
+        }
+        assert!(Instant::now() < deadline, "{what} never listened on {}", socket.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `podman system service --time=0 unix://<socket>`: the Docker Engine API as Podman serves it.
+pub struct PodmanService {
+    child: Child,
+    pub socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl PodmanService {
+    pub fn start() -> PodmanService {
+        let dir = tempfile::Builder::new().prefix("podometer-podsvc").tempdir().expect("tempdir");
+        let socket = dir.path().join("podman.sock");
+        let mut child = podman()
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", socket.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start podman system service");
+        wait_for_socket(&socket, &mut child, "podman system service");
+        PodmanService { child, socket, _dir: dir }
+    }
+}
+
+impl Drop for PodmanService {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, Duration::from_secs(5));
+    }
+}
+
+/// A plain Podman container (no pod), removed on drop.
+pub struct PodmanContainer {
+    pub name: String,
+    pub id: String,
+}
+
+impl PodmanContainer {
+    /// `podman run -d --name <name> <extra...> localhost/bb:1 sh -c <script>`.
+    pub fn run(name: &str, extra: &[&str], script: &str) -> PodmanContainer {
+        let mut cmd = podman();
+        cmd.args(["run", "-d", "--name", name]).args(extra).args(["localhost/bb:1", "sh", "-c", script]);
+        let id = run(&mut cmd).trim().to_owned();
+        PodmanContainer { name: name.to_owned(), id }
+    }
+}
+
+impl Drop for PodmanContainer {
+    fn drop(&mut self) {
+        let _ = podman().args(["rm", "-f", "-t", "0", &self.name]).output();
+    }
+}
+
+const KEY_JSON: &str = "/etc/docker/key.json";
+
+/// The docker-archive of `localhost/bb:1` that scripts/testbed.sh saves.
+fn bb_docker_tar() -> Option<PathBuf> {
+    std::env::var_os("PODOMETER_BB_DOCKER_TAR").map(PathBuf::from).filter(|p| p.is_file())
+}
+
+pub fn dockerd_available() -> bool {
+    prerequisite(is_root(), "root")
+        && prerequisite(have_command("dockerd"), "dockerd (apt-get install docker.io; scripts/testbed.sh)")
+        && prerequisite(
+            bb_docker_tar().is_some(),
+            "PODOMETER_BB_DOCKER_TAR, the busybox docker-archive (eval \"$(scripts/testbed.sh)\")",
+        )
+}
+
+/// A `dockerd` of the test's own: its own data root, exec root, pid file and socket; no
+/// iptables, no bridge (containers run with `--network none`); cgroupfs driver, so its
+/// containers sit at `/docker/<id>` in every hierarchy. Containers, the daemon, the
+/// containerd it started and `/etc/docker/key.json` (when it wrote it) go on drop.
+pub struct Dockerd {
+    child: Child,
+    pub socket: PathBuf,
+    dir: tempfile::TempDir,
+    wrote_key: bool,
+}
+
+impl Dockerd {
+    pub fn start() -> Dockerd {
+        let dir = tempfile::Builder::new().prefix("podometer-dockerd").tempdir().expect("tempdir");
+        let socket = dir.path().join("docker.sock");
+        let wrote_key = !Path::new(KEY_JSON).exists();
+        let log = std::fs::File::create(dir.path().join("dockerd.log")).expect("log file");
+        let mut child = Command::new("dockerd")
+            .arg("--data-root")
+            .arg(dir.path().join("data"))
+            .arg("--exec-root")
+            .arg(dir.path().join("exec"))
+            .arg("--pidfile")
+            .arg(dir.path().join("dockerd.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", socket.display()))
+            .args(["--iptables=false", "--ip-masq=false", "--ip-forward=false", "--bridge=none"])
+            .args(["--storage-driver=overlay2", "--exec-opt", "native.cgroupdriver=cgroupfs"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd");
+        wait_for_socket(&socket, &mut child, "dockerd");
+        let dockerd = Dockerd { child, socket, dir, wrote_key };
+        let tar = bb_docker_tar().expect("checked by dockerd_available");
+        run(dockerd.docker().arg("load").arg("-q").arg("-i").arg(tar));
+        dockerd
+    }
+
+    /// The daemon's own client (Debian's `/usr/bin/docker`) when installed, on our socket.
+    pub fn docker(&self) -> Command {
+        let cli = if Path::new("/usr/bin/docker").exists() { "/usr/bin/docker" } else { "docker" };
+        let mut cmd = Command::new(cli);
+        cmd.arg("-H").arg(format!("unix://{}", self.socket.display()));
+        cmd
+    }
+
+    /// `docker run -d --network none --name <name> <extra...> localhost/bb:1 sh -c <script>`;
+    /// returns the full id. Removed when the daemon is stopped.
+    pub fn run(&self, name: &str, extra: &[&str], script: &str) -> String {
+        let mut cmd = self.docker();
+        cmd.args(["run", "-d", "--network", "none", "--name", name]).args(extra).args([
+            "localhost/bb:1",
+            "sh",
+            "-c",
+            script,
+        ]);
+        run(&mut cmd).trim().to_owned()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        if let Ok(out) = self.docker().args(["ps", "-aq", "--no-trunc"]).output() {
+            let ids: Vec<String> =
+                String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
+            if !ids.is_empty() {
+                let _ = self.docker().args(["rm", "-f"]).args(&ids).output();
+            }
+        }
+        stop_child(&mut self.child, Duration::from_secs(15));
+        // dockerd stops the containerd it started; if it could not, stop that one by its pid.
+        let containerd_pid = self.dir.path().join("exec/containerd/containerd.pid");
+        if let Some(pid) =
+            std::fs::read_to_string(containerd_pid).ok().and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            // SAFETY: kill(2) on the pid dockerd recorded for its own containerd.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        // Mounts dockerd may have left under its directories (overlay layers, netns files).
+        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
+            let base = self.dir.path().to_string_lossy().into_owned();
+            let mut ours: Vec<&str> = mounts
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .filter(|m| m.starts_with(&base))
+                .collect();
+            ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+            for mount in ours {
+                let _ = Command::new("umount").arg("-l").arg(mount).status();
+            }
+        }
+        if self.wrote_key {
+            let _ = std::fs::remove_file(KEY_JSON);
+            let _ = std::fs::remove_dir("/etc/docker");
+        }
+    }
+}
