@@ -204,6 +204,39 @@ fn dockerd_containers_are_found_at_docker_id_with_kernel_bracketed_numbers_and_n
     assert_eq!(tags(&s, &id), Some(vec!["1".to_owned()]));
     assert_eq!(str_attr(&s, &id, &format!("container.label.{SERVICE}")).as_deref(), Some("burner"));
     assert_eq!(str_attr(&s, &id, "container.label.secret"), None);
+
+    // What the agent asks dockerd: at start one /version, one list, one events stream; then
+    // one list filtered by id per new container (its create; its start costs nothing).
+    let ours = |calls: Vec<String>| -> Vec<String> {
+        calls
+            .into_iter()
+            .filter(|c| {
+                c.starts_with("GET /version")
+                    || c.starts_with("GET /containers/json")
+                    || c.starts_with("GET /events")
+            })
+            .collect()
+    };
+    let at_start = ours(dockerd.api_calls());
+    let paths: Vec<&str> = at_start.iter().map(|c| c.split('?').next().unwrap()).collect();
+    assert_eq!(paths, ["GET /version", "GET /containers/json", "GET /events"], "{at_start:#?}");
+    let late_name = support::unique("podometer-dapi-docker-late");
+    let late = dockerd.run(&late_name, &[], "sleep 300");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let s = agent.sweep(SystemTime::now());
+        if str_attr(&s, &late, semconv::CONTAINER_NAME).as_deref() == Some(late_name.as_str()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the late container was not named within 1 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The start event may still be on its way: give it a moment to (not) cause a request.
+    std::thread::sleep(Duration::from_millis(300));
+    let after = ours(dockerd.api_calls());
+    let new: Vec<&String> = after[at_start.len()..].iter().collect();
+    assert_eq!(new.len(), 1, "one request for the new container: {new:#?}");
+    assert!(new[0].starts_with("GET /containers/json?") && new[0].contains(&late), "{}", new[0]);
 }
 
 /// How the stand-in answers every request.

@@ -132,6 +132,9 @@ impl Dockerd {
             .arg(dir.path().join("dockerd.pid"))
             .arg("-H")
             .arg(format!("unix://{}", socket.display()))
+            // --debug: the log names every API call ("Calling GET /v1.41/..."), which the
+            // tests count.
+            .arg("--debug")
             .args(["--iptables=false", "--ip-masq=false", "--ip-forward=false", "--bridge=none"])
             .args(["--storage-driver=overlay2", "--exec-opt", "native.cgroupdriver=cgroupfs"])
             .stdout(Stdio::null())
@@ -164,6 +167,23 @@ impl Dockerd {
             script,
         ]);
         run(&mut cmd).trim().to_owned()
+    }
+
+    /// The API calls the daemon logged so far, as `METHOD /path?query` without the version
+    /// prefix (`GET /containers/json?all=1&filters=...`).
+    pub fn api_calls(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter_map(|line| {
+                let call = line.split("msg=\"Calling ").nth(1)?.split('"').next()?;
+                let (method, target) = call.split_once(' ')?;
+                let target = match target.strip_prefix("/v") {
+                    Some(rest) => rest.find('/').map_or(target, |i| &rest[i..]),
+                    None => target,
+                };
+                Some(format!("{method} {target}"))
+            })
+            .collect()
     }
 
     pub fn log(&self) -> String {

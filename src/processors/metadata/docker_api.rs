@@ -534,7 +534,10 @@ async fn apply_event(
         // Names stay while the container exists: a stopped container's cgroup lingers for
         // its last sweep.
         "die" | "died" => {}
-        // create, start, rename (Docker's "rename", Podman's too): read this one container.
+        // Name, image and labels are fixed at create (only a rename changes the name): a start
+        // of a container already read costs nothing.
+        "start" if cache.containers.contains_key(id) => {}
+        // create, rename, or a start of a container created before the list: read this one.
         _ => {
             for summary in client.list(Some(id)).await? {
                 cache.put(&summary, &client.labels);
