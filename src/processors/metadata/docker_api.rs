@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bollard::models::{ContainerSummary, EventMessage, EventMessageTypeEnum};
 use bollard::query_parameters::{EventsOptions, ListContainersOptions};
 use bollard::{BollardRequest, Docker};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::Response;
@@ -509,6 +509,12 @@ async fn session(
     while let Some(event) = events.next().await {
         let event = event.map_err(|e| client.error("GET /events", e))?;
         apply_event(client, cache, podman, &event).await?;
+        // A burst (a Compose project starting) is applied whole before one snapshot is
+        // published: each publication copies the cache.
+        while let Some(Some(event)) = events.next().now_or_never() {
+            let event = event.map_err(|e| client.error("GET /events", e))?;
+            apply_event(client, cache, podman, &event).await?;
+        }
         shared.store(cache.snapshot());
     }
     Err(client.error("GET /events", "the daemon closed the events stream"))
