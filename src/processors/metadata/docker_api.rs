@@ -55,7 +55,7 @@ pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 pub struct DockerApiConfig {
     /// The API's unix socket, as a path or a `unix://` URL. Default: `DOCKER_HOST` when it is
     /// a `unix://` URL, else `/var/run/docker.sock`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "deserialize_socket")]
     pub socket: Option<String>,
     /// Container label keys copied as `container.label.<key>` (nothing by default: labels are
     /// cardinality). Compose's `com.docker.compose.project` and `com.docker.compose.service`
@@ -71,7 +71,7 @@ pub struct DockerApiConfig {
     pub request_timeout: Duration,
     /// Most bytes read from one connection; a larger answer is an error, and the events
     /// connection is re-opened (and the containers listed again) after this many bytes.
-    #[serde(default = "default_max_response_bytes")]
+    #[serde(default = "default_max_response_bytes", deserialize_with = "deserialize_limit")]
     pub max_response_bytes: u64,
 }
 
@@ -84,6 +84,24 @@ fn default_request_timeout() -> Duration {
 fn default_max_response_bytes() -> u64 {
     32 << 20
 }
+
+/// Checked while the config is read, so `check-config` reports it.
+fn deserialize_socket<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let address = String::deserialize(d)?;
+    socket_path(Some(&address), None).map_err(serde::de::Error::custom)?;
+    Ok(Some(address))
+}
+
+fn deserialize_limit<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let limit = u64::deserialize(d)?;
+    if limit < MIN_RESPONSE_BYTES {
+        return Err(serde::de::Error::custom(DockerApiError::TooSmallLimit));
+    }
+    Ok(limit)
+}
+
+/// Smaller than any real `/version` answer.
+const MIN_RESPONSE_BYTES: u64 = 4096;
 
 impl Default for DockerApiConfig {
     fn default() -> Self {
@@ -587,7 +605,7 @@ impl DockerApi {
     }
 
     fn with_socket(config: &DockerApiConfig, socket: PathBuf) -> Result<DockerApi, DockerApiError> {
-        if config.max_response_bytes < 4096 {
+        if config.max_response_bytes < MIN_RESPONSE_BYTES {
             return Err(DockerApiError::TooSmallLimit);
         }
         let shared = SharedSnapshot::new();
@@ -638,6 +656,20 @@ mod tests {
             let got = parse_image_reference(input).map(|r| (r.name, r.tag, r.digest));
             assert_eq!(got, *expected, "{input}");
         }
+    }
+
+    #[test]
+    fn config_defaults_and_bad_values_are_reported_when_read() {
+        let empty: DockerApiConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(empty, DockerApiConfig::default());
+        assert_eq!(empty.startup_wait, Duration::from_secs(5));
+        let bad_socket =
+            serde_json::from_str::<DockerApiConfig>(r#"{"socket":"tcp://10.0.0.1:2375"}"#).unwrap_err();
+        assert!(bad_socket.to_string().contains("not a unix socket address"), "{bad_socket}");
+        let small = serde_json::from_str::<DockerApiConfig>(r#"{"max_response_bytes":100}"#).unwrap_err();
+        assert!(small.to_string().contains("at least 4096"), "{small}");
+        let unknown = serde_json::from_str::<DockerApiConfig>(r#"{"sockets":"/x"}"#).unwrap_err();
+        assert!(unknown.to_string().contains("unknown field"), "{unknown}");
     }
 
     #[test]
