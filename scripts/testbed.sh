@@ -45,13 +45,15 @@ fi
 # Podman's defaults do not work here: crun refuses hybrid cgroups and the default nofile
 # ulimit exceeds the hard limit. Keep our own config instead of editing the machine's.
 conf="$tools/containers.conf"
-cat > "$conf" <<CONF
+# Written aside and renamed: podman run by a test at this moment reads a whole file.
+cat > "$conf.tmp.$$" <<CONF
 [containers]
 default_ulimits = []
 [engine]
 runtime = "runc"
 infra_image = "localhost/pause:1"
 CONF
+mv -f "$conf.tmp.$$" "$conf"
 export CONTAINERS_CONF="$conf"
 
 if ! podman image exists localhost/bb:1 || ! podman image exists localhost/pause:1; then

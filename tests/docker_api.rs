@@ -206,7 +206,8 @@ fn dockerd_containers_are_found_at_docker_id_with_kernel_bracketed_numbers_and_n
     assert_eq!(str_attr(&s, &id, "container.label.secret"), None);
 
     // What the agent asks dockerd: at start one /version, one list, one events stream; then
-    // one list filtered by id per new container (its create; its start costs nothing).
+    // one list filtered by id per new container (its create; its start costs nothing, and so do
+    // the replayed events of containers the list already had).
     let ours = |calls: Vec<String>| -> Vec<String> {
         calls
             .into_iter()
@@ -319,6 +320,12 @@ impl Drop for StandIn {
     }
 }
 
+/// A Docker-layout cgroup (`…/docker/<id>`) under a parent of this test's own, so the test
+/// never creates or removes the top-level `docker` cgroup a running dockerd uses.
+fn docker_layout_path(id: &str) -> String {
+    format!("{}/docker/{id}", support::unique("podometer-dapi"))
+}
+
 fn random_hex64() -> String {
     format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>())
 }
@@ -332,7 +339,7 @@ fn garbage_silence_and_endless_answers_are_counted_and_metrics_keep_their_ids() 
         return;
     }
     let id = random_hex64();
-    let mut cg = TestCgroup::create(Path::new("/sys/fs/cgroup"), &format!("docker/{id}"));
+    let mut cg = TestCgroup::create(Path::new("/sys/fs/cgroup"), &docker_layout_path(&id));
     cg.spawn("exec sleep 120");
     let counters = Telemetry::global();
     for answer in [Answer::NotJson, Answer::Silent, Answer::Endless] {
@@ -368,7 +375,7 @@ fn the_agent_logs_a_clear_line_for_an_answer_that_is_not_json() {
         return;
     }
     let id = random_hex64();
-    let mut cg = TestCgroup::create(Path::new("/sys/fs/cgroup"), &format!("docker/{id}"));
+    let mut cg = TestCgroup::create(Path::new("/sys/fs/cgroup"), &docker_layout_path(&id));
     cg.spawn("exec sleep 120");
     let stand_in = StandIn::start(Answer::NotJson);
     let dir = tempfile::tempdir().unwrap();

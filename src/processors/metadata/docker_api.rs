@@ -558,9 +558,10 @@ async fn apply_event(
         // Names stay while the container exists: a stopped container's cgroup lingers for
         // its last sweep.
         "die" | "died" => {}
-        // Name, image and labels are fixed at create (only a rename changes the name): a start
-        // of a container already read costs nothing.
-        "start" if cache.containers.contains_key(id) => {}
+        // Name, image and labels are fixed at create (only a rename changes the name): a create
+        // or start of a container already read (the list, or the replay of the second before
+        // it) costs nothing.
+        "create" | "start" if cache.containers.contains_key(id) => {}
         // create, rename, or a start of a container created before the list: read this one.
         _ => {
             for summary in client.list(Some(id)).await? {
