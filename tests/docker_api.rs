@@ -20,6 +20,7 @@ use podometer::telemetry::Telemetry;
 use support::cgroupfs::{TestCgroup, V1_CONTROLLERS};
 use support::docker::{dockerd_available, Dockerd, PodmanContainer, PodmanService};
 use support::podman::{podman_available, PodmanPod};
+use support::run;
 
 const PROJECT: &str = "com.docker.compose.project";
 const SERVICE: &str = "com.docker.compose.service";
@@ -126,6 +127,33 @@ fn a_container_started_after_the_agent_has_its_names_one_sweep_after_its_start()
     assert_eq!(str_attr(&s, &late.id, &format!("container.label.{PROJECT}")).as_deref(), Some("late"));
     let named_after = named_after.expect("named within one 1 s sweep interval of its start");
     eprintln!("late container named {} ms after `podman run -d` returned", named_after.as_millis());
+}
+
+#[test]
+fn after_the_daemon_restarts_the_agent_lists_again_and_names_what_started_meanwhile() {
+    if !podman_available() {
+        return;
+    }
+    let mut service = PodmanService::start();
+    let mut agent = agent(&service.socket, "");
+    assert!(ready(&agent));
+    service.stop();
+    let name = support::unique("podometer-dapi-meanwhile");
+    let meanwhile = PodmanContainer::run(&name, &[], "sleep 300");
+    std::thread::sleep(Duration::from_secs(1));
+    service.start_again();
+    let restarted = Instant::now();
+    // The agent retries with backoff (0.5 s doubling): within a few seconds it is back.
+    let deadline = restarted + Duration::from_secs(10);
+    loop {
+        let s = agent.sweep(SystemTime::now());
+        if str_attr(&s, &meanwhile.id, semconv::CONTAINER_NAME).as_deref() == Some(name.as_str()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not named 10 s after the service came back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("named {} ms after the API service came back", restarted.elapsed().as_millis());
 }
 
 /// The kernel's cpuacct counters are tick-sampled for user/system while `cpuacct.usage` is exact
@@ -238,6 +266,23 @@ fn dockerd_containers_are_found_at_docker_id_with_kernel_bracketed_numbers_and_n
     let new: Vec<&String> = after[at_start.len()..].iter().collect();
     assert_eq!(new.len(), 1, "one request for the new container: {new:#?}");
     assert!(new[0].starts_with("GET /containers/json?") && new[0].contains(&late), "{}", new[0]);
+
+    // A rename is an event too: the sweeps carry the new name soon after (3 s: a rename is
+    // not a new container, so not held to one sweep, and dockerd is slow on a busy machine).
+    let renamed = support::unique("podometer-dapi-renamed");
+    run(dockerd.docker().args(["rename", &late_name, &renamed]));
+    let renamed_at = Instant::now();
+    while str_attr(&agent.sweep(SystemTime::now()), &late, semconv::CONTAINER_NAME).as_deref()
+        != Some(renamed.as_str())
+    {
+        assert!(
+            renamed_at.elapsed() < Duration::from_secs(3),
+            "the rename did not reach the sweeps within 3 s: {:#?}",
+            ours(dockerd.api_calls())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("dockerd: rename seen {} ms after `docker rename` returned", renamed_at.elapsed().as_millis());
 }
 
 /// How the stand-in answers every request.

@@ -46,19 +46,33 @@ pub struct PodmanService {
     _dir: tempfile::TempDir,
 }
 
+fn serve(socket: &Path) -> Child {
+    let mut child = podman()
+        .args(["system", "service", "--time=0"])
+        .arg(format!("unix://{}", socket.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start podman system service");
+    wait_for_socket(socket, &mut child, "podman system service");
+    child
+}
+
 impl PodmanService {
     pub fn start() -> PodmanService {
         let dir = tempfile::Builder::new().prefix("podometer-podsvc").tempdir().expect("tempdir");
         let socket = dir.path().join("podman.sock");
-        let mut child = podman()
-            .args(["system", "service", "--time=0"])
-            .arg(format!("unix://{}", socket.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start podman system service");
-        wait_for_socket(&socket, &mut child, "podman system service");
-        PodmanService { child, socket, _dir: dir }
+        PodmanService { child: serve(&socket), socket, _dir: dir }
+    }
+
+    /// Stops the service; `start_again` serves the same socket again (a daemon restart).
+    pub fn stop(&mut self) {
+        stop_child(&mut self.child, Duration::from_secs(5));
+        let _ = std::fs::remove_file(&self.socket);
+    }
+
+    pub fn start_again(&mut self) {
+        self.child = serve(&self.socket);
     }
 }
 
