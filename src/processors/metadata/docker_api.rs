@@ -123,6 +123,8 @@ pub enum DockerApiError {
     TooSmallLimit,
     #[error("cannot start the docker_api task: {0}")]
     Spawn(#[source] std::io::Error),
+    #[error("cannot make the Docker API client: {0}")]
+    Client(#[source] bollard::errors::Error),
 }
 
 /// A failure talking to the API, with the socket it happened on.
@@ -369,11 +371,10 @@ fn docker_client(
     limit: u64,
     timeout: Duration,
     version: &bollard::ClientVersion,
-) -> Docker {
+) -> Result<Docker, bollard::errors::Error> {
     let socket = Arc::clone(socket);
     let transport = move |request: BollardRequest| send_on_socket(Arc::clone(&socket), limit, request);
     Docker::connect_with_custom_transport(transport, Some("http://docker"), timeout.as_secs().max(1), version)
-        .expect("a custom transport needs no address parsing")
 }
 
 /// The API version to speak: the daemon's own (`ApiVersion` of `/version`) up to bollard's.
@@ -402,7 +403,7 @@ struct Client {
 }
 
 impl Client {
-    fn new(config: &DockerApiConfig, socket: PathBuf) -> Client {
+    fn new(config: &DockerApiConfig, socket: PathBuf) -> Result<Client, DockerApiError> {
         let labels = config
             .labels
             .iter()
@@ -414,8 +415,15 @@ impl Client {
             config.max_response_bytes,
             config.request_timeout,
             bollard::API_DEFAULT_VERSION,
-        );
-        Client { docker, socket, limit: config.max_response_bytes, timeout: config.request_timeout, labels }
+        )
+        .map_err(DockerApiError::Client)?;
+        Ok(Client {
+            docker,
+            socket,
+            limit: config.max_response_bytes,
+            timeout: config.request_timeout,
+            labels,
+        })
     }
 
     fn error(&self, what: &'static str, message: impl ToString) -> ApiError {
@@ -448,7 +456,8 @@ impl Client {
             self.limit,
             self.timeout,
             &api_version(version.api_version.as_deref()),
-        );
+        )
+        .map_err(|e| self.error("GET /version", e))?;
         Ok(version.components.iter().flatten().any(|c| c.name.to_ascii_lowercase().contains("podman")))
     }
 
@@ -456,6 +465,18 @@ impl Client {
         let filters = id.map(|id| HashMap::from([("id".to_owned(), vec![id.to_owned()])]));
         let options = ListContainersOptions { all: true, filters, ..Default::default() };
         self.timed("GET /containers/json", self.docker.list_containers(Some(options))).await
+    }
+
+    /// Pod ids and names from Podman's own list. A failure costs only the pod names (counted
+    /// and logged), not the names the Docker-compatible list gave.
+    async fn podman_pods(&self, cache: &mut Cache, id: Option<&str>) {
+        match self.list_libpod(id).await {
+            Ok(entries) => cache.put_podman_pods(&entries),
+            Err(error) => {
+                count_error();
+                warn_limited!("docker-api-libpod", %error, "docker_api: Podman's libpod list failed; containers keep their names, without podman.pod.name.");
+            }
+        }
     }
 
     /// Podman's own container list, for pod ids and names.
@@ -510,7 +531,7 @@ async fn session(
         fresh.put(summary, &client.labels);
     }
     if podman {
-        fresh.put_podman_pods(&client.list_libpod(None).await?);
+        client.podman_pods(&mut fresh, None).await;
     }
     *cache = fresh;
     shared.store(cache.snapshot());
@@ -568,7 +589,7 @@ async fn apply_event(
                 cache.put(&summary, &client.labels);
             }
             if podman {
-                cache.put_podman_pods(&client.list_libpod(Some(id)).await?);
+                client.podman_pods(cache, Some(id)).await;
             }
         }
     }
@@ -611,7 +632,7 @@ impl DockerApi {
         }
         let shared = SharedSnapshot::new();
         let readiness = Readiness::new();
-        let client = Client::new(config, socket);
+        let client = Client::new(config, socket)?;
         let (task_shared, task_readiness) = (Arc::clone(&shared), readiness.clone());
         let task = BackgroundTask::spawn("docker-api", move || follow(client, task_shared, task_readiness))
             .map_err(DockerApiError::Spawn)?;
