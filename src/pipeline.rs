@@ -16,6 +16,7 @@ use crate::exporters::otlp::OtlpExporter;
 use crate::exporters::Exporter;
 use crate::model::{AttrValue, StartTimes, Sweep, SweepContext};
 use crate::processors::filter::Filter;
+use crate::processors::metadata::runtime_files::RuntimeFiles;
 use crate::processors::metadata::Readiness;
 use crate::processors::Processor;
 use crate::semconv;
@@ -132,6 +133,9 @@ pub fn build_pipelines(config: &Config) -> Result<Vec<Pipeline>, PipelineError> 
         for id in &pc.processors {
             match config.processors.get(&id.value) {
                 Some(ProcessorConfig::Filter(c)) => processors.push(Box::new(Filter::new(c.clone()))),
+                Some(ProcessorConfig::RuntimeFiles(c)) => {
+                    processors.push(Box::new(RuntimeFiles::new(c.clone())))
+                }
                 None => unreachable!("validated: pipelines only name defined processors"),
             }
         }

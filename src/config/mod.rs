@@ -21,6 +21,7 @@ use serde_saphyr::{Location, Spanned};
 use crate::exporters::file::FileExporterConfig;
 use crate::exporters::otlp::OtlpExporterConfig;
 use crate::processors::filter::FilterConfig;
+use crate::processors::metadata::runtime_files::RuntimeFilesConfig;
 use crate::sources::cgroups::CgroupsConfig;
 use crate::sources::netns::NetnsConfig;
 
@@ -52,7 +53,7 @@ pub struct Config {
     /// Sources by `type[/name]`: `cgroups`, `netns`.
     #[serde(default)]
     pub sources: Components<SourceConfig>,
-    /// Processors by `type[/name]`: `filter`.
+    /// Processors by `type[/name]`: `filter`, `runtime_files`.
     #[serde(default)]
     pub processors: Components<ProcessorConfig>,
     /// Exporters by `type[/name]`: `file`, `otlp`.
@@ -95,6 +96,7 @@ pub enum SourceConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProcessorConfig {
     Filter(FilterConfig),
+    RuntimeFiles(RuntimeFilesConfig),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -134,10 +136,11 @@ impl ComponentKind for SourceConfig {
 impl ComponentKind for ProcessorConfig {
     const KIND: &'static str = "processor";
     const SECTION: &'static str = "processors";
-    const TYPES: &'static [&'static str] = &["filter"];
+    const TYPES: &'static [&'static str] = &["filter", "runtime_files"];
     fn deserialize_type<'de, D: Deserializer<'de>>(ty: &str, d: D) -> Result<Self, D::Error> {
         match ty {
             "filter" => or_default(d).map(ProcessorConfig::Filter),
+            "runtime_files" => or_default(d).map(ProcessorConfig::RuntimeFiles),
             _ => Err(unknown_type::<Self, D::Error>(ty)),
         }
     }
