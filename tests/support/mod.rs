@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod cgroupfs;
+pub mod containerd;
+pub mod cri;
 pub mod netns;
 pub mod podman;
 pub mod receivers;
