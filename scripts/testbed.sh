@@ -17,6 +17,12 @@ command -v runc >/dev/null || need_apt+=(runc)
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx nc || need_apt+=(busybox-static)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+# A kubelet-style node for the metadata tests: containerd's CRI plugin, CNI plugins, and
+# protoc for the k8s-cri crate the tests' CRI client is built from.
+command -v containerd >/dev/null || need_apt+=(containerd)
+[ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && [ -x /usr/lib/cni/loopback ] \
+  || need_apt+=(containernetworking-plugins)
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   apt-get update -qq >&2
@@ -79,6 +85,16 @@ if [ ! -s "$bb_docker" ]; then
   mv "$bb_docker.tmp" "$bb_docker"
 fi
 
+# Images for containerd (imported into each test instance): a pause image and a busybox image,
+# built offline from busybox-static.
+images="$tools/cri-images"
+if [ ! -s "$images/pause.tar" ] || [ ! -s "$images/busybox.tar" ]; then
+  log "building OCI images for the containerd tests"
+  mkdir -p "$images"
+  python3 "$repo/scripts/oci-image.py" "$images/pause.tar" podometer.test/pause:1 /bin/sleep 1000000000
+  python3 "$repo/scripts/oci-image.py" "$images/busybox.tar" podometer.test/busybox:1 sh
+fi
+
 # VictoriaMetrics from Debian trixie, unpacked into tools without touching apt sources.
 vm="$tools/vm/usr/bin/victoria-metrics"
 if [ ! -x "$vm" ]; then
@@ -106,3 +122,4 @@ echo "export CONTAINERS_CONF=$conf"
 echo "export PODOMETER_VICTORIA_METRICS=$vm"
 echo "export PODOMETER_ROTEL=$rotel"
 echo "export PODOMETER_BB_DOCKER_TAR=$bb_docker"
+echo "export PODOMETER_CRI_IMAGES=$images"

@@ -17,6 +17,7 @@ use crate::exporters::Exporter;
 use crate::model::{AttrValue, StartTimes, Sweep, SweepContext};
 use crate::processors::filter::Filter;
 use crate::processors::metadata::docker_api::DockerApi;
+use crate::processors::metadata::runtime_files::RuntimeFiles;
 use crate::processors::metadata::Readiness;
 use crate::processors::Processor;
 use crate::semconv;
@@ -135,6 +136,9 @@ pub fn build_pipelines(config: &Config) -> Result<Vec<Pipeline>, PipelineError> 
                 Some(ProcessorConfig::Filter(c)) => processors.push(Box::new(Filter::new(c.clone()))),
                 Some(ProcessorConfig::DockerApi(c)) => processors
                     .push(Box::new(DockerApi::new(c).map_err(|e| build_error("processor", &id.value, e))?)),
+                Some(ProcessorConfig::RuntimeFiles(c)) => {
+                    processors.push(Box::new(RuntimeFiles::new(c.clone())))
+                }
                 None => unreachable!("validated: pipelines only name defined processors"),
             }
         }

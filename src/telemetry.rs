@@ -28,7 +28,8 @@ pub struct Telemetry {
     pub queue_bytes: AtomicU64,
     /// Container resources a metadata processor had no names for (exported with ids only).
     pub metadata_misses: AtomicU64,
-    /// Failed or malformed answers from a metadata API (socket errors, timeouts, bad JSON).
+    /// Metadata inputs that could not be used: an unreadable, oversized or malformed runtime
+    /// file, a failed or malformed answer from a metadata API (socket errors, timeouts, bad JSON).
     pub metadata_errors: AtomicU64,
 }
 

@@ -22,6 +22,7 @@ use crate::exporters::file::FileExporterConfig;
 use crate::exporters::otlp::OtlpExporterConfig;
 use crate::processors::filter::FilterConfig;
 use crate::processors::metadata::docker_api::DockerApiConfig;
+use crate::processors::metadata::runtime_files::RuntimeFilesConfig;
 use crate::sources::cgroups::CgroupsConfig;
 use crate::sources::netns::NetnsConfig;
 
@@ -53,7 +54,7 @@ pub struct Config {
     /// Sources by `type[/name]`: `cgroups`, `netns`.
     #[serde(default)]
     pub sources: Components<SourceConfig>,
-    /// Processors by `type[/name]`: `filter`, `docker_api`.
+    /// Processors by `type[/name]`: `filter`, `runtime_files`, `docker_api`.
     #[serde(default)]
     pub processors: Components<ProcessorConfig>,
     /// Exporters by `type[/name]`: `file`, `otlp`.
@@ -97,6 +98,7 @@ pub enum SourceConfig {
 pub enum ProcessorConfig {
     Filter(FilterConfig),
     DockerApi(DockerApiConfig),
+    RuntimeFiles(RuntimeFilesConfig),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -136,10 +138,11 @@ impl ComponentKind for SourceConfig {
 impl ComponentKind for ProcessorConfig {
     const KIND: &'static str = "processor";
     const SECTION: &'static str = "processors";
-    const TYPES: &'static [&'static str] = &["filter", "docker_api"];
+    const TYPES: &'static [&'static str] = &["filter", "runtime_files", "docker_api"];
     fn deserialize_type<'de, D: Deserializer<'de>>(ty: &str, d: D) -> Result<Self, D::Error> {
         match ty {
             "filter" => or_default(d).map(ProcessorConfig::Filter),
+            "runtime_files" => or_default(d).map(ProcessorConfig::RuntimeFiles),
             "docker_api" => or_default(d).map(ProcessorConfig::DockerApi),
             _ => Err(unknown_type::<Self, D::Error>(ty)),
         }

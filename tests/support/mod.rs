@@ -4,6 +4,8 @@
 
 pub mod cgroupfs;
 pub mod docker;
+pub mod containerd;
+pub mod cri;
 pub mod netns;
 pub mod podman;
 pub mod receivers;

@@ -12,6 +12,7 @@
 //! [`SharedSnapshot`] (a read lock held for one `Arc` clone) and works from that.
 
 pub mod docker_api;
+pub mod runtime_files;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
