@@ -584,7 +584,7 @@ async fn apply_event(
         // it) costs nothing.
         "create" | "start" if cache.containers.contains_key(id) => {}
         // create, rename, or a start of a container created before the list: read this one.
-        _ => {
+        "create" | "start" | "rename" => {
             for summary in client.list(Some(id)).await? {
                 cache.put(&summary, &client.labels);
             }
@@ -592,6 +592,8 @@ async fn apply_event(
                 client.podman_pods(cache, Some(id)).await;
             }
         }
+        // Anything else (the filter asks for none) costs no request.
+        _ => {}
     }
     Ok(())
 }
