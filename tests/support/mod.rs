@@ -3,9 +3,9 @@
 #![allow(dead_code)]
 
 pub mod cgroupfs;
-pub mod docker;
 pub mod containerd;
 pub mod cri;
+pub mod docker;
 pub mod netns;
 pub mod podman;
 pub mod receivers;
