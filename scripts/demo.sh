@@ -2,8 +2,8 @@
 # The demo: starts two sample Podman pods (a web server and a client that keeps fetching from
 # it, plus a CPU burner), shows `podometer collect --format table`, then runs the agent against
 # a real collector chain (rotel over OTLP/gRPC -> VictoriaMetrics, and OTLP/HTTP straight into
-# VictoriaMetrics) and prints per pod and container the CPU, memory and network numbers read
-# back from VictoriaMetrics by query. Cleans up everything it started, also on Ctrl-C.
+# VictoriaMetrics) and prints per pod and container, by name (the runtime_files processor reads
+# Podman's files), the CPU, memory and network numbers read back from VictoriaMetrics by query. Cleans up everything it started, also on Ctrl-C.
 # Needs root (cgroups, podman). Usage: sudo scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,11 +62,13 @@ interval: 2s
 sources:
   cgroups: {}
   netns: {}
+processors:
+  runtime_files: {}
 exporters:
   otlp/rotel: { protocol: grpc, endpoint: "http://127.0.0.1:$grpc_port" }
   otlp/victoriametrics: { protocol: http/protobuf, endpoint: "http://127.0.0.1:$vm_port/opentelemetry/v1/metrics" }
 pipelines:
-  main: { sources: [cgroups, netns], exporters: [otlp/rotel, otlp/victoriametrics] }
+  main: { sources: [cgroups, netns], processors: [runtime_files], exporters: [otlp/rotel, otlp/victoriametrics] }
 YAML
 echo "== running the agent for 12 s (2 s interval), exporting to both"
 "$bin" run -c "$work/agent.yaml" --log warn &
@@ -88,10 +90,18 @@ def query(q):
     with urllib.request.urlopen(url) as r:
         return json.load(r)["data"]["result"]
 
+named = set()
+
 def who(m):
+    # Names as the metadata processor attached them; ids where it knew none.
     if "container.id" in m:
-        return "container " + m["container.id"][:12]
-    return "pod " + m.get("k8s.pod.uid", "?")[:12]
+        name = m.get("k8s.container.name") or m.get("container.name")
+        pod = m.get("podman.pod.name") or m.get("k8s.pod.name")
+        if name:
+            named.add(name)
+        label = (pod + "/" if pod else "") + (name or m["container.id"][:12])
+        return "container " + label
+    return "pod " + (m.get("k8s.pod.name") or m.get("k8s.pod.uid", "?")[:12])
 
 cpu = defaultdict(float)
 for s in query('rate({__name__="container.cpu.time"}[10s])'):
@@ -103,14 +113,16 @@ for s in query('rate({__name__=~"(container|k8s.pod).network.io"}[10s])'):
     key = "%s %s (host veth %s)" % (who(m), m.get("network.interface.name"), m.get("network.interface.host_peer", "-"))
     net[key][m.get("network.io.direction")] = float(s["value"][1])
 
-print("%-24s %10s %14s" % ("", "CPU cores", "working set"))
+print("%-52s %10s %14s" % ("", "CPU cores", "working set"))
 for k in sorted(set(cpu) | set(mem)):
-    print("%-24s %10.3f %12.1fKiB" % (k, cpu.get(k, 0.0), mem.get(k, 0.0) / 1024))
+    print("%-52s %10.3f %12.1fKiB" % (k, cpu.get(k, 0.0), mem.get(k, 0.0) / 1024))
 print()
 print("network, bytes/s (one series set per network namespace):")
 for k in sorted(net):
-    print("  %-60s rx %10.0f  tx %10.0f" % (k, net[k].get("receive", 0), net[k].get("transmit", 0)))
+    print("  %-76s rx %10.0f  tx %10.0f" % (k, net[k].get("receive", 0), net[k].get("transmit", 0)))
 if not cpu or not net:
     sys.exit("VictoriaMetrics returned no container CPU or network series")
+if not {"podometer-demo-httpd", "podometer-demo-burn", "podometer-demo-fetch"} <= named:
+    sys.exit("VictoriaMetrics returned series without the demo containers' names: %s" % sorted(named))
 PY
 python3 "$work/readback.py" "http://127.0.0.1:$vm_port"

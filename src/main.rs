@@ -38,6 +38,9 @@ enum Command {
         /// Time between the two sweeps the table's rates come from.
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         window: Duration,
+        /// Table: show the container and pod ids beside the names.
+        #[arg(long)]
+        ids: bool,
     },
     /// Validate a config file and print the resolved pipelines.
     CheckConfig {
@@ -70,8 +73,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Collect { config, format, window } => {
-            report(load(config).and_then(|c| collect(&c, format, window)))
+        Command::Collect { config, format, window, ids } => {
+            report(load(config).and_then(|c| collect(&c, format, window, ids)))
         }
         Command::Run { config } => report(load(config).and_then(run)),
     }
@@ -100,7 +103,7 @@ fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
         .map_err(|e| anyhow::anyhow!("invalid configuration:\n{}", e.lines().join("\n")))
 }
 
-fn collect(config: &Config, format: Format, window: Duration) -> anyhow::Result<()> {
+fn collect(config: &Config, format: Format, window: Duration, ids: bool) -> anyhow::Result<()> {
     let mut pipelines = pipeline::build_pipelines(config)?;
     for p in &pipelines {
         p.wait_for_processors();
@@ -114,7 +117,7 @@ fn collect(config: &Config, format: Format, window: Duration) -> anyhow::Result<
             let first = pipeline::sweep_all(&mut pipelines, SystemTime::now());
             std::thread::sleep(window);
             let second = pipeline::sweep_all(&mut pipelines, SystemTime::now());
-            print!("{}", table::render(&first, &second));
+            print!("{}", table::render(&first, &second, ids));
         }
     }
     Ok(())

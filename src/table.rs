@@ -6,9 +6,14 @@ use std::fmt::Write;
 use crate::model::{AttrValue, Resource, ResourceId, Sweep};
 use crate::semconv::{self, CgroupFamily, NetworkFamily};
 
-const HEADER: [&str; 8] =
-    ["CONTAINER", "POD", "RUNTIME", "CPU %", "MEM USAGE / LIMIT", "PIDS", "NET RX/s", "NET TX/s"];
-const WIDTHS: [usize; 8] = [14, 14, 11, 8, 23, 6, 11, 11];
+/// The id columns, shown with `--ids`.
+const ID_HEADER: [&str; 2] = ["CONTAINER", "POD"];
+const ID_WIDTHS: [usize; 2] = [14, 14];
+/// The name columns: as wide as their longest cell.
+const NAME_HEADER: [&str; 2] = ["NAMESPACE/POD", "NAME"];
+/// The runtime and the numbers.
+const HEADER: [&str; 6] = ["RUNTIME", "CPU %", "MEM USAGE / LIMIT", "PIDS", "NET RX/s", "NET TX/s"];
+const WIDTHS: [usize; 6] = [11, 8, 23, 6, 11, 11];
 
 fn str_attr<'a>(r: &'a Resource, key: &str) -> Option<&'a str> {
     match r.attribute(key) {
@@ -60,10 +65,50 @@ pub fn human_bytes(b: f64) -> String {
     }
 }
 
-/// Renders the table for `cur`, with rates against `prev`.
-pub fn render(prev: &Sweep, cur: &Sweep) -> String {
+/// What the NAMESPACE/POD column shows: the names a metadata processor attached, else the
+/// pod id from the cgroup path (shortened), else nothing.
+fn pod_cell(r: &Resource) -> Option<String> {
+    let k8s_pod = str_attr(r, semconv::K8S_POD_NAME);
+    if let Some(pod) = k8s_pod {
+        return Some(match str_attr(r, semconv::K8S_NAMESPACE_NAME) {
+            Some(ns) => format!("{ns}/{pod}"),
+            None => pod.to_owned(),
+        });
+    }
+    if let Some(pod) = str_attr(r, semconv::PODMAN_POD_NAME) {
+        return Some(pod.to_owned());
+    }
+    match &r.id {
+        ResourceId::Pod(uid) => Some(short(uid, 12)),
+        ResourceId::Container(_) => str_attr(r, semconv::K8S_POD_UID)
+            .or_else(|| str_attr(r, semconv::PODMAN_POD_ID))
+            .map(|id| short(id, 12)),
+    }
+}
+
+/// What the NAME column shows: the container's name in its pod, else its runtime name, else
+/// its short id.
+fn name_cell(r: &Resource) -> String {
+    match &r.id {
+        ResourceId::Pod(_) => "(pod total)".to_owned(),
+        ResourceId::Container(id) => str_attr(r, semconv::K8S_CONTAINER_NAME)
+            .or_else(|| str_attr(r, semconv::CONTAINER_NAME))
+            .map(str::to_owned)
+            .unwrap_or_else(|| short(id, 12)),
+    }
+}
+
+/// Renders the table for `cur`, with rates against `prev`; names where known, ids too with
+/// `ids`.
+pub fn render(prev: &Sweep, cur: &Sweep, ids: bool) -> String {
     let seconds = cur.time.duration_since(prev.time).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-    let mut rows: Vec<(String, u8, [String; 8])> = Vec::new();
+    struct Row {
+        sort: (String, String, u8, String),
+        ids: [String; 2],
+        names: [String; 2],
+        cells: [String; 6],
+    }
+    let mut rows: Vec<Row> = Vec::new();
     for r in &cur.resources {
         let (cg, net) = families(r);
         let before = prev.resource(&r.id);
@@ -79,49 +124,70 @@ pub fn render(prev: &Sweep, cur: &Sweep) -> String {
         let mem = value(Some(r), cg.memory_usage.name);
         let limit = value(Some(r), cg.memory_limit.name);
         let pids = value(Some(r), cg.pids_count.name);
-        let (name, pod_key, order) = match &r.id {
-            ResourceId::Pod(uid) => ("(pod total)".to_owned(), uid.clone(), 0u8),
+        let (id_cell, pod_key, order) = match &r.id {
+            ResourceId::Pod(uid) => ("-".to_owned(), Some(uid.clone()), 0u8),
             ResourceId::Container(id) => {
                 let pod = str_attr(r, semconv::K8S_POD_UID).or_else(|| str_attr(r, semconv::PODMAN_POD_ID));
-                (short(id, 12), pod.map(str::to_owned).unwrap_or_else(|| format!("~{id}")), 1u8)
+                (short(id, 12), pod.map(str::to_owned), 1u8)
             }
         };
-        let pod_col = if pod_key.starts_with('~') { "-".to_owned() } else { short(&pod_key, 12) };
-        let runtime = str_attr(r, semconv::CONTAINER_RUNTIME_NAME).unwrap_or("-").to_owned();
+        let pod_col = pod_cell(r);
+        let name = name_cell(r);
         let dash = || "-".to_owned();
-        let cells = [
-            name,
-            pod_col,
-            runtime,
-            cpu.map(|c| format!("{:.2}", c * 100.0)).unwrap_or_else(dash),
-            match (mem, limit) {
-                (Some(m), Some(l)) => format!("{} / {}", human_bytes(m), human_bytes(l)),
-                (Some(m), None) => format!("{} / -", human_bytes(m)),
-                _ => dash(),
-            },
-            pids.map(|p| format!("{p:.0}")).unwrap_or_else(dash),
-            net_rate(semconv::DIRECTION_RECEIVE)
-                .map(|v| format!("{}/s", human_bytes(v)))
-                .unwrap_or_else(dash),
-            net_rate(semconv::DIRECTION_TRANSMIT)
-                .map(|v| format!("{}/s", human_bytes(v)))
-                .unwrap_or_else(dash),
-        ];
-        rows.push((pod_key, order, cells));
+        // Pods by what the table shows, then their key; containers without a pod last.
+        let sort = match &pod_key {
+            Some(key) => (pod_col.clone().unwrap_or_default(), key.clone(), order, name.clone()),
+            None => ("~".to_owned(), name.clone(), order, id_cell.clone()),
+        };
+        rows.push(Row {
+            sort,
+            ids: [id_cell, pod_key.as_deref().map(|k| short(k, 12)).unwrap_or_else(dash)],
+            names: [pod_col.unwrap_or_else(dash), name],
+            cells: [
+                str_attr(r, semconv::CONTAINER_RUNTIME_NAME).unwrap_or("-").to_owned(),
+                cpu.map(|c| format!("{:.2}", c * 100.0)).unwrap_or_else(dash),
+                match (mem, limit) {
+                    (Some(m), Some(l)) => format!("{} / {}", human_bytes(m), human_bytes(l)),
+                    (Some(m), None) => format!("{} / -", human_bytes(m)),
+                    _ => dash(),
+                },
+                pids.map(|p| format!("{p:.0}")).unwrap_or_else(dash),
+                net_rate(semconv::DIRECTION_RECEIVE)
+                    .map(|v| format!("{}/s", human_bytes(v)))
+                    .unwrap_or_else(dash),
+                net_rate(semconv::DIRECTION_TRANSMIT)
+                    .map(|v| format!("{}/s", human_bytes(v)))
+                    .unwrap_or_else(dash),
+            ],
+        });
     }
-    rows.sort_by(|a, b| (&a.0, a.1, &a.2[0]).cmp(&(&b.0, b.1, &b.2[0])));
-    let mut out = String::new();
-    let line = |cells: &[String]| {
+    rows.sort_by(|a, b| a.sort.cmp(&b.sort));
+    let name_widths: [usize; 2] = std::array::from_fn(|i| {
+        rows.iter().map(|r| r.names[i].chars().count()).chain([NAME_HEADER[i].len()]).max().unwrap_or(0) + 2
+    });
+    let line = |ids_cells: [&str; 2], names: [&str; 2], cells: [&str; 6]| {
         let mut l = String::new();
+        if ids {
+            for (cell, width) in ids_cells.iter().zip(ID_WIDTHS) {
+                let _ = write!(l, "{cell:<width$}");
+            }
+        }
+        for (cell, width) in names.iter().zip(name_widths) {
+            let _ = write!(l, "{cell:<width$}");
+        }
         for (cell, width) in cells.iter().zip(WIDTHS) {
             let _ = write!(l, "{cell:<width$}");
         }
         l.trim_end().to_owned()
     };
-    out.push_str(&line(&HEADER.map(str::to_owned)));
+    let mut out = line(ID_HEADER, NAME_HEADER, HEADER);
     out.push('\n');
-    for (_, _, cells) in &rows {
-        out.push_str(&line(cells));
+    for row in &rows {
+        out.push_str(&line(
+            row.ids.each_ref().map(String::as_str),
+            row.names.each_ref().map(String::as_str),
+            row.cells.each_ref().map(String::as_str),
+        ));
         out.push('\n');
     }
     out
@@ -159,12 +225,13 @@ mod tests {
 
     #[test]
     fn rates_come_from_the_difference_between_two_sweeps() {
-        let text = render(&sweep(10, 1.0, 1000), &sweep(12, 1.5, 3048));
+        let text = render(&sweep(10, 1.0, 1000), &sweep(12, 1.5, 3048), false);
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
-        assert!(lines[0].starts_with("CONTAINER"));
+        assert!(lines[0].starts_with("NAMESPACE/POD"));
         let row = lines[1];
-        assert!(row.starts_with(&"a".repeat(12)), "{row}");
+        // Without names: the short pod id and the short container id.
+        assert!(row.starts_with(&format!("{}   {}", "b".repeat(12), "a".repeat(12))), "{row}");
         // user and system each grew 0.5 s over 2 s: 50 % in total.
         assert!(row.contains(" 50.00 "), "{row}");
         assert!(row.contains("3.0MiB / -"), "{row}");
@@ -174,9 +241,85 @@ mod tests {
 
     #[test]
     fn a_counter_that_went_backwards_shows_no_rate() {
-        let text = render(&sweep(10, 5.0, 1000), &sweep(12, 1.0, 10));
+        let text = render(&sweep(10, 5.0, 1000), &sweep(12, 1.0, 10), false);
         let row = text.lines().nth(1).unwrap();
         let cells: Vec<_> = row.split_whitespace().collect();
         assert_eq!(cells[3], "-", "{row}");
+    }
+
+    /// A Kubernetes pod (pod row, a named container, a nameless sandbox), a named Podman
+    /// container and a container the metadata processors know nothing about.
+    fn named_sweep(secs: u64) -> Sweep {
+        let mut s = Sweep::new(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+        let uid = "0f7e3c1a-5b2d-4c8e-9a6f-1d2e3f4a5b6c";
+        let k8s_pod = || -> Vec<(&'static str, AttrValue)> {
+            vec![
+                (semconv::K8S_POD_UID, uid.into()),
+                (semconv::K8S_POD_NAME, "web-7d4b9c-x2x".into()),
+                (semconv::K8S_NAMESPACE_NAME, "shop".into()),
+            ]
+        };
+        s.resource_mut(ResourceId::Pod(uid.into()), k8s_pod);
+        s.resource_mut(ResourceId::Container("1".repeat(64)), || {
+            let mut a = k8s_pod();
+            a.push((semconv::CONTAINER_RUNTIME_NAME, "containerd".into()));
+            a.push((semconv::K8S_CONTAINER_NAME, "app".into()));
+            a
+        });
+        s.resource_mut(ResourceId::Container("2".repeat(64)), || {
+            let mut a = k8s_pod();
+            a.push((semconv::CONTAINER_RUNTIME_NAME, "containerd".into()));
+            a
+        });
+        s.resource_mut(ResourceId::Container("3".repeat(64)), || {
+            vec![
+                (semconv::CONTAINER_RUNTIME_NAME, "podman".into()),
+                (semconv::PODMAN_POD_ID, "4".repeat(64).into()),
+                (semconv::PODMAN_POD_NAME, "blog".into()),
+                (semconv::CONTAINER_NAME, "blog-web".into()),
+            ]
+        });
+        s.resource_mut(ResourceId::Container("5".repeat(64)), || {
+            vec![(semconv::CONTAINER_RUNTIME_NAME, "docker".into())]
+        });
+        for r in &mut s.resources {
+            r.points.push(Point::new(&semconv::CONTAINER.memory_usage, Value::Int(1024)));
+        }
+        s
+    }
+
+    /// Columns are separated by at least two spaces; `(pod total)` has one inside.
+    fn cells(line: &str) -> Vec<&str> {
+        line.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect()
+    }
+
+    #[test]
+    fn names_replace_ids_where_known_and_ids_come_back_with_the_flag() {
+        let text = render(&named_sweep(10), &named_sweep(12), false);
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(cells(lines[0])[..3], ["NAMESPACE/POD", "NAME", "RUNTIME"], "{text}");
+        // Podman's pod sorts before shop/…; the pod total leads its pod; no pod comes last.
+        let firsts: Vec<_> = lines[1..].iter().map(|l| cells(l)[..2].join(" ")).collect();
+        assert_eq!(
+            firsts,
+            [
+                "blog blog-web",
+                "shop/web-7d4b9c-x2x (pod total)",
+                "shop/web-7d4b9c-x2x 222222222222",
+                "shop/web-7d4b9c-x2x app",
+                "- 555555555555",
+            ],
+            "{text}"
+        );
+        assert!(!text.contains("0f7e3c1a"), "no pod uid when the pod has a name: {text}");
+        assert!(!text.contains("111111111111"), "no id for a named container: {text}");
+
+        let text = render(&named_sweep(10), &named_sweep(12), true);
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(cells(lines[0])[..4], ["CONTAINER", "POD", "NAMESPACE/POD", "NAME"], "{text}");
+        let app = lines.iter().find(|l| l.contains(" app ")).expect("app row");
+        assert_eq!(cells(app)[..4], ["111111111111", "0f7e3c1a-5b2", "shop/web-7d4b9c-x2x", "app"], "{text}");
+        let pod_total = lines.iter().find(|l| l.contains("(pod total)")).expect("pod row");
+        assert_eq!(cells(pod_total)[..2], ["-", "0f7e3c1a-5b2"], "{text}");
     }
 }

@@ -98,10 +98,6 @@ fn pods_created_through_the_cri_get_their_names_on_every_resource_and_network_se
     );
     assert!(node.bundle(&pod.sandbox_id).exists(), "the sandbox's bundle is where a node has it");
 
-    let errors = || {
-        podometer::telemetry::Telemetry::global().metadata_errors.load(std::sync::atomic::Ordering::Relaxed)
-    };
-    let errors_before = errors();
     let mut pipelines = agent(&node);
     let sweep = sweep_all(&mut pipelines, SystemTime::now());
 
@@ -145,8 +141,6 @@ fn pods_created_through_the_cri_get_their_names_on_every_resource_and_network_se
         "the pod's network series are on the named pod resource: {r:#?}"
     );
     assert!(r.points.iter().any(|p| p.metric.name == "k8s.pod.cpu.time"), "and its cgroup series");
-    // Other helpers' containers elsewhere on the machine may fail; ours read without error.
-    let _ = errors_before;
 
     // Gone pods are forgotten: after removal nothing of the pod is left in the snapshot.
     let ids: Vec<String> =

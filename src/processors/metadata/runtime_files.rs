@@ -588,7 +588,8 @@ impl RuntimeFiles {
     /// not have yet.
     fn insert(&mut self, info: &ContainerInfo, names: &Names) -> Option<(String, Attributes)> {
         let (meta, pod) = to_meta(names, info);
-        if !meta.attributes.is_empty() {
+        // A sandbox has no names of its own but is known (not a miss): it carries its pod's.
+        if !meta.attributes.is_empty() || pod.is_some() {
             self.snapshot.containers.insert(info.id.clone(), meta);
         }
         if let Some((key, attributes)) = &pod {
