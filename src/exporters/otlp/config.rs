@@ -185,10 +185,14 @@ pub struct RetryConfig {
     /// First backoff delay. Default `1s`.
     #[serde(default = "default_initial_interval", deserialize_with = "crate::config::duration::deserialize")]
     pub initial_interval: Duration,
-    /// Cap on the backoff delay. A delay the receiver asks for (`Retry-After`, gRPC
-    /// `RetryInfo`) is honoured even when longer. Default `30s`.
+    /// Cap on the backoff delay. Default `30s`.
     #[serde(default = "default_max_interval", deserialize_with = "crate::config::duration::deserialize")]
     pub max_interval: Duration,
+    /// Cap on a delay the receiver asks for (`Retry-After`, gRPC `RetryInfo`): a receiver
+    /// that says "come back tomorrow" must not stop delivery while the queue evicts. A longer
+    /// request is honoured up to this, then the batch is tried again. Default: `max_interval`.
+    #[serde(default, deserialize_with = "crate::config::duration::deserialize_option")]
+    pub max_requested_delay: Option<Duration>,
     /// Growth of the delay per attempt, at least 1. Default 2.
     #[serde(default = "default_multiplier")]
     pub multiplier: f64,
@@ -197,11 +201,19 @@ pub struct RetryConfig {
     pub jitter: Jitter,
 }
 
+impl RetryConfig {
+    /// The longest receiver-requested delay that is honoured as asked.
+    pub fn requested_delay_cap(&self) -> Duration {
+        self.max_requested_delay.unwrap_or(self.max_interval)
+    }
+}
+
 impl Default for RetryConfig {
     fn default() -> Self {
         RetryConfig {
             initial_interval: default_initial_interval(),
             max_interval: default_max_interval(),
+            max_requested_delay: None,
             multiplier: default_multiplier(),
             jitter: default_jitter(),
         }
@@ -322,6 +334,9 @@ impl OtlpExporterConfig {
                 "retry.max_interval".to_owned(),
                 "must be at least retry.initial_interval".to_owned(),
             ));
+        }
+        if r.max_requested_delay == Some(Duration::ZERO) {
+            problems.push(("retry.max_requested_delay".to_owned(), "must be more than zero".to_owned()));
         }
         if !(r.multiplier.is_finite() && r.multiplier >= 1.0) {
             problems.push(("retry.multiplier".to_owned(), "must be a number of at least 1".to_owned()));

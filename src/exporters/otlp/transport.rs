@@ -149,6 +149,9 @@ impl HttpTransport {
         let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
+            // A redirect would turn the POST into a GET (a 200 on it counts as delivered while
+            // the data is lost) or send the secret headers to another host: never follow one.
+            .redirect(reqwest::redirect::Policy::none())
             .default_headers(headers);
         let tls_err = |e: reqwest::Error| OtlpError::Endpoint {
             endpoint: config.endpoint.clone(),
@@ -212,6 +215,10 @@ impl HttpTransport {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let decision = http_decision(status, retry_after.as_deref(), SystemTime::now());
+        let location = response
+            .headers()
+            .get(http::header::LOCATION)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         let body = response.bytes().await;
         match decision {
             Decision::Done => {
@@ -222,7 +229,13 @@ impl HttpTransport {
                 let text = body
                     .map(|b| String::from_utf8_lossy(&b[..b.len().min(300)]).into_owned())
                     .unwrap_or_default();
-                Outcome::Failed { decision, detail: format!("HTTP {status}: {}", text.trim()) }
+                let detail = match location {
+                    Some(to) if (300..400).contains(&status) => {
+                        format!("HTTP {status} redirects to {to} (not followed: set the endpoint to the final URL)")
+                    }
+                    _ => format!("HTTP {status}: {}", text.trim()),
+                };
+                Outcome::Failed { decision, detail }
             }
         }
     }
