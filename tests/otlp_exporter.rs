@@ -690,6 +690,38 @@ async fn a_receiver_asking_for_a_day_is_retried_after_the_configured_cap() {
     }
 }
 
+/// A body that never ends, counting the bytes the server produced.
+fn endless_body(produced: Arc<std::sync::atomic::AtomicU64>) -> axum::body::Body {
+    let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+    axum::body::Body::from_stream(tokio_stream::iter(std::iter::repeat_with(move || {
+        produced.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok::<_, std::convert::Infallible>(chunk.clone())
+    })))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_response_body_is_not_read_to_its_end() {
+    for (status, delivered) in [(200u16, true), (400, false), (503, false)] {
+        let produced = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (addr, task) = start_answering(status, Vec::new(), endless_body(produced.clone())).await;
+        // The request timeout is long: an unbounded read would hold the batch for 60 s.
+        let mut exp = exporter(&config(&format!(
+            "protocol: http/protobuf\nendpoint: http://{addr}/v1/metrics\ntimeout: 60s"
+        )));
+        let stats = exp.stats();
+        exp.export(Arc::new(sweep(1, 1))).await.unwrap();
+        wait_for(&format!("HTTP {status} with an endless body settles"), Duration::from_secs(10), || {
+            get(&stats.batches_sent) + get(&stats.batches_dropped) + get(&stats.batches_retried) >= 1
+        })
+        .await;
+        assert_eq!(get(&stats.batches_sent) == 1, delivered, "HTTP {status}");
+        task.abort();
+        let read = produced.load(std::sync::atomic::Ordering::Relaxed);
+        // What the server managed to push into socket buffers, not what the agent read.
+        assert!(read < 32 << 20, "HTTP {status}: the server produced {read} bytes");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_ca_file_is_a_constructor_error_naming_it() {
     let c = config("endpoint: https://127.0.0.1:4317\ntls: {ca_file: /nonexistent/ca.pem}");

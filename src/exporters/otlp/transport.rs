@@ -72,7 +72,9 @@ impl GrpcTransport {
         let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
             .map_err(|e| bad_endpoint(&e))?
             .timeout(config.timeout)
-            .connect_timeout(config.timeout);
+            .connect_timeout(config.timeout)
+            // Bounds the status message and details a receiver can make us hold.
+            .http2_max_header_list_size(MAX_RESPONSE_BODY as u32);
         if let Security::Tls { ca_file, client } = &config.security {
             let mut tls = ClientTlsConfig::new();
             tls = match ca_file {
@@ -86,7 +88,7 @@ impl GrpcTransport {
         }
         // Lazy: the agent starts while the collector is down; the queue covers the gap.
         let channel = endpoint.connect_lazy();
-        let mut client = MetricsServiceClient::new(channel).max_decoding_message_size(4 * 1024 * 1024);
+        let mut client = MetricsServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BODY);
         if config.compression == Compression::Gzip {
             client = client
                 .send_compressed(CompressionEncoding::Gzip)
@@ -119,10 +121,7 @@ impl GrpcTransport {
         }
         match self.client.export(request).await {
             Ok(response) => partial(Some(response.into_inner())),
-            Err(status) => Outcome::Failed {
-                decision: grpc_status_decision(&status),
-                detail: format!("gRPC {:?}: {}", status.code(), status.message()),
-            },
+            Err(status) => grpc_failure(&status),
         }
     }
 }
@@ -209,35 +208,80 @@ impl HttpTransport {
             }
         };
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let decision = http_decision(status, retry_after.as_deref(), SystemTime::now());
-        let location = response
-            .headers()
-            .get(http::header::LOCATION)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        let body = response.bytes().await;
-        match decision {
-            Decision::Done => {
-                // An empty or non-protobuf body is a plain success.
-                partial(body.ok().and_then(|b| ExportMetricsServiceResponse::decode(b).ok()))
-            }
-            decision => {
-                let text = body
-                    .map(|b| String::from_utf8_lossy(&b[..b.len().min(300)]).into_owned())
-                    .unwrap_or_default();
-                let detail = match location {
-                    Some(to) if (300..400).contains(&status) => {
-                        format!("HTTP {status} redirects to {to} (not followed: set the endpoint to the final URL)")
-                    }
-                    _ => format!("HTTP {status}: {}", text.trim()),
-                };
-                Outcome::Failed { decision, detail }
-            }
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .map(|v: &http::HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        let retry_after = header(http::header::RETRY_AFTER);
+        let location = header(http::header::LOCATION);
+        let body = read_bounded(response, MAX_RESPONSE_BODY).await;
+        http_outcome(status, retry_after.as_deref(), location.as_deref(), body.as_deref(), SystemTime::now())
+    }
+}
+
+/// Most bytes of a response body that are read. An OTLP response is a few bytes (a partial
+/// success message at most); what a misbehaving or hostile receiver sends beyond this is not
+/// read at all: the connection is dropped instead.
+pub const MAX_RESPONSE_BODY: usize = 64 * 1024;
+
+/// Reads at most `limit` bytes of the body; `None` when it is longer or cannot be read.
+async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Option<Vec<u8>> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return None;
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.ok()? {
+        if body.len() + chunk.len() > limit {
+            return None;
         }
+        body.extend_from_slice(&chunk);
+    }
+    Some(body)
+}
+
+/// What an HTTP answer comes to: the status, its `Retry-After` and `Location` headers, and the
+/// body (`None` when it was over [`MAX_RESPONSE_BODY`] or unreadable). Pure: the fuzz target
+/// `otlp_response` calls it with arbitrary input.
+pub fn http_outcome(
+    status: u16,
+    retry_after: Option<&str>,
+    location: Option<&str>,
+    body: Option<&[u8]>,
+    now: SystemTime,
+) -> Outcome {
+    match http_decision(status, retry_after, now) {
+        // An empty or non-protobuf body is a plain success.
+        Decision::Done => partial(body.and_then(|b| ExportMetricsServiceResponse::decode(b).ok())),
+        decision => {
+            let detail = match (location, body) {
+                (Some(to), _) if (300..400).contains(&status) => {
+                    format!(
+                        "HTTP {status} redirects to {to} (not followed: set the endpoint to the final URL)"
+                    )
+                }
+                (_, Some(b)) => {
+                    let text = String::from_utf8_lossy(&b[..b.len().min(300)]);
+                    format!("HTTP {status}: {}", text.trim())
+                }
+                (_, None) => {
+                    format!("HTTP {status} (body unread: over {MAX_RESPONSE_BODY} bytes or cut off)")
+                }
+            };
+            Outcome::Failed { decision, detail }
+        }
+    }
+}
+
+/// What a gRPC error status comes to. Pure: the fuzz target `otlp_response` calls it with
+/// arbitrary codes, messages and details.
+pub fn grpc_failure(status: &tonic::Status) -> Outcome {
+    let message = status.message();
+    let message = message.char_indices().nth(300).map_or(message, |(end, _)| &message[..end]);
+    Outcome::Failed {
+        decision: grpc_status_decision(status),
+        detail: format!("gRPC {:?}: {message}", status.code()),
     }
 }
 
