@@ -111,12 +111,13 @@ impl OtlpExporter {
         let (queue, on_disk) = match &config.queue.directory {
             Some(dir) => {
                 let (q, recovery) = DiskQueue::open(dir, config.queue.max_bytes)?;
-                if recovery.batches > 0 || recovery.truncated_bytes > 0 {
+                if recovery.batches > 0 || recovery.truncated_bytes > 0 || recovery.skipped_records > 0 {
                     tracing::info!(
                         exporter = name,
                         directory = %dir.display(),
                         batches = recovery.batches,
                         truncated_bytes = recovery.truncated_bytes,
+                        skipped_records = recovery.skipped_records,
                         "Recovered queued batches from disk; they are sent first, in order."
                     );
                 }
