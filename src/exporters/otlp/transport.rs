@@ -10,10 +10,10 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 };
 use prost::Message;
 use tonic::codec::CompressionEncoding;
-use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
+use tonic::metadata::MetadataMap;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use super::config::{Compression, Protocol, ResolvedConfig, Security};
+use super::config::{redact_url, Compression, Protocol, ResolvedConfig, Security};
 use super::retry::{grpc_status_decision, http_decision, Decision};
 use super::OtlpError;
 
@@ -47,6 +47,11 @@ impl Transport {
     }
 }
 
+/// The configured headers, checked once by the same function for both protocols.
+fn headers(config: &ResolvedConfig) -> Result<http::HeaderMap, OtlpError> {
+    super::config::header_map(&config.headers).map_err(|(name, reason)| OtlpError::Header { name, reason })
+}
+
 fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, OtlpError> {
     std::fs::read(path).map_err(|source| OtlpError::TlsFile { path: path.to_owned(), source })
 }
@@ -60,13 +65,14 @@ fn partial(response: Option<ExportMetricsServiceResponse>) -> Outcome {
 
 pub struct GrpcTransport {
     client: MetricsServiceClient<Channel>,
-    metadata: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
+    // Boxed: a header map would make this variant of `Transport` large.
+    metadata: Box<MetadataMap>,
 }
 
 impl GrpcTransport {
     fn new(config: &ResolvedConfig) -> Result<GrpcTransport, OtlpError> {
         let bad_endpoint = |e: &dyn std::fmt::Display| OtlpError::Endpoint {
-            endpoint: config.endpoint.clone(),
+            endpoint: redact_url(&config.endpoint).into_owned(),
             reason: e.to_string(),
         };
         let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
@@ -94,14 +100,7 @@ impl GrpcTransport {
                 .send_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Gzip);
         }
-        let mut metadata = Vec::with_capacity(config.headers.len());
-        for (k, v) in &config.headers {
-            let key = AsciiMetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
-                .map_err(|e| OtlpError::Header { name: k.clone(), reason: e.to_string() })?;
-            let value = AsciiMetadataValue::try_from(v.as_str())
-                .map_err(|e| OtlpError::Header { name: k.clone(), reason: e.to_string() })?;
-            metadata.push((key, value));
-        }
+        let metadata = Box::new(MetadataMap::from_headers(headers(config)?));
         Ok(GrpcTransport { client, metadata })
     }
 
@@ -116,9 +115,7 @@ impl GrpcTransport {
             }
         };
         let mut request = tonic::Request::new(message);
-        for (k, v) in &self.metadata {
-            request.metadata_mut().insert(k.clone(), v.clone());
-        }
+        *request.metadata_mut() = (*self.metadata).clone();
         match self.client.export(request).await {
             Ok(response) => partial(Some(response.into_inner())),
             Err(status) => grpc_failure(&status),
@@ -137,14 +134,7 @@ impl HttpTransport {
         // reqwest is built without a default crypto provider; ring is the project's choice.
         // Another part of the agent may have installed it already, which is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut headers = http::HeaderMap::new();
-        for (k, v) in &config.headers {
-            let name = http::HeaderName::from_bytes(k.as_bytes())
-                .map_err(|e| OtlpError::Header { name: k.clone(), reason: e.to_string() })?;
-            let value = http::HeaderValue::from_str(v)
-                .map_err(|e| OtlpError::Header { name: k.clone(), reason: e.to_string() })?;
-            headers.insert(name, value);
-        }
+        let headers = headers(config)?;
         let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
@@ -153,8 +143,8 @@ impl HttpTransport {
             .redirect(reqwest::redirect::Policy::none())
             .default_headers(headers);
         let tls_err = |e: reqwest::Error| OtlpError::Endpoint {
-            endpoint: config.endpoint.clone(),
-            reason: e.to_string(),
+            endpoint: redact_url(&config.endpoint).into_owned(),
+            reason: e.without_url().to_string(),
         };
         if let Security::Tls { ca_file, client } = &config.security {
             if let Some(ca) = ca_file {
@@ -203,8 +193,9 @@ impl HttpTransport {
             Err(e) => {
                 return Outcome::Failed {
                     decision: Decision::Retry { after: None },
-                    detail: format!("HTTP request failed: {}", error_chain(&e)),
-                }
+                    // Without the URL: it may carry user:password (the exporter is named).
+                    detail: format!("HTTP request failed: {}", error_chain(&e.without_url())),
+                };
             }
         };
         let status = response.status().as_u16();
