@@ -14,8 +14,11 @@ use crate::exporters::otlp::transport;
 use crate::sources::cgroups::parse as cg;
 use crate::sources::netns::{peer, procfs};
 
+/// A fuzz target's entry point.
+pub type Entry = fn(&[u8]);
+
 /// Every fuzz target, by name: the directory names under `fuzz/corpus/`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Entry)] = &[
     ("cgroup_file", cgroup_file),
     ("proc_file", proc_file),
     ("netlink", netlink),
