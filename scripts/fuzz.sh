@@ -19,6 +19,9 @@ fi
 target=$1
 seconds=$2
 mkdir -p "fuzz/corpus/$target"
-# -rss_limit_mb: a parser that allocates without bound is a finding, not a slow run.
-cargo +nightly fuzz run "$target" "fuzz/corpus/$target" -- \
+# -O: release with ASan and without overflow checks (FUZZ_FLAGS=-a adds them, at the cost of a
+# separate build of every dependency). -rss_limit_mb: a parser that allocates without bound is
+# a finding, not a slow run.
+# shellcheck disable=SC2086
+cargo +nightly fuzz run ${FUZZ_FLAGS:--O} "$target" "fuzz/corpus/$target" -- \
     -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1
