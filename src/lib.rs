@@ -8,6 +8,8 @@ pub mod batcher;
 pub mod config;
 pub mod encode;
 pub mod exporters;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod glob;
 pub mod model;
 pub mod pipeline;

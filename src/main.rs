@@ -131,10 +131,14 @@ fn run(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         info!(interval = %humantime::format_duration(config.interval), pipelines = pipelines.len(), "podometer is running.");
         pipeline::run(&config, pipelines, shutdown_signal()).await
-    })?;
+    });
+    // Dropping the runtime would wait for blocking work that may never end (a write to a
+    // stuck disk): the exporters have had their shutdown_timeout already.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result?;
     info!("podometer stopped.");
     Ok(())
 }

@@ -55,6 +55,7 @@ fn fast_retry() -> RetryConfig {
     RetryConfig {
         initial_interval: Duration::from_millis(20),
         max_interval: Duration::from_millis(200),
+        max_requested_delay: Some(Duration::from_millis(1500)),
         multiplier: 2.0,
         jitter: Jitter::None,
     }
@@ -587,6 +588,138 @@ async fn an_unreachable_http_receiver_is_retried() {
     wait_for("retries", Duration::from_secs(10), || get(&stats.batches_retried) >= 2).await;
     assert_eq!(get(&stats.batches_dropped), 0, "connection refused is not a reason to drop");
     assert_eq!(exp.queued(), 1);
+}
+
+/// A server whose every POST answers `status` with `Location: location` (and `extra` headers).
+async fn start_answering(
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: axum::body::Body,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = Arc::new(Mutex::new(Some(body)));
+    let app = axum::Router::new().route(
+        "/v1/metrics",
+        axum::routing::post(move || {
+            let headers = headers.clone();
+            let body = body.lock().unwrap().take().unwrap_or_else(axum::body::Body::empty);
+            async move {
+                let mut b = http::Response::builder().status(status);
+                for (k, v) in headers {
+                    b = b.header(k, v);
+                }
+                b.body(body).unwrap()
+            }
+        }),
+    );
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.expect("test HTTP server runs");
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_not_followed_and_the_error_names_the_location() {
+    use podometer::exporters::otlp::transport::{Outcome, Transport};
+    // The redirect target is a working receiver: following the 307 would deliver the batch
+    // there, with the secret header.
+    let target = HttpServer::start(Vec::new()).await;
+    for status in [301u16, 302, 307, 308] {
+        let (addr, task) =
+            start_answering(status, vec![("location", target.url())], axum::body::Body::empty()).await;
+        let url = format!("http://{addr}/v1/metrics");
+        let c = config(&format!(
+            "protocol: http/protobuf\nendpoint: {url}\nheaders: {{authorization: Bearer s3cret}}"
+        ));
+        let mut exp = exporter(&c);
+        let stats = exp.stats();
+        exp.export(Arc::new(sweep(1, 1))).await.unwrap();
+        wait_for("the redirect settles", Duration::from_secs(10), || {
+            get(&stats.batches_sent) + get(&stats.batches_dropped) == 1
+        })
+        .await;
+        assert_eq!(get(&stats.batches_dropped), 1, "{status} drops the batch");
+        assert_eq!(get(&stats.batches_retried), 0, "{status} is not retried");
+        assert_eq!(target.attempts(), 0, "{status}: nothing reaches the redirect target");
+
+        let mut transport = Transport::new(&c.resolve(|_| None).unwrap()).unwrap();
+        let payload = bytes::Bytes::from(encode_sweep(&sweep(1, 1)).encode_to_vec());
+        match transport.send(&payload).await {
+            Outcome::Failed { detail, .. } => {
+                assert!(detail.contains(&target.url()), "{status}: the error names the location: {detail}")
+            }
+            other => panic!("{status} counted as {other:?}"),
+        }
+        task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_asking_for_a_day_is_retried_after_the_configured_cap() {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let day = Duration::from_secs(86_400);
+    let http =
+        HttpServer::start(vec![HttpReply { status: 503, retry_after: Some("86400"), body: Vec::new() }])
+            .await;
+    let grpc = GrpcServer::start(vec![GrpcReply::Status(tonic::Status::with_error_details(
+        tonic::Code::Unavailable,
+        "come back tomorrow",
+        ErrorDetails::with_retry_info(Some(day)),
+    ))])
+    .await;
+    let retry = "retry: {initial_interval: 10ms, max_interval: 300ms, jitter: none}";
+    let mut to_http =
+        exporter(&config(&format!("protocol: http/protobuf\nendpoint: {}\n{retry}", http.url())));
+    let mut to_grpc = exporter(&config(&format!("endpoint: {}\n{retry}", grpc.endpoint())));
+    let started = Instant::now();
+    to_http.export(Arc::new(sweep(1, 1))).await.unwrap();
+    to_grpc.export(Arc::new(sweep(1, 1))).await.unwrap();
+    let (hs, gs) = (to_http.stats(), to_grpc.stats());
+    wait_for("both delivered despite asking for a day", Duration::from_secs(10), || {
+        get(&hs.batches_sent) == 1 && get(&gs.batches_sent) == 1
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    let gap = |a: Instant, b: Instant| b - a;
+    let h = http.script.received.lock().unwrap();
+    let g = grpc.script.received.lock().unwrap();
+    for (what, d) in [("HTTP", gap(h[0].at, h[1].at)), ("gRPC", gap(g[0].0, g[1].0))] {
+        // The cap (max_interval, 300ms) is honoured as a delay, not skipped.
+        assert!(d >= Duration::from_millis(300) && d < Duration::from_secs(3), "{what} retried after {d:?}");
+    }
+}
+
+/// A body that never ends, counting the bytes the server produced.
+fn endless_body(produced: Arc<std::sync::atomic::AtomicU64>) -> axum::body::Body {
+    let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+    axum::body::Body::from_stream(tokio_stream::iter(std::iter::repeat_with(move || {
+        produced.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok::<_, std::convert::Infallible>(chunk.clone())
+    })))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_response_body_is_not_read_to_its_end() {
+    for (status, delivered) in [(200u16, true), (400, false), (503, false)] {
+        let produced = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (addr, task) = start_answering(status, Vec::new(), endless_body(produced.clone())).await;
+        // The request timeout is long: an unbounded read would hold the batch for 60 s.
+        let mut exp = exporter(&config(&format!(
+            "protocol: http/protobuf\nendpoint: http://{addr}/v1/metrics\ntimeout: 60s"
+        )));
+        let stats = exp.stats();
+        exp.export(Arc::new(sweep(1, 1))).await.unwrap();
+        wait_for(&format!("HTTP {status} with an endless body settles"), Duration::from_secs(10), || {
+            get(&stats.batches_sent) + get(&stats.batches_dropped) + get(&stats.batches_retried) >= 1
+        })
+        .await;
+        assert_eq!(get(&stats.batches_sent) == 1, delivered, "HTTP {status}");
+        task.abort();
+        let read = produced.load(std::sync::atomic::Ordering::Relaxed);
+        // What the server managed to push into socket buffers, not what the agent read.
+        assert!(read < 32 << 20, "HTTP {status}: the server produced {read} bytes");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,10 +4,11 @@
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use serde::Deserialize;
+use tokio::sync::oneshot;
 
 use super::{BoxError, BoxFuture, Exporter};
 use crate::encode;
@@ -41,14 +42,23 @@ pub enum FileExporterError {
     Write { path: PathBuf, source: io::Error },
 }
 
+/// The writes themselves happen on a thread of the exporter's own: a full disk, a stdout
+/// nobody reads or a FIFO blocks that thread, never an async worker (the other exporters
+/// keep delivering; this one stops taking sweeps, which the pipeline counts as dropped).
 pub struct FileExporter {
     path: PathBuf,
-    out: Box<dyn Write + Send>,
+    jobs: mpsc::SyncSender<Job>,
+}
+
+enum Job {
+    /// One whole line, newline included; the result comes back when it is written and flushed.
+    Write(Vec<u8>, oneshot::Sender<io::Result<()>>),
+    Flush(oneshot::Sender<io::Result<()>>),
 }
 
 impl FileExporter {
     pub fn new(config: &FileExporterConfig) -> Result<FileExporter, FileExporterError> {
-        let out: Box<dyn Write + Send> = if config.path.as_os_str() == "-" {
+        let mut out: Box<dyn Write + Send> = if config.path.as_os_str() == "-" {
             Box::new(io::stdout())
         } else {
             let file = OpenOptions::new()
@@ -58,32 +68,69 @@ impl FileExporter {
                 .map_err(|source| FileExporterError::Open { path: config.path.clone(), source })?;
             Box::new(io::BufWriter::new(file))
         };
-        Ok(FileExporter { path: config.path.clone(), out })
+        // One job at a time: export() waits for each write before taking the next sweep.
+        let (jobs, rx) = mpsc::sync_channel::<Job>(1);
+        std::thread::Builder::new()
+            .name("podometer-file".into())
+            .spawn(move || {
+                for job in rx {
+                    match job {
+                        // A sweep is written whole and flushed so that a reader tailing the
+                        // file never sees half a line, and nothing sits in a buffer when the
+                        // agent is killed.
+                        Job::Write(line, done) => {
+                            let _ = done.send(out.write_all(&line).and_then(|_| out.flush()));
+                        }
+                        Job::Flush(done) => {
+                            let _ = done.send(out.flush());
+                        }
+                    }
+                }
+            })
+            .map_err(|source| FileExporterError::Open { path: config.path.clone(), source })?;
+        Ok(FileExporter { path: config.path.clone(), jobs })
     }
 
-    fn write_sweep(&mut self, sweep: &Sweep) -> Result<(), FileExporterError> {
-        let line = encode::to_json_line(&encode::encode_sweep(sweep));
-        // A sweep is written whole and flushed so that a reader tailing the file never sees
-        // half a line, and nothing sits in a buffer when the agent is killed.
-        let write = |out: &mut Box<dyn Write + Send>| -> io::Result<()> {
-            out.write_all(line.as_bytes())?;
-            out.write_all(b"\n")?;
-            out.flush()
-        };
-        write(&mut self.out).map_err(|source| FileExporterError::Write { path: self.path.clone(), source })
+    /// Hands `job` to the writer thread without ever blocking the caller.
+    async fn run(&self, job: Job, done: oneshot::Receiver<io::Result<()>>) -> Result<(), FileExporterError> {
+        let error = |source| FileExporterError::Write { path: self.path.clone(), source };
+        self.jobs.try_send(job).map_err(|e| {
+            error(match e {
+                mpsc::TrySendError::Full(_) => io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "the previous write has not finished (the reader or the disk is stuck)",
+                ),
+                mpsc::TrySendError::Disconnected(_) => io::Error::other("the writer thread is gone"),
+            })
+        })?;
+        done.await.map_err(|_| error(io::Error::other("the writer thread is gone")))?.map_err(error)
     }
 }
 
 impl Exporter for FileExporter {
     fn export(&mut self, sweep: Arc<Sweep>) -> BoxFuture<'_, Result<(), BoxError>> {
-        Box::pin(async move { self.write_sweep(&sweep).map_err(Into::into) })
+        Box::pin(async move {
+            let mut line = encode::to_json_line(&encode::encode_sweep(&sweep)).into_bytes();
+            line.push(b'\n');
+            let (tx, rx) = oneshot::channel();
+            self.run(Job::Write(line, tx), rx).await.map_err(Into::into)
+        })
     }
 
-    fn shutdown(&mut self, _deadline: Instant) -> BoxFuture<'_, Result<(), BoxError>> {
+    fn shutdown(&mut self, deadline: Instant) -> BoxFuture<'_, Result<(), BoxError>> {
         Box::pin(async move {
-            self.out
-                .flush()
-                .map_err(|source| FileExporterError::Write { path: self.path.clone(), source }.into())
+            let (tx, rx) = oneshot::channel();
+            match tokio::time::timeout_at(deadline.into(), self.run(Job::Flush(tx), rx)).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(FileExporterError::Write {
+                    path: self.path.clone(),
+                    source: io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "still blocked writing at the shutdown deadline",
+                    ),
+                }
+                .into()),
+            }
         })
     }
 }

@@ -68,7 +68,7 @@ impl Compression {
 /// (`protocol`, `endpoint`, `headers`, `compression`, `timeout`, `tls`) then fall back to
 /// `OTEL_EXPORTER_OTLP_METRICS_<X>`, then `OTEL_EXPORTER_OTLP_<X>`, then their default, as the
 /// OpenTelemetry specification orders them; the others go straight to their default.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpExporterConfig {
     /// `grpc` or `http/protobuf`. Env: `PROTOCOL`. Default `grpc`.
@@ -185,10 +185,14 @@ pub struct RetryConfig {
     /// First backoff delay. Default `1s`.
     #[serde(default = "default_initial_interval", deserialize_with = "crate::config::duration::deserialize")]
     pub initial_interval: Duration,
-    /// Cap on the backoff delay. A delay the receiver asks for (`Retry-After`, gRPC
-    /// `RetryInfo`) is honoured even when longer. Default `30s`.
+    /// Cap on the backoff delay. Default `30s`.
     #[serde(default = "default_max_interval", deserialize_with = "crate::config::duration::deserialize")]
     pub max_interval: Duration,
+    /// Cap on a delay the receiver asks for (`Retry-After`, gRPC `RetryInfo`): a receiver
+    /// that says "come back tomorrow" must not stop delivery while the queue evicts. A longer
+    /// request is honoured up to this, then the batch is tried again. Default: `max_interval`.
+    #[serde(default, deserialize_with = "crate::config::duration::deserialize_option")]
+    pub max_requested_delay: Option<Duration>,
     /// Growth of the delay per attempt, at least 1. Default 2.
     #[serde(default = "default_multiplier")]
     pub multiplier: f64,
@@ -197,11 +201,19 @@ pub struct RetryConfig {
     pub jitter: Jitter,
 }
 
+impl RetryConfig {
+    /// The longest receiver-requested delay that is honoured as asked.
+    pub fn requested_delay_cap(&self) -> Duration {
+        self.max_requested_delay.unwrap_or(self.max_interval)
+    }
+}
+
 impl Default for RetryConfig {
     fn default() -> Self {
         RetryConfig {
             initial_interval: default_initial_interval(),
             max_interval: default_max_interval(),
+            max_requested_delay: None,
             multiplier: default_multiplier(),
             jitter: default_jitter(),
         }
@@ -244,8 +256,9 @@ pub enum Security {
     },
 }
 
-/// The configuration after the env fallback: every value known.
-#[derive(Debug, Clone, PartialEq)]
+/// The configuration after the env fallback: every value known. Its `Debug` shows header
+/// names but not their values, and the endpoint without its `user:password@`.
+#[derive(Clone, PartialEq)]
 pub struct ResolvedConfig {
     pub protocol: Protocol,
     /// gRPC: `http://` or `https://` URI of the server. HTTP: the full request URL.
@@ -257,6 +270,62 @@ pub struct ResolvedConfig {
     pub max_batch_points: usize,
     pub queue: QueueConfig,
     pub retry: RetryConfig,
+}
+
+impl std::fmt::Debug for ResolvedConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolvedConfig")
+            .field("protocol", &self.protocol)
+            .field("endpoint", &redact_url(&self.endpoint))
+            .field("headers", &RedactedHeaders(self.headers.iter().map(|(k, _)| k.as_str())))
+            .field("compression", &self.compression)
+            .field("timeout", &self.timeout)
+            .field("security", &self.security)
+            .field("max_batch_points", &self.max_batch_points)
+            .field("queue", &self.queue)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for OtlpExporterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpExporterConfig")
+            .field("protocol", &self.protocol)
+            .field("endpoint", &self.endpoint.as_deref().map(redact_url))
+            .field("headers", &self.headers.as_ref().map(|h| RedactedHeaders(h.keys().map(String::as_str))))
+            .field("compression", &self.compression)
+            .field("timeout", &self.timeout)
+            .field("tls", &self.tls)
+            .field("max_batch_points", &self.max_batch_points)
+            .field("queue", &self.queue)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+/// Header names with every value shown as `<redacted>`.
+struct RedactedHeaders<'a, I: Iterator<Item = &'a str> + Clone>(I);
+
+impl<'a, I: Iterator<Item = &'a str> + Clone> std::fmt::Debug for RedactedHeaders<'a, I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.0.clone().map(|k| (k, "<redacted>"))).finish()
+    }
+}
+
+/// The URL without the password of its `user:password@` (the user stays, to tell endpoints
+/// apart): what logs, errors and `Debug` show of an endpoint.
+pub fn redact_url(url: &str) -> std::borrow::Cow<'_, str> {
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[authority_start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..authority_start], &rest[at..]).into()
+        }
+        None => url.into(),
+    }
 }
 
 impl OtlpExporterConfig {
@@ -322,6 +391,9 @@ impl OtlpExporterConfig {
                 "retry.max_interval".to_owned(),
                 "must be at least retry.initial_interval".to_owned(),
             ));
+        }
+        if r.max_requested_delay == Some(Duration::ZERO) {
+            problems.push(("retry.max_requested_delay".to_owned(), "must be more than zero".to_owned()));
         }
         if !(r.multiplier.is_finite() && r.multiplier >= 1.0) {
             problems.push(("retry.multiplier".to_owned(), "must be a number of at least 1".to_owned()));
@@ -497,50 +569,69 @@ fn check_endpoint(endpoint: &str, protocol: Protocol) -> Result<(), String> {
     }
     let authority = rest.split('/').next().unwrap_or("");
     if authority.is_empty() {
-        return Err(format!("`{e}` has no host"));
+        return Err(format!("`{}` has no host", redact_url(e)));
     }
     if e.parse::<http::Uri>().is_err() {
-        return Err(format!("`{e}` is not a valid URL"));
+        return Err(format!("`{}` is not a valid URL", redact_url(e)));
     }
     Ok(())
 }
 
-fn check_header(name: &str, value: &str) -> Result<(), String> {
-    http::HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| format!("`{name}` is not a valid header name"))?;
-    http::HeaderValue::from_str(value).map_err(|_| "value is not a valid header value".to_owned())?;
-    Ok(())
+/// The one check of a header (gRPC metadata) entry, for validation and both transports: a
+/// valid header name that is not binary gRPC metadata (`-bin`), and a value of visible ASCII,
+/// space and tab. The reason never quotes the value: it is often a secret.
+pub fn check_header(name: &str, value: &str) -> Result<(http::HeaderName, http::HeaderValue), String> {
+    let key = http::HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("`{}` is not a valid header name", name.escape_debug()))?;
+    if key.as_str().ends_with("-bin") {
+        return Err("binary gRPC metadata (a name ending in -bin) is not supported".to_owned());
+    }
+    let value = http::HeaderValue::from_str(value).map_err(|_| {
+        "the value is not a valid header value (visible ASCII, spaces and tabs only)".to_owned()
+    })?;
+    Ok((key, value))
+}
+
+/// Every header, checked; the error names the bad header and why.
+pub fn header_map(headers: &[(String, String)]) -> Result<http::HeaderMap, (String, String)> {
+    let mut map = http::HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let (k, v) = check_header(name, value).map_err(|reason| (name.clone(), reason))?;
+        map.insert(k, v);
+    }
+    Ok(map)
 }
 
 /// Parses `k=v,k2=v2` (W3C baggage-like, values URL-decoded) as the OTLP spec defines
-/// `OTEL_EXPORTER_OTLP_HEADERS`.
+/// `OTEL_EXPORTER_OTLP_HEADERS`. Errors name the entry by position and key, never by value.
 pub fn parse_env_headers(text: &str) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
-    for item in text.split(',') {
+    for (i, item) in text.split(',').enumerate() {
         if item.trim().is_empty() {
             continue;
         }
-        let (k, v) = item.split_once('=').ok_or_else(|| format!("`{item}` is not key=value"))?;
-        let k = percent_decode(k.trim())?;
-        let v = percent_decode(v.trim())?;
+        let n = i + 1;
+        let (k, v) = item.split_once('=').ok_or_else(|| format!("entry {n} is not key=value"))?;
+        let k = percent_decode(k.trim()).map_err(|reason| format!("entry {n}: the key {reason}"))?;
+        let v = percent_decode(v.trim())
+            .map_err(|reason| format!("entry {n} (`{}`): the value {reason}", k.escape_debug()))?;
         if k.is_empty() {
-            return Err(format!("`{item}` has an empty key"));
+            return Err(format!("entry {n} has an empty key"));
         }
         out.push((k, v));
     }
     Ok(out)
 }
 
-fn percent_decode(text: &str) -> Result<String, String> {
+fn percent_decode(text: &str) -> Result<String, &'static str> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex =
-                bytes.get(i + 1..i + 3).ok_or_else(|| format!("`{text}` ends in a partial %-escape"))?;
-            let hex = std::str::from_utf8(hex).map_err(|_| format!("`{text}` has a bad %-escape"))?;
-            let b = u8::from_str_radix(hex, 16).map_err(|_| format!("`{text}` has a bad %-escape"))?;
+            let hex = bytes.get(i + 1..i + 3).ok_or("ends in a partial %-escape")?;
+            let hex = std::str::from_utf8(hex).map_err(|_| "has a bad %-escape")?;
+            let b = u8::from_str_radix(hex, 16).map_err(|_| "has a bad %-escape")?;
             out.push(b);
             i += 3;
         } else {
@@ -548,7 +639,7 @@ fn percent_decode(text: &str) -> Result<String, String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| format!("`{text}` does not decode to UTF-8"))
+    String::from_utf8(out).map_err(|_| "does not decode to UTF-8")
 }
 
 #[cfg(test)]
@@ -714,6 +805,33 @@ mod tests {
         assert!(keys.contains(&"OTEL_EXPORTER_OTLP_METRICS_TIMEOUT"), "{problems:?}");
         assert!(keys.contains(&"OTEL_EXPORTER_OTLP_PROTOCOL"), "{problems:?}");
         assert!(keys.contains(&"OTEL_EXPORTER_OTLP_HEADERS"), "{problems:?}");
+    }
+
+    #[test]
+    fn secrets_are_not_in_debug_output_or_header_errors() {
+        let c = yaml("endpoint: https://agent:pa55word@col:4317\nheaders: {authorization: Bearer t0psecret}");
+        let r = c.resolve(env_of(&[])).unwrap();
+        for text in [format!("{r:?}"), format!("{c:?}")] {
+            assert!(!text.contains("pa55word") && !text.contains("t0psecret"), "{text}");
+            assert!(text.contains("authorization") && text.contains("agent:***@col:4317"), "{text}");
+        }
+        for bad in ["authorization%3DBearer t0psecret", "k=t0psecret%zz", "=t0psecret", "a=b,k=t0psecret%C3"]
+        {
+            let env = env_of(&[("OTEL_EXPORTER_OTLP_HEADERS", bad)]);
+            let problems = OtlpExporterConfig::default().resolve(env).unwrap_err();
+            let text = format!("{problems:?}");
+            assert!(!text.contains("t0psecret"), "{bad}: {text}");
+            assert!(text.contains("entry"), "{bad}: names the entry: {text}");
+        }
+        let bad_value = yaml("headers: {x-key: \"t0psecret\\u0001\"}").validate().unwrap_err();
+        assert!(!format!("{bad_value:?}").contains("t0psecret"), "{bad_value:?}");
+        assert_eq!(bad_value[0].0, "headers.x-key");
+        assert_eq!(redact_url("http://u:p@h:1/a@b"), "http://u:***@h:1/a@b");
+        assert_eq!(redact_url("h:4317"), "h:4317");
+        assert!(
+            check_header("x-trace-bin", "AAAA").is_err(),
+            "binary metadata is refused for both protocols"
+        );
     }
 
     #[test]

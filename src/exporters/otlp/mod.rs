@@ -11,7 +11,7 @@ pub mod retry;
 pub mod transport;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,11 @@ impl ExporterStats {
 struct Shared {
     name: String,
     queue: Mutex<Queue>,
+    /// The queue is on disk: every operation on it is file I/O (an append is `fdatasync`ed).
+    on_disk: bool,
+    /// `queue.len()` after the last operation, readable without the lock (which a disk
+    /// operation may hold for as long as the disk takes).
+    len: AtomicUsize,
     wake: Notify,
     closing: AtomicBool,
     stats: Arc<ExporterStats>,
@@ -84,6 +89,31 @@ impl Shared {
     }
 }
 
+/// Runs `f` on the queue: for a disk queue on tokio's blocking pool, so a slow or stuck disk
+/// never holds an async worker (the runtime has two, shared by every exporter); a memory queue
+/// is cheap enough to use in place.
+async fn with_queue<R: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&mut Queue) -> R + Send + 'static,
+) -> R {
+    let run = |shared: &Shared| {
+        let mut queue = shared.queue();
+        let result = f(&mut queue);
+        shared.len.store(queue.len(), Ordering::Relaxed);
+        result
+    };
+    if !shared.on_disk {
+        return run(shared);
+    }
+    let shared = shared.clone();
+    match tokio::task::spawn_blocking(move || run(&shared)).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only when the runtime shuts down, which drops the awaiting task too.
+        Err(e) => panic!("queue operation cancelled: {e}"),
+    }
+}
+
 fn count(global: &AtomicU64, local: &AtomicU64, n: u64) {
     global.fetch_add(n, Ordering::Relaxed);
     local.fetch_add(n, Ordering::Relaxed);
@@ -93,7 +123,6 @@ pub struct OtlpExporter {
     shared: Arc<Shared>,
     batcher: Batcher,
     sender: Option<JoinHandle<()>>,
-    on_disk: bool,
 }
 
 impl OtlpExporter {
@@ -111,12 +140,13 @@ impl OtlpExporter {
         let (queue, on_disk) = match &config.queue.directory {
             Some(dir) => {
                 let (q, recovery) = DiskQueue::open(dir, config.queue.max_bytes)?;
-                if recovery.batches > 0 || recovery.truncated_bytes > 0 {
+                if recovery.batches > 0 || recovery.truncated_bytes > 0 || recovery.skipped_records > 0 {
                     tracing::info!(
                         exporter = name,
                         directory = %dir.display(),
                         batches = recovery.batches,
                         truncated_bytes = recovery.truncated_bytes,
+                        skipped_records = recovery.skipped_records,
                         "Recovered queued batches from disk; they are sent first, in order."
                     );
                 }
@@ -126,7 +156,9 @@ impl OtlpExporter {
         };
         let shared = Arc::new(Shared {
             name: name.to_owned(),
+            len: AtomicUsize::new(queue.len()),
             queue: Mutex::new(queue),
+            on_disk,
             wake: Notify::new(),
             closing: AtomicBool::new(false),
             stats: Arc::new(ExporterStats::default()),
@@ -134,16 +166,15 @@ impl OtlpExporter {
         let sender = tokio::spawn(run_sender(shared.clone(), transport, config.retry.clone()));
         tracing::info!(
             exporter = name,
-            endpoint = %config.endpoint,
+            endpoint = %config::redact_url(&config.endpoint),
             protocol = ?config.protocol,
-            on_disk,
+            on_disk = shared.on_disk,
             "OTLP exporter started."
         );
         Ok(OtlpExporter {
             shared,
             batcher: Batcher::new(config.max_batch_points, DEFAULT_MAX_BYTES),
             sender: Some(sender),
-            on_disk,
         })
     }
 
@@ -153,10 +184,10 @@ impl OtlpExporter {
 
     /// Batches waiting, the one in flight included.
     pub fn queued(&self) -> usize {
-        self.shared.queue().len()
+        self.shared.len.load(Ordering::Relaxed)
     }
 
-    fn enqueue(&self, sweep: &Sweep) -> Result<(), OtlpError> {
+    async fn enqueue(&self, sweep: &Sweep) -> Result<(), OtlpError> {
         if self.shared.closing.load(Ordering::Acquire) {
             return Err(OtlpError::ShutDown(self.shared.name.clone()));
         }
@@ -165,41 +196,35 @@ impl OtlpExporter {
         if batches.is_empty() {
             return Ok(());
         }
-        let telemetry = Telemetry::global();
-        let stats = &self.shared.stats;
-        let result = {
-            let mut queue = self.shared.queue();
-            let mut result = Ok(());
-            for batch in batches {
-                match queue.push(batch) {
-                    Ok(evicted) => {
-                        stats.batches_queued.fetch_add(1, Ordering::Relaxed);
-                        if evicted > 0 {
-                            count(&telemetry.batches_evicted, &stats.batches_evicted, evicted as u64);
-                            crate::warn_limited!(
-                                "otlp_queue_full",
-                                exporter = %self.shared.name,
-                                evicted,
-                                "The OTLP queue is full; evicting the oldest batches."
-                            );
-                        }
-                    }
-                    Err(e) => {
-                        result = Err(e.into());
-                        break;
-                    }
-                }
-            }
-            result
-        };
+        let shared = self.shared.clone();
+        let result = with_queue(&self.shared, move |queue| push_all(&shared, queue, batches)).await;
         self.shared.wake.notify_one();
         result
     }
 }
 
+fn push_all(shared: &Shared, queue: &mut Queue, batches: Vec<Bytes>) -> Result<(), OtlpError> {
+    let telemetry = Telemetry::global();
+    let stats = &shared.stats;
+    for batch in batches {
+        let evicted = queue.push(batch)?;
+        stats.batches_queued.fetch_add(1, Ordering::Relaxed);
+        if evicted > 0 {
+            count(&telemetry.batches_evicted, &stats.batches_evicted, evicted as u64);
+            crate::warn_limited!(
+                "otlp_queue_full",
+                exporter = %shared.name,
+                evicted,
+                "The OTLP queue is full; evicting the oldest batches."
+            );
+        }
+    }
+    Ok(())
+}
+
 impl Exporter for OtlpExporter {
     fn export(&mut self, sweep: Arc<Sweep>) -> BoxFuture<'_, Result<(), BoxError>> {
-        Box::pin(async move { self.enqueue(&sweep).map_err(Into::into) })
+        Box::pin(async move { self.enqueue(&sweep).await.map_err(Into::into) })
     }
 
     fn shutdown(&mut self, deadline: Instant) -> BoxFuture<'_, Result<(), BoxError>> {
@@ -212,10 +237,10 @@ impl Exporter for OtlpExporter {
                 sender.abort();
                 let _ = sender.await;
             }
-            let left = self.shared.queue().len();
+            let left = self.shared.len.load(Ordering::Relaxed);
             if left == 0 {
                 tracing::info!(exporter = %self.shared.name, "OTLP exporter flushed its queue.");
-            } else if self.on_disk {
+            } else if self.shared.on_disk {
                 tracing::info!(
                     exporter = %self.shared.name,
                     batches = left,
@@ -251,7 +276,7 @@ async fn run_sender(shared: Arc<Shared>, mut transport: Transport, retry: config
     // Backoff of the batch being retried, keyed by its sequence number.
     let mut backoff: Option<(u64, Backoff)> = None;
     loop {
-        let head = shared.queue().head();
+        let head = with_queue(&shared, |q| q.head()).await;
         let head = match head {
             Ok(Some(head)) => head,
             Ok(None) => {
@@ -272,11 +297,12 @@ async fn run_sender(shared: Arc<Shared>, mut transport: Transport, retry: config
                     reason,
                     "A queued batch is unreadable; dropping it."
                 );
-                let mut q = shared.queue();
-                let seq = q.head_seq();
-                if let Some(seq) = seq {
-                    let _ = q.ack(seq);
-                }
+                with_queue(&shared, |q| {
+                    if let Some(seq) = q.head_seq() {
+                        let _ = q.ack(seq);
+                    }
+                })
+                .await;
                 continue;
             }
             Err(e) => {
@@ -325,7 +351,7 @@ async fn run_sender(shared: Arc<Shared>, mut transport: Transport, retry: config
                     exporter = %name,
                     error = %detail,
                     retry_in = ?delay,
-                    queued = shared.queue().len(),
+                    queued = shared.len.load(Ordering::Relaxed),
                     "The OTLP receiver did not take the batch; retrying, newer batches wait behind it."
                 );
                 tokio::time::sleep(delay).await;
@@ -334,7 +360,8 @@ async fn run_sender(shared: Arc<Shared>, mut transport: Transport, retry: config
         };
         if finished {
             backoff = None;
-            if let Err(e) = shared.queue().ack(head.seq) {
+            let seq = head.seq;
+            if let Err(e) = with_queue(&shared, move |q| q.ack(seq)).await {
                 crate::warn_limited!("otlp_queue_ack", exporter = %name, error = %e, "Cannot record a delivered batch in the queue; it may be sent again after a restart.");
             }
         }

@@ -21,9 +21,14 @@
 //! Durability: each appended record is `fdatasync`ed before `push` returns, and a new segment's
 //! directory entry is synced, so an accepted batch survives a crash or power loss. The `acked`
 //! file is not synced: after a crash it may lag, and the batches after it are sent again
-//! (at-least-once, never lost). On open, a record that is cut short or fails its CRC (a write
-//! torn by the crash) is truncated away with everything after it in that segment; records
-//! before it are kept.
+//! (at-least-once, never lost). On open, damage is resynchronised past ([`scan_segment`]): a
+//! record that fails its CRC in the middle of a segment is skipped, counted, and the intact
+//! records after it are kept; damage with no intact record after it (a write torn by the
+//! crash) is truncated away. When a damaged length hid how many records a stretch held, the
+//! records after it are sent even if the ack mark says they were delivered.
+//!
+//! The directory must belong to the agent's user and not be writable by group or others, and
+//! no file in it is opened through a symbolic link.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -56,6 +61,10 @@ pub enum QueueError {
     InUse { path: PathBuf },
     #[error("a batch of {len} bytes is larger than a queue record may be ({MAX_RECORD} bytes), in {path}")]
     TooLarge { path: PathBuf, len: usize },
+    #[error("queue directory {path} is refused: {reason}")]
+    UnsafeDirectory { path: PathBuf, reason: String },
+    #[error("queue file {path} is a symbolic link; it is not followed (remove it, the queue's files are plain files)")]
+    Symlink { path: PathBuf },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> QueueError + '_ {
@@ -236,29 +245,120 @@ pub struct Recovery {
     pub batches: usize,
     /// Bytes cut off damaged segment tails.
     pub truncated_bytes: u64,
+    /// Damaged records skipped in the middle of segments (a lower bound when a damaged
+    /// length hid how many there were), counted as dropped batches too.
+    pub skipped_records: u64,
+    pub skipped_bytes: u64,
 }
 
 fn segment_name(first_seq: u64) -> String {
     format!("{first_seq:020}{SEGMENT_SUFFIX}")
 }
 
-/// Scans one segment's bytes: the complete, intact records and where the intact prefix ends.
-pub fn scan_segment(data: &[u8]) -> (Vec<(u64, u32)>, u64) {
-    let mut records = Vec::new();
-    let mut offset = 0usize;
-    while offset + RECORD_HEADER <= data.len() {
-        let len = u32::from_le_bytes([data[offset], data[offset + 1], data[offset + 2], data[offset + 3]]);
-        let crc =
-            u32::from_le_bytes([data[offset + 4], data[offset + 5], data[offset + 6], data[offset + 7]]);
-        let start = offset + RECORD_HEADER;
-        let Some(end) = start.checked_add(len as usize) else { break };
-        if len > MAX_RECORD || end > data.len() || crc32(&data[start..end]) != crc {
-            break;
-        }
-        records.push((offset as u64, len));
-        offset = end;
+/// One intact record found by [`scan_segment`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScannedRecord {
+    pub offset: u64,
+    pub len: u32,
+    /// Position in the segment (its sequence number minus the segment's first), counting a
+    /// damaged stretch of unknown size as one record.
+    pub index: u64,
+    /// After a damaged stretch whose record count is unknown: the index may be too low, so
+    /// the ack mark cannot tell whether this record was delivered.
+    pub index_uncertain: bool,
+}
+
+/// A damaged stretch in the middle of a segment, skipped to the next intact record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Skipped {
+    pub offset: u64,
+    pub bytes: u64,
+    /// `Some(1)` when the damaged record's length field was intact (its payload failed the
+    /// CRC and an intact record follows right after it); `None` when the length was damaged
+    /// too and the next record was found by scanning, so the stretch held one or more.
+    pub records: Option<u64>,
+}
+
+/// What [`scan_segment`] found in one segment's bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scan {
+    pub records: Vec<ScannedRecord>,
+    pub skipped: Vec<Skipped>,
+    /// Where the last intact record ends: what follows is a torn or damaged tail, cut off.
+    pub good_len: u64,
+    /// Records the segment holds by this count: the next index.
+    pub count: u64,
+}
+
+/// Payload length of an intact record at `offset`, if there is one.
+fn record_at(data: &[u8], offset: usize) -> Option<u32> {
+    let header = data.get(offset..offset.checked_add(RECORD_HEADER)?)?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if len > MAX_RECORD {
+        return None;
     }
-    (records, offset as u64)
+    let payload = data.get(offset + RECORD_HEADER..(offset + RECORD_HEADER).checked_add(len as usize)?)?;
+    (crc32(payload) == crc).then_some(len)
+}
+
+/// Scans one segment's bytes for intact records, resynchronising past damage: a record whose
+/// payload fails its CRC but whose length leads to an intact record is skipped as one record;
+/// otherwise the next offset where an intact record starts (length in bounds, CRC matches) is
+/// searched for byte by byte. Damage with no intact record after it is the tail, cut off.
+pub fn scan_segment(data: &[u8]) -> Scan {
+    let mut scan = Scan::default();
+    let mut offset = 0usize;
+    let mut uncertain = false;
+    // The byte-by-byte search computes CRCs; a crafted file must not make recovery quadratic.
+    let mut search_budget = 4 * data.len() + (1 << 20);
+    while offset < data.len() {
+        if let Some(len) = record_at(data, offset) {
+            scan.records.push(ScannedRecord {
+                offset: offset as u64,
+                len,
+                index: scan.count,
+                index_uncertain: uncertain,
+            });
+            scan.count += 1;
+            offset += RECORD_HEADER + len as usize;
+            scan.good_len = offset as u64;
+            continue;
+        }
+        let claimed_end = data.get(offset..offset + 4).and_then(|h| {
+            let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+            (len <= MAX_RECORD).then(|| offset + RECORD_HEADER + len as usize)
+        });
+        let next = match claimed_end {
+            Some(end) if end < data.len() && record_at(data, end).is_some() => Some((end, Some(1))),
+            _ => {
+                let mut found = None;
+                for candidate in offset + 1..data.len().saturating_sub(RECORD_HEADER - 1) {
+                    let claimed = data
+                        .get(candidate..candidate + 4)
+                        .map_or(0, |h| u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize);
+                    if candidate + RECORD_HEADER + claimed > data.len() {
+                        continue;
+                    }
+                    if search_budget < claimed {
+                        break;
+                    }
+                    search_budget -= claimed + 1;
+                    if record_at(data, candidate).is_some() {
+                        found = Some((candidate, None));
+                        break;
+                    }
+                }
+                found
+            }
+        };
+        let Some((next, records)) = next else { break };
+        scan.skipped.push(Skipped { offset: offset as u64, bytes: (next - offset) as u64, records });
+        scan.count += 1;
+        uncertain |= records.is_none();
+        offset = next;
+    }
+    scan
 }
 
 fn crc32(data: &[u8]) -> u32 {
@@ -267,11 +367,65 @@ fn crc32(data: &[u8]) -> u32 {
     crc.sum()
 }
 
+/// Opens a file of the queue without following a symbolic link in its last component: the
+/// agent runs as root, and a link planted in the directory must not make it read, truncate or
+/// append to a file elsewhere.
+fn open_nofollow(options: &mut OpenOptions, path: &Path) -> Result<File, QueueError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    options.custom_flags(libc::O_NOFOLLOW).open(path).map_err(|source| {
+        if source.raw_os_error() == Some(libc::ELOOP) {
+            QueueError::Symlink { path: path.to_owned() }
+        } else {
+            QueueError::Io { path: path.to_owned(), source }
+        }
+    })
+}
+
+/// The whole file, or `None` when it does not exist.
+fn read_nofollow(path: &Path) -> Result<Option<Vec<u8>>, QueueError> {
+    use std::io::Read;
+    let mut file = match open_nofollow(OpenOptions::new().read(true), path) {
+        Ok(f) => f,
+        Err(QueueError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut data = Vec::new();
+    file.read_to_end(&mut data).map_err(io_err(path))?;
+    Ok(Some(data))
+}
+
+/// Creates the directory (mode 0700) if missing and refuses one that another user could write
+/// to: whoever can create entries in it could make the agent's files point elsewhere, or
+/// feed it batches to send with the agent's credentials.
+fn prepare_dir(dir: &Path) -> Result<(), QueueError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err(dir))?;
+    let meta = fs::metadata(dir).map_err(io_err(dir))?;
+    let refuse = |reason: String| Err(QueueError::UnsafeDirectory { path: dir.to_owned(), reason });
+    if !meta.is_dir() {
+        return refuse("it is not a directory".to_owned());
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return refuse(format!(
+            "it is writable by group or others (mode {mode:04o}); make it private (chmod 700)"
+        ));
+    }
+    // SAFETY: geteuid(2) cannot fail and has no arguments.
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != euid {
+        return refuse(format!(
+            "it is owned by uid {}, not by the agent's user (uid {euid}); chown it or choose another",
+            meta.uid()
+        ));
+    }
+    Ok(())
+}
+
 fn lock_dir(dir: &Path) -> Result<File, QueueError> {
     use std::os::fd::AsRawFd;
     let path = dir.join(LOCK_FILE);
-    let file =
-        OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path))?;
+    let file = open_nofollow(OpenOptions::new().create(true).truncate(false).write(true), &path)?;
     // SAFETY: flock(2) on a descriptor this function owns.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let err = io::Error::last_os_error();
@@ -291,17 +445,18 @@ fn sync_dir(dir: &Path) -> Result<(), QueueError> {
 impl DiskQueue {
     /// Opens (creating if needed) the queue in `dir`, recovering what a previous run left.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<(DiskQueue, Recovery), QueueError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        prepare_dir(dir)?;
         let lock = lock_dir(dir)?;
         let acked_path = dir.join(ACKED_FILE);
-        let acked = match fs::read_to_string(&acked_path) {
-            Ok(text) => text.trim().parse::<u64>().unwrap_or_else(|_| {
-                // Re-sending everything is the at-least-once answer to a damaged ack mark.
-                tracing::warn!(path = %acked_path.display(), "The queue's ack mark is unreadable; every queued batch will be sent again.");
-                0
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-            Err(source) => return Err(QueueError::Io { path: acked_path, source }),
+        let acked = match read_nofollow(&acked_path)? {
+            Some(text) => {
+                std::str::from_utf8(&text).ok().and_then(|t| t.trim().parse::<u64>().ok()).unwrap_or_else(|| {
+                    // Re-sending everything is the at-least-once answer to a damaged ack mark.
+                    tracing::warn!(path = %acked_path.display(), "The queue's ack mark is unreadable; every queued batch will be sent again.");
+                    0
+                })
+            }
+            None => 0,
         };
 
         let mut firsts: Vec<u64> = Vec::new();
@@ -331,41 +486,56 @@ impl DiskQueue {
         let mut recovery = Recovery::default();
         for first in firsts {
             let path = dir.join(segment_name(first));
-            let data = fs::read(&path).map_err(io_err(&path))?;
-            let (found, good_len) = scan_segment(&data);
+            let data = read_nofollow(&path)?.unwrap_or_default();
+            let scan = scan_segment(&data);
+            if !scan.skipped.is_empty() {
+                let bytes: u64 = scan.skipped.iter().map(|k| k.bytes).sum();
+                let records: u64 = scan.skipped.iter().map(|k| k.records.unwrap_or(1)).sum();
+                let exact = scan.skipped.iter().all(|k| k.records.is_some());
+                tracing::warn!(
+                    path = %path.display(),
+                    offset = scan.skipped[0].offset,
+                    bytes,
+                    records,
+                    exact,
+                    "A queue segment has damaged records; skipping them and keeping the intact records after them."
+                );
+                recovery.skipped_bytes += bytes;
+                recovery.skipped_records += records;
+                Telemetry::global().batches_dropped.fetch_add(records, Ordering::Relaxed);
+            }
+            let good_len = scan.good_len;
             if good_len < data.len() as u64 {
                 let cut = data.len() as u64 - good_len;
                 tracing::warn!(
                     path = %path.display(),
                     offset = good_len,
                     bytes = cut,
-                    kept = found.len(),
+                    kept = scan.records.len(),
                     "A queue segment ends in a damaged or torn record; truncating it there and keeping the records before."
                 );
-                let f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
+                let f = open_nofollow(OpenOptions::new().write(true), &path)?;
                 f.set_len(good_len).map_err(io_err(&path))?;
                 f.sync_all().map_err(io_err(&path))?;
                 recovery.truncated_bytes += cut;
             }
-            for (i, (offset, len)) in found.iter().enumerate() {
-                let seq = first + i as u64;
-                if seq >= acked {
+            for r in &scan.records {
+                let seq = first + r.index;
+                // After damage of unknown size the index may be too low: such a record may
+                // not have been delivered yet whatever the ack mark says, so it is sent
+                // (again): at least once, never lost.
+                if seq >= acked || r.index_uncertain {
                     q.records.push_back(RecordLoc {
                         seq,
                         segment_first_seq: first,
-                        offset: *offset,
-                        len: *len,
+                        offset: r.offset,
+                        len: r.len,
                     });
-                    q.gauge.add(cost(*len as usize));
+                    q.gauge.add(cost(r.len as usize));
                 }
             }
-            q.next_seq = q.next_seq.max(first + found.len() as u64);
-            q.segments.push_back(SegmentMeta {
-                first_seq: first,
-                path,
-                count: found.len() as u64,
-                len: good_len,
-            });
+            q.next_seq = q.next_seq.max(first + scan.count);
+            q.segments.push_back(SegmentMeta { first_seq: first, path, count: scan.count, len: good_len });
         }
         q.drop_consumed_segments()?;
         // A smaller bound than last time applies at once.
@@ -384,6 +554,11 @@ impl DiskQueue {
     }
 
     fn push(&mut self, payload: &[u8]) -> Result<usize, QueueError> {
+        // Checked before evicting: a batch that cannot be stored must not empty the queue.
+        let len = u32::try_from(payload.len())
+            .ok()
+            .filter(|l| *l <= MAX_RECORD)
+            .ok_or_else(|| QueueError::TooLarge { path: self.dir.clone(), len: payload.len() })?;
         let mut evicted = 0;
         while !self.records.is_empty() && self.gauge.bytes + cost(payload.len()) > self.max_bytes {
             self.pop_front()?;
@@ -393,13 +568,6 @@ impl DiskQueue {
             self.write_acked()?;
             self.drop_consumed_segments()?;
         }
-        let len = u32::try_from(payload.len()).ok().filter(|l| *l <= MAX_RECORD).ok_or_else(|| {
-            QueueError::Corrupt {
-                path: self.dir.clone(),
-                offset: 0,
-                reason: "batch larger than a queue record may be",
-            }
-        })?;
         let rotate = self.segments.back().map(|s| s.len >= SEGMENT_BYTES).unwrap_or(true);
         if rotate || self.writer.is_none() {
             self.open_writer(rotate)?;
@@ -433,7 +601,7 @@ impl DiskQueue {
             && self.segments.back().map(|s| s.first_seq + s.count == self.next_seq).unwrap_or(false);
         if !reuse {
             let path = self.dir.join(segment_name(self.next_seq));
-            let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+            let file = open_nofollow(OpenOptions::new().create(true).append(true), &path)?;
             // Start clean even if a file of that name was left behind empty.
             file.set_len(0).map_err(io_err(&path))?;
             sync_dir(&self.dir)?;
@@ -441,7 +609,7 @@ impl DiskQueue {
             self.writer = Some(file);
         } else {
             let seg = self.segments.back().expect("checked above");
-            let file = OpenOptions::new().append(true).open(&seg.path).map_err(io_err(&seg.path))?;
+            let file = open_nofollow(OpenOptions::new().append(true), &seg.path)?;
             self.writer = Some(file);
         }
         Ok(())
@@ -450,7 +618,7 @@ impl DiskQueue {
     fn head(&mut self) -> Result<Option<Head>, QueueError> {
         let Some(loc) = self.records.front().copied() else { return Ok(None) };
         let path = self.dir.join(segment_name(loc.segment_first_seq));
-        let file = File::open(&path).map_err(io_err(&path))?;
+        let file = open_nofollow(OpenOptions::new().read(true), &path)?;
         let mut buf = vec![0u8; RECORD_HEADER + loc.len as usize];
         file.read_exact_at(&mut buf, loc.offset).map_err(io_err(&path))?;
         let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
@@ -477,14 +645,16 @@ impl DiskQueue {
     fn pop_front(&mut self) -> Result<(), QueueError> {
         if let Some(loc) = self.records.pop_front() {
             self.gauge.sub(cost(loc.len as usize));
-            self.acked = loc.seq + 1;
+            // A record re-sent after damage of unknown size may sit below the mark.
+            self.acked = self.acked.max(loc.seq + 1);
         }
         Ok(())
     }
 
     fn write_acked(&self) -> Result<(), QueueError> {
         let tmp = self.dir.join(ACKED_TMP);
-        fs::write(&tmp, format!("{}\n", self.acked)).map_err(io_err(&tmp))?;
+        let mut file = open_nofollow(OpenOptions::new().create(true).write(true).truncate(true), &tmp)?;
+        file.write_all(format!("{}\n", self.acked).as_bytes()).map_err(io_err(&tmp))?;
         let path = self.dir.join(ACKED_FILE);
         fs::rename(&tmp, &path).map_err(io_err(&path))
     }
@@ -699,7 +869,123 @@ mod tests {
         data.extend_from_slice(&u32::MAX.to_le_bytes());
         data.extend_from_slice(&0u32.to_le_bytes());
         data.extend_from_slice(b"short");
-        assert_eq!(scan_segment(&data), (Vec::new(), 0));
-        assert_eq!(scan_segment(&[1, 2, 3]), (Vec::new(), 0));
+        assert_eq!(scan_segment(&data), Scan::default());
+        assert_eq!(scan_segment(&[1, 2, 3]), Scan::default());
+    }
+
+    fn write_records(dir: &Path, n: u32) -> Vec<u64> {
+        let (mut q, _) = DiskQueue::open(dir, 1 << 20).unwrap();
+        for i in 0..n {
+            q.push(&payload(i)).unwrap();
+        }
+        q.records.iter().map(|r| r.offset).collect()
+    }
+
+    #[test]
+    fn a_damaged_record_in_the_middle_is_skipped_and_the_records_after_it_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let offsets = write_records(dir.path(), 6);
+        let seg = dir.path().join(segment_name(0));
+        let mut data = fs::read(&seg).unwrap();
+        data[offsets[2] as usize + RECORD_HEADER + 1] ^= 0x55; // payload of record 2
+        fs::write(&seg, &data).unwrap();
+        let (mut q, rec) = DiskQueue::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!((rec.batches, rec.skipped_records, rec.truncated_bytes), (5, 1, 0), "{rec:?}");
+        assert_eq!(rec.skipped_bytes, (RECORD_HEADER + payload(2).len()) as u64);
+        q.push(&payload(99)).unwrap();
+        drop(q);
+        // Reopening finds the same damage and numbers the records the same way.
+        let (q, rec) = DiskQueue::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(rec.batches, 6);
+        let expected: Vec<Bytes> = [0, 1, 3, 4, 5, 99].into_iter().map(payload).collect();
+        assert_eq!(drain(&mut Queue::Disk(q)), expected);
+    }
+
+    #[test]
+    fn a_damaged_length_is_resynchronised_and_nothing_undelivered_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let offsets = write_records(dir.path(), 6);
+        {
+            let (q, _) = DiskQueue::open(dir.path(), 1 << 20).unwrap();
+            let mut q = Queue::Disk(q);
+            for _ in 0..3 {
+                let h = q.head().unwrap().unwrap();
+                q.ack(h.seq).unwrap();
+            }
+        }
+        let seg = dir.path().join(segment_name(0));
+        let mut data = fs::read(&seg).unwrap();
+        let at = offsets[1] as usize;
+        data[at..at + 4].copy_from_slice(&0x00ff_fff0u32.to_le_bytes()); // length of record 1
+        fs::write(&seg, &data).unwrap();
+        let (q, rec) = DiskQueue::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(rec.skipped_records, 1, "{rec:?}");
+        assert_eq!(rec.truncated_bytes, 0);
+        // Records 2 and 4..5 are after damage of unknown size: the ack mark (3) cannot be
+        // trusted for them, so 2 is sent again rather than risk losing 3..5.
+        let expected: Vec<Bytes> = [2, 3, 4, 5].into_iter().map(payload).collect();
+        assert_eq!(drain(&mut Queue::Disk(q)), expected);
+        let (_, rec) = DiskQueue::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(rec.batches, 0, "delivered records stay delivered: {rec:?}");
+    }
+
+    #[test]
+    fn a_batch_too_large_for_a_record_is_too_large_and_evicts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        write_records(dir.path(), 3);
+        let (mut q, _) = DiskQueue::open(dir.path(), 1 << 20).unwrap();
+        let huge = vec![0u8; MAX_RECORD as usize + 1];
+        let err = q.push(&huge).unwrap_err();
+        assert!(matches!(err, QueueError::TooLarge { len, .. } if len == huge.len()), "{err}");
+        assert_eq!(q.records.len(), 3, "the queued batches are still there");
+    }
+
+    #[test]
+    fn queue_files_are_not_opened_through_symbolic_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        fs::write(&victim, b"precious, not a queue segment").unwrap();
+        let link = dir.path().join(segment_name(0));
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let err = DiskQueue::open(dir.path(), 1 << 20).err().expect("a linked segment is refused");
+        assert!(matches!(&err, QueueError::Symlink { path } if *path == link), "{err}");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(fs::read(&victim).unwrap(), b"precious, not a queue segment");
+
+        fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(ACKED_FILE)).unwrap();
+        let err = DiskQueue::open(dir.path(), 1 << 20).err().expect("a linked ack mark is refused");
+        assert!(matches!(err, QueueError::Symlink { .. }), "{err}");
+        assert_eq!(fs::read(&victim).unwrap(), b"precious, not a queue segment");
+    }
+
+    #[test]
+    fn a_directory_others_can_write_to_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        for mode in [0o777, 0o1777, 0o720, 0o702] {
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(mode)).unwrap();
+            let err = DiskQueue::open(dir.path(), 1 << 20).err().expect("refused");
+            assert!(matches!(err, QueueError::UnsafeDirectory { .. }), "{mode:o}: {err}");
+            assert!(err.to_string().contains("writable by group or others"), "{err}");
+        }
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o750)).unwrap();
+        assert!(DiskQueue::open(dir.path(), 1 << 20).is_ok(), "0750 is fine");
+        // SAFETY: geteuid has no arguments; chown on a path this test owns.
+        if unsafe { libc::geteuid() } == 0 {
+            let c = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+            assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+            let err = DiskQueue::open(dir.path(), 1 << 20).err().expect("refused");
+            assert!(err.to_string().contains("owned by uid 65534"), "{err}");
+        }
+        let fresh = dir.path().join("new/queue");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        if unsafe { libc::geteuid() } == 0 {
+            let c = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+            assert_eq!(unsafe { libc::chown(c.as_ptr(), 0, 0) }, 0);
+        }
+        DiskQueue::open(&fresh, 1 << 20).unwrap();
+        assert_eq!(fs::metadata(&fresh).unwrap().permissions().mode() & 0o777, 0o700, "created private");
     }
 }

@@ -10,12 +10,14 @@
 //! | gRPC `RESOURCE_EXHAUSTED` with `RetryInfo` | retry after its delay |
 //! | gRPC `RESOURCE_EXHAUSTED` without `RetryInfo`, any other code | drop |
 //! | HTTP 429, 502, 503, 504 | retry; `Retry-After` (seconds or HTTP-date) is honoured |
+//! | HTTP 3xx (redirects are not followed) | drop, logged with the `Location` |
 //! | any other HTTP status | drop |
 //! | no answer: connection refused or reset, TLS failure, timeout | retry |
 //!
 //! Without a delay from the receiver the wait is exponential (`initial_interval` times
 //! `multiplier` per attempt, capped at `max_interval`) with full or decorrelated jitter. A
-//! delay the receiver asks for is used as given, even above `max_interval`.
+//! delay the receiver asks for is used as given up to `max_requested_delay` (by default
+//! `max_interval`), and capped there.
 
 use std::time::{Duration, SystemTime};
 
@@ -78,6 +80,8 @@ pub fn http_decision(status: u16, retry_after: Option<&str>, now: SystemTime) ->
         429 | 502 | 503 | 504 => {
             Decision::Retry { after: retry_after.and_then(|v| parse_retry_after(v, now)) }
         }
+        // A moved endpoint is a configuration error: retrying the same URL cannot succeed.
+        300..=399 => Decision::Drop { kind: "http_redirect" },
         400 => Decision::Drop { kind: "http_400" },
         401 | 403 => Decision::Drop { kind: "http_unauthorized" },
         404 => Decision::Drop { kind: "http_404" },
@@ -141,7 +145,7 @@ impl Backoff {
                 if d.is_zero() {
                     own
                 } else {
-                    d
+                    d.min(self.config.requested_delay_cap())
                 }
             }
             None => self.next_delay(rng),
@@ -239,6 +243,7 @@ mod tests {
         RetryConfig {
             initial_interval: Duration::from_millis(100),
             max_interval: Duration::from_secs(2),
+            max_requested_delay: Some(Duration::from_secs(10)),
             multiplier: 2.0,
             jitter,
         }
@@ -278,5 +283,16 @@ mod tests {
         assert_eq!(b.delay_for(Some(Duration::from_secs(9)), &mut rng), Duration::from_secs(9));
         assert_eq!(b.delay_for(None, &mut rng), Duration::from_millis(200));
         assert_eq!(b.delay_for(Some(Duration::ZERO), &mut rng), Duration::from_millis(400));
+    }
+
+    #[test]
+    fn a_requested_delay_is_capped() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut b = Backoff::new(&config(Jitter::None));
+        let day = Duration::from_secs(86_400);
+        assert_eq!(b.delay_for(Some(day), &mut rng), Duration::from_secs(10), "max_requested_delay");
+        let default_cap = RetryConfig { max_requested_delay: None, ..config(Jitter::None) };
+        let mut b = Backoff::new(&default_cap);
+        assert_eq!(b.delay_for(Some(day), &mut rng), Duration::from_secs(2), "max_interval by default");
     }
 }

@@ -10,10 +10,10 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 };
 use prost::Message;
 use tonic::codec::CompressionEncoding;
-use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
+use tonic::metadata::MetadataMap;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use super::config::{Compression, Protocol, ResolvedConfig, Security};
+use super::config::{redact_url, Compression, Protocol, ResolvedConfig, Security};
 use super::retry::{grpc_status_decision, http_decision, Decision};
 use super::OtlpError;
 
@@ -47,6 +47,11 @@ impl Transport {
     }
 }
 
+/// The configured headers, checked once by the same function for both protocols.
+fn headers(config: &ResolvedConfig) -> Result<http::HeaderMap, OtlpError> {
+    super::config::header_map(&config.headers).map_err(|(name, reason)| OtlpError::Header { name, reason })
+}
+
 fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, OtlpError> {
     std::fs::read(path).map_err(|source| OtlpError::TlsFile { path: path.to_owned(), source })
 }
@@ -60,19 +65,22 @@ fn partial(response: Option<ExportMetricsServiceResponse>) -> Outcome {
 
 pub struct GrpcTransport {
     client: MetricsServiceClient<Channel>,
-    metadata: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
+    // Boxed: a header map would make this variant of `Transport` large.
+    metadata: Box<MetadataMap>,
 }
 
 impl GrpcTransport {
     fn new(config: &ResolvedConfig) -> Result<GrpcTransport, OtlpError> {
         let bad_endpoint = |e: &dyn std::fmt::Display| OtlpError::Endpoint {
-            endpoint: config.endpoint.clone(),
+            endpoint: redact_url(&config.endpoint).into_owned(),
             reason: e.to_string(),
         };
         let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
             .map_err(|e| bad_endpoint(&e))?
             .timeout(config.timeout)
-            .connect_timeout(config.timeout);
+            .connect_timeout(config.timeout)
+            // Bounds the status message and details a receiver can make us hold.
+            .http2_max_header_list_size(MAX_RESPONSE_BODY as u32);
         if let Security::Tls { ca_file, client } = &config.security {
             let mut tls = ClientTlsConfig::new();
             tls = match ca_file {
@@ -86,20 +94,13 @@ impl GrpcTransport {
         }
         // Lazy: the agent starts while the collector is down; the queue covers the gap.
         let channel = endpoint.connect_lazy();
-        let mut client = MetricsServiceClient::new(channel).max_decoding_message_size(4 * 1024 * 1024);
+        let mut client = MetricsServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BODY);
         if config.compression == Compression::Gzip {
             client = client
                 .send_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Gzip);
         }
-        let mut metadata = Vec::with_capacity(config.headers.len());
-        for (k, v) in &config.headers {
-            let key = AsciiMetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
-                .map_err(|e| OtlpError::Header { name: k.clone(), reason: e.to_string() })?;
-            let value = AsciiMetadataValue::try_from(v.as_str())
-                .map_err(|e| OtlpError::Header { name: k.clone(), reason: e.to_string() })?;
-            metadata.push((key, value));
-        }
+        let metadata = Box::new(MetadataMap::from_headers(headers(config)?));
         Ok(GrpcTransport { client, metadata })
     }
 
@@ -114,15 +115,10 @@ impl GrpcTransport {
             }
         };
         let mut request = tonic::Request::new(message);
-        for (k, v) in &self.metadata {
-            request.metadata_mut().insert(k.clone(), v.clone());
-        }
+        *request.metadata_mut() = (*self.metadata).clone();
         match self.client.export(request).await {
             Ok(response) => partial(Some(response.into_inner())),
-            Err(status) => Outcome::Failed {
-                decision: grpc_status_decision(&status),
-                detail: format!("gRPC {:?}: {}", status.code(), status.message()),
-            },
+            Err(status) => grpc_failure(&status),
         }
     }
 }
@@ -138,21 +134,17 @@ impl HttpTransport {
         // reqwest is built without a default crypto provider; ring is the project's choice.
         // Another part of the agent may have installed it already, which is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut headers = http::HeaderMap::new();
-        for (k, v) in &config.headers {
-            let name = http::HeaderName::from_bytes(k.as_bytes())
-                .map_err(|e| OtlpError::Header { name: k.clone(), reason: e.to_string() })?;
-            let value = http::HeaderValue::from_str(v)
-                .map_err(|e| OtlpError::Header { name: k.clone(), reason: e.to_string() })?;
-            headers.insert(name, value);
-        }
+        let headers = headers(config)?;
         let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
+            // A redirect would turn the POST into a GET (a 200 on it counts as delivered while
+            // the data is lost) or send the secret headers to another host: never follow one.
+            .redirect(reqwest::redirect::Policy::none())
             .default_headers(headers);
         let tls_err = |e: reqwest::Error| OtlpError::Endpoint {
-            endpoint: config.endpoint.clone(),
-            reason: e.to_string(),
+            endpoint: redact_url(&config.endpoint).into_owned(),
+            reason: e.without_url().to_string(),
         };
         if let Security::Tls { ca_file, client } = &config.security {
             if let Some(ca) = ca_file {
@@ -201,30 +193,86 @@ impl HttpTransport {
             Err(e) => {
                 return Outcome::Failed {
                     decision: Decision::Retry { after: None },
-                    detail: format!("HTTP request failed: {}", error_chain(&e)),
-                }
+                    // Without the URL: it may carry user:password (the exporter is named).
+                    detail: format!("HTTP request failed: {}", error_chain(&e.without_url())),
+                };
             }
         };
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let decision = http_decision(status, retry_after.as_deref(), SystemTime::now());
-        let body = response.bytes().await;
-        match decision {
-            Decision::Done => {
-                // An empty or non-protobuf body is a plain success.
-                partial(body.ok().and_then(|b| ExportMetricsServiceResponse::decode(b).ok()))
-            }
-            decision => {
-                let text = body
-                    .map(|b| String::from_utf8_lossy(&b[..b.len().min(300)]).into_owned())
-                    .unwrap_or_default();
-                Outcome::Failed { decision, detail: format!("HTTP {status}: {}", text.trim()) }
-            }
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .map(|v: &http::HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        let retry_after = header(http::header::RETRY_AFTER);
+        let location = header(http::header::LOCATION);
+        let body = read_bounded(response, MAX_RESPONSE_BODY).await;
+        http_outcome(status, retry_after.as_deref(), location.as_deref(), body.as_deref(), SystemTime::now())
+    }
+}
+
+/// Most bytes of a response body that are read. An OTLP response is a few bytes (a partial
+/// success message at most); what a misbehaving or hostile receiver sends beyond this is not
+/// read at all: the connection is dropped instead.
+pub const MAX_RESPONSE_BODY: usize = 64 * 1024;
+
+/// Reads at most `limit` bytes of the body; `None` when it is longer or cannot be read.
+async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Option<Vec<u8>> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return None;
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.ok()? {
+        if body.len() + chunk.len() > limit {
+            return None;
         }
+        body.extend_from_slice(&chunk);
+    }
+    Some(body)
+}
+
+/// What an HTTP answer comes to: the status, its `Retry-After` and `Location` headers, and the
+/// body (`None` when it was over [`MAX_RESPONSE_BODY`] or unreadable). Pure: the fuzz target
+/// `otlp_response` calls it with arbitrary input.
+pub fn http_outcome(
+    status: u16,
+    retry_after: Option<&str>,
+    location: Option<&str>,
+    body: Option<&[u8]>,
+    now: SystemTime,
+) -> Outcome {
+    match http_decision(status, retry_after, now) {
+        // An empty or non-protobuf body is a plain success.
+        Decision::Done => partial(body.and_then(|b| ExportMetricsServiceResponse::decode(b).ok())),
+        decision => {
+            let detail = match (location, body) {
+                (Some(to), _) if (300..400).contains(&status) => {
+                    format!(
+                        "HTTP {status} redirects to {to} (not followed: set the endpoint to the final URL)"
+                    )
+                }
+                (_, Some(b)) => {
+                    let text = String::from_utf8_lossy(&b[..b.len().min(300)]);
+                    format!("HTTP {status}: {}", text.trim())
+                }
+                (_, None) => {
+                    format!("HTTP {status} (body unread: over {MAX_RESPONSE_BODY} bytes or cut off)")
+                }
+            };
+            Outcome::Failed { decision, detail }
+        }
+    }
+}
+
+/// What a gRPC error status comes to. Pure: the fuzz target `otlp_response` calls it with
+/// arbitrary codes, messages and details.
+pub fn grpc_failure(status: &tonic::Status) -> Outcome {
+    let message = status.message();
+    let message = message.char_indices().nth(300).map_or(message, |(end, _)| &message[..end]);
+    Outcome::Failed {
+        decision: grpc_status_decision(status),
+        detail: format!("gRPC {:?}: {message}", status.code()),
     }
 }
 

@@ -35,8 +35,9 @@
 //! - In a DaemonSet: `hostPID: true` (pids in `cgroup.procs` are the host's) and
 //!   `hostNetwork: true` for host peers (netlink sockets see the namespace they are opened in).
 
-mod peer;
-mod procfs;
+// Crate-visible for the fuzz entry points in `crate::fuzzing`.
+pub(crate) mod peer;
+pub(crate) mod procfs;
 
 pub use peer::{match_host_peers, LinkRecord};
 pub use procfs::{

@@ -184,47 +184,62 @@ impl Rtnl {
         let mut replies = Vec::new();
         loop {
             let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
-            let mut offset = 0;
-            while offset < n {
-                let bytes = &self.buf[offset..n];
-                let len = NetlinkBuffer::new_checked(bytes)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?
-                    .length() as usize;
-                let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                // Netlink messages are 4-byte aligned within a datagram.
-                offset += (len + 3) & !3;
-                if len == 0 {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "zero-length netlink message"));
-                }
-                if parsed.header.sequence_number != seq {
-                    continue; // late answer to an earlier, timed-out request
-                }
-                if parsed.header.flags & NLM_F_DUMP_INTR != 0 {
-                    self.interrupted = true;
-                }
-                match parsed.payload {
-                    // A dump the kernel refused (no CAP_NET_ADMIN for IFLA_TARGET_NETNSID)
-                    // ends in DONE carrying the error, not in an error message.
-                    NetlinkPayload::Done(done) if done.code < 0 => {
-                        return Err(io::Error::from_raw_os_error(-done.code))
-                    }
-                    NetlinkPayload::Done(_) => return Ok(replies),
-                    NetlinkPayload::Error(e) => match e.code {
-                        Some(_) => return Err(e.to_io()),
-                        None => return Ok(replies),
-                    },
-                    NetlinkPayload::InnerMessage(m) => {
-                        replies.push(m);
-                        if !dump {
-                            return Ok(replies);
-                        }
-                    }
-                    _ => {}
-                }
+            if parse_datagram(&self.buf[..n], seq, dump, &mut replies, &mut self.interrupted)? {
+                return Ok(replies);
             }
         }
     }
+}
+
+/// Reads the messages of one datagram answering request `seq` into `replies`; `Ok(true)` once
+/// the answer is complete. Pure, so the fuzz target `netlink` can feed it arbitrary bytes.
+pub fn parse_datagram(
+    datagram: &[u8],
+    seq: u32,
+    dump: bool,
+    replies: &mut Vec<RouteNetlinkMessage>,
+    interrupted: &mut bool,
+) -> io::Result<bool> {
+    let mut offset = 0;
+    while offset < datagram.len() {
+        let bytes = &datagram[offset..];
+        let len = NetlinkBuffer::new_checked(bytes)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?
+            .length() as usize;
+        let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        // Netlink messages are 4-byte aligned within a datagram.
+        offset += (len + 3) & !3;
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "zero-length netlink message"));
+        }
+        if parsed.header.sequence_number != seq {
+            continue; // late answer to an earlier, timed-out request
+        }
+        if parsed.header.flags & NLM_F_DUMP_INTR != 0 {
+            *interrupted = true;
+        }
+        match parsed.payload {
+            // A dump the kernel refused (no CAP_NET_ADMIN for IFLA_TARGET_NETNSID)
+            // ends in DONE carrying the error, not in an error message.
+            NetlinkPayload::Done(done) if done.code < 0 => {
+                return Err(io::Error::from_raw_os_error(-done.code))
+            }
+            NetlinkPayload::Done(_) => return Ok(true),
+            NetlinkPayload::Error(e) => match e.code {
+                Some(_) => return Err(e.to_io()),
+                None => return Ok(true),
+            },
+            NetlinkPayload::InnerMessage(m) => {
+                replies.push(m);
+                if !dump {
+                    return Ok(true);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(false)
 }
 
 /// A non-blocking socket that hears the host's link changes.

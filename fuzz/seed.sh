@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Writes the seed inputs of every fuzz target into fuzz/corpus/TARGET/seed-*: cgroup files of
+# the fixture trees, this machine's /proc files, the captured netlink dump, the config examples,
+# a small queue segment and typical OTLP answers. The fuzzer grows the corpus from there.
+set -euo pipefail
+cd "$(dirname "$0")"
+c=corpus
+mkdir -p $c/cgroup_file $c/proc_file $c/netlink $c/config_yaml $c/queue_segment $c/otlp_response
+# cgroup_file: first byte selects the parser (see src/fuzzing.rs), then the file's text.
+seed_cg() { # selector file
+    local name; name=$(echo "$2" | tr '/' '_')
+    { printf "\\x$(printf %02x "$1")"; head -c 4096 "$2"; } > "$c/cgroup_file/seed-$1-${name##*cgroup_}"
+}
+f=../fixtures/cgroup
+pick() { find "$f" -name "$1" -type f -print -quit; }
+for spec in "0 pids.current" "1 pids.max" "1 memory.max" "2 memory.limit_in_bytes" \
+            "3 cpuacct.usage_user" "4 cpuacct.stat" "5 cpu.stat" "7 memory.stat" \
+            "9 memory.events" "9 memory.oom_control" "10 blkio.throttle.io_service_bytes_recursive" \
+            "11 io.stat" "12 cpu.pressure" "12 memory.pressure"; do
+    set -- $spec
+    p=$(pick "$2"); [ -n "$p" ] && seed_cg "$1" "$p"
+done
+for file in $(find $f -name cpu.stat -type f | sort | sed -n 1,4p); do seed_cg 6 "$file"; seed_cg 5 "$file"; done
+for file in $(find $f -name memory.stat -type f | sort | sed -n 1,4p); do seed_cg 8 "$file"; done
+# proc_file: 0 net/dev, 1 stat, 2 cgroup.procs
+{ printf '\x00'; cat /proc/self/net/dev; } > $c/proc_file/seed-net-dev
+{ printf '\x01'; cat /proc/self/stat; } > $c/proc_file/seed-stat
+{ printf '\x01'; echo '4242 (a) b) c) S 1 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 123456 0 0'; } > $c/proc_file/seed-stat-paren
+{ printf '\x02'; printf '1\n42\n4242\n'; } > $c/proc_file/seed-procs
+# netlink: each captured RTM_NEWLINK message of the test data, sequence number set to 1.
+i=0
+grep -v '^#' ../src/sources/netns/testdata/rtnl_links.txt | while read -r _ _ hex; do
+    i=$((i + 1))
+    # Bytes 8..11 are the sequence number (little endian).
+    printf '%s' "${hex:0:16}01000000${hex:24}" | xxd -r -p > "$c/netlink/seed-$i"
+done
+# A DONE message (type 3) with sequence 1.
+printf '140000000300020001000000000000000000000000' | xxd -r -p > $c/netlink/seed-done
+# config_yaml: the example configs, with env references.
+for file in ../config/*.yaml; do cp "$file" "$c/config_yaml/seed-$(basename "$file")"; done
+printf 'interval: ${env:A:-10s}\nexporters:\n  file: {path: "${env:EMPTY:--}"}\npipelines:\n  p: {sources: [cgroups], exporters: [file]}\nsources: {cgroups: {}}\n' > $c/config_yaml/seed-env
+# queue_segment: records [u32 len][u32 crc][payload], written by python's zlib.crc32 (IEEE).
+python3 - "$c/queue_segment" <<'PY'
+import struct, sys, zlib
+out = sys.argv[1]
+recs = [b"\x0a\x03abc", b"\x0a\x05hello", b"\x0a\x00"]
+def rec(p): return struct.pack("<II", len(p), zlib.crc32(p)) + p
+good = b"".join(rec(p) for p in recs)
+open(f"{out}/seed-good", "wb").write(good)
+bad = bytearray(good); bad[8 + 1] ^= 0xff
+open(f"{out}/seed-bad-crc", "wb").write(bytes(bad))
+bad = bytearray(good); bad[0:4] = struct.pack("<I", 0xfffff0)
+open(f"{out}/seed-bad-len", "wb").write(bytes(bad))
+open(f"{out}/seed-torn", "wb").write(good[:-2])
+PY
+# otlp_response: status selector, Retry-After, NUL, Location, NUL, body.
+printf '\x32120\x00\x00' > $c/otlp_response/seed-200-empty
+printf '\xc8Sun, 06 Nov 1994 08:49:37 GMT\x00\x00busy' > $c/otlp_response/seed-retry-date
+printf '\x64\x00http://elsewhere/v1/metrics\x00' > $c/otlp_response/seed-redirect
+printf '\x32\x00\x00\x0a\x07\x08\x02\x12\x03dup' > $c/otlp_response/seed-partial
