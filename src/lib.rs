@@ -8,6 +8,7 @@ pub mod batcher;
 pub mod config;
 pub mod encode;
 pub mod exporters;
+pub mod fdlimit;
 pub mod glob;
 pub mod model;
 pub mod pipeline;

@@ -28,6 +28,9 @@ pub struct Telemetry {
     pub queue_bytes: AtomicU64,
     /// Container resources a metadata processor had no names for (exported with ids only).
     pub metadata_misses: AtomicU64,
+    /// Container and pod cgroups left unopened at a discovery for lack of file descriptors
+    /// (counted at every discovery that leaves them out; they are retried at the next one).
+    pub fd_exhausted: AtomicU64,
 }
 
 impl Telemetry {
@@ -56,6 +59,7 @@ impl Telemetry {
             ("points_rejected", get(&self.points_rejected)),
             ("queue_bytes", get(&self.queue_bytes)),
             ("metadata_misses", get(&self.metadata_misses)),
+            ("fd_exhausted", get(&self.fd_exhausted)),
         ]
     }
 }
