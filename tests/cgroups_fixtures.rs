@@ -168,7 +168,7 @@ fn info(id: &str, runtime: Runtime, pod: Option<PodRef>, procs: PathBuf) -> Cont
 }
 
 fn stats(containers: usize, pods: usize, errors: usize) -> SweepStats {
-    SweepStats { discovered: true, containers, pods, errors, vanished: 0 }
+    SweepStats { discovered: true, containers, pods, errors, vanished: 0, fd_deferred: 0 }
 }
 
 #[test]
