@@ -50,6 +50,8 @@ struct Args {
     out: PathBuf,
     agent: PathBuf,
     label: String,
+    /// `--agent-env K=V`: more environment for the agent (e.g. its OTLP compression).
+    agent_env: Vec<(String, String)>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -61,6 +63,7 @@ fn parse_args() -> anyhow::Result<Args> {
         out: PathBuf::from("bench/results"),
         agent: PathBuf::from("target/release/podometer"),
         label: String::new(),
+        agent_env: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -75,6 +78,11 @@ fn parse_args() -> anyhow::Result<Args> {
             "--out" => a.out = value()?.into(),
             "--agent" => a.agent = value()?.into(),
             "--label" => a.label = value()?,
+            "--agent-env" => {
+                let kv = value()?;
+                let (k, v) = kv.split_once('=').context("--agent-env takes KEY=VALUE")?;
+                a.agent_env.push((k.to_owned(), v.to_owned()));
+            }
             other => bail!("unknown argument {other}"),
         }
     }
@@ -97,14 +105,17 @@ fn main() -> anyhow::Result<()> {
     eprintln!("bench_node: {machine}");
 
     let mut rows: Vec<Row> = Vec::new();
+    let mut per_file = Vec::new();
     for &n in &args.sizes {
         let started = Instant::now();
         let node = Node::build(n)?;
         eprintln!("bench_node: N={n}: {} pods built in {:.1?}", node.pods.len(), started.elapsed());
         let agent = measure_agent(&args, &node, &receiver)?;
         eprintln!("bench_node: N={n}: agent {:.1} µs per container-sweep", agent.per_container_sweep);
-        let floor = measure_reader(&node, args.sweeps, ReadMode::Pread)?;
-        let naive = measure_reader(&node, args.sweeps, ReadMode::OpenReadClose)?;
+        let floor_cost = measure_reader(&node, args.sweeps, ReadMode::Pread)?;
+        let floor = floor_cost.per_container_sweep;
+        let naive = measure_reader(&node, args.sweeps, ReadMode::OpenReadClose)?.per_container_sweep;
+        per_file.push((n, floor_cost.per_file));
         eprintln!("bench_node: N={n}: floor {floor:.1} µs, naive {naive:.1} µs per container-sweep");
         let netdata = if args.netdata { Some(measure_netdata(&args, n)?) } else { None };
         if let Some(nd) = &netdata {
@@ -118,6 +129,7 @@ fn main() -> anyhow::Result<()> {
         eprintln!("bench_node: podman stats {p:.1} µs per container-sample over {} containers", args.podman);
     }
     write_results(&args, &machine, &rows, podman)?;
+    write_per_file(&args, &machine, &per_file)?;
     drop(runtime);
     Ok(())
 }
@@ -237,9 +249,10 @@ impl Node {
         self.pods.iter().map(|p| p.containers.len()).sum()
     }
 
-    /// Every cgroup directory the agent reads, with the files it reads each sweep (limits are
-    /// read once a minute and left out), by hierarchy.
-    fn sweep_files(&self) -> Vec<PathBuf> {
+    /// The files the agent reads every sweep (limits are read once a minute and left out), as
+    /// (label, path); with `extra`, also files it reads rarely or only on other hosts, for the
+    /// per-file cost table.
+    fn sweep_files(&self, extra: bool) -> Vec<(String, PathBuf)> {
         const FILES: &[(&str, &str)] = &[
             ("cpuacct", "cpuacct.usage"),
             ("cpuacct", "cpuacct.usage_user"),
@@ -255,19 +268,29 @@ impl Node {
             ("unified", "memory.pressure"),
             ("unified", "io.pressure"),
         ];
+        const EXTRA: &[(&str, &str)] = &[
+            ("memory", "memory.limit_in_bytes"),
+            ("pids", "pids.max"),
+            ("cpuacct", "cpuacct.stat"),
+            ("unified", "cpu.stat"),
+        ];
         let mut out = Vec::new();
+        let set: Vec<&(&str, &str)> = FILES.iter().chain(if extra { EXTRA } else { &[] }).collect();
         for pod in &self.pods {
             let groups = std::iter::once(pod.pod_cgroup.clone())
                 .chain(pod.containers.iter().map(|c| format!("{}/{c}", pod.pod_cgroup)));
             for rel in groups {
-                for (h, f) in FILES {
+                for (h, f) in &set {
                     let path = Path::new("/sys/fs/cgroup").join(h).join(&rel).join(f);
                     if path.exists() {
-                        out.push(path);
+                        out.push((format!("{h}/{f}"), path));
                     }
                 }
             }
-            out.push(PathBuf::from(format!("/proc/{}/net/dev", pod.sandbox_pid)));
+            out.push((
+                "/proc/<pid>/net/dev (per pod)".to_owned(),
+                PathBuf::from(format!("/proc/{}/net/dev", pod.sandbox_pid)),
+            ));
         }
         out
     }
@@ -468,6 +491,7 @@ fn measure_agent(args: &Args, node: &Node, receiver: &Receiver) -> anyhow::Resul
         .env("PODOMETER_INTERVAL", "1s")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", receiver.port))
         .env("NO_COLOR", "1")
+        .envs(args.agent_env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(File::create(&log)?)
         .spawn()
@@ -495,9 +519,22 @@ fn measure_agent(args: &Args, node: &Node, receiver: &Receiver) -> anyhow::Resul
     let t0 = thread_cpu(pid, |_| true);
     let b0 = receiver.bytes.load(Ordering::Relaxed);
     let w0 = Instant::now();
+    // BENCH_NODE_PERF=DIR: a CPU profile of the agent over the measured sweeps (perf's software
+    // clock; it adds a little to the agent's CPU, so profile runs are not the reported ones).
+    let perf = std::env::var_os("BENCH_NODE_PERF").map(|dir| {
+        Command::new("perf")
+            .args(["record", "-q", "-e", "cpu-clock", "-g", "-p", &pid.to_string(), "-o"])
+            .arg(Path::new(&dir).join(format!("perf-{n}.data")))
+            .args(["--", "sleep", &args.sweeps.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+    });
     std::thread::sleep(Duration::from_secs(args.sweeps));
     let (u1, s1) = process_cpu(pid)?;
     let t1 = thread_cpu(pid, |_| true);
+    if let Some(Ok(mut p)) = perf {
+        let _ = p.wait();
+    }
     let wall = w0.elapsed().as_secs_f64();
     let b1 = receiver.bytes.load(Ordering::Relaxed);
     if (receiver.last_containers.load(Ordering::Relaxed) as usize) < n {
@@ -525,41 +562,65 @@ fn measure_agent(args: &Args, node: &Node, receiver: &Receiver) -> anyhow::Resul
     })
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 enum ReadMode {
     Pread,
     OpenReadClose,
 }
 
-/// CPU (this thread's, user + system) per container-sweep of reading the agent's files.
-fn measure_reader(node: &Node, sweeps: u64, mode: ReadMode) -> anyhow::Result<f64> {
-    let paths = node.sweep_files();
-    let files: Vec<File> = match mode {
-        ReadMode::Pread => paths.iter().map(File::open).collect::<Result<_, _>>()?,
-        ReadMode::OpenReadClose => Vec::new(),
-    };
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut total = 0.0;
-    for _ in 0..sweeps {
-        let start = thread_cpu_now();
-        match mode {
-            ReadMode::Pread => {
-                for f in &files {
-                    let _ = f.read_at(&mut buf, 0)?;
-                }
-            }
-            ReadMode::OpenReadClose => {
-                for p in &paths {
-                    let mut f = File::open(p)?;
-                    let _ = f.read(&mut buf)?;
-                }
-            }
+/// What reading the agent's files costs the kernel, per container-sweep (this thread's CPU time,
+/// user + system), and for `Pread` each file's cost per read, by file.
+struct ReaderCost {
+    per_container_sweep: f64,
+    per_file: PerFile,
+}
+
+/// (file, µs per read, copies read per sweep).
+type PerFile = Vec<(String, f64, usize)>;
+
+fn measure_reader(node: &Node, sweeps: u64, mode: ReadMode) -> anyhow::Result<ReaderCost> {
+    // Grouped by file so that one clock reading covers all the cgroups' copies of a file.
+    let extra = mode == ReadMode::Pread;
+    let mut groups: BTreeMap<String, (Vec<PathBuf>, Vec<File>, f64)> = BTreeMap::new();
+    for (label, path) in node.sweep_files(extra) {
+        let g = groups.entry(label).or_default();
+        if mode == ReadMode::Pread {
+            g.1.push(File::open(&path)?);
         }
-        total += thread_cpu_now() - start;
+        g.0.push(path);
+    }
+    let agent_set: std::collections::BTreeSet<String> =
+        node.sweep_files(false).into_iter().map(|(l, _)| l).collect();
+    let mut buf = vec![0u8; 64 * 1024];
+    for _ in 0..sweeps {
+        for (_, (paths, files, spent)) in groups.iter_mut() {
+            let start = thread_cpu_now();
+            match mode {
+                ReadMode::Pread => {
+                    for f in files.iter() {
+                        let _ = f.read_at(&mut buf, 0)?;
+                    }
+                }
+                ReadMode::OpenReadClose => {
+                    for p in paths.iter() {
+                        let mut f = File::open(p)?;
+                        let _ = f.read(&mut buf)?;
+                    }
+                }
+            }
+            *spent += thread_cpu_now() - start;
+        }
         // Between sweeps, like the agent: caches cool down a little.
         std::thread::sleep(Duration::from_millis(200));
     }
-    Ok(total * 1e6 / (sweeps as f64 * node.containers() as f64))
+    let total: f64 = groups.iter().filter(|(l, _)| agent_set.contains(*l)).map(|(_, g)| g.2).sum();
+    let per_file = groups
+        .iter()
+        .map(|(l, (paths, _, spent))| {
+            (l.clone(), spent * 1e6 / (sweeps as f64 * paths.len() as f64), paths.len())
+        })
+        .collect();
+    Ok(ReaderCost { per_container_sweep: total * 1e6 / (sweeps as f64 * node.containers() as f64), per_file })
 }
 
 fn thread_cpu_now() -> f64 {
@@ -846,5 +907,30 @@ fn write_results(args: &Args, machine: &str, rows: &[Row], podman: Option<f64>) 
     fs::write(args.out.join(format!("node{suffix}.md")), md)?;
     fs::write(args.out.join(format!("node{suffix}.csv")), csv)?;
     fs::write(args.out.join(format!("node{suffix}.dat")), dat)?;
+    Ok(())
+}
+
+/// The kernel's cost of each file, per read, at each size: the lean profile's table.
+fn write_per_file(args: &Args, machine: &str, per_file: &[(usize, PerFile)]) -> anyhow::Result<()> {
+    let mut md = String::new();
+    let _ = writeln!(md, "Machine: {machine}. CPU (µs, user + system) of one `pread` at offset 0 of a kept-open file, by file; mean over every cgroup of the node and {} sweeps.\n", args.sweeps);
+    let sizes: Vec<usize> = per_file.iter().map(|(n, _)| *n).collect();
+    let _ = write!(md, "| file |");
+    for n in &sizes {
+        let _ = write!(md, " N={n} |");
+    }
+    let _ = writeln!(md);
+    let _ = writeln!(md, "|---|{}", "---|".repeat(sizes.len()));
+    if let Some((_, first)) = per_file.first() {
+        for (label, _, _) in first {
+            let _ = write!(md, "| `{label}` |");
+            for (_, files) in per_file {
+                let v = files.iter().find(|(l, _, _)| l == label).map(|(_, v, _)| *v);
+                let _ = write!(md, " {} |", v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into()));
+            }
+            let _ = writeln!(md);
+        }
+    }
+    fs::write(args.out.join(format!("node-files{}.md", args.label)), md)?;
     Ok(())
 }
