@@ -80,6 +80,25 @@ pub struct CgroupsConfig {
     /// this late. The first sweep that sees a container always reads them. Default: `60s`.
     #[serde(default = "default_limits_interval", deserialize_with = "crate::config::duration::deserialize")]
     pub limits_interval: Duration,
+    /// Groups of files not to open or read, to save what they cost the kernel every sweep (the
+    /// README's lean profile lists the cost of each): `pressure` (`*.pressure`: the
+    /// `*.pressure.stall_time` metrics), `block_io` (`blkio.*` or `io.stat`: `disk.io`,
+    /// `disk.operations`), `memory_stat` (`memory.stat`: `memory.working_set`, `memory.rss`,
+    /// `memory.file`), `throttling` (v1 `cpu.stat`: `cpu.throttling_data.*`; on v2 they come
+    /// with the CPU time from the same file and stay). Dropping metrics with the filter
+    /// processor saves only their encoding and export; this saves the reads. Default: none.
+    #[serde(default)]
+    pub skip: Vec<SkipFiles>,
+}
+
+/// A group of cgroup files the source can leave unread (`sources.cgroups.skip`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipFiles {
+    Pressure,
+    BlockIo,
+    MemoryStat,
+    Throttling,
 }
 
 fn default_root() -> PathBuf {
@@ -100,6 +119,7 @@ impl Default for CgroupsConfig {
             root: default_root(),
             discovery_interval: default_discovery_interval(),
             limits_interval: default_limits_interval(),
+            skip: Vec::new(),
         }
     }
 }
@@ -242,7 +262,7 @@ impl CgroupSource {
                 deferred += 1;
                 continue;
             }
-            let Some(group) = Group::open(&self.hierarchies, &rel, what) else {
+            let Some(group) = Group::open(&self.hierarchies, &rel, what, &self.config.skip) else {
                 // EMFILE/ENFILE despite the budget (another thread opened files meanwhile, or
                 // the system-wide table is full): its files were closed on the way out.
                 deferred += 1;
@@ -591,12 +611,20 @@ struct Group {
 impl Group {
     /// `None` when a file could not be opened for lack of descriptors: the files already opened
     /// are closed again, so that the group is retried whole at the next discovery.
-    fn open(h: &Hierarchies, rel: &str, what: Classified) -> Option<Group> {
+    fn open(h: &Hierarchies, rel: &str, what: Classified, skip: &[SkipFiles]) -> Option<Group> {
         let in_dir = |base: &Option<PathBuf>| base.as_ref().map(|b| b.join(rel));
         let unified = in_dir(&h.unified).filter(|d| d.is_dir());
         let v2 = h.mode == CgroupMode::V2;
         let starved = Cell::new(false);
         let open = |dir: &Option<PathBuf>, name: &str| Handle::open(dir.as_deref(), name, &starved);
+        let wanted = |what: SkipFiles| !skip.contains(&what);
+        let open_if = |what: SkipFiles, dir: &Option<PathBuf>, name: &str| {
+            if wanted(what) {
+                open(dir, name)
+            } else {
+                None
+            }
+        };
         let (memory, cpuacct, cpu, blkio, pids) = if v2 {
             (unified.clone(), None, unified.clone(), unified.clone(), unified.clone())
         } else {
@@ -640,21 +668,29 @@ impl Group {
             what,
             procs_file,
             cpu_time,
-            throttling: if v2 { None } else { open(&cpu, "cpu.stat") },
+            throttling: if v2 { None } else { open_if(SkipFiles::Throttling, &cpu, "cpu.stat") },
             v2_memory: v2,
             memory_usage: open(&memory, if v2 { "memory.current" } else { "memory.usage_in_bytes" }),
-            memory_stat: open(&memory, "memory.stat"),
+            memory_stat: open_if(SkipFiles::MemoryStat, &memory, "memory.stat"),
             memory_limit: open(&memory, if v2 { "memory.max" } else { "memory.limit_in_bytes" }),
             oom: open(&memory, if v2 { "memory.events" } else { "memory.oom_control" }),
-            io_stat: if v2 { open(&blkio, "io.stat") } else { None },
-            blkio_bytes: if v2 { None } else { open(&blkio, "blkio.throttle.io_service_bytes_recursive") },
-            blkio_ops: if v2 { None } else { open(&blkio, "blkio.throttle.io_serviced_recursive") },
+            io_stat: if v2 { open_if(SkipFiles::BlockIo, &blkio, "io.stat") } else { None },
+            blkio_bytes: if v2 {
+                None
+            } else {
+                open_if(SkipFiles::BlockIo, &blkio, "blkio.throttle.io_service_bytes_recursive")
+            },
+            blkio_ops: if v2 {
+                None
+            } else {
+                open_if(SkipFiles::BlockIo, &blkio, "blkio.throttle.io_serviced_recursive")
+            },
             pids_current: open(&pids, "pids.current"),
             pids_max: open(&pids, "pids.max"),
             pressure: [
-                open(&unified, "cpu.pressure"),
-                open(&unified, "memory.pressure"),
-                open(&unified, "io.pressure"),
+                open_if(SkipFiles::Pressure, &unified, "cpu.pressure"),
+                open_if(SkipFiles::Pressure, &unified, "memory.pressure"),
+                open_if(SkipFiles::Pressure, &unified, "io.pressure"),
             ],
             limits_read: None,
             memory_limit_value: None,
