@@ -718,7 +718,9 @@ fn measure_netdata(args: &Args, n: usize) -> anyhow::Result<(f64, usize)> {
     let charted = || -> usize {
         let Some(body) = http_get(port, "/api/v1/charts") else { return 0 };
         let mut names = std::collections::BTreeSet::new();
-        for part in body.split("\"id\":\"cgroup_").skip(1) {
+        // Netdata pretty-prints: `"id": "cgroup_<name>.<chart>"`.
+        let compact: String = body.split_whitespace().collect();
+        for part in compact.split("\"id\":\"cgroup_").skip(1) {
             if let Some(name) = part.split('.').next() {
                 names.insert(name.to_owned());
             }
