@@ -174,6 +174,7 @@ fn bench(c: &mut Criterion) {
         root: bed.root().to_owned(),
         discovery_interval: Duration::from_secs(3600),
         limits_interval: Duration::from_secs(3600),
+        skip: Vec::new(),
     };
     let mut source = CgroupSource::new(&config).expect("source");
     // The first sweep walks the tree and opens the files; steady state is what follows.

@@ -15,3 +15,6 @@ echo "== cargo test" >&2
 # Integration test binaries run one after another; the tests inside each run in parallel
 # (RUST_TEST_THREADS, not a libtest flag: the criterion benches, smoke-run here, reject those).
 RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}" cargo test --all-targets --no-fail-fast
+echo "== node benchmark, smoke (scripts/bench-node.sh --smoke)" >&2
+# The whole agent over a tiny synthetic node (N = 12, 30; 3 sweeps): keeps the harness working.
+bash scripts/bench-node.sh --smoke

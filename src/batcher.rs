@@ -88,6 +88,57 @@ impl Batcher {
         requests
     }
 
+    /// [`Batcher::split`] straight to encoded requests, written from the model by
+    /// [`crate::encode::wire`] without building prost messages; the same requests, byte for
+    /// byte what `split` + `encode_to_vec` would decode to. Only a resource too large for one
+    /// request takes `split`'s halving path.
+    pub fn split_encoded(&self, sweep: &Sweep) -> Vec<bytes::Bytes> {
+        let time = crate::encode::unix_nanos(sweep.time);
+        let mut writer = crate::encode::wire::Writer::default();
+        let mut requests = Vec::new();
+        let mut current: Vec<u8> = Vec::new();
+        let (mut points, mut bytes) = (0usize, 0usize);
+        let flush = |current: &mut Vec<u8>, requests: &mut Vec<bytes::Bytes>| {
+            let capacity = current.len() + current.len() / 8;
+            requests.push(bytes::Bytes::from(std::mem::replace(current, Vec::with_capacity(capacity))));
+        };
+        for resource in &sweep.resources {
+            if resource.points.is_empty() {
+                continue;
+            }
+            let n = resource.points.len();
+            let body = writer.resource_metrics_len(resource);
+            let framed = 1 + prost::encoding::encoded_len_varint(body as u64) + body;
+            if n <= self.max_points && framed <= self.max_bytes {
+                if !current.is_empty() && (points + n > self.max_points || bytes + framed > self.max_bytes) {
+                    flush(&mut current, &mut requests);
+                    points = 0;
+                    bytes = 0;
+                }
+                writer.put_resource_metrics(resource, time, body, &mut current);
+                points += n;
+                bytes += framed;
+                continue;
+            }
+            let mut pieces = Vec::new();
+            self.encode_fitting(resource, sweep, &mut pieces);
+            for (rm, p, b) in pieces {
+                if !current.is_empty() && (points + p > self.max_points || bytes + b > self.max_bytes) {
+                    flush(&mut current, &mut requests);
+                    points = 0;
+                    bytes = 0;
+                }
+                prost::encoding::message::encode(1, &rm, &mut current);
+                points += p;
+                bytes += b;
+            }
+        }
+        if !current.is_empty() {
+            requests.push(bytes::Bytes::from(current));
+        }
+        requests
+    }
+
     /// Encodes `resource` as one `ResourceMetrics` when it fits the limits, else halves its
     /// points and tries each half: one encoding for a normal resource (no copy of its points),
     /// O(n log n) for an oversized one.
@@ -224,5 +275,22 @@ mod tests {
     fn empty_sweep_and_empty_resources_make_no_request() {
         assert!(Batcher::default().split(&sweep(&[])).is_empty());
         assert!(Batcher::default().split(&sweep(&[("a", 0)])).is_empty());
+    }
+
+    #[test]
+    fn split_encoded_gives_the_requests_split_gives() {
+        let sweep = sweep(&[("a", 3), ("b", 40), ("c", 1), ("d", 7), ("e", 0), ("f", 12)]);
+        for batcher in
+            [Batcher::default(), Batcher::new(10, 1 << 20), Batcher::new(1000, 900), Batcher::new(5, 300)]
+        {
+            let expected: Vec<Vec<u8>> = batcher.split(&sweep).iter().map(|r| r.encode_to_vec()).collect();
+            let got: Vec<Vec<u8>> = batcher.split_encoded(&sweep).iter().map(|b| b.to_vec()).collect();
+            assert_eq!(got.len(), expected.len(), "{batcher:?}");
+            for (g, e) in got.iter().zip(&expected) {
+                let g = ExportMetricsServiceRequest::decode(g.as_slice()).expect("decodes");
+                let e = ExportMetricsServiceRequest::decode(e.as_slice()).expect("decodes");
+                assert_eq!(g, e, "{batcher:?}");
+            }
+        }
     }
 }

@@ -104,6 +104,234 @@ fn encode_point(point: &Point, time_unix_nano: u64) -> NumberDataPoint {
     }
 }
 
+/// Writes protobuf straight from the model, with no intermediate prost messages: building an
+/// `ExportMetricsServiceRequest` allocated a `String` per key, value, metric name, description
+/// and unit and a `Vec` per point, per resource per sweep, only to encode and drop them. The
+/// output decodes to exactly what [`encode_resource`] builds (the tests compare the two).
+pub mod wire {
+    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+
+    use super::{semconv, unix_nanos};
+    use crate::model::{AttrValue, MetricDesc, MetricKind, Point, Resource, Value};
+
+    /// Field tags below 16 take one byte.
+    fn len_field(len: usize) -> usize {
+        1 + encoded_len_varint(len as u64) + len
+    }
+
+    fn str_field(s: &str) -> usize {
+        if s.is_empty() {
+            0
+        } else {
+            len_field(s.len())
+        }
+    }
+
+    fn put_len(tag: u32, len: usize, buf: &mut Vec<u8>) {
+        encode_key(tag, WireType::LengthDelimited, buf);
+        encode_varint(len as u64, buf);
+    }
+
+    fn put_str(tag: u32, s: &str, buf: &mut Vec<u8>) {
+        if !s.is_empty() {
+            put_len(tag, s.len(), buf);
+            buf.extend_from_slice(s.as_bytes());
+        }
+    }
+
+    fn put_fixed64(tag: u32, v: u64, buf: &mut Vec<u8>) {
+        encode_key(tag, WireType::SixtyFourBit, buf);
+        buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    /// `AnyValue` body.
+    fn any_len(v: &AttrValue) -> usize {
+        match v {
+            AttrValue::Str(s) => len_field(s.len()),
+            AttrValue::Int(i) => 1 + encoded_len_varint(*i as u64),
+            AttrValue::Bool(_) => 2,
+            AttrValue::StrArray(items) => len_field(array_len(items)),
+        }
+    }
+
+    /// `ArrayValue` body: one `AnyValue{string_value}` per item.
+    fn array_len(items: &[String]) -> usize {
+        items.iter().map(|s| len_field(len_field(s.len()))).sum()
+    }
+
+    fn put_any(v: &AttrValue, buf: &mut Vec<u8>) {
+        match v {
+            AttrValue::Str(s) => {
+                // string_value is always written, even empty: it is a oneof member.
+                put_len(1, s.len(), buf);
+                buf.extend_from_slice(s.as_bytes());
+            }
+            AttrValue::Bool(b) => {
+                encode_key(2, WireType::Varint, buf);
+                encode_varint(u64::from(*b), buf);
+            }
+            AttrValue::Int(i) => {
+                encode_key(3, WireType::Varint, buf);
+                encode_varint(*i as u64, buf);
+            }
+            AttrValue::StrArray(items) => {
+                put_len(5, array_len(items), buf);
+                for s in items {
+                    put_len(1, len_field(s.len()), buf);
+                    put_len(1, s.len(), buf);
+                    buf.extend_from_slice(s.as_bytes());
+                }
+            }
+        }
+    }
+
+    /// `KeyValue` body.
+    fn kv_len(key: &str, v: &AttrValue) -> usize {
+        str_field(key) + len_field(any_len(v))
+    }
+
+    fn put_kv(key: &str, v: &AttrValue, buf: &mut Vec<u8>) {
+        put_str(1, key, buf);
+        put_len(2, any_len(v), buf);
+        put_any(v, buf);
+    }
+
+    /// `NumberDataPoint` body.
+    fn point_len(p: &Point) -> usize {
+        let attrs: usize = p.attributes.iter().map(|(k, v)| len_field(kv_len(k, v))).sum();
+        let start = if p.start_time.map(unix_nanos).unwrap_or(0) != 0 { 9 } else { 0 };
+        attrs + start + 9 + 9
+    }
+
+    fn put_point(p: &Point, time: u64, buf: &mut Vec<u8>) {
+        let start = p.start_time.map(unix_nanos).unwrap_or(0);
+        if start != 0 {
+            put_fixed64(2, start, buf);
+        }
+        put_fixed64(3, time, buf);
+        match p.value {
+            Value::Double(v) => put_fixed64(4, v.to_bits(), buf),
+            Value::Int(v) => put_fixed64(6, v as u64, buf),
+        }
+        for (k, v) in &p.attributes {
+            put_len(7, kv_len(k, v), buf);
+            put_kv(k, v, buf);
+        }
+    }
+
+    /// Points are grouped by metric name, as [`super::encode_resource`] does; the address
+    /// comparison settles nearly every case without comparing strings.
+    fn same_metric(p: &Point, desc: &MetricDesc) -> bool {
+        std::ptr::eq(p.metric, desc) || p.metric.name == desc.name
+    }
+
+    /// `Sum` or `Gauge` body of one metric's points.
+    fn data_len(desc: &MetricDesc, points: &[Point]) -> usize {
+        let dps: usize =
+            points.iter().filter(|p| same_metric(p, desc)).map(|p| len_field(point_len(p))).sum();
+        match desc.kind {
+            // aggregation_temporality = CUMULATIVE (2), is_monotonic = true.
+            MetricKind::Counter => dps + 2 + 2,
+            MetricKind::Gauge => dps,
+        }
+    }
+
+    fn metric_len(desc: &MetricDesc, points: &[Point]) -> usize {
+        str_field(desc.name)
+            + str_field(desc.description)
+            + str_field(desc.unit)
+            + len_field(data_len(desc, points))
+    }
+
+    fn put_metric(desc: &MetricDesc, points: &[Point], time: u64, buf: &mut Vec<u8>) {
+        put_str(1, desc.name, buf);
+        put_str(2, desc.description, buf);
+        put_str(3, desc.unit, buf);
+        let tag = match desc.kind {
+            MetricKind::Counter => 7,
+            MetricKind::Gauge => 5,
+        };
+        put_len(tag, data_len(desc, points), buf);
+        for p in points.iter().filter(|p| same_metric(p, desc)) {
+            put_len(1, point_len(p), buf);
+            put_point(p, time, buf);
+        }
+        if desc.kind == MetricKind::Counter {
+            encode_key(2, WireType::Varint, buf);
+            encode_varint(2, buf);
+            encode_key(3, WireType::Varint, buf);
+            encode_varint(1, buf);
+        }
+    }
+
+    fn scope_len() -> usize {
+        str_field(semconv::SCOPE_NAME) + str_field(env!("CARGO_PKG_VERSION"))
+    }
+
+    /// The distinct metrics of a resource in the order they first appear, as
+    /// [`super::encode_resource`] groups them. Metrics are static: compared by address, and by
+    /// name in case two descriptors share one.
+    fn metrics_in_order<'a>(points: &'a [Point], out: &mut Vec<&'a MetricDesc>) {
+        out.clear();
+        for p in points {
+            if !out.iter().any(|m| std::ptr::eq(*m, p.metric) || m.name == p.metric.name) {
+                out.push(p.metric);
+            }
+        }
+    }
+
+    /// Reusable scratch for [`Writer::resource_metrics`]; one per batcher call.
+    #[derive(Default)]
+    pub struct Writer<'a> {
+        metrics: Vec<&'a MetricDesc>,
+    }
+
+    impl<'a> Writer<'a> {
+        /// The `ResourceMetrics` body length of `resource`.
+        pub fn resource_metrics_len(&mut self, resource: &'a Resource) -> usize {
+            metrics_in_order(&resource.points, &mut self.metrics);
+            self.body_len(resource)
+        }
+
+        fn body_len(&self, resource: &Resource) -> usize {
+            let res: usize = resource.attributes.iter().map(|(k, v)| len_field(kv_len(k, v))).sum();
+            let metrics: usize =
+                self.metrics.iter().map(|m| len_field(metric_len(m, &resource.points))).sum();
+            len_field(res) + len_field(len_field(scope_len()) + metrics)
+        }
+
+        /// Appends `resource` as field 1 of `ExportMetricsServiceRequest` (tag, length, body);
+        /// call right after [`Writer::resource_metrics_len`] for the same resource.
+        pub fn put_resource_metrics(
+            &self,
+            resource: &Resource,
+            time: u64,
+            body_len: usize,
+            buf: &mut Vec<u8>,
+        ) {
+            put_len(1, body_len, buf);
+            let body_start = buf.len();
+            let res: usize = resource.attributes.iter().map(|(k, v)| len_field(kv_len(k, v))).sum();
+            put_len(1, res, buf);
+            for (k, v) in &resource.attributes {
+                put_len(1, kv_len(k, v), buf);
+                put_kv(k, v, buf);
+            }
+            let metrics: usize =
+                self.metrics.iter().map(|m| len_field(metric_len(m, &resource.points))).sum();
+            put_len(2, len_field(scope_len()) + metrics, buf);
+            put_len(1, scope_len(), buf);
+            put_str(1, semconv::SCOPE_NAME, buf);
+            put_str(2, env!("CARGO_PKG_VERSION"), buf);
+            for m in &self.metrics {
+                put_len(2, metric_len(m, &resource.points), buf);
+                put_metric(m, &resource.points, time, buf);
+            }
+            debug_assert_eq!(buf.len() - body_start, body_len, "computed and written lengths agree");
+        }
+    }
+}
+
 /// The whole sweep as one request (the `collect` command and the file exporter).
 pub fn encode_sweep(sweep: &Sweep) -> ExportMetricsServiceRequest {
     ExportMetricsServiceRequest {
@@ -162,5 +390,49 @@ mod tests {
         assert_eq!(dp["attributes"][0]["value"]["stringValue"], "system");
         let mem = &metrics[1];
         assert_eq!(mem["gauge"]["dataPoints"][0]["asInt"], "4096");
+    }
+
+    #[test]
+    fn the_wire_writer_decodes_to_what_the_message_encoder_builds() {
+        use prost::Message;
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut sweep = Sweep::new(t0 + Duration::from_secs(10));
+        let r = sweep.resource_mut(ResourceId::Container("c1".into()), || {
+            vec![
+                (semconv::CONTAINER_ID, "c1".into()),
+                ("k.int", AttrValue::Int(-7)),
+                ("k.bool", AttrValue::Bool(true)),
+                ("k.empty", AttrValue::Str(String::new())),
+                ("k.tags", AttrValue::StrArray(vec!["a".into(), String::new(), "ccc".into()])),
+            ]
+        });
+        let mut user =
+            Point::new(&semconv::CONTAINER.cpu_time, Value::Double(1.5)).with(semconv::CPU_MODE, "user");
+        user.start_time = Some(t0);
+        r.points.push(user);
+        r.points.push(Point::new(&semconv::CONTAINER.memory_usage, Value::Int(0)));
+        r.points.push(Point::new(&semconv::CONTAINER.memory_rss, Value::Int(-1)));
+        let mut sys =
+            Point::new(&semconv::CONTAINER.cpu_time, Value::Double(0.0)).with(semconv::CPU_MODE, "system");
+        sys.start_time = Some(UNIX_EPOCH);
+        r.points.push(sys);
+        let disk = Point::new(&semconv::CONTAINER.disk_io, Value::Int(i64::MAX))
+            .with(semconv::DISK_IO_DIRECTION, "read")
+            .with(semconv::SYSTEM_DEVICE, "8:0");
+        r.points.push(disk);
+        sweep
+            .resource_mut(ResourceId::Pod("p1".into()), Vec::new)
+            .points
+            .push(Point::new(&semconv::POD.memory_usage, Value::Int(1 << 40)));
+
+        let time = unix_nanos(sweep.time);
+        let mut buf = Vec::new();
+        for resource in &sweep.resources {
+            let mut w = wire::Writer::default();
+            let len = w.resource_metrics_len(resource);
+            w.put_resource_metrics(resource, time, len, &mut buf);
+        }
+        let decoded = ExportMetricsServiceRequest::decode(buf.as_slice()).expect("decodes");
+        assert_eq!(decoded, encode_sweep(&sweep));
     }
 }

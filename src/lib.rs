@@ -8,6 +8,7 @@ pub mod batcher;
 pub mod config;
 pub mod encode;
 pub mod exporters;
+pub mod fdlimit;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod glob;

@@ -103,7 +103,20 @@ fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
         .map_err(|e| anyhow::anyhow!("invalid configuration:\n{}", e.lines().join("\n")))
 }
 
+/// Raises the soft open-file limit to the hard one: every container keeps a dozen cgroup files
+/// open, and the usual soft limit of 1,024 would cap the agent at about 70 containers.
+fn raise_fd_limit() {
+    match podometer::fdlimit::raise_soft_to_hard() {
+        Ok((before, after)) if after.soft > before.soft => {
+            info!(from = before.soft, to = after.soft, "Raised the open-file limit to the hard limit.")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "Keeping the open-file limit as it is."),
+    }
+}
+
 fn collect(config: &Config, format: Format, window: Duration, ids: bool) -> anyhow::Result<()> {
+    raise_fd_limit();
     let mut pipelines = pipeline::build_pipelines(config)?;
     for p in &pipelines {
         p.wait_for_processors();
@@ -124,6 +137,7 @@ fn collect(config: &Config, format: Format, window: Duration, ids: bool) -> anyh
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
+    raise_fd_limit();
     let pipelines = pipeline::build_pipelines(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -31,6 +31,9 @@ pub struct Telemetry {
     /// Metadata inputs that could not be used: an unreadable, oversized or malformed runtime
     /// file, a failed or malformed answer from a metadata API (socket errors, timeouts, bad JSON).
     pub metadata_errors: AtomicU64,
+    /// Container and pod cgroups left unopened at a discovery for lack of file descriptors
+    /// (counted at every discovery that leaves them out; they are retried at the next one).
+    pub fd_exhausted: AtomicU64,
 }
 
 impl Telemetry {
@@ -60,6 +63,7 @@ impl Telemetry {
             ("queue_bytes", get(&self.queue_bytes)),
             ("metadata_misses", get(&self.metadata_misses)),
             ("metadata_errors", get(&self.metadata_errors)),
+            ("fd_exhausted", get(&self.fd_exhausted)),
         ]
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use podometer::model::{AttrValue, ContainerInfo, PodRef, ResourceId, Runtime, Sweep, SweepContext, Value};
 use podometer::semconv::{self, CgroupFamily, CONTAINER, POD};
-use podometer::sources::cgroups::{CgroupMode, CgroupSource, CgroupsConfig, SweepStats};
+use podometer::sources::cgroups::{CgroupMode, CgroupSource, CgroupsConfig, SkipFiles, SweepStats};
 use podometer::sources::Source;
 
 const UID1: &str = "0f3e5a8c-1b2d-4c6e-8f90-a1b2c3d4e5f6";
@@ -168,7 +168,7 @@ fn info(id: &str, runtime: Runtime, pod: Option<PodRef>, procs: PathBuf) -> Cont
 }
 
 fn stats(containers: usize, pods: usize, errors: usize) -> SweepStats {
-    SweepStats { discovered: true, containers, pods, errors, vanished: 0 }
+    SweepStats { discovered: true, containers, pods, errors, vanished: 0, fd_deferred: 0 }
 }
 
 #[test]
@@ -595,6 +595,7 @@ fn kept_open_files_see_new_values_limits_wait_for_their_interval_and_discovery_f
         root: tmp.path().to_owned(),
         discovery_interval: Duration::from_secs(3600),
         limits_interval: Duration::from_secs(3600),
+        skip: Vec::new(),
     };
     let mut source = CgroupSource::new(&cfg).expect("source");
     let (_, first) = sweep_once(&mut source);
@@ -683,4 +684,37 @@ fn v1_cpu_total_is_cpuacct_usage_split_by_the_sampled_ratio() {
     write("cpuacct.usage", 7_000_000_000);
     let (_, second) = sweep_once(&mut source);
     assert_eq!((cpu_of(&second, &cid(C3), "user"), cpu_of(&second, &cid(C3), "system")), (5.5, 1.5));
+}
+
+#[test]
+fn skipped_file_groups_are_not_read_and_their_metrics_only_are_gone() {
+    let root = fixture("hybrid");
+    let names = |sweep: &Sweep| -> std::collections::BTreeSet<String> {
+        sweep.resources.iter().flat_map(|r| r.points.iter().map(|p| p.metric.name.to_owned())).collect()
+    };
+    let mut full = CgroupSource::new(&config(&root)).expect("source");
+    let (_, all) = sweep_once(&mut full);
+    let skip = vec![SkipFiles::Pressure, SkipFiles::BlockIo, SkipFiles::MemoryStat, SkipFiles::Throttling];
+    let mut lean = CgroupSource::new(&CgroupsConfig { skip, ..config(&root) }).expect("source");
+    let (_, some) = sweep_once(&mut lean);
+    let (all, some) = (names(&all), names(&some));
+    let gone: Vec<&String> = all.difference(&some).collect();
+    for name in &gone {
+        assert!(
+            name.contains("pressure")
+                || name.contains("disk.")
+                || name.contains("throttling")
+                || name.ends_with("memory.working_set")
+                || name.ends_with("memory.rss")
+                || name.ends_with("memory.file"),
+            "{name} should not be lost"
+        );
+    }
+    for kept in ["container.cpu.time", "container.memory.usage", "container.pids.count"] {
+        assert!(some.contains(kept), "{kept} is kept: {some:?}");
+    }
+    for dropped in ["container.memory.working_set", "container.disk.io", "container.cpu.pressure.stall_time"]
+    {
+        assert!(all.contains(dropped) && !some.contains(dropped), "{dropped}: full {all:?}, lean {some:?}");
+    }
 }

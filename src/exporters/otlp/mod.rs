@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use prost::Message;
 use rand::SeedableRng;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -191,8 +190,7 @@ impl OtlpExporter {
         if self.shared.closing.load(Ordering::Acquire) {
             return Err(OtlpError::ShutDown(self.shared.name.clone()));
         }
-        let batches: Vec<Bytes> =
-            self.batcher.split(sweep).iter().map(|r| Bytes::from(r.encode_to_vec())).collect();
+        let batches: Vec<Bytes> = self.batcher.split_encoded(sweep);
         if batches.is_empty() {
             return Ok(());
         }

@@ -24,6 +24,7 @@ pub mod classify;
 pub mod hierarchy;
 pub mod parse;
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io;
@@ -33,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use crate::fdlimit;
 use crate::model::{
     AttrValue, Attributes, ContainerInfo, PodRef, Point, Resource, ResourceId, Runtime, Sweep, SweepContext,
     Value,
@@ -78,6 +80,25 @@ pub struct CgroupsConfig {
     /// this late. The first sweep that sees a container always reads them. Default: `60s`.
     #[serde(default = "default_limits_interval", deserialize_with = "crate::config::duration::deserialize")]
     pub limits_interval: Duration,
+    /// Groups of files not to open or read, to save what they cost the kernel every sweep (the
+    /// README's lean profile lists the cost of each): `pressure` (`*.pressure`: the
+    /// `*.pressure.stall_time` metrics), `block_io` (`blkio.*` or `io.stat`: `disk.io`,
+    /// `disk.operations`), `memory_stat` (`memory.stat`: `memory.working_set`, `memory.rss`,
+    /// `memory.file`), `throttling` (v1 `cpu.stat`: `cpu.throttling_data.*`; on v2 they come
+    /// with the CPU time from the same file and stay). Dropping metrics with the filter
+    /// processor saves only their encoding and export; this saves the reads. Default: none.
+    #[serde(default)]
+    pub skip: Vec<SkipFiles>,
+}
+
+/// A group of cgroup files the source can leave unread (`sources.cgroups.skip`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipFiles {
+    Pressure,
+    BlockIo,
+    MemoryStat,
+    Throttling,
 }
 
 fn default_root() -> PathBuf {
@@ -98,6 +119,7 @@ impl Default for CgroupsConfig {
             root: default_root(),
             discovery_interval: default_discovery_interval(),
             limits_interval: default_limits_interval(),
+            skip: Vec::new(),
         }
     }
 }
@@ -139,6 +161,8 @@ pub struct SweepStats {
     pub errors: usize,
     /// Containers and pods dropped because their cgroup disappeared.
     pub vanished: usize,
+    /// Containers and pods found but not opened for lack of file descriptors (discovery sweeps).
+    pub fd_deferred: usize,
 }
 
 /// The cgroup source. One per pipeline; it runs on the sweep thread.
@@ -151,6 +175,9 @@ pub struct CgroupSource {
     reader: Reader,
     clock_ticks: u64,
     stats: SweepStats,
+    /// Whether the latest discovery left cgroups unopened for lack of file descriptors; the
+    /// warning is logged when this turns true, not at every discovery.
+    fd_short: bool,
 }
 
 impl std::fmt::Debug for CgroupSource {
@@ -167,6 +194,21 @@ impl CgroupSource {
     pub fn new(config: &CgroupsConfig) -> Result<Self, CgroupsError> {
         let hierarchies = Hierarchies::detect(&config.root)?;
         tracing::info!(root = %config.root.display(), mode = ?hierarchies.mode, "Found the cgroup hierarchies.");
+        let per_group = files_per_group(hierarchies.mode);
+        match fdlimit::current() {
+            Ok(limits) => {
+                let room = limits.soft.saturating_sub(fdlimit::RESERVE) / per_group;
+                tracing::info!(
+                    soft_limit = limits.soft,
+                    hard_limit = limits.hard,
+                    files_per_cgroup = per_group,
+                    "The open-file limit leaves room for about {room} containers and pods."
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot tell how many containers the open-file limit allows.")
+            }
+        }
         // SAFETY: sysconf has no preconditions.
         let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         Ok(CgroupSource {
@@ -177,6 +219,7 @@ impl CgroupSource {
             reader: Reader::new(),
             clock_ticks: u64::try_from(ticks).ok().filter(|t| *t > 0).unwrap_or(100),
             stats: SweepStats::default(),
+            fd_short: false,
         })
     }
 
@@ -189,7 +232,8 @@ impl CgroupSource {
     }
 
     /// Walks the tree, keeps known groups (and their open files), opens new ones, drops gone ones.
-    fn discover(&mut self) -> Result<(), CgroupsError> {
+    /// Returns how many were left unopened for lack of file descriptors.
+    fn discover(&mut self) -> Result<usize, CgroupsError> {
         let Some(root) = self.hierarchies.discovery_root().map(Path::to_owned) else {
             return Err(CgroupsError::NoHierarchy { path: self.config.root.clone() });
         };
@@ -197,18 +241,70 @@ impl CgroupSource {
         if let Err(source) = std::fs::read_dir(&root) {
             return Err(CgroupsError::Io { path: root, source });
         }
-        walk(&root, &mut String::new(), 0, &mut found);
-        let live: HashSet<&str> = found.iter().map(|(rel, _)| rel.as_str()).collect();
-        self.groups.retain(|rel, _| live.contains(rel.as_str()));
+        let complete = walk(&root, &mut String::new(), 0, &mut found);
+        // A walk cut short (no descriptor left to list a directory) does not prove the groups it
+        // missed are gone: keep them; a removed cgroup is dropped anyway when its files fail.
+        if complete {
+            let live: HashSet<&str> = found.iter().map(|(rel, _)| rel.as_str()).collect();
+            self.groups.retain(|rel, _| live.contains(rel.as_str()));
+        }
+        // Open new cgroups only while the open-file limit leaves room for all of a cgroup's files
+        // and the reserve; the rest are retried at the next discovery (after the limit is raised
+        // or other containers stopped). A group is opened whole or not at all.
+        let per_group = files_per_group(self.hierarchies.mode);
+        let mut budget = fdlimit::budget();
+        let mut deferred = 0;
         for (rel, what) in found {
             if self.groups.contains_key(&rel) {
                 continue;
             }
-            let group = Group::open(&self.hierarchies, &rel, what);
+            if budget.is_some_and(|b| b < per_group) {
+                deferred += 1;
+                continue;
+            }
+            let Some(group) = Group::open(&self.hierarchies, &rel, what, &self.config.skip) else {
+                // EMFILE/ENFILE despite the budget (another thread opened files meanwhile, or
+                // the system-wide table is full): its files were closed on the way out.
+                deferred += 1;
+                budget = Some(0);
+                continue;
+            };
+            if let Some(b) = &mut budget {
+                *b = b.saturating_sub(group.open_files());
+            }
             tracing::debug!(cgroup = %rel, "Found a new container or pod cgroup.");
             self.groups.insert(rel, group);
         }
-        Ok(())
+        self.note_fd_shortage(deferred);
+        Ok(deferred)
+    }
+
+    /// Counts cgroups left unopened and says so once per shortage, not at every discovery.
+    fn note_fd_shortage(&mut self, deferred: usize) {
+        let telemetry = Telemetry::global();
+        if deferred > 0 {
+            telemetry.fd_exhausted.fetch_add(deferred as u64, std::sync::atomic::Ordering::Relaxed);
+            if !self.fd_short {
+                let limits = fdlimit::current().ok();
+                tracing::warn!(
+                    unread = deferred,
+                    read = self.groups.len(),
+                    soft_limit = limits.map(|l| l.soft),
+                    hard_limit = limits.map(|l| l.hard),
+                    "Out of file descriptors: {deferred} container and pod cgroups are not read. Retrying at \
+                     every discovery; raise the open-file limit (ulimit -n, LimitNOFILE, the runtime's \
+                     nofile ulimit) to read them all."
+                );
+            }
+            self.fd_short = true;
+        } else if self.fd_short {
+            tracing::info!(
+                read = self.groups.len(),
+                unread_total = telemetry.fd_exhausted.load(std::sync::atomic::Ordering::Relaxed),
+                "Every container and pod cgroup has its files open again."
+            );
+            self.fd_short = false;
+        }
     }
 }
 
@@ -216,10 +312,26 @@ impl CgroupSource {
 /// enough to bound a walk of an odd tree.
 const MAX_DEPTH: usize = 10;
 
-fn walk(root: &Path, rel: &mut String, depth: usize, out: &mut Vec<(String, Classified)>) {
+/// Files one cgroup keeps open at most, by mode ([`Group::open`]): v1 has 12 (cpuacct 3, cpu 1,
+/// memory 4, blkio 2, pids 2), hybrid adds the 3 pressure files of `unified`, v2 has 11.
+fn files_per_group(mode: CgroupMode) -> u64 {
+    match mode {
+        CgroupMode::V1 => 12,
+        CgroupMode::Hybrid => 15,
+        CgroupMode::V2 => 11,
+    }
+}
+
+/// Returns false when a directory could not be listed for a reason other than being gone.
+fn walk(root: &Path, rel: &mut String, depth: usize, out: &mut Vec<(String, Classified)>) -> bool {
     let dir = if rel.is_empty() { root.to_owned() } else { root.join(&*rel) };
-    // A directory removed while walking is a container that stopped: nothing to report.
-    let Ok(entries) = std::fs::read_dir(&dir) else { return };
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        // A directory removed while walking is a container that stopped: nothing to report.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return true,
+        Err(_) => return false,
+    };
+    let mut complete = true;
     for entry in entries.flatten() {
         if !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
             continue;
@@ -236,13 +348,14 @@ fn walk(root: &Path, rel: &mut String, depth: usize, out: &mut Vec<(String, Clas
             Some(what @ Classified::Container { .. }) => out.push((rel.clone(), what)),
             Some(what @ Classified::Pod { .. }) => {
                 out.push((rel.clone(), what));
-                walk(root, rel, depth + 1, out);
+                complete &= walk(root, rel, depth + 1, out);
             }
-            None if depth + 1 < MAX_DEPTH => walk(root, rel, depth + 1, out),
+            None if depth + 1 < MAX_DEPTH => complete &= walk(root, rel, depth + 1, out),
             None => {}
         }
         rel.truncate(len);
     }
+    complete
 }
 
 impl Source for CgroupSource {
@@ -251,7 +364,7 @@ impl Source for CgroupSource {
         let mut stats = SweepStats::default();
         let due = self.last_discovery.is_none_or(|t| now.duration_since(t) >= self.config.discovery_interval);
         if due {
-            self.discover()?;
+            stats.fd_deferred = self.discover()?;
             self.last_discovery = Some(now);
             stats.discovered = true;
         }
@@ -345,11 +458,16 @@ struct Handle {
 
 impl Handle {
     /// `None` when the file does not exist: the controller is not mounted or the kernel lacks it.
-    fn open(dir: Option<&Path>, name: &str) -> Option<Handle> {
+    /// Running out of descriptors sets `starved` instead of logging: the source says it once.
+    fn open(dir: Option<&Path>, name: &str, starved: &Cell<bool>) -> Option<Handle> {
         let path = dir?.join(name);
         match File::open(&path) {
             Ok(file) => Some(Handle { file, path }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) if fdlimit::is_exhausted(&e) => {
+                starved.set(true);
+                None
+            }
             Err(e) => {
                 Telemetry::inc(&Telemetry::global().source_errors);
                 warn_limited!("cgroups_open", path = %path.display(), error = %e, "Could not open a cgroup file; its metrics are left out.");
@@ -491,11 +609,22 @@ struct Group {
 }
 
 impl Group {
-    fn open(h: &Hierarchies, rel: &str, what: Classified) -> Group {
+    /// `None` when a file could not be opened for lack of descriptors: the files already opened
+    /// are closed again, so that the group is retried whole at the next discovery.
+    fn open(h: &Hierarchies, rel: &str, what: Classified, skip: &[SkipFiles]) -> Option<Group> {
         let in_dir = |base: &Option<PathBuf>| base.as_ref().map(|b| b.join(rel));
         let unified = in_dir(&h.unified).filter(|d| d.is_dir());
         let v2 = h.mode == CgroupMode::V2;
-        let open = |dir: &Option<PathBuf>, name: &str| Handle::open(dir.as_deref(), name);
+        let starved = Cell::new(false);
+        let open = |dir: &Option<PathBuf>, name: &str| Handle::open(dir.as_deref(), name, &starved);
+        let wanted = |what: SkipFiles| !skip.contains(&what);
+        let open_if = |what: SkipFiles, dir: &Option<PathBuf>, name: &str| {
+            if wanted(what) {
+                open(dir, name)
+            } else {
+                None
+            }
+        };
         let (memory, cpuacct, cpu, blkio, pids) = if v2 {
             (unified.clone(), None, unified.clone(), unified.clone(), unified.clone())
         } else {
@@ -535,30 +664,68 @@ impl Group {
             })
             .next()
             .unwrap_or_default();
-        Group {
+        let group = Group {
             what,
             procs_file,
             cpu_time,
-            throttling: if v2 { None } else { open(&cpu, "cpu.stat") },
+            throttling: if v2 { None } else { open_if(SkipFiles::Throttling, &cpu, "cpu.stat") },
             v2_memory: v2,
             memory_usage: open(&memory, if v2 { "memory.current" } else { "memory.usage_in_bytes" }),
-            memory_stat: open(&memory, "memory.stat"),
+            memory_stat: open_if(SkipFiles::MemoryStat, &memory, "memory.stat"),
             memory_limit: open(&memory, if v2 { "memory.max" } else { "memory.limit_in_bytes" }),
             oom: open(&memory, if v2 { "memory.events" } else { "memory.oom_control" }),
-            io_stat: if v2 { open(&blkio, "io.stat") } else { None },
-            blkio_bytes: if v2 { None } else { open(&blkio, "blkio.throttle.io_service_bytes_recursive") },
-            blkio_ops: if v2 { None } else { open(&blkio, "blkio.throttle.io_serviced_recursive") },
+            io_stat: if v2 { open_if(SkipFiles::BlockIo, &blkio, "io.stat") } else { None },
+            blkio_bytes: if v2 {
+                None
+            } else {
+                open_if(SkipFiles::BlockIo, &blkio, "blkio.throttle.io_service_bytes_recursive")
+            },
+            blkio_ops: if v2 {
+                None
+            } else {
+                open_if(SkipFiles::BlockIo, &blkio, "blkio.throttle.io_serviced_recursive")
+            },
             pids_current: open(&pids, "pids.current"),
             pids_max: open(&pids, "pids.max"),
             pressure: [
-                open(&unified, "cpu.pressure"),
-                open(&unified, "memory.pressure"),
-                open(&unified, "io.pressure"),
+                open_if(SkipFiles::Pressure, &unified, "cpu.pressure"),
+                open_if(SkipFiles::Pressure, &unified, "memory.pressure"),
+                open_if(SkipFiles::Pressure, &unified, "io.pressure"),
             ],
             limits_read: None,
             memory_limit_value: None,
             pids_limit_value: None,
+        };
+        if starved.get() {
+            return None;
         }
+        Some(group)
+    }
+
+    /// How many descriptors this group holds.
+    fn open_files(&self) -> u64 {
+        let cpu = match &self.cpu_time {
+            CpuTimeFiles::UsageSplit { total, user, sys, .. } => {
+                [total, user, sys].iter().filter(|h| h.is_some()).count()
+            }
+            CpuTimeFiles::UsagePair(u, s) => [u, s].iter().filter(|h| h.is_some()).count(),
+            CpuTimeFiles::AcctStat(h) | CpuTimeFiles::V2Stat(h) => usize::from(h.is_some()),
+            CpuTimeFiles::Missing => 0,
+        };
+        let others = [
+            &self.throttling,
+            &self.memory_usage,
+            &self.memory_stat,
+            &self.memory_limit,
+            &self.oom,
+            &self.io_stat,
+            &self.blkio_bytes,
+            &self.blkio_ops,
+            &self.pids_current,
+            &self.pids_max,
+        ];
+        let pressure = self.pressure.iter().filter(|h| h.is_some()).count();
+        (cpu + others.iter().filter(|h| h.is_some()).count() + pressure) as u64
     }
 
     /// Reads every file once. `Err(path)` when the cgroup vanished; other failures go to
@@ -799,7 +966,7 @@ mod tests {
         let text: String = (0..3000).map(|i| format!("key_{i} {i}\n")).collect();
         assert!(text.len() > 16 * 1024);
         std::fs::write(&path, &text).expect("write");
-        let handle = Handle::open(Some(dir.path()), "memory.stat");
+        let handle = Handle::open(Some(dir.path()), "memory.stat", &Cell::new(false));
         let mut buf = vec![0; 16 * 1024];
         assert_eq!(read_into(&handle, &mut buf).expect("read"), Some(text.as_str()));
         // Same file again: pread at offset 0 sees it whole, not from where the last read ended.
@@ -811,10 +978,10 @@ mod tests {
     fn a_missing_file_is_none_and_not_text_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut buf = vec![0; 64];
-        assert!(Handle::open(Some(dir.path()), "cpu.pressure").is_none());
+        assert!(Handle::open(Some(dir.path()), "cpu.pressure", &Cell::new(false)).is_none());
         assert_eq!(read_into(&None, &mut buf).expect("missing is fine"), None);
         std::fs::write(dir.path().join("pids.current"), [0xff, 0xfe, b'\n']).expect("write");
-        let handle = Handle::open(Some(dir.path()), "pids.current");
+        let handle = Handle::open(Some(dir.path()), "pids.current", &Cell::new(false));
         let err = read_into(&handle, &mut buf).expect_err("not UTF-8");
         assert!(err.to_string().contains("pids.current"), "{err}");
     }

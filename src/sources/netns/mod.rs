@@ -45,8 +45,9 @@ pub use procfs::{
 };
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -185,6 +186,34 @@ pub struct NetnsSource {
     /// hostNetwork containers already logged, so the debug line comes once per container.
     host_network_logged: HashSet<String>,
     peers: Option<PeerResolver>,
+    /// Each namespace's `net/dev`, kept open and re-read with `pread`: opening it again every
+    /// sweep cost more than reading it. The open file pins its namespace, so a file is closed
+    /// as soon as its namespace has no member left (see the end of `collect`).
+    dev_files: HashMap<NsKey, File>,
+    dev_buf: Vec<u8>,
+}
+
+/// Reads a kept-open procfs file whole from offset 0 into `buf`.
+fn pread_text<'b>(file: &File, buf: &'b mut Vec<u8>) -> io::Result<&'b str> {
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize((buf.len() * 2).max(4096), 0);
+        }
+        match file.read_at(&mut buf[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    std::str::from_utf8(&buf[..len]).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))
+}
+
+/// Whether one more `net/dev` may stay open: at most a sixteenth of the open-file limit, so that
+/// namespaces never take the descriptors the cgroup source and the exporters need.
+fn may_keep_open(open: usize) -> bool {
+    crate::fdlimit::current().map(|l| (open as u64) < l.soft / 16).unwrap_or(false)
 }
 
 impl std::fmt::Debug for NetnsSource {
@@ -212,6 +241,8 @@ impl NetnsSource {
             pids: HashMap::new(),
             host_network_logged: HashSet::new(),
             peers,
+            dev_files: HashMap::new(),
+            dev_buf: vec![0; 4096],
         })
     }
 
@@ -364,15 +395,32 @@ impl Source for NetnsSource {
                 }
             }
 
+            // A namespace read before: its file is still open (and the namespace still has a
+            // member, or it would not be in this sweep's groups).
+            let mut read = None;
+            if let Some(file) = self.dev_files.get(key) {
+                match pread_text(file, &mut self.dev_buf) {
+                    Ok(text) => read = Some((owner.pid.pid, text.to_owned())),
+                    Err(_) => {
+                        self.dev_files.remove(key);
+                    }
+                }
+            }
             // The owner first; if its process exits right now, any other member will do.
             let readers = std::iter::once(owner).chain(members.iter().filter(|m| m.pid.pid != owner.pid.pid));
-            let mut read = None;
             let mut failed = false;
             for reader in readers {
+                if read.is_some() {
+                    break;
+                }
                 let path = self.proc_root.join(reader.pid.pid.to_string()).join("net/dev");
-                match std::fs::read_to_string(&path) {
-                    Ok(text) => {
-                        read = Some((reader.pid.pid, path, text));
+                let opened = File::open(&path);
+                match opened.and_then(|f| pread_text(&f, &mut self.dev_buf).map(|t| (t.to_owned(), f))) {
+                    Ok((text, file)) => {
+                        if may_keep_open(self.dev_files.len()) {
+                            self.dev_files.insert(*key, file);
+                        }
+                        read = Some((reader.pid.pid, text));
                         break;
                     }
                     Err(source) if is_vanished(&source) => continue,
@@ -385,7 +433,7 @@ impl Source for NetnsSource {
                     }
                 }
             }
-            let Some((reader_pid, path, text)) = read else {
+            let Some((reader_pid, text)) = read else {
                 if !failed {
                     Telemetry::inc(&telemetry.containers_vanished);
                 }
@@ -395,6 +443,7 @@ impl Source for NetnsSource {
                 Ok(c) => c,
                 Err(source) => {
                     Telemetry::inc(&telemetry.source_errors);
+                    let path = self.proc_root.join(reader_pid.to_string()).join("net/dev");
                     let e = NetnsError::Parse { path, source };
                     warn_limited!("netns.parse", error = %e, "Cannot parse a namespace's network counters.");
                     continue;
@@ -453,6 +502,9 @@ impl Source for NetnsSource {
         if let Some(peers) = &mut self.peers {
             peers.end_sweep(&live_namespaces);
         }
+        // Close the files of namespaces without members: an open file would keep a dead
+        // namespace alive.
+        self.dev_files.retain(|key, _| live_namespaces.contains(key));
         Ok(())
     }
 }
