@@ -9,6 +9,7 @@ pub mod config;
 pub mod encode;
 pub mod exporters;
 pub mod glob;
+pub mod health;
 pub mod model;
 pub mod pipeline;
 pub mod processors;

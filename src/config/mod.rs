@@ -20,6 +20,7 @@ use serde_saphyr::{Location, Spanned};
 
 use crate::exporters::file::FileExporterConfig;
 use crate::exporters::otlp::OtlpExporterConfig;
+use crate::health::HealthConfig;
 use crate::processors::filter::FilterConfig;
 use crate::sources::cgroups::CgroupsConfig;
 use crate::sources::netns::NetnsConfig;
@@ -60,6 +61,9 @@ pub struct Config {
     pub exporters: Components<ExporterConfig>,
     /// Pipelines by name; each lists the components it uses, in order.
     pub pipelines: Spanned<Pipelines>,
+    /// The `/healthz` and `/readyz` endpoint of `run`; none when left out.
+    #[serde(default)]
+    pub health: Option<Spanned<HealthConfig>>,
 }
 
 fn default_interval() -> Duration {
@@ -488,6 +492,11 @@ fn validate(file: &str, config: &Config) -> Vec<Problem> {
             let key =
                 if key.is_empty() { format!("exporters.{id}") } else { format!("exporters.{id}.{key}") };
             problem(*loc, key, reason);
+        }
+    }
+    if let Some(health) = &config.health {
+        for (key, reason) in health.value.validate() {
+            problem(health.referenced, format!("health.{key}"), reason);
         }
     }
     problems
