@@ -96,8 +96,16 @@ fn init_logging(default: &str) {
 }
 
 fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
-    config::load(path.as_deref())
-        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{}", e.lines().join("\n")))
+    let config = config::load(path.as_deref())
+        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{}", e.lines().join("\n")))?;
+    if let Some(choice) = &config.view {
+        let view = match &choice.view {
+            config::view::View::Node { .. } => "node",
+            config::view::View::Sidecar => "sidecar",
+        };
+        info!(view, reason = %choice.reason, "Built-in configuration chosen.");
+    }
+    Ok(config)
 }
 
 fn collect(config: &Config, format: Format, window: Duration) -> anyhow::Result<()> {

@@ -17,11 +17,12 @@ use crate::exporters::Exporter;
 use crate::health::{self, HealthError, HealthState, SweeperGuard};
 use crate::model::{AttrValue, StartTimes, Sweep, SweepContext};
 use crate::processors::filter::Filter;
-use crate::processors::metadata::Readiness;
+use crate::processors::metadata::{allowlisted_key, Readiness};
 use crate::processors::Processor;
 use crate::semconv;
 use crate::sources::cgroups::CgroupSource;
 use crate::sources::netns::NetnsSource;
+use crate::sources::processes::{PodNetworkSource, ProcessesSource};
 use crate::sources::Source;
 use crate::telemetry::Telemetry;
 use crate::warn_limited;
@@ -51,6 +52,8 @@ pub struct Pipeline {
     processors: Vec<Box<dyn Processor>>,
     start_times: StartTimes,
     resource_attributes: Vec<(&'static str, AttrValue)>,
+    /// From `OTEL_RESOURCE_ATTRIBUTES`: set only where a resource has no such attribute.
+    default_attributes: Vec<(&'static str, AttrValue)>,
     pub exporter_ids: Vec<String>,
 }
 
@@ -86,6 +89,9 @@ impl Pipeline {
             for (key, value) in &self.resource_attributes {
                 resource.set_attribute(key, value.clone());
             }
+            for (key, value) in &self.default_attributes {
+                resource.set_attribute_if_absent(key, value);
+            }
         }
         self.start_times.apply(&mut sweep);
         for processor in &mut self.processors {
@@ -117,6 +123,22 @@ pub fn build_pipelines(config: &Config) -> Result<Vec<Pipeline>, PipelineError> 
     if let Some(node) = config.node_name.clone().filter(|n| !n.is_empty()) {
         resource_attributes.push((semconv::K8S_NODE_NAME, node.into()));
     }
+    for (key, value) in config.resource_attributes.iter().filter(|(_, v)| !v.is_empty()) {
+        resource_attributes.push((allowlisted_key("", key), value.clone().into()));
+    }
+    let mut default_attributes: Vec<(&'static str, AttrValue)> = Vec::new();
+    if let Ok(text) = std::env::var("OTEL_RESOURCE_ATTRIBUTES") {
+        match crate::config::parse_otel_resource_attributes(&text) {
+            Ok(pairs) => {
+                for (key, value) in pairs {
+                    default_attributes.push((allowlisted_key("", &key), value.into()));
+                }
+            }
+            Err(reason) => {
+                warn!(%reason, "OTEL_RESOURCE_ATTRIBUTES is malformed; ignoring all of it, as the SDKs do.")
+            }
+        }
+    }
     let mut pipelines = Vec::new();
     for (name, (_, pc)) in &config.pipelines.value.entries {
         let mut sources: Vec<(String, Box<dyn Source>)> = Vec::new();
@@ -128,6 +150,12 @@ pub fn build_pipelines(config: &Config) -> Result<Vec<Pipeline>, PipelineError> 
                 }
                 Some(SourceConfig::Netns(c)) => {
                     Box::new(NetnsSource::new(c).map_err(|e| build_error("source", id, e))?)
+                }
+                Some(SourceConfig::Processes(c)) => {
+                    Box::new(ProcessesSource::new(c).map_err(|e| build_error("source", id, e))?)
+                }
+                Some(SourceConfig::PodNetwork(c)) => {
+                    Box::new(PodNetworkSource::new(c).map_err(|e| build_error("source", id, e))?)
                 }
                 None => unreachable!("validated: pipelines only name defined sources"),
             };
@@ -146,6 +174,7 @@ pub fn build_pipelines(config: &Config) -> Result<Vec<Pipeline>, PipelineError> 
             processors,
             start_times: StartTimes::new(),
             resource_attributes: resource_attributes.clone(),
+            default_attributes: default_attributes.clone(),
             exporter_ids: pc.exporters.iter().map(|s| s.value.clone()).collect(),
         });
     }

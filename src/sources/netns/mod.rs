@@ -36,7 +36,7 @@
 //!   `hostNetwork: true` for host peers (netlink sockets see the namespace they are opened in).
 
 mod peer;
-mod procfs;
+pub mod procfs;
 
 pub use peer::{match_host_peers, LinkRecord};
 pub use procfs::{
