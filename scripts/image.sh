@@ -28,6 +28,7 @@ built=$(date +%s)
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 cp "$bin" "$ctx/podometer"
+cp /etc/ssl/certs/ca-certificates.crt "$ctx/ca-certificates.crt"
 printf 'root:x:0:0:root:/:/sbin/nologin\npodometer:x:65532:65532:podometer:/:/sbin/nologin\n' > "$ctx/passwd"
 printf 'root:x:0:\npodometer:x:65532:\n' > "$ctx/group"
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)

@@ -17,6 +17,8 @@ command -v runc >/dev/null || need_apt+=(runc)
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx nc || need_apt+=(busybox-static)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+# The image carries Debian's CA bundle (scripts/image.sh).
+[ -f /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   apt-get update -qq >&2
@@ -72,6 +74,10 @@ if [ -z "$rotel" ]; then
   "$tools/rotel-venv/bin/pip" install -q rotel >&2
   rotel="$(ls "$tools"/rotel-venv/lib/python3*/site-packages/rotel/rotel-agent | head -n1)"
 fi
+
+# kubectl (with kustomize) renders the Kubernetes manifests in tests/kubernetes.rs. The machine
+# image ships kubectl 1.32; Debian's kubernetes-client conflicts with it, so it is not installed.
+command -v kubectl >/dev/null || log "kubectl not found: tests/kubernetes.rs will fail under CI=true"
 
 echo "export CONTAINERS_CONF=$conf"
 echo "export PODOMETER_VICTORIA_METRICS=$vm"
