@@ -165,7 +165,7 @@ fn sidecar_numbers(line: &str, app_id: &str, pod_uid: &str) -> (Option<f64>, Opt
             }
         }
         if has(rm, "k8s.pod.uid", pod_uid)
-            && rm["resource"]["attributes"].to_string().contains("container.id") == false
+            && !rm["resource"]["attributes"].to_string().contains("container.id")
         {
             for m in metrics.iter().filter(|m| m["name"] == "k8s.pod.network.io") {
                 for p in m["sum"]["dataPoints"].as_array().unwrap() {
@@ -226,7 +226,9 @@ fn sidecar_in_a_podman_pod_matches_the_kernel() {
         "the sidecar runs as the image's non-root user"
     );
     assert_eq!(inspect(&sidecar, "{{.HostConfig.CapAdd}}"), "[]");
-    let ip = inspect(&infra, "{{.NetworkSettings.IPAddress}}");
+    // kube play pods are on the `podman` network: the address is per network.
+    let ip = inspect(&infra, "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}");
+    assert!(!ip.is_empty(), "the pod has no IP");
 
     // Let the burn finish (the cgroup's counter stops moving), then send the bytes.
     let deadline = Instant::now() + Duration::from_secs(60);
