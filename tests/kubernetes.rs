@@ -231,6 +231,16 @@ fn host_peers_overlay_adds_net_admin_and_host_network_only() {
     }
     let r = render("deploy/kubernetes/overlays/host-peers");
     check_daemon_set(&r, &["SYS_PTRACE", "NET_ADMIN"], true);
+    // The capabilities are exactly the README's privilege table.
+    let readme = std::fs::read_to_string(format!("{ROOT}/README.md")).unwrap();
+    let table = readme.split("| capability |").nth(1).expect("the README's privilege table");
+    let listed: BTreeSet<&str> = table
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|l| l.split('`').nth(1))
+        .collect();
+    assert_eq!(listed, BTreeSet::from(["CAP_SYS_PTRACE", "CAP_NET_ADMIN"]));
     assert_eq!(pod_spec(&r.daemon_set).dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
 }
 
