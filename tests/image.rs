@@ -75,6 +75,8 @@ fn without_host_root_it_takes_the_sidecar_view_and_says_why() {
     let text = json.to_string();
     assert!(text.contains("container.processes.cpu.time"), "{text}");
     assert!(text.contains("k8s.pod.network.io"), "{text}");
+    // Its own container's cgroup, mounted by Podman at /sys/fs/cgroup.
+    assert!(text.contains("\"container.cpu.time\""), "own cgroup not read: {stderr}");
     assert!(text.contains("\"web-1\""), "k8s.pod.name from the downward API variable missing: {text}");
 }
 

@@ -180,6 +180,21 @@ fn sidecar_numbers(line: &str, app_id: &str, pod_uid: &str) -> (Option<f64>, Opt
     (cpu, count, rx)
 }
 
+/// `container.cpu.time` (user + system) of a container resource, from one exported line.
+fn own_cgroup_cpu(line: &str, id: &str) -> Option<f64> {
+    let v: Json = serde_json::from_str(line).unwrap();
+    let rm = v["resourceMetrics"].as_array()?.iter().find(|rm| {
+        rm["resource"]["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|kv| kv["key"] == "container.id" && kv["value"]["stringValue"] == id)
+    })?;
+    let m =
+        rm["scopeMetrics"][0]["metrics"].as_array()?.iter().find(|m| m["name"] == "container.cpu.time")?;
+    Some(m["sum"]["dataPoints"].as_array()?.iter().map(|p| p["asDouble"].as_f64().unwrap_or(0.0)).sum())
+}
+
 fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
 }
@@ -227,6 +242,8 @@ fn sidecar_in_a_podman_pod_matches_the_kernel() {
     );
     assert_eq!(inspect(&sidecar, "{{.HostConfig.CapAdd}}"), "[]");
     // kube play pods are on the `podman` network: the address is per network.
+    let sidecar_id = inspect(&sidecar, "{{.Id}}");
+    let sidecar_pid = inspect(&sidecar, "{{.State.Pid}}");
     let ip = inspect(&infra, "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}");
     assert!(!ip.is_empty(), "the pod has no IP");
 
@@ -250,6 +267,7 @@ fn sidecar_in_a_podman_pod_matches_the_kernel() {
     let mut checked = false;
     for _attempt in 0..5 {
         let (rx1, cpu1) = (host_rx(&infra_pid), host_cgroup_cpu(&app_pid));
+        let sidecar_cpu1 = host_cgroup_cpu(&sidecar_pid);
         let seen = lines(&out).len();
         let wait = Instant::now() + Duration::from_secs(20);
         while lines(&out).len() <= seen {
@@ -262,6 +280,12 @@ fn sidecar_in_a_podman_pod_matches_the_kernel() {
         }
         let (rx2, cpu2) = (host_rx(&infra_pid), host_cgroup_cpu(&app_pid));
         let line = lines(&out).pop().unwrap();
+        // The sidecar's own container: its cgroup numbers, read inside, between the host's reads.
+        let own = own_cgroup_cpu(&line, &sidecar_id);
+        let (own1, own2) = (sidecar_cpu1, host_cgroup_cpu(&sidecar_pid));
+        eprintln!("sidecar's own cgroup cpu: host {own1:.4}..{own2:.4} s, inside {own:?}");
+        let own = own.expect("container.cpu.time of the sidecar's own cgroup");
+        assert!(own1 - 1e-6 <= own && own <= own2 + 1e-6, "own cgroup CPU {own} outside {own1}..{own2}");
         let (cpu, count, rx) = sidecar_numbers(&line, &app, &pod_uid);
         let (cpu, count, rx) =
             (cpu.expect("app CPU"), count.expect("app process count"), rx.expect("pod eth0 rx"));

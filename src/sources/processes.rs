@@ -14,6 +14,10 @@
 //!   charged to the cgroup are missing. It is not the cgroup's `memory.usage` nor its working set.
 //! - Processes in another pid namespace than the agent's are invisible.
 //!
+//! The agent's own container is the exception: where its cgroup is mounted at
+//! `own_cgroup_root` the source also reads that cgroup's CPU and memory files, true cgroup
+//! numbers under the cgroup metric names.
+//!
 //! Each process is put in its container by the container id in `/proc/<pid>/cgroup` (the
 //! runtime's 64-hex id in the last path component). A process whose path names no id (the
 //! agent's own container in a private cgroup namespace shows `/`) is grouped under its cgroup
@@ -42,11 +46,21 @@ pub struct ProcessesConfig {
     /// At most this many processes are read per sweep; the rest are counted and skipped.
     #[serde(default = "default_max_processes")]
     pub max_processes: usize,
+    /// Where the agent's own container's cgroup is mounted (inside a container, the runtime
+    /// mounts the container's own cgroup at `/sys/fs/cgroup`). Its CPU time, memory usage and
+    /// working set are reported as the cgroup metrics of the agent's own container when the
+    /// agent's pid is listed there; otherwise (the host's tree, no mount) nothing is read.
+    #[serde(default = "default_cgroup_root")]
+    pub own_cgroup_root: PathBuf,
 }
 
 impl Default for ProcessesConfig {
     fn default() -> Self {
-        ProcessesConfig { proc_root: default_proc_root(), max_processes: default_max_processes() }
+        ProcessesConfig {
+            proc_root: default_proc_root(),
+            max_processes: default_max_processes(),
+            own_cgroup_root: default_cgroup_root(),
+        }
     }
 }
 
@@ -79,6 +93,9 @@ impl Default for PodNetworkConfig {
 
 fn default_proc_root() -> PathBuf {
     PathBuf::from("/proc")
+}
+fn default_cgroup_root() -> PathBuf {
+    PathBuf::from("/sys/fs/cgroup")
 }
 fn default_max_processes() -> usize {
     4096
@@ -174,6 +191,86 @@ struct Group {
 pub struct ProcessesSource {
     config: ProcessesConfig,
     ticks_per_second: f64,
+    own: Option<OwnCgroup>,
+}
+
+/// The agent's own container's cgroup files, when they are its own.
+#[derive(Debug)]
+enum OwnCgroup {
+    /// `cpu.stat`, `memory.current`, `memory.stat` in one directory.
+    V2 { dir: PathBuf },
+    /// `cpuacct.usage{,_user,_sys}` and `memory.usage_in_bytes`, `memory.stat`; the last
+    /// user/system split (ns) keeps both modes monotonic.
+    V1 { cpuacct: PathBuf, memory: PathBuf, split: (u64, u64) },
+}
+
+impl OwnCgroup {
+    /// The own cgroup under `root`, if the agent's pid is listed in its `cgroup.procs` and it
+    /// is not the host's root cgroup (whose files are the whole machine's): on v2 the real root
+    /// has no `memory.current`, a container's namespaced root has; on v1 the agent's path in
+    /// `/proc/self/cgroup` is `/` only in the root cgroup.
+    fn find(root: &Path, proc_root: &Path) -> Option<OwnCgroup> {
+        let me = std::process::id().to_string();
+        let lists_me = |dir: &Path| {
+            std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|t| t.lines().any(|l| l.trim() == me))
+        };
+        if root.join("cgroup.controllers").is_file() {
+            let own = lists_me(root) && root.join("memory.current").is_file();
+            return own.then(|| OwnCgroup::V2 { dir: root.to_owned() });
+        }
+        let self_cgroup = std::fs::read_to_string(proc_root.join("self/cgroup")).ok()?;
+        let in_root = self_cgroup.lines().any(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) =
+                (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            controllers.split(',').any(|c| c == "cpuacct") && path == "/"
+        });
+        if in_root {
+            return None;
+        }
+        let cpuacct =
+            ["cpuacct", "cpu,cpuacct", "cpuacct,cpu"].iter().map(|d| root.join(d)).find(|d| d.is_dir())?;
+        let memory = root.join("memory");
+        (lists_me(&cpuacct) && lists_me(&memory)).then_some(OwnCgroup::V1 { cpuacct, memory, split: (0, 0) })
+    }
+
+    /// (user s, system s, memory usage B, working set B).
+    fn read(&mut self) -> Result<(f64, f64, u64, u64), ProcessesError> {
+        use crate::sources::cgroups::parse;
+        let read = |path: PathBuf| {
+            std::fs::read_to_string(&path)
+                .map_err(|source| ProcessesError::Read { path: path.clone(), source })
+        };
+        let bad = |path: &Path, e: parse::ParseError| ProcessesError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        };
+        match self {
+            OwnCgroup::V2 { dir } => {
+                let cpu =
+                    parse::parse_v2_cpu_stat(&read(dir.join("cpu.stat"))?).map_err(|e| bad(dir, e))?.time;
+                let usage =
+                    parse::parse_single(&read(dir.join("memory.current"))?).map_err(|e| bad(dir, e))?;
+                let stat =
+                    parse::parse_v2_memory_stat(&read(dir.join("memory.stat"))?).map_err(|e| bad(dir, e))?;
+                Ok((cpu.user, cpu.system, usage, parse::working_set(usage, &stat)))
+            }
+            OwnCgroup::V1 { cpuacct, memory, split } => {
+                let total = parse::parse_single(&read(cpuacct.join("cpuacct.usage"))?)
+                    .map_err(|e| bad(cpuacct, e))?;
+                let user = parse::parse_single(&read(cpuacct.join("cpuacct.usage_user"))?)
+                    .map_err(|e| bad(cpuacct, e))?;
+                let sys = parse::parse_single(&read(cpuacct.join("cpuacct.usage_sys"))?)
+                    .map_err(|e| bad(cpuacct, e))?;
+                *split = parse::adjust_cputime(total, user, sys, *split);
+                let usage = parse::parse_single(&read(memory.join("memory.usage_in_bytes"))?)
+                    .map_err(|e| bad(memory, e))?;
+                let stat = parse::parse_v1_memory_stat(&read(memory.join("memory.stat"))?)
+                    .map_err(|e| bad(memory, e))?;
+                Ok((split.0 as f64 / 1e9, split.1 as f64 / 1e9, usage, parse::working_set(usage, &stat)))
+            }
+        }
+    }
 }
 
 impl ProcessesSource {
@@ -182,9 +279,17 @@ impl ProcessesSource {
             .map_err(|source| ProcessesError::List { path: config.proc_root.clone(), source })?;
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let own = OwnCgroup::find(&config.own_cgroup_root, &config.proc_root);
+        match &own {
+            Some(own) => tracing::info!(cgroup = ?own, "Reading the agent's own container cgroup."),
+            None => {
+                tracing::info!(root = %config.own_cgroup_root.display(), "The agent's own cgroup is not mounted there (or does not list its pid); not read.")
+            }
+        }
         Ok(ProcessesSource {
             config: config.clone(),
             ticks_per_second: if hz > 0 { hz as f64 } else { 100.0 },
+            own,
         })
     }
 
@@ -241,6 +346,11 @@ impl Source for ProcessesSource {
                 }
             }
         }
+        // The own container's key, as the loop below names its resource.
+        let own_key = self.own.as_ref().and_then(|_| {
+            let text = std::fs::read_to_string(self.config.proc_root.join("self/cgroup")).ok()?;
+            parse_cgroup_key(&text).ok()
+        });
         let f = &semconv::CONTAINER_PROCESSES;
         for (key, g) in groups {
             let (id, attributes) = match container_id_of(&key) {
@@ -258,6 +368,29 @@ impl Source for ProcessesSource {
             );
             resource.points.push(Point::new(&f.memory_rss, Value::from_u64(g.rss)));
             resource.points.push(Point::new(&f.count, Value::from_u64(g.processes)));
+        }
+        if let (Some(own), Some(key)) = (&mut self.own, own_key) {
+            match own.read() {
+                Ok((user, system, usage, working_set)) => {
+                    let id = container_id_of(&key).map_or_else(|| key.clone(), str::to_owned);
+                    let c = &semconv::CONTAINER;
+                    let resource = sweep.resource_mut(ResourceId::Container(id), Vec::new);
+                    resource.points.push(
+                        Point::new(&c.cpu_time, Value::Double(user))
+                            .with(semconv::CPU_MODE, semconv::CPU_MODE_USER),
+                    );
+                    resource.points.push(
+                        Point::new(&c.cpu_time, Value::Double(system))
+                            .with(semconv::CPU_MODE, semconv::CPU_MODE_SYSTEM),
+                    );
+                    resource.points.push(Point::new(&c.memory_usage, Value::from_u64(usage)));
+                    resource.points.push(Point::new(&c.memory_working_set, Value::from_u64(working_set)));
+                }
+                Err(error) => {
+                    crate::telemetry::Telemetry::inc(&crate::telemetry::Telemetry::global().source_errors);
+                    crate::warn_limited!("own-cgroup", %error, "The agent's own cgroup could not be read.");
+                }
+            }
         }
         Ok(())
     }
