@@ -332,7 +332,10 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     match path {
         None => {
             let env = |name: &str| std::env::var(name).ok();
-            let choice = view::choose(&env, &|p: &Path| p.exists()).map_err(|reason| {
+            let own_cgroup = || {
+                crate::sources::processes::own_cgroup_mounted(Path::new("/sys/fs/cgroup"), Path::new("/proc"))
+            };
+            let choice = view::choose(&env, &|p: &Path| p.exists(), &own_cgroup).map_err(|reason| {
                 ConfigError::Invalid(vec![Problem {
                     file: "<environment>".into(),
                     line: 0,

@@ -24,12 +24,16 @@ pub struct ViewChoice {
 }
 
 /// Chooses the view: `PODOMETER_VIEW` (`node`, `sidecar`) when set; else the node view under
-/// `/host` when `/host/proc` and `/host/sys/fs/cgroup` exist; else the sidecar view inside a
-/// container (`/run/.containerenv`, `/.dockerenv`, `KUBERNETES_SERVICE_HOST` or `container`
-/// set); else the node view of the host the agent runs on.
+/// `/host` when `/host/proc` and `/host/sys/fs/cgroup` exist; else the sidecar view when the
+/// cgroup mounted at `/sys/fs/cgroup` is the agent's own container's (`own_cgroup`: it lists
+/// the agent's pid and is not the host's root), since nothing of the node is visible then;
+/// else the node view of the machine the agent runs on (a host, or a container that sees the
+/// host's cgroup tree). Container markers such as `/.dockerenv` are not used: a privileged
+/// container with the host's tree is a node view.
 pub fn choose(
     env: &dyn Fn(&str) -> Option<String>,
     exists: &dyn Fn(&Path) -> bool,
+    own_cgroup: &dyn Fn() -> bool,
 ) -> Result<ViewChoice, String> {
     let host_mounted = exists(Path::new("/host/proc")) && exists(Path::new("/host/sys/fs/cgroup"));
     match env("PODOMETER_VIEW").as_deref() {
@@ -53,21 +57,16 @@ pub fn choose(
             reason: "/host/proc and /host/sys/fs/cgroup exist: the host's root is mounted at /host".into(),
         });
     }
-    let markers = [
-        (exists(Path::new("/run/.containerenv")), "/run/.containerenv exists (Podman)"),
-        (exists(Path::new("/.dockerenv")), "/.dockerenv exists (Docker)"),
-        (env("KUBERNETES_SERVICE_HOST").is_some(), "KUBERNETES_SERVICE_HOST is set (a Kubernetes pod)"),
-        (env("container").is_some(), "`container` is set in the environment"),
-    ];
-    if let Some((_, why)) = markers.iter().find(|(hit, _)| *hit) {
+    if own_cgroup() {
         return Ok(ViewChoice {
             view: View::Sidecar,
-            reason: format!("in a container without the host's root at /host: {why}"),
+            reason: "no host root at /host, and /sys/fs/cgroup is this container's own cgroup (it lists the agent's pid)"
+                .into(),
         });
     }
     Ok(ViewChoice {
         view: View::Node { host_root: String::new() },
-        reason: "not in a container: reading this host's /sys/fs/cgroup and /proc".into(),
+        reason: "/sys/fs/cgroup is the host's tree: reading it and /proc".into(),
     })
 }
 
@@ -76,11 +75,14 @@ mod tests {
     use super::*;
 
     fn pick(env: &[(&str, &str)], files: &[&str]) -> Result<View, String> {
+        let own = files.contains(&"own-cgroup");
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let files: Vec<String> = files.iter().map(|s| s.to_string()).collect();
-        choose(&|k| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()), &|p| {
-            files.iter().any(|f| Path::new(f) == p)
-        })
+        choose(
+            &|k| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()),
+            &|p| files.iter().any(|f| Path::new(f) == p),
+            &|| own,
+        )
         .map(|c| c.view)
     }
 
@@ -88,15 +90,13 @@ mod tests {
     fn views() {
         let node_host = View::Node { host_root: "/host".into() };
         let node_here = View::Node { host_root: String::new() };
-        assert_eq!(
-            pick(&[], &["/host/proc", "/host/sys/fs/cgroup", "/run/.containerenv"]),
-            Ok(node_host.clone())
-        );
+        assert_eq!(pick(&[], &["/host/proc", "/host/sys/fs/cgroup", "own-cgroup"]), Ok(node_host.clone()));
         // Half a host mount is not a node view.
-        assert_eq!(pick(&[], &["/host/proc", "/run/.containerenv"]), Ok(View::Sidecar));
-        assert_eq!(pick(&[("KUBERNETES_SERVICE_HOST", "10.0.0.1")], &[]), Ok(View::Sidecar));
+        assert_eq!(pick(&[], &["/host/proc", "own-cgroup"]), Ok(View::Sidecar));
+        // A container that sees the host's tree (this CI machine has /.dockerenv) is a node.
+        assert_eq!(pick(&[("KUBERNETES_SERVICE_HOST", "10.0.0.1")], &["/.dockerenv"]), Ok(node_here.clone()));
         assert_eq!(pick(&[], &[]), Ok(node_here.clone()));
-        assert_eq!(pick(&[("PODOMETER_VIEW", "node")], &["/.dockerenv"]), Ok(node_here));
+        assert_eq!(pick(&[("PODOMETER_VIEW", "node")], &["own-cgroup"]), Ok(node_here));
         assert_eq!(
             pick(&[("PODOMETER_VIEW", "sidecar")], &["/host/proc", "/host/sys/fs/cgroup"]),
             Ok(View::Sidecar)

@@ -204,6 +204,13 @@ enum OwnCgroup {
     V1 { cpuacct: PathBuf, memory: PathBuf, split: (u64, u64) },
 }
 
+/// True when the cgroup mounted at `root` is the agent's own container's (a namespaced or
+/// bind-mounted container cgroup), not the host's tree: then the node view cannot see other
+/// containers, and the built-in config takes the sidecar view.
+pub fn own_cgroup_mounted(root: &Path, proc_root: &Path) -> bool {
+    OwnCgroup::find(root, proc_root).is_some()
+}
+
 impl OwnCgroup {
     /// The own cgroup under `root`, if the agent's pid is listed in its `cgroup.procs` and it
     /// is not the host's root cgroup (whose files are the whole machine's): on v2 the real root
