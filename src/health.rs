@@ -75,6 +75,10 @@ pub struct HealthState {
     sweeper_alive: AtomicBool,
     /// The metadata processors' readiness, published once before the first sweep.
     processors: OnceLock<Vec<Readiness>>,
+    /// Milliseconds after `started` when the sweep thread stopped waiting for the metadata
+    /// processors and began sweeping; `u64::MAX`: still waiting (each processor bounds its
+    /// own wait, so that phase cannot fail liveness and get the agent restarted in a loop).
+    sweeping_since_ms: AtomicU64,
 }
 
 /// The answer to one probe.
@@ -94,6 +98,7 @@ impl HealthState {
             last_sweep_done_ms: AtomicU64::new(u64::MAX),
             sweeper_alive: AtomicBool::new(true),
             processors: OnceLock::new(),
+            sweeping_since_ms: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -106,6 +111,7 @@ impl HealthState {
     /// Called once, by the sweep thread, before its first sweep.
     pub fn set_processors(&self, readiness: Vec<Readiness>) {
         let _ = self.processors.set(readiness);
+        self.sweeping_since_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Release);
     }
 
     /// Called when the sweep thread ends (from a drop guard, so also on panic).
@@ -113,8 +119,9 @@ impl HealthState {
         self.sweeper_alive.store(false, Ordering::Release);
     }
 
-    /// `/healthz`: the sweep thread lives and finished a sweep recently (or is still within
-    /// its first `stale_after` since start, which covers the metadata wait).
+    /// `/healthz`: the sweep thread lives and finished a sweep recently (or, before its first
+    /// one, began sweeping less than `stale_after` ago; the metadata wait before that counts
+    /// as alive).
     pub fn liveness(&self) -> Verdict {
         self.liveness_at(self.started.elapsed())
     }
@@ -123,8 +130,12 @@ impl HealthState {
         if !self.sweeper_alive.load(Ordering::Acquire) {
             return Verdict { ok: false, reason: "the sweep thread has stopped".into() };
         }
+        let began = self.sweeping_since_ms.load(Ordering::Acquire);
+        if began == u64::MAX {
+            return Verdict { ok: true, reason: "waiting for metadata processors".into() };
+        }
         let last = self.last_sweep_done_ms.load(Ordering::Acquire);
-        let since = if last == u64::MAX { now } else { now.saturating_sub(Duration::from_millis(last)) };
+        let since = now.saturating_sub(Duration::from_millis(if last == u64::MAX { began } else { last }));
         if since > self.stale_after {
             let what = if last == u64::MAX { "no sweep has finished" } else { "the last sweep finished" };
             return Verdict {
@@ -274,14 +285,18 @@ mod tests {
     #[test]
     fn stale_sweeps_fail_liveness() {
         let s = state();
+        // Waiting for metadata processors, however long, is alive.
+        assert!(s.liveness_at(Duration::from_secs(600)).ok);
+        s.set_processors(Vec::new());
         s.sweep_done();
         // 3 intervals + 1 s of slack = 31 s.
         assert!(s.liveness_at(Duration::from_secs(30)).ok);
         let v = s.liveness_at(Duration::from_secs(32));
         assert!(!v.ok);
         assert!(v.reason.contains("last sweep finished"), "{}", v.reason);
-        // Never sweeping at all fails too.
+        // Sweeping began but no sweep ever finished fails too.
         let never = state();
+        never.set_processors(Vec::new());
         assert!(!never.liveness_at(Duration::from_secs(40)).ok);
     }
 
