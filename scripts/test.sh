@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 
 eval "$(bash scripts/testbed.sh)"
 
+echo "== container image (scripts/image.sh)" >&2
+# tests/image.rs and tests/sidecar.rs run it; a release build of the static binary.
+bash scripts/image.sh >/dev/null
+
 echo "== cargo fmt --check" >&2
 cargo fmt --check
 echo "== cargo clippy --all-targets -- -D warnings" >&2

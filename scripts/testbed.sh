@@ -23,6 +23,8 @@ command -v containerd >/dev/null || need_apt+=(containerd)
 [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && [ -x /usr/lib/cni/loopback ] \
   || need_apt+=(containernetworking-plugins)
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+# The image carries Debian's CA bundle (scripts/image.sh).
+[ -f /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   apt-get update -qq >&2
@@ -117,6 +119,10 @@ if [ -z "$rotel" ]; then
   "$tools/rotel-venv/bin/pip" install -q rotel >&2
   rotel="$(ls "$tools"/rotel-venv/lib/python3*/site-packages/rotel/rotel-agent | head -n1)"
 fi
+
+# kubectl (with kustomize) renders the Kubernetes manifests in tests/kubernetes.rs. The machine
+# image ships kubectl 1.32; Debian's kubernetes-client conflicts with it, so it is not installed.
+command -v kubectl >/dev/null || log "kubectl not found: tests/kubernetes.rs will fail under CI=true"
 
 echo "export CONTAINERS_CONF=$conf"
 echo "export PODOMETER_VICTORIA_METRICS=$vm"

@@ -12,6 +12,7 @@ pub mod fdlimit;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod glob;
+pub mod health;
 pub mod model;
 pub mod pipeline;
 pub mod processors;

@@ -95,12 +95,26 @@ fn init_logging(default: &str) {
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(default))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Logs go to stderr so that `collect` output on stdout stays machine-readable.
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colours only on a terminal: container logs (`kubectl logs`, journald) get plain text.
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }
 
 fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
-    config::load(path.as_deref())
-        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{}", e.lines().join("\n")))
+    let config = config::load(path.as_deref())
+        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{}", e.lines().join("\n")))?;
+    if let Some(choice) = &config.view {
+        let view = match &choice.view {
+            config::view::View::Node { .. } => "node",
+            config::view::View::Sidecar => "sidecar",
+        };
+        info!(view, reason = %choice.reason, "Built-in configuration chosen.");
+    }
+    Ok(config)
 }
 
 /// Raises the soft open-file limit to the hard one: every container keeps a dozen cgroup files

@@ -8,21 +8,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, ExporterConfig, ProcessorConfig, SourceConfig};
 use crate::exporters::file::FileExporter;
 use crate::exporters::otlp::OtlpExporter;
 use crate::exporters::Exporter;
+use crate::health::{self, HealthError, HealthState, SweeperGuard};
 use crate::model::{AttrValue, StartTimes, Sweep, SweepContext};
 use crate::processors::filter::Filter;
 use crate::processors::metadata::docker_api::DockerApi;
 use crate::processors::metadata::runtime_files::RuntimeFiles;
-use crate::processors::metadata::Readiness;
+use crate::processors::metadata::{allowlisted_key, Readiness};
 use crate::processors::Processor;
 use crate::semconv;
 use crate::sources::cgroups::CgroupSource;
 use crate::sources::netns::NetnsSource;
+use crate::sources::processes::{PodNetworkSource, ProcessesSource};
 use crate::sources::Source;
 use crate::telemetry::Telemetry;
 use crate::warn_limited;
@@ -31,6 +33,10 @@ use crate::warn_limited;
 pub enum PipelineError {
     #[error("cannot start {kind} `{id}`: {source}")]
     Build { kind: &'static str, id: String, source: Box<dyn std::error::Error + Send + Sync> },
+    #[error(transparent)]
+    Health(#[from] HealthError),
+    #[error("the sweep thread stopped: {0}")]
+    SweeperStopped(String),
 }
 
 fn build_error(
@@ -48,6 +54,8 @@ pub struct Pipeline {
     processors: Vec<Box<dyn Processor>>,
     start_times: StartTimes,
     resource_attributes: Vec<(&'static str, AttrValue)>,
+    /// From `OTEL_RESOURCE_ATTRIBUTES`: set only where a resource has no such attribute.
+    default_attributes: Vec<(&'static str, AttrValue)>,
     pub exporter_ids: Vec<String>,
 }
 
@@ -83,6 +91,9 @@ impl Pipeline {
             for (key, value) in &self.resource_attributes {
                 resource.set_attribute(key, value.clone());
             }
+            for (key, value) in &self.default_attributes {
+                resource.set_attribute_if_absent(key, value);
+            }
         }
         self.start_times.apply(&mut sweep);
         for processor in &mut self.processors {
@@ -114,6 +125,22 @@ pub fn build_pipelines(config: &Config) -> Result<Vec<Pipeline>, PipelineError> 
     if let Some(node) = config.node_name.clone().filter(|n| !n.is_empty()) {
         resource_attributes.push((semconv::K8S_NODE_NAME, node.into()));
     }
+    for (key, value) in config.resource_attributes.iter().filter(|(_, v)| !v.is_empty()) {
+        resource_attributes.push((allowlisted_key("", key), value.clone().into()));
+    }
+    let mut default_attributes: Vec<(&'static str, AttrValue)> = Vec::new();
+    if let Ok(text) = std::env::var("OTEL_RESOURCE_ATTRIBUTES") {
+        match crate::config::parse_otel_resource_attributes(&text) {
+            Ok(pairs) => {
+                for (key, value) in pairs {
+                    default_attributes.push((allowlisted_key("", &key), value.into()));
+                }
+            }
+            Err(reason) => {
+                warn!(%reason, "OTEL_RESOURCE_ATTRIBUTES is malformed; ignoring all of it, as the SDKs do.")
+            }
+        }
+    }
     let mut pipelines = Vec::new();
     for (name, (_, pc)) in &config.pipelines.value.entries {
         let mut sources: Vec<(String, Box<dyn Source>)> = Vec::new();
@@ -125,6 +152,12 @@ pub fn build_pipelines(config: &Config) -> Result<Vec<Pipeline>, PipelineError> 
                 }
                 Some(SourceConfig::Netns(c)) => {
                     Box::new(NetnsSource::new(c).map_err(|e| build_error("source", id, e))?)
+                }
+                Some(SourceConfig::Processes(c)) => {
+                    Box::new(ProcessesSource::new(c).map_err(|e| build_error("source", id, e))?)
+                }
+                Some(SourceConfig::PodNetwork(c)) => {
+                    Box::new(PodNetworkSource::new(c).map_err(|e| build_error("source", id, e))?)
                 }
                 None => unreachable!("validated: pipelines only name defined sources"),
             };
@@ -148,6 +181,7 @@ pub fn build_pipelines(config: &Config) -> Result<Vec<Pipeline>, PipelineError> 
             processors,
             start_times: StartTimes::new(),
             resource_attributes: resource_attributes.clone(),
+            default_attributes: default_attributes.clone(),
             exporter_ids: pc.exporters.iter().map(|s| s.value.clone()).collect(),
         });
     }
@@ -229,20 +263,50 @@ pub async fn run(
         }));
     }
 
+    let stale_intervals = config.health.as_ref().map_or(3, |h| h.value.stale_intervals);
+    let health = Arc::new(HealthState::new(config.interval, stale_intervals));
+    let mut health_task = None;
+    if let Some(h) = &config.health {
+        let address =
+            h.value.address().map_err(|reason| build_error("health endpoint", &h.value.endpoint, reason))?;
+        let (_, serving) = health::bind(address, Arc::clone(&health)).await?;
+        health_task = Some(tokio::spawn(serving));
+    }
+
     let (stop_tx, stop_rx) = std_mpsc::channel::<()>();
+    // Dropped when the sweep thread ends, normally or by a panic: `run` must not live on
+    // without it.
+    let (ended_tx, mut ended_rx) = tokio::sync::oneshot::channel::<()>();
     let interval = config.interval;
     let stats_every = config.stats_log_interval;
+    let sweeper_health = Arc::clone(&health);
     let sweeper = std::thread::Builder::new()
         .name("podometer-sweep".into())
-        .spawn(move || sweep_loop(&mut pipelines, &senders, interval, stats_every, stop_rx))
+        .spawn(move || {
+            let _ended = ended_tx;
+            let _guard = SweeperGuard(Arc::clone(&sweeper_health));
+            sweep_loop(&mut pipelines, &senders, interval, stats_every, stop_rx, &sweeper_health)
+        })
         .expect("spawning the sweep thread");
 
-    stop.await;
-    info!("Stopping: one last sweep, then flushing exporters.");
+    let sweeper_died = tokio::select! {
+        _ = stop => false,
+        _ = &mut ended_rx => true,
+    };
+    if sweeper_died {
+        error!("The sweep thread stopped on its own; flushing exporters and exiting with an error.");
+    } else {
+        info!("Stopping: one last sweep, then flushing exporters.");
+    }
     let _ = stop_tx.send(());
     let deadline = Instant::now() + config.shutdown_timeout;
     // The sweeper finishes its last sweep and drops the senders, which ends the exporter loops.
-    let _ = tokio::task::spawn_blocking(move || sweeper.join()).await;
+    let joined = tokio::task::spawn_blocking(move || sweeper.join()).await;
+    let died_because = match joined {
+        Ok(Err(panic)) => Some(panic_message(panic.as_ref())),
+        _ if sweeper_died => Some("it returned without being asked to stop".to_owned()),
+        _ => None,
+    };
     let _ = deadline_tx.send(Some(deadline));
     let grace = config.shutdown_timeout + Duration::from_secs(1);
     for task in tasks {
@@ -251,8 +315,27 @@ pub async fn run(
             warn!("An exporter did not stop within shutdown_timeout; leaving it behind.");
         }
     }
+    if let Some(task) = health_task {
+        task.abort();
+    }
     log_stats();
-    Ok(())
+    match died_because {
+        Some(reason) => {
+            error!(%reason, "The sweep thread died.");
+            Err(PipelineError::SweeperStopped(reason))
+        }
+        None => Ok(()),
+    }
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    format!("panicked: {text}")
 }
 
 fn sweep_loop(
@@ -261,11 +344,18 @@ fn sweep_loop(
     interval: Duration,
     stats_every: Duration,
     stop: std_mpsc::Receiver<()>,
+    health: &HealthState,
 ) {
     let telemetry = Telemetry::global();
+    let mut readiness = Vec::new();
     for pipeline in pipelines.iter() {
-        pipeline.wait_for_processors();
+        readiness.extend(pipeline.wait_for_processors());
     }
+    health.set_processors(readiness);
+    #[cfg(debug_assertions)]
+    let fault = DebugFault::from_env();
+    #[cfg(debug_assertions)]
+    let mut swept = 0u64;
     let mut next = Instant::now();
     let mut next_stats = Instant::now() + stats_every;
     loop {
@@ -287,6 +377,12 @@ fn sweep_loop(
         }
         Telemetry::inc(&telemetry.sweeps);
         telemetry.last_sweep_micros.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        health.sweep_done();
+        #[cfg(debug_assertions)]
+        {
+            swept += 1;
+            fault.after_sweep(swept);
+        }
         if stopping {
             return;
         }
@@ -298,6 +394,40 @@ fn sweep_loop(
         next += interval;
         if next < Instant::now() {
             next = Instant::now();
+        }
+    }
+}
+
+/// Test hook, compiled into debug builds only (the tests' binary, never a release): makes
+/// the sweep thread panic or hang after N sweeps, so the tests can check that a dead sweep
+/// thread fails `/healthz` and ends `run` with an error. `PODOMETER_DEBUG_FAULT=panic-after:N`
+/// or `hang-after:N`.
+#[cfg(debug_assertions)]
+enum DebugFault {
+    None,
+    PanicAfter(u64),
+    HangAfter(u64),
+}
+
+#[cfg(debug_assertions)]
+impl DebugFault {
+    fn from_env() -> DebugFault {
+        let Ok(value) = std::env::var("PODOMETER_DEBUG_FAULT") else { return DebugFault::None };
+        let parse = |n: &str| n.parse::<u64>().ok();
+        match value.split_once(':') {
+            Some(("panic-after", n)) => parse(n).map_or(DebugFault::None, DebugFault::PanicAfter),
+            Some(("hang-after", n)) => parse(n).map_or(DebugFault::None, DebugFault::HangAfter),
+            _ => DebugFault::None,
+        }
+    }
+
+    fn after_sweep(&self, swept: u64) {
+        match *self {
+            DebugFault::PanicAfter(n) if swept >= n => panic!("injected fault after {swept} sweeps"),
+            DebugFault::HangAfter(n) if swept >= n => loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            },
+            _ => {}
         }
     }
 }

@@ -222,3 +222,35 @@ pub static POD_NETWORK: NetworkFamily = network_family!("k8s.pod");
 /// host's network namespace (`hostNetwork: true`), when the netns source's `host_network` is
 /// `mark`. Such resources get no network series.
 pub const PODOMETER_HOST_NETWORK: &str = "podometer.host_network";
+
+// ---- processes source (sidecar view) ----
+/// Not in the conventions: the cgroup path of processes whose path names no container id
+/// (the agent's own container in a private cgroup namespace shows `/`).
+pub const PODOMETER_CGROUP_PATH: &str = "podometer.cgroup.path";
+
+/// Sums over the live processes of one container, read from `/proc/<pid>/*` by the
+/// `processes` source; named `container.processes.*` so they are never mistaken for the
+/// cgroup's own accounting (see the source's module docs for what they miss).
+pub struct ProcessesFamily {
+    pub cpu_time: MetricDesc,
+    pub memory_rss: MetricDesc,
+    pub count: MetricDesc,
+}
+
+pub static CONTAINER_PROCESSES: ProcessesFamily = ProcessesFamily {
+    cpu_time: counter(
+        "container.processes.cpu.time",
+        "s",
+        "CPU time of the container's live processes and the children they waited for, from /proc/<pid>/stat.",
+    ),
+    memory_rss: gauge(
+        "container.processes.memory.rss",
+        "By",
+        "Sum of VmRSS of the container's live processes; shared pages counted once per process.",
+    ),
+    count: gauge(
+        "container.processes.count",
+        "{process}",
+        "Live processes of the container visible to the agent.",
+    ),
+};

@@ -7,6 +7,7 @@
 
 pub mod duration;
 mod env;
+pub mod view;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,16 +21,22 @@ use serde_saphyr::{Location, Spanned};
 
 use crate::exporters::file::FileExporterConfig;
 use crate::exporters::otlp::OtlpExporterConfig;
+use crate::health::HealthConfig;
 use crate::processors::filter::FilterConfig;
 use crate::processors::metadata::docker_api::DockerApiConfig;
 use crate::processors::metadata::runtime_files::RuntimeFilesConfig;
 use crate::sources::cgroups::CgroupsConfig;
 use crate::sources::netns::NetnsConfig;
+use crate::sources::processes::{PodNetworkConfig, ProcessesConfig};
 
 /// The built-in configuration used without `-c`; `config/podometer.yaml` is the same file.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/podometer.yaml");
 /// How the built-in configuration is named in messages.
 pub const DEFAULT_CONFIG_NAME: &str = "<built-in config/podometer.yaml>";
+/// The built-in configuration of the sidecar view; `config/sidecar.yaml` is the same file.
+pub const SIDECAR_CONFIG: &str = include_str!("../../config/sidecar.yaml");
+/// How the built-in sidecar configuration is named in messages.
+pub const SIDECAR_CONFIG_NAME: &str = "<built-in config/sidecar.yaml>";
 
 /// The whole agent configuration.
 #[derive(Debug, Deserialize)]
@@ -51,7 +58,8 @@ pub struct Config {
     /// downward API: `${env:NODE_NAME}`).
     #[serde(default)]
     pub node_name: Option<String>,
-    /// Sources by `type[/name]`: `cgroups`, `netns`.
+    /// Sources by `type[/name]`: `cgroups`, `netns` (node view), `processes`, `pod_network`
+    /// (sidecar view).
     #[serde(default)]
     pub sources: Components<SourceConfig>,
     /// Processors by `type[/name]`: `filter`, `runtime_files`, `docker_api`.
@@ -62,6 +70,18 @@ pub struct Config {
     pub exporters: Components<ExporterConfig>,
     /// Pipelines by name; each lists the components it uses, in order.
     pub pipelines: Spanned<Pipelines>,
+    /// Attributes put on every resource, e.g. `k8s.pod.name: ${env:K8S_POD_NAME:-}` in a
+    /// sidecar; keys with an empty value are left out. They win over `OTEL_RESOURCE_ATTRIBUTES`,
+    /// which is honoured too (as the OpenTelemetry SDKs do) but never replaces an attribute a
+    /// source set.
+    #[serde(default)]
+    pub resource_attributes: BTreeMap<String, String>,
+    /// The `/healthz` and `/readyz` endpoint of `run`; none when left out.
+    #[serde(default)]
+    pub health: Option<Spanned<HealthConfig>>,
+    /// Without `-c`: which built-in view was chosen and why (for the start-up log).
+    #[serde(skip)]
+    pub view: Option<view::ViewChoice>,
 }
 
 fn default_interval() -> Duration {
@@ -92,6 +112,8 @@ pub struct PipelineConfig {
 pub enum SourceConfig {
     Cgroups(CgroupsConfig),
     Netns(NetnsConfig),
+    Processes(ProcessesConfig),
+    PodNetwork(PodNetworkConfig),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -125,11 +147,13 @@ fn or_default<'de, T: Deserialize<'de> + Default, D: Deserializer<'de>>(d: D) ->
 impl ComponentKind for SourceConfig {
     const KIND: &'static str = "source";
     const SECTION: &'static str = "sources";
-    const TYPES: &'static [&'static str] = &["cgroups", "netns"];
+    const TYPES: &'static [&'static str] = &["cgroups", "netns", "processes", "pod_network"];
     fn deserialize_type<'de, D: Deserializer<'de>>(ty: &str, d: D) -> Result<Self, D::Error> {
         match ty {
             "cgroups" => or_default(d).map(SourceConfig::Cgroups),
             "netns" => or_default(d).map(SourceConfig::Netns),
+            "processes" => or_default(d).map(SourceConfig::Processes),
+            "pod_network" => or_default(d).map(SourceConfig::PodNetwork),
             _ => Err(unknown_type::<Self, D::Error>(ty)),
         }
     }
@@ -312,7 +336,41 @@ impl ConfigError {
 /// Reads and validates a config file, or the built-in default when `path` is `None`.
 pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     match path {
-        None => parse(DEFAULT_CONFIG_NAME, DEFAULT_CONFIG, |name| std::env::var(name).ok()),
+        None => {
+            let env = |name: &str| std::env::var(name).ok();
+            let own_cgroup = || {
+                crate::sources::processes::own_cgroup_mounted(Path::new("/sys/fs/cgroup"), Path::new("/proc"))
+            };
+            let choice = view::choose(&env, &|p: &Path| p.exists(), &own_cgroup).map_err(|reason| {
+                ConfigError::Invalid(vec![Problem {
+                    file: "<environment>".into(),
+                    line: 0,
+                    column: 0,
+                    key_path: "PODOMETER_VIEW".into(),
+                    reason,
+                }])
+            })?;
+            let mut config = match &choice.view {
+                view::View::Sidecar => parse(SIDECAR_CONFIG_NAME, SIDECAR_CONFIG, env)?,
+                view::View::Node { host_root } => {
+                    // Under /host the roots default there; explicit variables still win.
+                    let defaults = [
+                        ("PODOMETER_CGROUP_ROOT", format!("{host_root}/sys/fs/cgroup")),
+                        ("PODOMETER_PROC_ROOT", format!("{host_root}/proc")),
+                    ];
+                    parse(DEFAULT_CONFIG_NAME, DEFAULT_CONFIG, |name| {
+                        env(name).or_else(|| {
+                            defaults
+                                .iter()
+                                .find(|(n, _)| *n == name && !host_root.is_empty())
+                                .map(|(_, v)| v.clone())
+                        })
+                    })?
+                }
+            };
+            config.view = Some(choice);
+            Ok(config)
+        }
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
@@ -449,7 +507,8 @@ fn validate(file: &str, config: &Config) -> Vec<Problem> {
                                 id.value
                             ),
                         ),
-                        SourceConfig::Netns(_) => {}
+                        SourceConfig::Netns(_) | SourceConfig::Processes(_) | SourceConfig::PodNetwork(_) => {
+                        }
                     }
                 }
             }
@@ -496,7 +555,48 @@ fn validate(file: &str, config: &Config) -> Vec<Problem> {
             problem(*loc, key, reason);
         }
     }
+    if let Some(health) = &config.health {
+        for (key, reason) in health.value.validate() {
+            problem(health.referenced, format!("health.{key}"), reason);
+        }
+    }
     problems
+}
+
+/// Parses `OTEL_RESOURCE_ATTRIBUTES` as the OpenTelemetry specification says: `key=value`
+/// pairs separated by commas, values percent-encoded. Any malformed pair rejects the whole
+/// value (the SDKs discard it and log an error).
+pub fn parse_otel_resource_attributes(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').ok_or_else(|| format!("`{pair}` is not key=value"))?;
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(format!("`{pair}` has an empty key"));
+        }
+        out.push((
+            key.to_owned(),
+            percent_decode(value.trim()).ok_or_else(|| format!("`{pair}`: bad percent-encoding"))?,
+        ));
+    }
+    Ok(out)
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Checks that need more than types: contradictory or incomplete settings.
@@ -522,5 +622,25 @@ impl Config {
             out.push_str(&format!("  exporters:  {}\n", ids(&p.exporters)));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn otel_resource_attributes() {
+        assert_eq!(
+            parse_otel_resource_attributes("service.name=agent, k8s.cluster.name = a%2Cb%20c ,").unwrap(),
+            vec![
+                ("service.name".to_owned(), "agent".to_owned()),
+                ("k8s.cluster.name".to_owned(), "a,b c".to_owned())
+            ]
+        );
+        assert_eq!(parse_otel_resource_attributes("").unwrap(), vec![]);
+        assert!(parse_otel_resource_attributes("a=1,b").is_err());
+        assert!(parse_otel_resource_attributes("=1").is_err());
+        assert!(parse_otel_resource_attributes("a=%zz").is_err());
     }
 }

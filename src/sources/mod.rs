@@ -5,6 +5,7 @@
 
 pub mod cgroups;
 pub mod netns;
+pub mod processes;
 
 use crate::model::{Sweep, SweepContext};
 

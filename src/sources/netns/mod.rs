@@ -37,7 +37,7 @@
 
 // Crate-visible for the fuzz entry points in `crate::fuzzing`.
 pub(crate) mod peer;
-pub(crate) mod procfs;
+pub mod procfs;
 
 pub use peer::{match_host_peers, LinkRecord};
 pub use procfs::{

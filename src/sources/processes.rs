@@ -1,0 +1,511 @@
+//! Sources for a sidecar that has no node access: the `processes` source sums the CPU time
+//! and resident memory of the processes it can see (with `shareProcessNamespace: true`, the
+//! whole pod's) per container, and the `pod_network` source reads the pod's interfaces from
+//! its own `/proc/net/dev` (a sidecar shares the pod's network namespace).
+//!
+//! Process sums are not cgroup numbers, and their names say so (`container.processes.*`):
+//! - CPU is each live process's `utime + stime` plus `cutime + cstime` (children it waited
+//!   for). Work of processes that exited without being waited for by a live process in the
+//!   same container (an orphan reaped by the pod's init, the container's main process after
+//!   a restart) is lost, so the counter can go backwards; the sweep's start times then start
+//!   a new series. Resolution is one clock tick (10 ms) per process.
+//! - Memory is the sum of `VmRSS`: pages shared between processes are counted once per
+//!   process, and the page cache, kernel memory (slab, page tables, socket buffers) and tmpfs
+//!   charged to the cgroup are missing. It is not the cgroup's `memory.usage` nor its working set.
+//! - Processes in another pid namespace than the agent's are invisible.
+//!
+//! The agent's own container is the exception: where its cgroup is mounted at
+//! `own_cgroup_root` the source also reads that cgroup's CPU and memory files, true cgroup
+//! numbers under the cgroup metric names.
+//!
+//! Each process is put in its container by the container id in `/proc/<pid>/cgroup` (the
+//! runtime's 64-hex id in the last path component). A process whose path names no id (the
+//! agent's own container in a private cgroup namespace shows `/`) is grouped under its cgroup
+//! path, with the attribute `podometer.cgroup.path` instead of `container.id`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::glob::Glob;
+use crate::model::{AttrValue, Point, ResourceId, Sweep, SweepContext, Value};
+use crate::semconv;
+use crate::sources::cgroups::classify::is_hex64;
+use crate::sources::netns::procfs::parse_net_dev;
+use crate::sources::{BoxError, Source};
+
+/// `processes:` in the config.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessesConfig {
+    /// The procfs to read; `/proc` in a sidecar (with `shareProcessNamespace: true` it shows
+    /// every container of the pod).
+    #[serde(default = "default_proc_root")]
+    pub proc_root: PathBuf,
+    /// At most this many processes are read per sweep; the rest are counted and skipped.
+    #[serde(default = "default_max_processes")]
+    pub max_processes: usize,
+    /// Where the agent's own container's cgroup is mounted (inside a container, the runtime
+    /// mounts the container's own cgroup at `/sys/fs/cgroup`). Its CPU time, memory usage and
+    /// working set are reported as the cgroup metrics of the agent's own container when the
+    /// agent's pid is listed there; otherwise (the host's tree, no mount) nothing is read.
+    #[serde(default = "default_cgroup_root")]
+    pub own_cgroup_root: PathBuf,
+}
+
+impl Default for ProcessesConfig {
+    fn default() -> Self {
+        ProcessesConfig {
+            proc_root: default_proc_root(),
+            max_processes: default_max_processes(),
+            own_cgroup_root: default_cgroup_root(),
+        }
+    }
+}
+
+/// `pod_network:` in the config.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodNetworkConfig {
+    /// The procfs whose `net/dev` is read (`<proc_root>/self/net/dev`, the agent's own network
+    /// namespace, which in a pod is the pod's).
+    #[serde(default = "default_proc_root")]
+    pub proc_root: PathBuf,
+    /// The pod's UID (`k8s.pod.uid`), from the downward API: `${env:K8S_POD_UID:-}`. Empty:
+    /// the series go on a pod resource without a UID (the resource attributes still name it).
+    #[serde(default)]
+    pub pod_uid: String,
+    /// Interfaces never reported, as globs. Default: `["lo"]`.
+    #[serde(default = "default_exclude")]
+    pub exclude_interfaces: Vec<Glob>,
+}
+
+impl Default for PodNetworkConfig {
+    fn default() -> Self {
+        PodNetworkConfig {
+            proc_root: default_proc_root(),
+            pod_uid: String::new(),
+            exclude_interfaces: default_exclude(),
+        }
+    }
+}
+
+fn default_proc_root() -> PathBuf {
+    PathBuf::from("/proc")
+}
+fn default_cgroup_root() -> PathBuf {
+    PathBuf::from("/sys/fs/cgroup")
+}
+fn default_max_processes() -> usize {
+    4096
+}
+fn default_exclude() -> Vec<Glob> {
+    vec![Glob::new("lo")]
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessesError {
+    #[error("cannot list {path}: {source}")]
+    List { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+/// The CPU-time fields of `/proc/<pid>/stat`, in clock ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProcTimes {
+    pub utime: u64,
+    pub stime: u64,
+    pub cutime: u64,
+    pub cstime: u64,
+}
+
+/// Parses `/proc/<pid>/stat`. The command name is in parentheses and may hold spaces and
+/// parentheses itself, so fields are counted from the last `)`.
+pub fn parse_stat_times(text: &str) -> Result<ProcTimes, String> {
+    let close = text.rfind(')').ok_or("no `)` after the command name")?;
+    // After ")": state(3) ppid(4) ... utime(14) stime(15) cutime(16) cstime(17).
+    let fields: Vec<&str> = text[close + 1..].split_ascii_whitespace().collect();
+    let field = |n: usize| -> Result<u64, String> {
+        let raw = fields.get(n - 3).ok_or_else(|| format!("field {n} missing"))?;
+        // cutime/cstime are signed in the kernel's format; they are never negative in practice.
+        raw.parse::<i64>().map(|v| v.max(0) as u64).map_err(|e| format!("field {n} `{raw}`: {e}"))
+    };
+    Ok(ProcTimes { utime: field(14)?, stime: field(15)?, cutime: field(16)?, cstime: field(17)? })
+}
+
+/// `VmRSS` of `/proc/<pid>/status` in bytes; `None` for kernel threads and zombies (no line).
+pub fn parse_status_rss(text: &str) -> Result<Option<u64>, String> {
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("VmRSS:") {
+            let kib = rest.trim().strip_suffix("kB").ok_or("VmRSS without kB")?.trim();
+            return kib.parse::<u64>().map(|k| Some(k * 1024)).map_err(|e| format!("VmRSS `{kib}`: {e}"));
+        }
+    }
+    Ok(None)
+}
+
+/// The cgroup path that places a process in a container: the first line that names a
+/// container id (v1 controllers or the v2 `0::` line), else the `0::` line, else the first.
+pub fn parse_cgroup_key(text: &str) -> Result<String, String> {
+    let mut paths = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(a), Some(b), Some(c)) => (a, b, c),
+            _ => return Err(format!("`{line}` is not `id:controllers:path`")),
+        };
+        paths.push((controllers.is_empty(), path));
+    }
+    if let Some((_, p)) = paths.iter().find(|(_, p)| container_id_of(p).is_some()) {
+        return Ok((*p).to_owned());
+    }
+    paths
+        .iter()
+        .find(|(unified, _)| *unified)
+        .or(paths.first())
+        .map(|(_, p)| (*p).to_owned())
+        .ok_or_else(|| "empty cgroup file".to_owned())
+}
+
+/// The 64-hex container id in the last component of a cgroup path, with or without a
+/// runtime prefix (`libpod-`, `cri-containerd-`, `crio-`, `docker-`) and `.scope` suffix.
+pub fn container_id_of(path: &str) -> Option<&str> {
+    let last = path.trim_end_matches('/').rsplit('/').next()?;
+    let last = last.strip_suffix(".scope").unwrap_or(last);
+    let id = last.rsplit('-').next()?;
+    is_hex64(id).then_some(id)
+}
+
+#[derive(Default)]
+struct Group {
+    ticks_user: u64,
+    ticks_system: u64,
+    rss: u64,
+    processes: u64,
+}
+
+pub struct ProcessesSource {
+    config: ProcessesConfig,
+    ticks_per_second: f64,
+    own: Option<OwnCgroup>,
+}
+
+/// The agent's own container's cgroup files, when they are its own.
+#[derive(Debug)]
+enum OwnCgroup {
+    /// `cpu.stat`, `memory.current`, `memory.stat` in one directory.
+    V2 { dir: PathBuf },
+    /// `cpuacct.usage{,_user,_sys}` and `memory.usage_in_bytes`, `memory.stat`; the last
+    /// user/system split (ns) keeps both modes monotonic.
+    V1 { cpuacct: PathBuf, memory: PathBuf, split: (u64, u64) },
+}
+
+/// True when the cgroup mounted at `root` is the agent's own container's (a namespaced or
+/// bind-mounted container cgroup), not the host's tree: then the node view cannot see other
+/// containers, and the built-in config takes the sidecar view.
+pub fn own_cgroup_mounted(root: &Path, proc_root: &Path) -> bool {
+    OwnCgroup::find(root, proc_root).is_some()
+}
+
+impl OwnCgroup {
+    /// The own cgroup under `root`, if the agent's pid is listed in its `cgroup.procs` and it
+    /// is not the host's root cgroup (whose files are the whole machine's): on v2 the real root
+    /// has no `memory.current`, a container's namespaced root has; on v1 the agent's path in
+    /// `/proc/self/cgroup` is `/` only in the root cgroup.
+    fn find(root: &Path, proc_root: &Path) -> Option<OwnCgroup> {
+        let me = std::process::id().to_string();
+        let lists_me = |dir: &Path| {
+            std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|t| t.lines().any(|l| l.trim() == me))
+        };
+        if root.join("cgroup.controllers").is_file() {
+            let own = lists_me(root) && root.join("memory.current").is_file();
+            return own.then(|| OwnCgroup::V2 { dir: root.to_owned() });
+        }
+        let self_cgroup = std::fs::read_to_string(proc_root.join("self/cgroup")).ok()?;
+        let in_root = self_cgroup.lines().any(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) =
+                (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            controllers.split(',').any(|c| c == "cpuacct") && path == "/"
+        });
+        if in_root {
+            return None;
+        }
+        let cpuacct =
+            ["cpuacct", "cpu,cpuacct", "cpuacct,cpu"].iter().map(|d| root.join(d)).find(|d| d.is_dir())?;
+        let memory = root.join("memory");
+        (lists_me(&cpuacct) && lists_me(&memory)).then_some(OwnCgroup::V1 { cpuacct, memory, split: (0, 0) })
+    }
+
+    /// (user s, system s, memory usage B, working set B).
+    fn read(&mut self) -> Result<(f64, f64, u64, u64), ProcessesError> {
+        use crate::sources::cgroups::parse;
+        let read = |path: PathBuf| {
+            std::fs::read_to_string(&path)
+                .map_err(|source| ProcessesError::Read { path: path.clone(), source })
+        };
+        let bad = |path: &Path, e: parse::ParseError| ProcessesError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        };
+        match self {
+            OwnCgroup::V2 { dir } => {
+                let cpu =
+                    parse::parse_v2_cpu_stat(&read(dir.join("cpu.stat"))?).map_err(|e| bad(dir, e))?.time;
+                let usage =
+                    parse::parse_single(&read(dir.join("memory.current"))?).map_err(|e| bad(dir, e))?;
+                let stat =
+                    parse::parse_v2_memory_stat(&read(dir.join("memory.stat"))?).map_err(|e| bad(dir, e))?;
+                Ok((cpu.user, cpu.system, usage, parse::working_set(usage, &stat)))
+            }
+            OwnCgroup::V1 { cpuacct, memory, split } => {
+                let total = parse::parse_single(&read(cpuacct.join("cpuacct.usage"))?)
+                    .map_err(|e| bad(cpuacct, e))?;
+                let user = parse::parse_single(&read(cpuacct.join("cpuacct.usage_user"))?)
+                    .map_err(|e| bad(cpuacct, e))?;
+                let sys = parse::parse_single(&read(cpuacct.join("cpuacct.usage_sys"))?)
+                    .map_err(|e| bad(cpuacct, e))?;
+                *split = parse::adjust_cputime(total, user, sys, *split);
+                let usage = parse::parse_single(&read(memory.join("memory.usage_in_bytes"))?)
+                    .map_err(|e| bad(memory, e))?;
+                let stat = parse::parse_v1_memory_stat(&read(memory.join("memory.stat"))?)
+                    .map_err(|e| bad(memory, e))?;
+                Ok((split.0 as f64 / 1e9, split.1 as f64 / 1e9, usage, parse::working_set(usage, &stat)))
+            }
+        }
+    }
+}
+
+impl ProcessesSource {
+    pub fn new(config: &ProcessesConfig) -> Result<ProcessesSource, ProcessesError> {
+        std::fs::read_dir(&config.proc_root)
+            .map_err(|source| ProcessesError::List { path: config.proc_root.clone(), source })?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let own = OwnCgroup::find(&config.own_cgroup_root, &config.proc_root);
+        match &own {
+            Some(own) => tracing::info!(cgroup = ?own, "Reading the agent's own container cgroup."),
+            None => {
+                tracing::info!(root = %config.own_cgroup_root.display(), "The agent's own cgroup is not mounted there (or does not list its pid); not read.")
+            }
+        }
+        Ok(ProcessesSource {
+            config: config.clone(),
+            ticks_per_second: if hz > 0 { hz as f64 } else { 100.0 },
+            own,
+        })
+    }
+
+    fn read_pid(&self, dir: &Path) -> Result<(String, ProcTimes, Option<u64>), ProcessesError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).map_err(|source| ProcessesError::Read { path, source })
+        };
+        let parse_err = |name: &str, message: String| ProcessesError::Parse { path: dir.join(name), message };
+        let key = parse_cgroup_key(&read("cgroup")?).map_err(|m| parse_err("cgroup", m))?;
+        let times = parse_stat_times(&read("stat")?).map_err(|m| parse_err("stat", m))?;
+        let rss = parse_status_rss(&read("status")?).map_err(|m| parse_err("status", m))?;
+        Ok((key, times, rss))
+    }
+}
+
+impl Source for ProcessesSource {
+    fn collect(&mut self, _ctx: &mut SweepContext, sweep: &mut Sweep) -> Result<(), BoxError> {
+        let root = &self.config.proc_root;
+        let entries =
+            std::fs::read_dir(root).map_err(|source| ProcessesError::List { path: root.clone(), source })?;
+        let mut groups: BTreeMap<String, Group> = BTreeMap::new();
+        let mut seen = 0usize;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !name.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            seen += 1;
+            if seen > self.config.max_processes {
+                crate::warn_limited!(
+                    "processes-cap",
+                    max = self.config.max_processes,
+                    "More processes than max_processes; the rest are skipped."
+                );
+                break;
+            }
+            match self.read_pid(&entry.path()) {
+                Ok((key, times, rss)) => {
+                    let g = groups.entry(key).or_default();
+                    g.ticks_user += times.utime + times.cutime;
+                    g.ticks_system += times.stime + times.cstime;
+                    g.rss += rss.unwrap_or(0);
+                    g.processes += 1;
+                }
+                // A process that exited between the listing and the read: normal.
+                Err(ProcessesError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                }
+                Err(ProcessesError::Read { source, .. }) if source.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(error) => {
+                    crate::telemetry::Telemetry::inc(&crate::telemetry::Telemetry::global().source_errors);
+                    crate::warn_limited!("processes-read", %error, "A process could not be read.");
+                }
+            }
+        }
+        // The own container's key, as the loop below names its resource.
+        let own_key = self.own.as_ref().and_then(|_| {
+            let text = std::fs::read_to_string(self.config.proc_root.join("self/cgroup")).ok()?;
+            parse_cgroup_key(&text).ok()
+        });
+        let f = &semconv::CONTAINER_PROCESSES;
+        for (key, g) in groups {
+            let (id, attributes) = match container_id_of(&key) {
+                Some(cid) => (cid.to_owned(), vec![(semconv::CONTAINER_ID, AttrValue::from(cid))]),
+                None => (key.clone(), vec![(semconv::PODOMETER_CGROUP_PATH, AttrValue::from(key.as_str()))]),
+            };
+            let resource = sweep.resource_mut(ResourceId::Container(id), || attributes);
+            let secs = |ticks: u64| Value::Double(ticks as f64 / self.ticks_per_second);
+            resource.points.push(
+                Point::new(&f.cpu_time, secs(g.ticks_user)).with(semconv::CPU_MODE, semconv::CPU_MODE_USER),
+            );
+            resource.points.push(
+                Point::new(&f.cpu_time, secs(g.ticks_system))
+                    .with(semconv::CPU_MODE, semconv::CPU_MODE_SYSTEM),
+            );
+            resource.points.push(Point::new(&f.memory_rss, Value::from_u64(g.rss)));
+            resource.points.push(Point::new(&f.count, Value::from_u64(g.processes)));
+        }
+        if let (Some(own), Some(key)) = (&mut self.own, own_key) {
+            match own.read() {
+                Ok((user, system, usage, working_set)) => {
+                    let id = container_id_of(&key).map_or_else(|| key.clone(), str::to_owned);
+                    let c = &semconv::CONTAINER;
+                    let resource = sweep.resource_mut(ResourceId::Container(id), Vec::new);
+                    resource.points.push(
+                        Point::new(&c.cpu_time, Value::Double(user))
+                            .with(semconv::CPU_MODE, semconv::CPU_MODE_USER),
+                    );
+                    resource.points.push(
+                        Point::new(&c.cpu_time, Value::Double(system))
+                            .with(semconv::CPU_MODE, semconv::CPU_MODE_SYSTEM),
+                    );
+                    resource.points.push(Point::new(&c.memory_usage, Value::from_u64(usage)));
+                    resource.points.push(Point::new(&c.memory_working_set, Value::from_u64(working_set)));
+                }
+                Err(error) => {
+                    crate::telemetry::Telemetry::inc(&crate::telemetry::Telemetry::global().source_errors);
+                    crate::warn_limited!("own-cgroup", %error, "The agent's own cgroup could not be read.");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+pub struct PodNetworkSource {
+    config: PodNetworkConfig,
+    path: PathBuf,
+}
+
+impl PodNetworkSource {
+    pub fn new(config: &PodNetworkConfig) -> Result<PodNetworkSource, ProcessesError> {
+        let path = config.proc_root.join("self/net/dev");
+        std::fs::read_to_string(&path)
+            .map_err(|source| ProcessesError::Read { path: path.clone(), source })?;
+        Ok(PodNetworkSource { config: config.clone(), path })
+    }
+}
+
+impl Source for PodNetworkSource {
+    fn collect(&mut self, _ctx: &mut SweepContext, sweep: &mut Sweep) -> Result<(), BoxError> {
+        let text = std::fs::read_to_string(&self.path)
+            .map_err(|source| ProcessesError::Read { path: self.path.clone(), source })?;
+        let interfaces = parse_net_dev(&text)
+            .map_err(|e| ProcessesError::Parse { path: self.path.clone(), message: e.to_string() })?;
+        let uid = self.config.pod_uid.clone();
+        let resource = sweep.resource_mut(ResourceId::Pod(uid.clone()), || {
+            if uid.is_empty() {
+                Vec::new()
+            } else {
+                vec![(semconv::K8S_POD_UID, AttrValue::from(uid.as_str()))]
+            }
+        });
+        let family = &semconv::POD_NETWORK;
+        for iface in
+            interfaces.iter().filter(|i| !self.config.exclude_interfaces.iter().any(|g| g.matches(&i.name)))
+        {
+            for (direction, c) in
+                [(semconv::DIRECTION_RECEIVE, &iface.receive), (semconv::DIRECTION_TRANSMIT, &iface.transmit)]
+            {
+                for (metric, value) in [
+                    (&family.io, c.bytes),
+                    (&family.errors, c.errors),
+                    (&family.packets, c.packets),
+                    (&family.dropped, c.dropped),
+                ] {
+                    resource.points.push(
+                        Point::new(metric, Value::from_u64(value))
+                            .with(semconv::NETWORK_INTERFACE_NAME, iface.name.as_str())
+                            .with(semconv::NETWORK_IO_DIRECTION, direction),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn stat_with_spaces_and_parens_in_the_name() {
+        let text = "4242 (a b) (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 12 3 20 0 1 0 999 1000 10 18446744073709551615\n";
+        assert_eq!(parse_stat_times(text), Ok(ProcTimes { utime: 250, stime: 75, cutime: 12, cstime: 3 }));
+        assert!(parse_stat_times("1 (x) S 1 2").is_err());
+        assert!(parse_stat_times("no parens").is_err());
+    }
+
+    #[test]
+    fn status_rss() {
+        assert_eq!(parse_status_rss("Name:\tsh\nVmRSS:\t    1234 kB\n"), Ok(Some(1234 * 1024)));
+        assert_eq!(parse_status_rss("Name:\tkthreadd\n"), Ok(None));
+        assert!(parse_status_rss("VmRSS:\t12 pages\n").is_err());
+    }
+
+    #[test]
+    fn cgroup_keys() {
+        let v1 = format!("12:memory:/machine.slice/libpod-{ID}.scope\n0::/\n");
+        assert_eq!(parse_cgroup_key(&v1).unwrap(), format!("/machine.slice/libpod-{ID}.scope"));
+        let nested = format!("0::/../cri-containerd-{ID}.scope\n");
+        assert_eq!(container_id_of(&parse_cgroup_key(&nested).unwrap()), Some(ID));
+        assert_eq!(parse_cgroup_key("0::/\n").unwrap(), "/");
+        assert_eq!(container_id_of("/"), None);
+        assert_eq!(container_id_of(&format!("/kubepods/besteffort/pod1/{ID}")), Some(ID));
+        assert!(parse_cgroup_key("garbage").is_err());
+        assert!(parse_cgroup_key("").is_err());
+    }
+
+    #[test]
+    fn own_processes_are_grouped_and_counted() {
+        let mut source = ProcessesSource::new(&ProcessesConfig::default()).unwrap();
+        let mut sweep = Sweep::new(std::time::SystemTime::now());
+        let mut ctx = SweepContext::new(sweep.time);
+        source.collect(&mut ctx, &mut sweep).unwrap();
+        let total: i64 = sweep
+            .resources
+            .iter()
+            .flat_map(|r| r.points_of("container.processes.count"))
+            .map(|p| match p.value {
+                Value::Int(n) => n,
+                _ => 0,
+            })
+            .sum();
+        // This test process is one of them; the kernel counts many more on any host.
+        assert!(total >= 1, "no process counted");
+    }
+}

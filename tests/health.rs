@@ -1,0 +1,119 @@
+//! The health endpoint of `podometer run`, through the real binary: `/healthz` and `/readyz`
+//! while it sweeps, `/healthz` failing when the sweep thread hangs, and a sweep thread that
+//! panics ending the process with a non-zero exit and the panic logged.
+//!
+//! The hang and the panic are injected with `PODOMETER_DEBUG_FAULT`, a hook compiled only into
+//! debug builds (the binary `cargo test` builds): nothing in a healthy agent panics on
+//! purpose, and a hang cannot be provoked from outside without one.
+mod support;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::netns::ChildGuard;
+use support::receivers::{free_port, http_get};
+
+fn agent(dir: &std::path::Path, port: u16, fault: Option<&str>) -> ChildGuard {
+    let config = dir.join("health.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "interval: 200ms\nhealth:\n  endpoint: 127.0.0.1:{port}\n  stale_intervals: 3\nsources:\n  cgroups: {{}}\n\
+             exporters:\n  file: {{path: {}}}\npipelines:\n  main: {{sources: [cgroups], exporters: [file]}}\n",
+            dir.join("out.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_podometer"));
+    cmd.args(["run", "-c"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::piped());
+    if let Some(fault) = fault {
+        cmd.env("PODOMETER_DEBUG_FAULT", fault);
+    }
+    ChildGuard::spawn(&mut cmd)
+}
+
+fn status(port: u16, path: &str) -> u16 {
+    http_get(port, path).map(|(s, _)| s).unwrap_or(0)
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn healthy_agent_answers_ok_and_fast() {
+    if !support::live_cgroups_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _agent = agent(dir.path(), port, None);
+    wait_for("/readyz 200", Duration::from_secs(20), || status(port, "/readyz") == 200);
+    assert_eq!(http_get(port, "/healthz").unwrap(), (200, "sweeping\n".to_owned()));
+    assert_eq!(status(port, "/nope"), 404);
+    // Still healthy several intervals later: sweeps keep coming.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(status(port, "/healthz"), 200);
+    // A probe is answered from atomics: time 50 probes over fresh connections.
+    let start = Instant::now();
+    for _ in 0..50 {
+        assert_eq!(status(port, "/healthz"), 200);
+    }
+    let per_probe = start.elapsed() / 50;
+    eprintln!("health probe round trip (connect, request, answer, close; debug build): {per_probe:?}");
+    assert!(per_probe < Duration::from_millis(20), "a probe took {per_probe:?}");
+}
+
+#[test]
+fn hung_sweep_thread_fails_healthz_and_readyz() {
+    if !support::live_cgroups_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut agent = agent(dir.path(), port, Some("hang-after:3"));
+    wait_for("/healthz 200", Duration::from_secs(20), || status(port, "/healthz") == 200);
+    // 3 intervals + 1 s slack = 1.6 s after the third sweep.
+    let took =
+        wait_for("/healthz 503 after the hang", Duration::from_secs(10), || status(port, "/healthz") == 503);
+    let (code, body) = http_get(port, "/healthz").unwrap();
+    assert_eq!(code, 503);
+    assert!(body.contains("last sweep finished"), "{body}");
+    assert_eq!(status(port, "/readyz"), 503);
+    assert!(took >= Duration::from_millis(1000), "healthz failed too early ({took:?}): the limit is 1.6 s");
+    assert!(
+        agent.0.try_wait().unwrap().is_none(),
+        "a hung sweep thread does not end the process: the probe must"
+    );
+}
+
+#[test]
+fn panicking_sweep_thread_ends_the_process_with_an_error() {
+    if !support::live_cgroups_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut agent = agent(dir.path(), port, Some("panic-after:3"));
+    assert!(agent.wait_exit(Duration::from_secs(30)), "the agent lived on without its sweep thread");
+    let code = agent.0.wait().unwrap().code();
+    assert_eq!(code, Some(1), "exit status after the sweep thread panicked");
+    let mut stderr = String::new();
+    agent.0.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(stderr.contains("injected fault after 3 sweeps"), "panic not logged:\n{stderr}");
+    assert!(stderr.contains("the sweep thread stopped: panicked"), "run's error not printed:\n{stderr}");
+    // It did sweep before dying, and the endpoint is gone with the process.
+    let out = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap_or_default();
+    assert!(
+        out.lines().count() >= 3,
+        "expected 3 sweeps exported before the panic, got {}",
+        out.lines().count()
+    );
+    assert_eq!(status(port, "/healthz"), 0);
+}
