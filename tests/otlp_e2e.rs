@@ -80,7 +80,10 @@ fn samples_of(request: &ExportMetricsServiceRequest) -> Vec<Sample> {
 /// Every sweep the `file` exporter wrote, in order.
 fn file_sweeps(path: &Path) -> Vec<ExportMetricsServiceRequest> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
+    // Only whole lines: the agent may be writing the next one (or was killed while it did).
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line in {}: {e}", path.display())))
         .collect()
