@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and prepares what the live tests and the demo need on a fresh Debian 12 machine:
 # podman + runc + busybox-static, local busybox images (no registry is reachable), a
-# containers.conf that works on hybrid cgroups, VictoriaMetrics and rotel.
+# containers.conf that works on hybrid cgroups, VictoriaMetrics and rotel, and the pure cgroup v2
+# guest image (QEMU, debootstrap; scripts/v2vm/).
 # Idempotent: each step checks before it acts. Prints `export` lines for the environment the
 # tests read (source it with: eval "$(scripts/testbed.sh)").
 set -euo pipefail
@@ -73,6 +74,12 @@ if [ -z "$rotel" ]; then
   rotel="$(ls "$tools"/rotel-venv/lib/python3*/site-packages/rotel/rotel-agent | head -n1)"
 fi
 
+# The pure cgroup v2 guest (Debian 12 under QEMU): built once per version of its build script
+# and cached in the tools dir; the first build takes a few minutes (debootstrap).
+log "preparing the cgroup v2 guest image (scripts/v2vm/build-image.sh)"
+v2vm_image=$(bash "$repo/scripts/v2vm/build-image.sh" "$tools")
+
 echo "export CONTAINERS_CONF=$conf"
 echo "export PODOMETER_VICTORIA_METRICS=$vm"
 echo "export PODOMETER_ROTEL=$rotel"
+echo "export PODOMETER_V2VM_IMAGE=$v2vm_image"

@@ -6,6 +6,7 @@ pub mod cgroupfs;
 pub mod netns;
 pub mod podman;
 pub mod receivers;
+pub mod v2vm;
 
 use std::path::Path;
 use std::process::Command;
