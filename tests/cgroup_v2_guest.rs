@@ -15,9 +15,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// The guest boots in 40-90 s under TCG on a loaded 2-core machine; the checks take well under
-/// a minute. Past this the guest is killed and the test fails with its console.
-const GUEST_TIMEOUT: Duration = Duration::from_secs(420);
+/// Measured on the 2-core CI machine under TCG: the whole guest run takes 80 s when the
+/// machine is quiet and 300 s while other builds load it to 15; past this bound the guest is
+/// killed and the test fails with its console.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(480);
 
 /// `memory.current` includes per-CPU charge batches (up to 64 pages per CPU) that move without
 /// the workload changing; the same slack as the host test's (2 CPUs × 256 KiB).
@@ -352,6 +353,12 @@ fn check_results(out: &Path, diag: &str) {
     assert!(errors.is_empty(), "the guest script failed:\n{errors}\n{diag}");
     assert!(out.join("done").exists(), "the guest script did not finish\n{diag}");
     let get = |k: &str| r.get(k).cloned().unwrap_or_else(|| panic!("guest did not record {k}\n{diag}"));
+    eprintln!(
+        "guest: kernel {}, checks from uptime {} s to {} s",
+        get("kernel"),
+        get("uptime_start"),
+        get("uptime_end")
+    );
 
     // The guest is what it should be: unified hierarchy only, booted as asked.
     assert_eq!(get("fstype"), "cgroup2fs", "/sys/fs/cgroup is not cgroup v2");
