@@ -2,8 +2,9 @@
 //! `tests/support/v2vm.rs`), because the CI machines themselves are hybrid. In the guest,
 //! `scripts/v2vm/guest.sh` makes a burstable pod's container as a systemd transient scope with
 //! `MemoryMax`/`TasksMax`/`CPUQuota` (what the kubelet's systemd driver asks systemd for) and a
-//! besteffort pod's container with the real runtime (containerd + runc, systemd cgroup driver),
-//! snapshots the kernel's own files of both containers and both pod slices, runs one
+//! besteffort pod's container with the real runtime (containerd + runc, systemd cgroup driver)
+//! with a veth into its network namespace, a third pod whose slice lacks the cpu controller,
+//! snapshots the kernel's own files of every container and pod slice, runs one
 //! `podometer collect` sweep, and snapshots them again. Every assertion is here, on the host:
 //! each number the agent reported lies between the kernel's before and after values, and what
 //! the kernel does not expose (controllers systemd did not enable) is absent, never a zero.
@@ -433,4 +434,29 @@ fn check_results(out: &Path, diag: &str) {
         .map(|p| p.value)
         .sum();
     assert!(written >= 8.0 * 1048576.0, "disk.io write {written} < 8 MiB of O_DIRECT writes");
+
+    // The pod's network: the veth's pod end, counted in the pod's view, inside the bracket of the
+    // kernel's own /proc/<pid>/net/dev of a pod process, and named with its host-side peer.
+    let (_, p2m) = resource(&sweep, &[("k8s.pod.uid", &get("c2_uid"))], Some("container.id")).unwrap();
+    let netdev = |phase: &str| -> Vec<f64> {
+        let text = std::fs::read_to_string(out.join(phase).join("c2/net.dev")).expect("net.dev recorded");
+        let line = text.lines().find(|l| l.trim_start().starts_with("eth0:")).expect("eth0 in net/dev");
+        line.split_once(':').unwrap().1.split_whitespace().map(|v| v.parse().unwrap()).collect()
+    };
+    let (n0, n1) = (netdev("before"), netdev("after"));
+    assert!(n1[1] >= 3.0 && n1[9] >= 3.0, "three pings in and out: rx {} tx {} packets", n1[1], n1[9]);
+    let peer = get("c2_host_veth");
+    for (dir, col) in [("receive", 0), ("transmit", 8)] {
+        let points: Vec<&Point> = p2m
+            .get("k8s.pod.network.io")
+            .expect("k8s.pod.network.io on pod 2")
+            .iter()
+            .filter(|p| p.attrs.get("network.io.direction").map(String::as_str) == Some(dir))
+            .collect();
+        assert_eq!(points.len(), 1, "one {dir} series (eth0; lo is excluded): {points:?}");
+        let p = points[0];
+        assert_eq!(p.attrs.get("network.interface.name").map(String::as_str), Some("eth0"));
+        assert_eq!(p.attrs.get("network.interface.host_peer"), Some(&peer), "host-side veth");
+        within(&format!("pod 2 network {dir}"), p.value, n0[col], n1[col], 0.0);
+    }
 }

@@ -94,6 +94,14 @@ kv c2_path "${c2_dir#/sys/fs/cgroup/}"
 c2_pid=$(ctr task ls | awk -v c="$cid2" '$1 == c {print $2}')
 kv c2_proc_cgroup "$(cut -d: -f3 "/proc/$c2_pid/cgroup")"
 kv c2_unit "$(systemctl show -p Id --value "cri-containerd-$cid2.scope")"
+# The pod's network as a CNI plugin makes it: a veth pair with one end in the container's
+# namespace, and a few pings across it (busybox: the minimal guest has no iputils).
+ip link add v2-h0 type veth peer name eth0 netns "$c2_pid" || error "veth into $c2_pid"
+ip addr add 10.99.0.1/30 dev v2-h0 && ip link set v2-h0 up || error "host end of the veth"
+nsenter -t "$c2_pid" -n sh -c 'ip addr add 10.99.0.2/30 dev eth0 && ip link set eth0 up' \
+  || error "pod end of the veth"
+busybox ping -c 3 -W 10 10.99.0.2 >"$out/ping.log" 2>&1 || error "ping: $(cat "$out/ping.log")"
+kv c2_host_veth v2-h0
 
 # 4. The kernel's counters, one sweep of the agent, the counters again.
 cp "$share/podometer" /var/tmp/podometer && chmod +x /var/tmp/podometer
@@ -101,6 +109,7 @@ for phase in before after; do
   snap c1 "$c1_dir"; snap p1 "$(dirname "$c1_dir")"
   snap c2 "$c2_dir"; snap p2 "$(dirname "$c2_dir")"
   snap c3 "$c3_dir"; snap p3 "$(dirname "$c3_dir")"
+  cat "/proc/$c2_pid/net/dev" >"$out/$phase/c2/net.dev"
   if [ $phase = before ]; then
     timeout 300 /var/tmp/podometer collect -c "$share/guest.yaml" --format json \
       >"$out/collect.json" 2>"$out/collect.err" || error "podometer collect failed: $(tail -n 5 "$out/collect.err")"
@@ -108,6 +117,7 @@ for phase in before after; do
 done
 
 # 5. Tear down: the runtime's container, then the scope (systemd removes both slices' leaves).
+ip link del v2-h0 2>/dev/null
 timeout 60 ctr task rm -f "$cid2" >/dev/null || error "ctr task rm"
 timeout 60 ctr container rm "$cid2" || error "ctr container rm"
 systemctl stop "cri-containerd-$cid1.scope" "cri-containerd-$cid3.scope" || error "stop scopes"
