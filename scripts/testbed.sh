@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and prepares what the live tests and the demo need on a fresh Debian 12 machine:
 # podman + runc + busybox-static, local busybox images (no registry is reachable), a
-# containers.conf that works on hybrid cgroups, VictoriaMetrics and rotel.
+# containers.conf that works on hybrid cgroups, VictoriaMetrics and rotel, and the pure cgroup v2
+# guest image (QEMU, debootstrap; scripts/v2vm/).
 # Idempotent: each step checks before it acts. Prints `export` lines for the environment the
 # tests read (source it with: eval "$(scripts/testbed.sh)").
 set -euo pipefail
@@ -123,9 +124,14 @@ fi
 # kubectl (with kustomize) renders the Kubernetes manifests in tests/kubernetes.rs. The machine
 # image ships kubectl 1.32; Debian's kubernetes-client conflicts with it, so it is not installed.
 command -v kubectl >/dev/null || log "kubectl not found: tests/kubernetes.rs will fail under CI=true"
+# The pure cgroup v2 guest (Debian 12 under QEMU): built once per version of its build script
+# and cached in the tools dir; the first build takes a few minutes (debootstrap).
+log "preparing the cgroup v2 guest image (scripts/v2vm/build-image.sh)"
+v2vm_image=$(bash "$repo/scripts/v2vm/build-image.sh" "$tools")
 
 echo "export CONTAINERS_CONF=$conf"
 echo "export PODOMETER_VICTORIA_METRICS=$vm"
 echo "export PODOMETER_ROTEL=$rotel"
 echo "export PODOMETER_BB_DOCKER_TAR=$bb_docker"
 echo "export PODOMETER_CRI_IMAGES=$images"
+echo "export PODOMETER_V2VM_IMAGE=$v2vm_image"

@@ -9,6 +9,7 @@ pub mod docker;
 pub mod netns;
 pub mod podman;
 pub mod receivers;
+pub mod v2vm;
 
 use std::path::Path;
 use std::process::Command;
