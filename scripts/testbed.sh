@@ -65,6 +65,16 @@ if [ ! -x "$vm" ]; then
   dpkg -x "$aptdir"/victoria-metrics_*.deb "$tools/vm"
 fi
 
+# Prometheus 2.42 (Debian 12) as a scraper for the `prometheus` exporter tests, and its
+# promtool. Unpacked into tools, not installed: the package would start a system service.
+prom="$tools/prometheus/usr/bin/prometheus"
+if [ ! -x "$prom" ]; then
+  log "fetching prometheus from Debian"
+  mkdir -p "$tools/prometheus-deb"
+  (cd "$tools/prometheus-deb" && apt-get download prometheus >&2 2>/dev/null || { apt-get update -qq >&2; apt-get download prometheus >&2; })
+  dpkg -x "$tools"/prometheus-deb/prometheus_*.deb "$tools/prometheus"
+fi
+
 rotel="$(ls "$tools"/rotel-venv/lib/python3*/site-packages/rotel/rotel-agent 2>/dev/null | head -n1 || true)"
 if [ -z "$rotel" ]; then
   log "installing rotel into a virtualenv"
@@ -76,3 +86,5 @@ fi
 echo "export CONTAINERS_CONF=$conf"
 echo "export PODOMETER_VICTORIA_METRICS=$vm"
 echo "export PODOMETER_ROTEL=$rotel"
+echo "export PODOMETER_PROMETHEUS=$prom"
+echo "export PODOMETER_PROMTOOL=$tools/prometheus/usr/bin/promtool"

@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 use crate::config::{Config, ExporterConfig, ProcessorConfig, SourceConfig};
 use crate::exporters::file::FileExporter;
 use crate::exporters::otlp::OtlpExporter;
+use crate::exporters::prometheus::PrometheusExporter;
 use crate::exporters::Exporter;
 use crate::model::{AttrValue, StartTimes, Sweep, SweepContext};
 use crate::processors::filter::Filter;
@@ -164,6 +165,9 @@ pub fn build_exporters(config: &Config) -> Result<BTreeMap<String, Box<dyn Expor
             }
             Some(ExporterConfig::Otlp(c)) => {
                 Box::new(OtlpExporter::new(id, c).map_err(|e| build_error("exporter", id, e))?)
+            }
+            Some(ExporterConfig::Prometheus(c)) => {
+                Box::new(PrometheusExporter::new(c).map_err(|e| build_error("exporter", id, e))?)
             }
             None => unreachable!("validated: pipelines only name defined exporters"),
         };

@@ -5,6 +5,7 @@
 pub mod cgroupfs;
 pub mod netns;
 pub mod podman;
+pub mod prometheus;
 pub mod receivers;
 
 use std::path::Path;
