@@ -16,3 +16,4 @@ pub mod semconv;
 pub mod sources;
 pub mod table;
 pub mod telemetry;
+pub mod top;
