@@ -48,6 +48,8 @@ pub struct Pipeline {
     start_times: StartTimes,
     resource_attributes: Vec<(&'static str, AttrValue)>,
     pub exporter_ids: Vec<String>,
+    /// The cgroup layout the pipeline's cgroups source found, for the start-up line.
+    pub cgroup_mode: Option<String>,
 }
 
 impl Pipeline {
@@ -116,11 +118,14 @@ pub fn build_pipelines(config: &Config) -> Result<Vec<Pipeline>, PipelineError> 
     let mut pipelines = Vec::new();
     for (name, (_, pc)) in &config.pipelines.value.entries {
         let mut sources: Vec<(String, Box<dyn Source>)> = Vec::new();
+        let mut cgroup_mode = None;
         for id in &pc.sources {
             let id = id.value.as_str();
             let source: Box<dyn Source> = match config.sources.get(id) {
                 Some(SourceConfig::Cgroups(c)) => {
-                    Box::new(CgroupSource::new(c).map_err(|e| build_error("source", id, e))?)
+                    let source = CgroupSource::new(c).map_err(|e| build_error("source", id, e))?;
+                    cgroup_mode = Some(format!("{:?}", source.mode()).to_lowercase());
+                    Box::new(source)
                 }
                 Some(SourceConfig::Netns(c)) => {
                     Box::new(NetnsSource::new(c).map_err(|e| build_error("source", id, e))?)
@@ -143,6 +148,7 @@ pub fn build_pipelines(config: &Config) -> Result<Vec<Pipeline>, PipelineError> 
             start_times: StartTimes::new(),
             resource_attributes: resource_attributes.clone(),
             exporter_ids: pc.exporters.iter().map(|s| s.value.clone()).collect(),
+            cgroup_mode,
         });
     }
     Ok(pipelines)
@@ -174,6 +180,76 @@ pub fn build_exporters(config: &Config) -> Result<BTreeMap<String, Box<dyn Expor
         exporters.insert(id.to_owned(), exporter);
     }
     Ok(exporters)
+}
+
+/// A URL without the `user:password@` part, for logs.
+fn without_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+/// Where each exporter sends, for the start-up line: `id -> endpoint`, never headers or
+/// credentials.
+pub fn exporter_summary(config: &Config) -> Vec<String> {
+    use crate::exporters::prometheus::Naming;
+    config
+        .exporters
+        .entries
+        .iter()
+        .map(|(id, (_, exporter))| match exporter {
+            ExporterConfig::File(c) => format!("{id} -> {}", c.path.display()),
+            ExporterConfig::Otlp(c) => match c.resolve(|name| std::env::var(name).ok()) {
+                Ok(r) => {
+                    let protocol = match r.protocol {
+                        crate::exporters::otlp::Protocol::Grpc => "grpc",
+                        crate::exporters::otlp::Protocol::HttpProtobuf => "http/protobuf",
+                    };
+                    format!("{id} -> {protocol} {}", without_credentials(&r.endpoint))
+                }
+                Err(_) => format!("{id} -> (unresolved)"),
+            },
+            ExporterConfig::Prometheus(c) => {
+                let naming = if c.naming == Naming::Cadvisor { "cadvisor" } else { "otel" };
+                format!("{id} -> http://{}/metrics ({naming} names)", c.endpoint)
+            }
+        })
+        .collect()
+}
+
+/// The start-up line: what the first sweep found and where it goes.
+fn log_startup(pipelines: &[Pipeline], sweeps: &[Arc<Sweep>], exporters: &[String]) {
+    let mut runtimes: Vec<&str> = Vec::new();
+    let mut pods: Vec<&str> = Vec::new();
+    let mut containers = 0usize;
+    for r in sweeps.iter().flat_map(|s| s.resources.iter()) {
+        if let crate::model::ResourceId::Container(_) = r.id {
+            containers += 1;
+            if let Some(AttrValue::Str(rt)) = r.attribute(semconv::CONTAINER_RUNTIME_NAME) {
+                if !runtimes.contains(&rt.as_str()) {
+                    runtimes.push(rt);
+                }
+            }
+        }
+        if let Some(pod) = crate::table::pod_key(r) {
+            if !pods.contains(&pod) {
+                pods.push(pod);
+            }
+        }
+    }
+    runtimes.sort_unstable();
+    let modes: Vec<&str> = pipelines.iter().filter_map(|p| p.cgroup_mode.as_deref()).collect();
+    info!(
+        cgroups = %if modes.is_empty() { "none".to_owned() } else { modes.join(",") },
+        runtimes = %if runtimes.is_empty() { "none".to_owned() } else { runtimes.join(",") },
+        containers,
+        pods = pods.len(),
+        exporters = %exporters.join(", "),
+        "First sweep done."
+    );
 }
 
 /// Sweeps every pipeline once and merges the results (for `collect`).
@@ -229,9 +305,10 @@ pub async fn run(
     let (stop_tx, stop_rx) = std_mpsc::channel::<()>();
     let interval = config.interval;
     let stats_every = config.stats_log_interval;
+    let summary = exporter_summary(config);
     let sweeper = std::thread::Builder::new()
         .name("podometer-sweep".into())
-        .spawn(move || sweep_loop(&mut pipelines, &senders, interval, stats_every, stop_rx))
+        .spawn(move || sweep_loop(&mut pipelines, &senders, interval, stats_every, stop_rx, summary))
         .expect("spawning the sweep thread");
 
     stop.await;
@@ -258,8 +335,10 @@ fn sweep_loop(
     interval: Duration,
     stats_every: Duration,
     stop: std_mpsc::Receiver<()>,
+    exporter_summary: Vec<String>,
 ) {
     let telemetry = Telemetry::global();
+    let mut first = true;
     for pipeline in pipelines.iter() {
         pipeline.wait_for_processors();
     }
@@ -272,8 +351,12 @@ fn sweep_loop(
         };
         let started = Instant::now();
         let time = SystemTime::now();
+        let mut swept = Vec::with_capacity(pipelines.len());
         for pipeline in pipelines.iter_mut() {
             let sweep = Arc::new(pipeline.sweep(time));
+            if first {
+                swept.push(Arc::clone(&sweep));
+            }
             for id in &pipeline.exporter_ids {
                 let Some(tx) = senders.get(id) else { continue };
                 if tx.try_send(Arc::clone(&sweep)).is_err() {
@@ -281,6 +364,10 @@ fn sweep_loop(
                     warn_limited!("exporter-backlog", exporter = %id, "An exporter is not keeping up; a sweep was dropped for it.");
                 }
             }
+        }
+        if first {
+            log_startup(pipelines, &swept, &exporter_summary);
+            first = false;
         }
         Telemetry::inc(&telemetry.sweeps);
         telemetry.last_sweep_micros.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -303,4 +390,19 @@ fn log_stats() {
     let stats = Telemetry::global().snapshot();
     let fields: Vec<String> = stats.iter().map(|(k, v)| format!("{k}={v}")).collect();
     info!(stats = %fields.join(" "), "Agent counters.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_cut_from_endpoints() {
+        assert_eq!(
+            without_credentials("https://user:secret@otel.example:4317/x"),
+            "https://otel.example:4317/x"
+        );
+        assert_eq!(without_credentials("http://h:4318/v1/metrics?a=b@c"), "http://h:4318/v1/metrics?a=b@c");
+        assert_eq!(without_credentials("h:4317"), "h:4317");
+    }
 }

@@ -6,7 +6,7 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::podman::{podman_available, PodmanPod};
@@ -310,7 +310,9 @@ fn prometheus_stores_exactly_what_the_file_exporter_wrote_in_both_namings() {
         Command::new(env!("CARGO_BIN_EXE_podometer"))
             .args(["run", "-c"])
             .arg(&config)
-            .stderr(Stdio::null())
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(dir.path().join("agent.log")).unwrap())
             .spawn()
             .unwrap(),
     );
@@ -375,6 +377,31 @@ fn prometheus_stores_exactly_what_the_file_exporter_wrote_in_both_namings() {
     let status = agent.0.wait().unwrap();
     assert!(status.success(), "agent exit {status:?}");
     let sweeps = file_sweeps(&std::fs::read_to_string(&out).unwrap());
+
+    // The start-up line says what the first sweep found and where it goes.
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    let startup = log
+        .lines()
+        .find(|l| l.contains("First sweep done."))
+        .unwrap_or_else(|| panic!("no start-up line:\n{log}"));
+    let field = |name: &str| {
+        startup
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    assert!(["v1", "v2", "hybrid"].contains(&field("cgroups").as_str()), "{startup}");
+    assert!(field("runtimes").split(',').any(|r| r == "podman"), "{startup}");
+    assert!(field("containers").parse::<usize>().unwrap() >= 2, "{startup}");
+    assert!(field("pods").parse::<usize>().unwrap() >= 1, "{startup}");
+    assert!(
+        startup.contains(&format!(
+            "prometheus/cadvisor -> http://127.0.0.1:{cadvisor_port}/metrics (cadvisor names)"
+        )),
+        "{startup}"
+    );
+    assert!(startup.contains("file -> "), "{startup}");
 
     let (otel_samples, otel_sweeps) = compare("otel", &prom, &otel_expected(&sweeps));
     let (cadvisor_samples, cadvisor_sweeps) = compare("cadvisor", &prom, &cadvisor_expected(&sweeps));
