@@ -12,6 +12,7 @@ pub mod glob;
 pub mod model;
 pub mod pipeline;
 pub mod processors;
+pub mod self_telemetry;
 pub mod semconv;
 pub mod sources;
 pub mod table;

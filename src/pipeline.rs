@@ -182,6 +182,55 @@ pub fn build_exporters(config: &Config) -> Result<BTreeMap<String, Box<dyn Expor
     Ok(exporters)
 }
 
+/// What one sweep held, for self-telemetry.
+#[derive(Default)]
+struct SweepCounts {
+    containers: u64,
+    pods: u64,
+    network_namespaces: u64,
+    points: u64,
+}
+
+impl SweepCounts {
+    fn add(&mut self, sweep: &Sweep) {
+        for r in &sweep.resources {
+            match r.id {
+                crate::model::ResourceId::Container(_) => self.containers += 1,
+                crate::model::ResourceId::Pod(_) => self.pods += 1,
+            }
+            if r.points.iter().any(|p| p.metric.name.contains(".network.")) {
+                self.network_namespaces += 1;
+            }
+            self.points += r.points.len() as u64;
+        }
+    }
+
+    fn store(&self, t: &Telemetry) {
+        t.last_containers.store(self.containers, Ordering::Relaxed);
+        t.last_pods.store(self.pods, Ordering::Relaxed);
+        t.last_network_namespaces.store(self.network_namespaces, Ordering::Relaxed);
+        t.last_points.store(self.points, Ordering::Relaxed);
+    }
+}
+
+/// The self-telemetry endpoint: the configured one, else the first gRPC `otlp` exporter's.
+pub fn self_telemetry_endpoint(config: &Config) -> Option<String> {
+    if !config.self_telemetry.enabled {
+        return None;
+    }
+    if let Some(endpoint) = &config.self_telemetry.endpoint {
+        return Some(endpoint.clone());
+    }
+    config.exporters.entries.values().find_map(|(_, e)| match e {
+        ExporterConfig::Otlp(c) => c
+            .resolve(|name| std::env::var(name).ok())
+            .ok()
+            .filter(|r| r.protocol == crate::exporters::otlp::Protocol::Grpc)
+            .map(|r| r.endpoint),
+        _ => None,
+    })
+}
+
 /// A URL without the `user:password@` part, for logs.
 fn without_credentials(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
@@ -273,6 +322,20 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), PipelineError> {
     let exporters = build_exporters(config)?;
+    let self_telemetry = match self_telemetry_endpoint(config) {
+        Some(endpoint) => {
+            let host = config.host_name.clone().or_else(kernel_hostname);
+            let resource = crate::self_telemetry::resource(host, config.node_name.clone());
+            match crate::self_telemetry::start(&endpoint, config.self_telemetry.interval, resource) {
+                Ok(provider) => Some(provider),
+                Err(error) => {
+                    warn!(%error, "Self-telemetry is off.");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     let mut senders: BTreeMap<String, mpsc::Sender<Arc<Sweep>>> = BTreeMap::new();
     let mut tasks = Vec::new();
     let (deadline_tx, deadline_rx) = tokio::sync::watch::channel(None::<Instant>);
@@ -326,6 +389,10 @@ pub async fn run(
         }
     }
     log_stats();
+    if let Some(provider) = self_telemetry {
+        // A last collection, with the counters the line above logged.
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+    }
     Ok(())
 }
 
@@ -352,8 +419,10 @@ fn sweep_loop(
         let started = Instant::now();
         let time = SystemTime::now();
         let mut swept = Vec::with_capacity(pipelines.len());
+        let mut counts = SweepCounts::default();
         for pipeline in pipelines.iter_mut() {
             let sweep = Arc::new(pipeline.sweep(time));
+            counts.add(&sweep);
             if first {
                 swept.push(Arc::clone(&sweep));
             }
@@ -369,8 +438,11 @@ fn sweep_loop(
             log_startup(pipelines, &swept, &exporter_summary);
             first = false;
         }
+        counts.store(telemetry);
         Telemetry::inc(&telemetry.sweeps);
-        telemetry.last_sweep_micros.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let elapsed = started.elapsed();
+        telemetry.last_sweep_micros.store(elapsed.as_micros() as u64, Ordering::Relaxed);
+        crate::self_telemetry::record_sweep(elapsed);
         if stopping {
             return;
         }

@@ -28,6 +28,12 @@ pub struct Telemetry {
     pub queue_bytes: AtomicU64,
     /// Container resources a metadata processor had no names for (exported with ids only).
     pub metadata_misses: AtomicU64,
+    /// Containers, pods, network namespaces (resources with network series) and points of the
+    /// latest sweep, for self-telemetry.
+    pub last_containers: AtomicU64,
+    pub last_pods: AtomicU64,
+    pub last_network_namespaces: AtomicU64,
+    pub last_points: AtomicU64,
 }
 
 impl Telemetry {
@@ -56,6 +62,10 @@ impl Telemetry {
             ("points_rejected", get(&self.points_rejected)),
             ("queue_bytes", get(&self.queue_bytes)),
             ("metadata_misses", get(&self.metadata_misses)),
+            ("last_containers", get(&self.last_containers)),
+            ("last_pods", get(&self.last_pods)),
+            ("last_network_namespaces", get(&self.last_network_namespaces)),
+            ("last_points", get(&self.last_points)),
         ]
     }
 }

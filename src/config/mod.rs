@@ -50,6 +50,9 @@ pub struct Config {
     /// downward API: `${env:NODE_NAME}`).
     #[serde(default)]
     pub node_name: Option<String>,
+    /// The agent's own metrics over OTLP/gRPC (`enabled`, `endpoint`, `interval`).
+    #[serde(default)]
+    pub self_telemetry: crate::self_telemetry::SelfTelemetryConfig,
     /// Sources by `type[/name]`: `cgroups`, `netns`.
     #[serde(default)]
     pub sources: Components<SourceConfig>,
