@@ -198,7 +198,13 @@ impl SweepCounts {
                 crate::model::ResourceId::Container(_) => self.containers += 1,
                 crate::model::ResourceId::Pod(_) => self.pods += 1,
             }
-            if r.points.iter().any(|p| p.metric.name.contains(".network.")) {
+            // Pointer comparisons: this runs over every point of every sweep. The netns
+            // source appends its points last, so the reverse search ends at once for them.
+            let is_net_io = |p: &crate::model::Point| {
+                std::ptr::eq(p.metric, &semconv::POD_NETWORK.io)
+                    || std::ptr::eq(p.metric, &semconv::CONTAINER_NETWORK.io)
+            };
+            if r.points.iter().rev().any(is_net_io) {
                 self.network_namespaces += 1;
             }
             self.points += r.points.len() as u64;
