@@ -138,6 +138,24 @@ fn benches(c: &mut Criterion) {
     group.bench_function("export_stores_the_sweep", |b| {
         b.iter(|| rt.block_on(exporter.export(Arc::clone(&sweeps[0]))).unwrap())
     });
+    // The sweep's share of self-telemetry: counting the sweep and one histogram record.
+    let rt2 = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let _provider = rt2.block_on(async {
+        podometer::self_telemetry::start(
+            "http://127.0.0.1:9",
+            Duration::from_secs(3600),
+            podometer::self_telemetry::resource(None, None),
+        )
+        .unwrap()
+    });
+    group.bench_function("self_telemetry_per_sweep", |b| {
+        b.iter(|| {
+            let mut counts = podometer::pipeline::SweepCounts::default();
+            counts.add(&sweeps[0]);
+            counts.store(podometer::telemetry::Telemetry::global());
+            podometer::self_telemetry::record_sweep(Duration::from_millis(30));
+        })
+    });
     group.finish();
 }
 

@@ -182,9 +182,9 @@ pub fn build_exporters(config: &Config) -> Result<BTreeMap<String, Box<dyn Expor
     Ok(exporters)
 }
 
-/// What one sweep held, for self-telemetry.
+/// What one sweep held, for self-telemetry (public for the benchmark).
 #[derive(Default)]
-struct SweepCounts {
+pub struct SweepCounts {
     containers: u64,
     pods: u64,
     network_namespaces: u64,
@@ -192,7 +192,7 @@ struct SweepCounts {
 }
 
 impl SweepCounts {
-    fn add(&mut self, sweep: &Sweep) {
+    pub fn add(&mut self, sweep: &Sweep) {
         for r in &sweep.resources {
             match r.id {
                 crate::model::ResourceId::Container(_) => self.containers += 1,
@@ -211,7 +211,7 @@ impl SweepCounts {
         }
     }
 
-    fn store(&self, t: &Telemetry) {
+    pub fn store(&self, t: &Telemetry) {
         t.last_containers.store(self.containers, Ordering::Relaxed);
         t.last_pods.store(self.pods, Ordering::Relaxed);
         t.last_network_namespaces.store(self.network_namespaces, Ordering::Relaxed);
