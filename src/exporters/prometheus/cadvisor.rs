@@ -383,17 +383,21 @@ pub fn render(sweeps: &[Arc<Sweep>], format: Format, timestamps: bool) -> String
         }
     }
 
-    let write_labels = |w: &mut Writer, ri: usize, extra: Option<(&str, String)>| {
+    let write_labels = |w: &mut Writer, ri: usize, extra: Option<(&str, &str)>| {
+        // cAdvisor's labels are sorted; the resource's are, so the point's one is merged in.
         let mut first = true;
-        // cAdvisor's labels are sorted; keep that order with the point's label merged in.
-        let mut all: Vec<(&str, &str)> = labels[ri].iter().map(|(k, v)| (*k, v.as_str())).collect();
-        if let Some((k, v)) = &extra {
-            all.push((k, v.as_str()));
-            all.sort_by(|a, b| a.0.cmp(b.0));
-        }
-        for (k, v) in all {
+        let mut extra = extra;
+        for (k, v) in &labels[ri] {
+            if let Some((ek, ev)) = extra.filter(|(ek, _)| *ek < *k) {
+                w.label(first, ek, ev);
+                first = false;
+                extra = None;
+            }
             w.label(first, k, v);
             first = false;
+        }
+        if let Some((ek, ev)) = extra {
+            w.label(first, ek, ev);
         }
     };
 
@@ -412,11 +416,10 @@ pub fn render(sweeps: &[Arc<Sweep>], format: Format, timestamps: bool) -> String
         w.family(rule.name, rule.kind, rule.help);
         for &(ri, pi) in members {
             let point = &resources[ri].points[pi];
-            let extra = rule
-                .label
-                .and_then(|(key, label)| point.attribute(key).map(|v| (label, attr_text(v).into_owned())));
+            let value =
+                rule.label.and_then(|(key, label)| point.attribute(key).map(|v| (label, attr_text(v))));
             w.start_sample(rule.name);
-            write_labels(&mut w, ri, extra);
+            write_labels(&mut w, ri, value.as_ref().map(|(label, v)| (*label, v.as_ref())));
             w.end_sample(point.value);
         }
     }

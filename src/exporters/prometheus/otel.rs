@@ -90,6 +90,17 @@ pub fn render(
             families[slot].1.push((ri, pi));
         }
     }
+    // Label names of point attributes, sanitized once per key (keys are static strings).
+    let mut names: Vec<(&'static str, String)> = Vec::new();
+    fn label_of(names: &mut Vec<(&'static str, String)>, key: &'static str) -> usize {
+        match names.iter().position(|(k, _)| std::ptr::eq(*k, key)) {
+            Some(i) => i,
+            None => {
+                names.push((key, sanitize_label(key)));
+                names.len() - 1
+            }
+        }
+    }
     for (desc, members) in &families {
         let name = metric_name(desc);
         let kind = if desc.kind == MetricKind::Counter { FamilyKind::Counter } else { FamilyKind::Gauge };
@@ -98,16 +109,18 @@ pub fn render(
             let point = &resources[ri].points[pi];
             w.start_sample(&name);
             let mut first = true;
-            let mut point_label_names: Vec<String> = Vec::with_capacity(point.attributes.len());
-            for (key, value) in &point.attributes {
-                let label = sanitize_label(key);
-                w.label(first, &label, &attr_text(value));
+            let mut own: [usize; 8] = [usize::MAX; 8];
+            for (i, (key, value)) in point.attributes.iter().enumerate() {
+                let label = label_of(&mut names, key);
+                if i < own.len() {
+                    own[i] = label;
+                }
+                w.label(first, &names[label].1, &attr_text(value));
                 first = false;
-                point_label_names.push(label);
             }
             for (label, value) in &labels[ri] {
                 // A point attribute of the same name wins over a promoted resource attribute.
-                if point_label_names.iter().any(|n| n == label) {
+                if own.iter().any(|&i| i != usize::MAX && names[i].1 == *label) {
                     continue;
                 }
                 w.label(first, label, value);
