@@ -113,6 +113,16 @@ if [ ! -x "$vm" ]; then
   dpkg -x "$aptdir"/victoria-metrics_*.deb "$tools/vm"
 fi
 
+# Prometheus 2.42 (Debian 12) as a scraper for the `prometheus` exporter tests, and its
+# promtool. Unpacked into tools, not installed: the package would start a system service.
+prom="$tools/prometheus/usr/bin/prometheus"
+if [ ! -x "$prom" ]; then
+  log "fetching prometheus from Debian"
+  mkdir -p "$tools/prometheus-deb"
+  (cd "$tools/prometheus-deb" && apt-get download prometheus >&2 2>/dev/null || { apt-get update -qq >&2; apt-get download prometheus >&2; })
+  dpkg -x "$tools"/prometheus-deb/prometheus_*.deb "$tools/prometheus"
+fi
+
 rotel="$(ls "$tools"/rotel-venv/lib/python3*/site-packages/rotel/rotel-agent 2>/dev/null | head -n1 || true)"
 if [ -z "$rotel" ]; then
   log "installing rotel into a virtualenv"
@@ -135,3 +145,5 @@ echo "export PODOMETER_ROTEL=$rotel"
 echo "export PODOMETER_BB_DOCKER_TAR=$bb_docker"
 echo "export PODOMETER_CRI_IMAGES=$images"
 echo "export PODOMETER_V2VM_IMAGE=$v2vm_image"
+echo "export PODOMETER_PROMETHEUS=$prom"
+echo "export PODOMETER_PROMTOOL=$tools/prometheus/usr/bin/promtool"

@@ -42,6 +42,14 @@ enum Command {
         #[arg(long)]
         ids: bool,
     },
+    /// A live view of every pod and container (q quits; c, m, n, a sort; / filters).
+    Top {
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+        /// Time between refreshes.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+    },
     /// Validate a config file and print the resolved pipelines.
     CheckConfig {
         #[arg(short = 'c', long = "config")]
@@ -59,7 +67,10 @@ enum Format {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    // `top` owns the screen: a log line on stderr would tear it, so it logs nothing.
+    if !matches!(cli.command, Command::Top { .. }) {
+        init_logging(&cli.log);
+    }
     match cli.command {
         Command::CheckConfig { config } => match config::load(config.as_deref()) {
             Ok(cfg) => {
@@ -77,6 +88,7 @@ fn main() -> ExitCode {
             report(load(config).and_then(|c| collect(&c, format, window, ids)))
         }
         Command::Run { config } => report(load(config).and_then(run)),
+        Command::Top { config, interval } => report(load(config).and_then(|c| top(&c, interval))),
     }
 }
 
@@ -148,6 +160,15 @@ fn collect(config: &Config, format: Format, window: Duration, ids: bool) -> anyh
         }
     }
     Ok(())
+}
+
+fn top(config: &Config, interval: Duration) -> anyhow::Result<()> {
+    anyhow::ensure!(!interval.is_zero(), "--interval must be more than 0");
+    let mut pipelines = pipeline::build_pipelines(config)?;
+    for p in &pipelines {
+        p.wait_for_processors();
+    }
+    podometer::top::run(&mut pipelines, interval).context("running the terminal view")
 }
 
 fn run(config: Config) -> anyhow::Result<()> {

@@ -13,6 +13,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::{Config, ExporterConfig, ProcessorConfig, SourceConfig};
 use crate::exporters::file::FileExporter;
 use crate::exporters::otlp::OtlpExporter;
+use crate::exporters::prometheus::PrometheusExporter;
 use crate::exporters::Exporter;
 use crate::health::{self, HealthError, HealthState, SweeperGuard};
 use crate::model::{AttrValue, StartTimes, Sweep, SweepContext};
@@ -57,6 +58,8 @@ pub struct Pipeline {
     /// From `OTEL_RESOURCE_ATTRIBUTES`: set only where a resource has no such attribute.
     default_attributes: Vec<(&'static str, AttrValue)>,
     pub exporter_ids: Vec<String>,
+    /// The cgroup layout the pipeline's cgroups source found, for the start-up line.
+    pub cgroup_mode: Option<String>,
 }
 
 impl Pipeline {
@@ -144,11 +147,14 @@ pub fn build_pipelines(config: &Config) -> Result<Vec<Pipeline>, PipelineError> 
     let mut pipelines = Vec::new();
     for (name, (_, pc)) in &config.pipelines.value.entries {
         let mut sources: Vec<(String, Box<dyn Source>)> = Vec::new();
+        let mut cgroup_mode = None;
         for id in &pc.sources {
             let id = id.value.as_str();
             let source: Box<dyn Source> = match config.sources.get(id) {
                 Some(SourceConfig::Cgroups(c)) => {
-                    Box::new(CgroupSource::new(c).map_err(|e| build_error("source", id, e))?)
+                    let source = CgroupSource::new(c).map_err(|e| build_error("source", id, e))?;
+                    cgroup_mode = Some(format!("{:?}", source.mode()).to_lowercase());
+                    Box::new(source)
                 }
                 Some(SourceConfig::Netns(c)) => {
                     Box::new(NetnsSource::new(c).map_err(|e| build_error("source", id, e))?)
@@ -183,6 +189,7 @@ pub fn build_pipelines(config: &Config) -> Result<Vec<Pipeline>, PipelineError> 
             resource_attributes: resource_attributes.clone(),
             default_attributes: default_attributes.clone(),
             exporter_ids: pc.exporters.iter().map(|s| s.value.clone()).collect(),
+            cgroup_mode,
         });
     }
     Ok(pipelines)
@@ -206,11 +213,139 @@ pub fn build_exporters(config: &Config) -> Result<BTreeMap<String, Box<dyn Expor
             Some(ExporterConfig::Otlp(c)) => {
                 Box::new(OtlpExporter::new(id, c).map_err(|e| build_error("exporter", id, e))?)
             }
+            Some(ExporterConfig::Prometheus(c)) => {
+                Box::new(PrometheusExporter::new(c).map_err(|e| build_error("exporter", id, e))?)
+            }
             None => unreachable!("validated: pipelines only name defined exporters"),
         };
         exporters.insert(id.to_owned(), exporter);
     }
     Ok(exporters)
+}
+
+/// What one sweep held, for self-telemetry (public for the benchmark).
+#[derive(Default)]
+pub struct SweepCounts {
+    containers: u64,
+    pods: u64,
+    network_namespaces: u64,
+    points: u64,
+}
+
+impl SweepCounts {
+    pub fn add(&mut self, sweep: &Sweep) {
+        for r in &sweep.resources {
+            match r.id {
+                crate::model::ResourceId::Container(_) => self.containers += 1,
+                crate::model::ResourceId::Pod(_) => self.pods += 1,
+            }
+            // Pointer comparisons: this runs over every point of every sweep. The netns
+            // source appends its points last, so the reverse search ends at once for them.
+            let is_net_io = |p: &crate::model::Point| {
+                std::ptr::eq(p.metric, &semconv::POD_NETWORK.io)
+                    || std::ptr::eq(p.metric, &semconv::CONTAINER_NETWORK.io)
+            };
+            if r.points.iter().rev().any(is_net_io) {
+                self.network_namespaces += 1;
+            }
+            self.points += r.points.len() as u64;
+        }
+    }
+
+    pub fn store(&self, t: &Telemetry) {
+        t.last_containers.store(self.containers, Ordering::Relaxed);
+        t.last_pods.store(self.pods, Ordering::Relaxed);
+        t.last_network_namespaces.store(self.network_namespaces, Ordering::Relaxed);
+        t.last_points.store(self.points, Ordering::Relaxed);
+    }
+}
+
+/// The self-telemetry endpoint: the configured one, else the first gRPC `otlp` exporter's.
+pub fn self_telemetry_endpoint(config: &Config) -> Option<String> {
+    if !config.self_telemetry.enabled {
+        return None;
+    }
+    if let Some(endpoint) = &config.self_telemetry.endpoint {
+        return Some(endpoint.clone());
+    }
+    config.exporters.entries.values().find_map(|(_, e)| match e {
+        ExporterConfig::Otlp(c) => c
+            .resolve(|name| std::env::var(name).ok())
+            .ok()
+            .filter(|r| r.protocol == crate::exporters::otlp::Protocol::Grpc)
+            .map(|r| r.endpoint),
+        _ => None,
+    })
+}
+
+/// A URL without the `user:password@` part, for logs.
+fn without_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+/// Where each exporter sends, for the start-up line: `id -> endpoint`, never headers or
+/// credentials.
+pub fn exporter_summary(config: &Config) -> Vec<String> {
+    use crate::exporters::prometheus::Naming;
+    config
+        .exporters
+        .entries
+        .iter()
+        .map(|(id, (_, exporter))| match exporter {
+            ExporterConfig::File(c) => format!("{id} -> {}", c.path.display()),
+            ExporterConfig::Otlp(c) => match c.resolve(|name| std::env::var(name).ok()) {
+                Ok(r) => {
+                    let protocol = match r.protocol {
+                        crate::exporters::otlp::Protocol::Grpc => "grpc",
+                        crate::exporters::otlp::Protocol::HttpProtobuf => "http/protobuf",
+                    };
+                    format!("{id} -> {protocol} {}", without_credentials(&r.endpoint))
+                }
+                Err(_) => format!("{id} -> (unresolved)"),
+            },
+            ExporterConfig::Prometheus(c) => {
+                let naming = if c.naming == Naming::Cadvisor { "cadvisor" } else { "otel" };
+                format!("{id} -> http://{}/metrics ({naming} names)", c.endpoint)
+            }
+        })
+        .collect()
+}
+
+/// The start-up line: what the first sweep found and where it goes.
+fn log_startup(pipelines: &[Pipeline], sweeps: &[Arc<Sweep>], exporters: &[String]) {
+    let mut runtimes: Vec<&str> = Vec::new();
+    let mut pods: Vec<&str> = Vec::new();
+    let mut containers = 0usize;
+    for r in sweeps.iter().flat_map(|s| s.resources.iter()) {
+        if let crate::model::ResourceId::Container(_) = r.id {
+            containers += 1;
+            if let Some(AttrValue::Str(rt)) = r.attribute(semconv::CONTAINER_RUNTIME_NAME) {
+                if !runtimes.contains(&rt.as_str()) {
+                    runtimes.push(rt);
+                }
+            }
+        }
+        if let Some(pod) = crate::table::pod_key(r) {
+            if !pods.contains(&pod) {
+                pods.push(pod);
+            }
+        }
+    }
+    runtimes.sort_unstable();
+    let modes: Vec<&str> = pipelines.iter().filter_map(|p| p.cgroup_mode.as_deref()).collect();
+    info!(
+        cgroups = %if modes.is_empty() { "none".to_owned() } else { modes.join(",") },
+        runtimes = %if runtimes.is_empty() { "none".to_owned() } else { runtimes.join(",") },
+        containers,
+        pods = pods.len(),
+        exporters = %exporters.join(", "),
+        "First sweep done."
+    );
 }
 
 /// Sweeps every pipeline once and merges the results (for `collect`).
@@ -234,6 +369,20 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), PipelineError> {
     let exporters = build_exporters(config)?;
+    let self_telemetry = match self_telemetry_endpoint(config) {
+        Some(endpoint) => {
+            let host = config.host_name.clone().or_else(kernel_hostname);
+            let resource = crate::self_telemetry::resource(host, config.node_name.clone());
+            match crate::self_telemetry::start(&endpoint, config.self_telemetry.interval, resource) {
+                Ok(provider) => Some(provider),
+                Err(error) => {
+                    warn!(%error, "Self-telemetry is off.");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     let mut senders: BTreeMap<String, mpsc::Sender<Arc<Sweep>>> = BTreeMap::new();
     let mut tasks = Vec::new();
     let (deadline_tx, deadline_rx) = tokio::sync::watch::channel(None::<Instant>);
@@ -279,13 +428,14 @@ pub async fn run(
     let (ended_tx, mut ended_rx) = tokio::sync::oneshot::channel::<()>();
     let interval = config.interval;
     let stats_every = config.stats_log_interval;
+    let summary = exporter_summary(config);
     let sweeper_health = Arc::clone(&health);
     let sweeper = std::thread::Builder::new()
         .name("podometer-sweep".into())
         .spawn(move || {
             let _ended = ended_tx;
             let _guard = SweeperGuard(Arc::clone(&sweeper_health));
-            sweep_loop(&mut pipelines, &senders, interval, stats_every, stop_rx, &sweeper_health)
+            sweep_loop(&mut pipelines, &senders, interval, stats_every, stop_rx, &sweeper_health, summary)
         })
         .expect("spawning the sweep thread");
 
@@ -319,6 +469,10 @@ pub async fn run(
         task.abort();
     }
     log_stats();
+    if let Some(provider) = self_telemetry {
+        // A last collection, with the counters the line above logged.
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+    }
     match died_because {
         Some(reason) => {
             error!(%reason, "The sweep thread died.");
@@ -345,9 +499,11 @@ fn sweep_loop(
     stats_every: Duration,
     stop: std_mpsc::Receiver<()>,
     health: &HealthState,
+    exporter_summary: Vec<String>,
 ) {
     let telemetry = Telemetry::global();
     let mut readiness = Vec::new();
+    let mut first = true;
     for pipeline in pipelines.iter() {
         readiness.extend(pipeline.wait_for_processors());
     }
@@ -355,7 +511,7 @@ fn sweep_loop(
     #[cfg(debug_assertions)]
     let fault = DebugFault::from_env();
     #[cfg(debug_assertions)]
-    let mut swept = 0u64;
+    let mut sweeps_done = 0u64;
     let mut next = Instant::now();
     let mut next_stats = Instant::now() + stats_every;
     loop {
@@ -365,8 +521,14 @@ fn sweep_loop(
         };
         let started = Instant::now();
         let time = SystemTime::now();
+        let mut swept = Vec::with_capacity(pipelines.len());
+        let mut counts = SweepCounts::default();
         for pipeline in pipelines.iter_mut() {
             let sweep = Arc::new(pipeline.sweep(time));
+            counts.add(&sweep);
+            if first {
+                swept.push(Arc::clone(&sweep));
+            }
             for id in &pipeline.exporter_ids {
                 let Some(tx) = senders.get(id) else { continue };
                 if tx.try_send(Arc::clone(&sweep)).is_err() {
@@ -375,13 +537,20 @@ fn sweep_loop(
                 }
             }
         }
+        if first {
+            log_startup(pipelines, &swept, &exporter_summary);
+            first = false;
+        }
+        counts.store(telemetry);
         Telemetry::inc(&telemetry.sweeps);
-        telemetry.last_sweep_micros.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let elapsed = started.elapsed();
+        telemetry.last_sweep_micros.store(elapsed.as_micros() as u64, Ordering::Relaxed);
+        crate::self_telemetry::record_sweep(elapsed);
         health.sweep_done();
         #[cfg(debug_assertions)]
         {
-            swept += 1;
-            fault.after_sweep(swept);
+            sweeps_done += 1;
+            fault.after_sweep(sweeps_done);
         }
         if stopping {
             return;
@@ -436,4 +605,19 @@ fn log_stats() {
     let stats = Telemetry::global().snapshot();
     let fields: Vec<String> = stats.iter().map(|(k, v)| format!("{k}={v}")).collect();
     info!(stats = %fields.join(" "), "Agent counters.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_cut_from_endpoints() {
+        assert_eq!(
+            without_credentials("https://user:secret@otel.example:4317/x"),
+            "https://otel.example:4317/x"
+        );
+        assert_eq!(without_credentials("http://h:4318/v1/metrics?a=b@c"), "http://h:4318/v1/metrics?a=b@c");
+        assert_eq!(without_credentials("h:4317"), "h:4317");
+    }
 }

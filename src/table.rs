@@ -15,14 +15,14 @@ const NAME_HEADER: [&str; 2] = ["NAMESPACE/POD", "NAME"];
 const HEADER: [&str; 6] = ["RUNTIME", "CPU %", "MEM USAGE / LIMIT", "PIDS", "NET RX/s", "NET TX/s"];
 const WIDTHS: [usize; 6] = [11, 8, 23, 6, 11, 11];
 
-fn str_attr<'a>(r: &'a Resource, key: &str) -> Option<&'a str> {
+pub fn str_attr<'a>(r: &'a Resource, key: &str) -> Option<&'a str> {
     match r.attribute(key) {
         Some(AttrValue::Str(s)) => Some(s),
         _ => None,
     }
 }
 
-fn short(id: &str, n: usize) -> String {
+pub fn short(id: &str, n: usize) -> String {
     id.chars().take(n).collect()
 }
 
@@ -37,10 +37,6 @@ fn sum(r: &Resource, name: &str, filter: impl Fn(&crate::model::Point) -> bool) 
     let mut points = r.points_of(name).filter(|p| filter(p)).peekable();
     points.peek()?;
     Some(points.map(|p| p.value.as_f64()).sum())
-}
-
-fn direction(p: &crate::model::Point, want: &str) -> bool {
-    matches!(p.attribute(semconv::NETWORK_IO_DIRECTION), Some(AttrValue::Str(d)) if d == want)
 }
 
 /// Per-second rate of a counter between two sweeps; `None` when either side lacks it or the
@@ -65,9 +61,61 @@ pub fn human_bytes(b: f64) -> String {
     }
 }
 
+/// What the table and `podometer top` show for one container or pod: current values and
+/// per-second rates between two sweeps. `None` where the host or either sweep lacks it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+    /// CPU time per second of wall time (1.0 = one core busy).
+    pub cpu: Option<f64>,
+    pub memory: Option<f64>,
+    pub memory_limit: Option<f64>,
+    pub pids: Option<f64>,
+    pub net_rx: Option<f64>,
+    pub net_tx: Option<f64>,
+    pub disk_read: Option<f64>,
+    pub disk_write: Option<f64>,
+}
+
+/// Seconds between two sweeps (0 when the clock went backwards).
+pub fn seconds_between(prev: &Sweep, cur: &Sweep) -> f64 {
+    cur.time.duration_since(prev.time).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// The stats of `r` (from `cur`), with rates against the same resource in `before`.
+pub fn stats(r: &Resource, before: Option<&Resource>, seconds: f64) -> Stats {
+    let (cg, net) = families(r);
+    let value = |res: Option<&Resource>, name: &str| res.and_then(|res| sum(res, name, |_| true));
+    let counter_rate = |name: &str, key: &str, want: &str| {
+        let matching =
+            |p: &crate::model::Point| matches!(p.attribute(key), Some(AttrValue::Str(d)) if d == want);
+        rate(before.and_then(|b| sum(b, name, matching)), sum(r, name, matching), seconds)
+    };
+    Stats {
+        cpu: rate(value(before, cg.cpu_time.name), value(Some(r), cg.cpu_time.name), seconds),
+        memory: value(Some(r), cg.memory_usage.name),
+        memory_limit: value(Some(r), cg.memory_limit.name),
+        pids: value(Some(r), cg.pids_count.name),
+        net_rx: counter_rate(net.io.name, semconv::NETWORK_IO_DIRECTION, semconv::DIRECTION_RECEIVE),
+        net_tx: counter_rate(net.io.name, semconv::NETWORK_IO_DIRECTION, semconv::DIRECTION_TRANSMIT),
+        disk_read: counter_rate(cg.disk_io.name, semconv::DISK_IO_DIRECTION, semconv::DIRECTION_READ),
+        disk_write: counter_rate(cg.disk_io.name, semconv::DISK_IO_DIRECTION, semconv::DIRECTION_WRITE),
+    }
+}
+
+/// The pod a resource belongs to, as a grouping key: the Kubernetes pod UID or the Podman
+/// pod id; `None` for a container outside any pod.
+pub fn pod_key(r: &Resource) -> Option<&str> {
+    match &r.id {
+        ResourceId::Pod(uid) => Some(uid),
+        ResourceId::Container(_) => {
+            str_attr(r, semconv::K8S_POD_UID).or_else(|| str_attr(r, semconv::PODMAN_POD_ID))
+        }
+    }
+}
+
 /// What the NAMESPACE/POD column shows: the names a metadata processor attached, else the
 /// pod id from the cgroup path (shortened), else nothing.
-fn pod_cell(r: &Resource) -> Option<String> {
+pub fn pod_cell(r: &Resource) -> Option<String> {
     let k8s_pod = str_attr(r, semconv::K8S_POD_NAME);
     if let Some(pod) = k8s_pod {
         return Some(match str_attr(r, semconv::K8S_NAMESPACE_NAME) {
@@ -88,7 +136,7 @@ fn pod_cell(r: &Resource) -> Option<String> {
 
 /// What the NAME column shows: the container's name in its pod, else its runtime name, else
 /// its short id.
-fn name_cell(r: &Resource) -> String {
+pub fn name_cell(r: &Resource) -> String {
     match &r.id {
         ResourceId::Pod(_) => "(pod total)".to_owned(),
         ResourceId::Container(id) => str_attr(r, semconv::K8S_CONTAINER_NAME)
@@ -101,7 +149,7 @@ fn name_cell(r: &Resource) -> String {
 /// Renders the table for `cur`, with rates against `prev`; names where known, ids too with
 /// `ids`.
 pub fn render(prev: &Sweep, cur: &Sweep, ids: bool) -> String {
-    let seconds = cur.time.duration_since(prev.time).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let seconds = seconds_between(prev, cur);
     struct Row {
         sort: (String, String, u8, String),
         ids: [String; 2],
@@ -110,26 +158,10 @@ pub fn render(prev: &Sweep, cur: &Sweep, ids: bool) -> String {
     }
     let mut rows: Vec<Row> = Vec::new();
     for r in &cur.resources {
-        let (cg, net) = families(r);
-        let before = prev.resource(&r.id);
-        let value = |res: Option<&Resource>, name: &str| res.and_then(|res| sum(res, name, |_| true));
-        let net_rate = |dir: &str| {
-            rate(
-                before.and_then(|b| sum(b, net.io.name, |p| direction(p, dir))),
-                sum(r, net.io.name, |p| direction(p, dir)),
-                seconds,
-            )
-        };
-        let cpu = rate(value(before, cg.cpu_time.name), value(Some(r), cg.cpu_time.name), seconds);
-        let mem = value(Some(r), cg.memory_usage.name);
-        let limit = value(Some(r), cg.memory_limit.name);
-        let pids = value(Some(r), cg.pids_count.name);
+        let st = stats(r, prev.resource(&r.id), seconds);
         let (id_cell, pod_key, order) = match &r.id {
             ResourceId::Pod(uid) => ("-".to_owned(), Some(uid.clone()), 0u8),
-            ResourceId::Container(id) => {
-                let pod = str_attr(r, semconv::K8S_POD_UID).or_else(|| str_attr(r, semconv::PODMAN_POD_ID));
-                (short(id, 12), pod.map(str::to_owned), 1u8)
-            }
+            ResourceId::Container(id) => (short(id, 12), pod_key(r).map(str::to_owned), 1u8),
         };
         let pod_col = pod_cell(r);
         let name = name_cell(r);
@@ -145,19 +177,15 @@ pub fn render(prev: &Sweep, cur: &Sweep, ids: bool) -> String {
             names: [pod_col.unwrap_or_else(dash), name],
             cells: [
                 str_attr(r, semconv::CONTAINER_RUNTIME_NAME).unwrap_or("-").to_owned(),
-                cpu.map(|c| format!("{:.2}", c * 100.0)).unwrap_or_else(dash),
-                match (mem, limit) {
+                st.cpu.map(|c| format!("{:.2}", c * 100.0)).unwrap_or_else(dash),
+                match (st.memory, st.memory_limit) {
                     (Some(m), Some(l)) => format!("{} / {}", human_bytes(m), human_bytes(l)),
                     (Some(m), None) => format!("{} / -", human_bytes(m)),
                     _ => dash(),
                 },
-                pids.map(|p| format!("{p:.0}")).unwrap_or_else(dash),
-                net_rate(semconv::DIRECTION_RECEIVE)
-                    .map(|v| format!("{}/s", human_bytes(v)))
-                    .unwrap_or_else(dash),
-                net_rate(semconv::DIRECTION_TRANSMIT)
-                    .map(|v| format!("{}/s", human_bytes(v)))
-                    .unwrap_or_else(dash),
+                st.pids.map(|p| format!("{p:.0}")).unwrap_or_else(dash),
+                st.net_rx.map(|v| format!("{}/s", human_bytes(v))).unwrap_or_else(dash),
+                st.net_tx.map(|v| format!("{}/s", human_bytes(v))).unwrap_or_else(dash),
             ],
         });
     }

@@ -34,6 +34,12 @@ pub struct Telemetry {
     /// Container and pod cgroups left unopened at a discovery for lack of file descriptors
     /// (counted at every discovery that leaves them out; they are retried at the next one).
     pub fd_exhausted: AtomicU64,
+    /// Containers, pods, network namespaces (resources with network series) and points of the
+    /// latest sweep, for self-telemetry.
+    pub last_containers: AtomicU64,
+    pub last_pods: AtomicU64,
+    pub last_network_namespaces: AtomicU64,
+    pub last_points: AtomicU64,
 }
 
 impl Telemetry {
@@ -64,6 +70,10 @@ impl Telemetry {
             ("metadata_misses", get(&self.metadata_misses)),
             ("metadata_errors", get(&self.metadata_errors)),
             ("fd_exhausted", get(&self.fd_exhausted)),
+            ("last_containers", get(&self.last_containers)),
+            ("last_pods", get(&self.last_pods)),
+            ("last_network_namespaces", get(&self.last_network_namespaces)),
+            ("last_points", get(&self.last_points)),
         ]
     }
 }

@@ -21,6 +21,7 @@ use serde_saphyr::{Location, Spanned};
 
 use crate::exporters::file::FileExporterConfig;
 use crate::exporters::otlp::OtlpExporterConfig;
+use crate::exporters::prometheus::PrometheusExporterConfig;
 use crate::health::HealthConfig;
 use crate::processors::filter::FilterConfig;
 use crate::processors::metadata::docker_api::DockerApiConfig;
@@ -58,6 +59,9 @@ pub struct Config {
     /// downward API: `${env:NODE_NAME}`).
     #[serde(default)]
     pub node_name: Option<String>,
+    /// The agent's own metrics over OTLP/gRPC (`enabled`, `endpoint`, `interval`).
+    #[serde(default)]
+    pub self_telemetry: crate::self_telemetry::SelfTelemetryConfig,
     /// Sources by `type[/name]`: `cgroups`, `netns` (node view), `processes`, `pod_network`
     /// (sidecar view).
     #[serde(default)]
@@ -65,7 +69,7 @@ pub struct Config {
     /// Processors by `type[/name]`: `filter`, `runtime_files`, `docker_api`.
     #[serde(default)]
     pub processors: Components<ProcessorConfig>,
-    /// Exporters by `type[/name]`: `file`, `otlp`.
+    /// Exporters by `type[/name]`: `file`, `otlp`, `prometheus`.
     #[serde(default)]
     pub exporters: Components<ExporterConfig>,
     /// Pipelines by name; each lists the components it uses, in order.
@@ -127,6 +131,7 @@ pub enum ProcessorConfig {
 pub enum ExporterConfig {
     File(FileExporterConfig),
     Otlp(OtlpExporterConfig),
+    Prometheus(PrometheusExporterConfig),
 }
 
 /// A component section: every kind of component config knows which `type`s exist and how to
@@ -176,11 +181,12 @@ impl ComponentKind for ProcessorConfig {
 impl ComponentKind for ExporterConfig {
     const KIND: &'static str = "exporter";
     const SECTION: &'static str = "exporters";
-    const TYPES: &'static [&'static str] = &["file", "otlp"];
+    const TYPES: &'static [&'static str] = &["file", "otlp", "prometheus"];
     fn deserialize_type<'de, D: Deserializer<'de>>(ty: &str, d: D) -> Result<Self, D::Error> {
         match ty {
             "file" => or_default(d).map(ExporterConfig::File),
             "otlp" => or_default(d).map(ExporterConfig::Otlp),
+            "prometheus" => or_default(d).map(ExporterConfig::Prometheus),
             _ => Err(unknown_type::<Self, D::Error>(ty)),
         }
     }
@@ -604,6 +610,7 @@ fn exporter_problems(exporter: &ExporterConfig) -> Vec<(String, String)> {
     match exporter {
         ExporterConfig::File(_) => Vec::new(),
         ExporterConfig::Otlp(otlp) => otlp.validate().err().unwrap_or_default(),
+        ExporterConfig::Prometheus(prometheus) => prometheus.validate().err().unwrap_or_default(),
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod file;
 pub mod otlp;
+pub mod prometheus;
 
 use std::future::Future;
 use std::pin::Pin;

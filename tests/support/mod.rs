@@ -8,6 +8,7 @@ pub mod cri;
 pub mod docker;
 pub mod netns;
 pub mod podman;
+pub mod prometheus;
 pub mod receivers;
 pub mod v2vm;
 

@@ -47,7 +47,7 @@ pub fn http_get(port: u16, path_and_query: &str) -> std::io::Result<(u16, String
     Ok((status, body.to_owned()))
 }
 
-fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ready() {
         assert!(start.elapsed() < timeout, "{what} not ready after {timeout:?}");
@@ -56,7 +56,7 @@ fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
 }
 
 /// Sends SIGTERM by pid so the process flushes, then SIGKILL if it lingers.
-fn stop_child(child: &mut Child, grace: Duration) {
+pub fn stop_child(child: &mut Child, grace: Duration) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
     }
@@ -195,7 +195,7 @@ impl Drop for VictoriaMetrics {
     }
 }
 
-fn urlencode(s: &str) -> String {
+pub fn urlencode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

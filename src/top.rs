@@ -1,0 +1,511 @@
+//! `podometer top`: a live terminal view, one row per container grouped under its pod, with
+//! rates between the last two sweeps (the same [`table::stats`] as `collect --format table`).
+//!
+//! The model (grouping, sorting, filtering) is pure and tested here; the terminal part draws
+//! it with ratatui on crossterm and restores the terminal on `q`, on SIGTERM/SIGHUP/SIGINT and
+//! on a panic.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+use ratatui::crossterm::{execute, terminal};
+use ratatui::layout::{Constraint, Layout};
+use ratatui::style::{Modifier, Style};
+use ratatui::text::Line;
+use ratatui::widgets::{Paragraph, Row, Table};
+use ratatui::{DefaultTerminal, Frame};
+
+use crate::model::{Resource, ResourceId, Sweep};
+use crate::pipeline::{self, Pipeline};
+use crate::semconv;
+use crate::table::{self, pod_key, short, str_attr, Stats};
+
+/// What rows are ordered by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKey {
+    Cpu,
+    Memory,
+    Network,
+    Name,
+}
+
+impl SortKey {
+    fn label(self) -> &'static str {
+        match self {
+            SortKey::Cpu => "cpu",
+            SortKey::Memory => "memory",
+            SortKey::Network => "network",
+            SortKey::Name => "name",
+        }
+    }
+}
+
+/// One container row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    pub label: String,
+    pub id: String,
+    pub stats: Stats,
+}
+
+/// A pod (or a container outside any pod) and its containers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    pub label: String,
+    pub id: String,
+    /// The pod's totals: its own cgroup's when the pod has one (Kubernetes), else the sum of
+    /// its containers; network is the pod's, wherever the namespace's owner reported it.
+    pub stats: Stats,
+    pub members: Vec<Member>,
+}
+
+fn container_label(r: &Resource, id: &str) -> String {
+    str_attr(r, semconv::K8S_CONTAINER_NAME)
+        .or_else(|| str_attr(r, semconv::CONTAINER_NAME))
+        .map(str::to_owned)
+        .unwrap_or_else(|| short(id, 12))
+}
+
+/// The pod's name as far as this resource knows it; `None` leaves it to another row (or to
+/// the short id at the end).
+fn pod_label(r: &Resource) -> Option<String> {
+    match (str_attr(r, semconv::K8S_NAMESPACE_NAME), str_attr(r, semconv::K8S_POD_NAME)) {
+        (Some(ns), Some(pod)) => Some(format!("{ns}/{pod}")),
+        (None, Some(pod)) => Some(pod.to_owned()),
+        _ => str_attr(r, semconv::PODMAN_POD_NAME).map(str::to_owned),
+    }
+}
+
+fn add(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x + y),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+/// Groups the resources of `cur` by pod, with rates against `prev`.
+pub fn build(prev: &Sweep, cur: &Sweep) -> Vec<Group> {
+    let seconds = table::seconds_between(prev, cur);
+    let mut groups: Vec<Group> = Vec::new();
+    // (group index, pod cgroup's stats) for pods that have their own cgroup.
+    let mut pod_totals: Vec<Option<Stats>> = Vec::new();
+    for r in &cur.resources {
+        let st = table::stats(r, prev.resource(&r.id), seconds);
+        let (key, standalone) = match (&r.id, pod_key(r)) {
+            (_, Some(pod)) => (pod.to_owned(), false),
+            (ResourceId::Container(id), None) => (id.clone(), true),
+            (ResourceId::Pod(uid), None) => (uid.clone(), false),
+        };
+        let gi = match groups.iter().position(|g| g.id == key) {
+            Some(i) => i,
+            None => {
+                groups.push(Group {
+                    label: String::new(),
+                    id: key.clone(),
+                    stats: Stats {
+                        cpu: None,
+                        memory: None,
+                        memory_limit: None,
+                        pids: None,
+                        net_rx: None,
+                        net_tx: None,
+                        disk_read: None,
+                        disk_write: None,
+                    },
+                    members: Vec::new(),
+                });
+                pod_totals.push(None);
+                groups.len() - 1
+            }
+        };
+        let group = &mut groups[gi];
+        if group.label.is_empty() {
+            if let Some(label) = pod_label(r).filter(|_| !standalone) {
+                group.label = label;
+            }
+        }
+        match &r.id {
+            ResourceId::Pod(_) => pod_totals[gi] = Some(st),
+            ResourceId::Container(id) if standalone => {
+                group.label = container_label(r, id);
+                group.stats = st;
+            }
+            ResourceId::Container(id) => {
+                let g = &mut group.stats;
+                g.cpu = add(g.cpu, st.cpu);
+                g.memory = add(g.memory, st.memory);
+                g.pids = add(g.pids, st.pids);
+                g.net_rx = add(g.net_rx, st.net_rx);
+                g.net_tx = add(g.net_tx, st.net_tx);
+                g.disk_read = add(g.disk_read, st.disk_read);
+                g.disk_write = add(g.disk_write, st.disk_write);
+                // Network is shown once, on the pod.
+                let stats = Stats { net_rx: None, net_tx: None, ..st };
+                group.members.push(Member { label: container_label(r, id), id: id.clone(), stats });
+            }
+        }
+    }
+    for (group, total) in groups.iter_mut().zip(pod_totals) {
+        if let Some(total) = total {
+            group.stats = total;
+        }
+        if group.label.is_empty() {
+            group.label = format!("pod {}", short(&group.id, 12));
+        }
+    }
+    groups
+}
+
+fn sort_value(stats: &Stats, key: SortKey) -> Option<f64> {
+    match key {
+        SortKey::Cpu => stats.cpu,
+        SortKey::Memory => stats.memory,
+        SortKey::Network => add(stats.net_rx, stats.net_tx),
+        SortKey::Name => None,
+    }
+}
+
+/// Orders numbers descending (missing last), names ascending.
+fn compare(a: (&Stats, &str), b: (&Stats, &str), key: SortKey) -> std::cmp::Ordering {
+    if key == SortKey::Name {
+        return a.1.cmp(b.1);
+    }
+    let (x, y) = (sort_value(a.0, key), sort_value(b.0, key));
+    match (x, y) {
+        (Some(x), Some(y)) => y.total_cmp(&x).then_with(|| a.1.cmp(b.1)),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => a.1.cmp(b.1),
+    }
+}
+
+/// Sorts groups and their members and keeps what matches `filter` (a case-insensitive
+/// substring of a pod's or container's name or id; a matching pod keeps all its containers).
+pub fn arrange(mut groups: Vec<Group>, key: SortKey, filter: &str) -> Vec<Group> {
+    let needle = filter.to_lowercase();
+    let hit = |label: &str, id: &str| {
+        needle.is_empty() || label.to_lowercase().contains(&needle) || id.to_lowercase().contains(&needle)
+    };
+    groups.retain_mut(|g| {
+        if hit(&g.label, &g.id) {
+            return true;
+        }
+        g.members.retain(|m| hit(&m.label, &m.id));
+        !g.members.is_empty()
+    });
+    for g in &mut groups {
+        g.members.sort_by(|a, b| compare((&a.stats, &a.label), (&b.stats, &b.label), key));
+    }
+    groups.sort_by(|a, b| compare((&a.stats, &a.label), (&b.stats, &b.label), key));
+    groups
+}
+
+/// Bytes in at most 7 characters: `1023.9K`.
+fn compact(b: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut v = b;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{v:.0}{}", UNITS[unit])
+    } else {
+        format!("{v:.1}{}", UNITS[unit])
+    }
+}
+
+fn cells(label: String, st: &Stats) -> [String; 8] {
+    let dash = || "-".to_owned();
+    let bytes = |v: Option<f64>| v.map(compact).unwrap_or_else(dash);
+    [
+        label,
+        st.cpu.map(|c| format!("{:.1}", c * 100.0)).unwrap_or_else(dash),
+        bytes(st.memory),
+        st.pids.map(|p| format!("{p:.0}")).unwrap_or_else(dash),
+        bytes(st.net_rx),
+        bytes(st.net_tx),
+        bytes(st.disk_read),
+        bytes(st.disk_write),
+    ]
+}
+
+pub const HEADER: [&str; 8] =
+    ["POD / CONTAINER", "CPU%", "MEM", "PIDS", "NET RX/s", "NET TX/s", "DISK R/s", "DISK W/s"];
+/// Fits 80 columns with one space between columns.
+const WIDTHS: [u16; 8] = [23, 6, 7, 5, 8, 8, 8, 8];
+
+/// The rows as text cells, pods first and their containers indented under them.
+pub fn rows(groups: &[Group]) -> Vec<(bool, [String; 8])> {
+    let mut out = Vec::new();
+    for g in groups {
+        out.push((true, cells(g.label.clone(), &g.stats)));
+        for m in &g.members {
+            out.push((false, cells(format!("  {}", m.label), &m.stats)));
+        }
+    }
+    out
+}
+
+/// Set by the signal handler; the loop exits and restores the terminal.
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    SIGNALLED.store(true, Ordering::SeqCst);
+}
+
+/// Restores the terminal when dropped: on return, on error and on unwinding.
+struct Restore;
+
+fn restore_terminal() {
+    let _ = terminal::disable_raw_mode();
+    let _ = execute!(io::stdout(), terminal::LeaveAlternateScreen, ratatui::crossterm::cursor::Show);
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        restore_terminal();
+    }
+}
+
+struct View {
+    key: SortKey,
+    filter: String,
+    editing: bool,
+    groups: Vec<Group>,
+    containers: usize,
+    interval: Duration,
+}
+
+fn draw(frame: &mut Frame, view: &View) {
+    let [title, help, body] =
+        Layout::vertical([Constraint::Length(1), Constraint::Length(1), Constraint::Min(0)])
+            .areas(frame.area());
+    let filter = if view.editing {
+        format!("  filter: {}_", view.filter)
+    } else if view.filter.is_empty() {
+        String::new()
+    } else {
+        format!("  filter: {}", view.filter)
+    };
+    frame.render_widget(
+        Paragraph::new(Line::from(format!(
+            "podometer top  {} pods, {} containers  every {}  sort: {}{filter}",
+            view.groups.len(),
+            view.containers,
+            humantime::format_duration(view.interval),
+            view.key.label()
+        )))
+        .style(Style::default().add_modifier(Modifier::BOLD)),
+        title,
+    );
+    frame.render_widget(
+        Paragraph::new("q quit  c cpu  m memory  n network  a name  / filter  esc clear"),
+        help,
+    );
+    let arranged = arrange(view.groups.clone(), view.key, &view.filter);
+    let rows = rows(&arranged).into_iter().map(|(is_group, cells)| {
+        let row = Row::new(cells);
+        if is_group {
+            row.style(Style::default().add_modifier(Modifier::BOLD))
+        } else {
+            row
+        }
+    });
+    let table = Table::new(rows, WIDTHS.map(Constraint::Length))
+        .header(Row::new(HEADER).style(Style::default().add_modifier(Modifier::REVERSED)))
+        .column_spacing(1);
+    frame.render_widget(table, body);
+}
+
+/// Handles one key; returns false to quit.
+fn key(view: &mut View, code: KeyCode, modifiers: KeyModifiers) -> bool {
+    if modifiers.contains(KeyModifiers::CONTROL) && code == KeyCode::Char('c') {
+        return false;
+    }
+    if view.editing {
+        match code {
+            KeyCode::Enter => view.editing = false,
+            KeyCode::Esc => {
+                view.editing = false;
+                view.filter.clear();
+            }
+            KeyCode::Backspace => {
+                view.filter.pop();
+            }
+            KeyCode::Char(c) if view.filter.len() < 64 => view.filter.push(c),
+            _ => {}
+        }
+        return true;
+    }
+    match code {
+        KeyCode::Char('q') => return false,
+        KeyCode::Char('c') => view.key = SortKey::Cpu,
+        KeyCode::Char('m') => view.key = SortKey::Memory,
+        KeyCode::Char('n') => view.key = SortKey::Network,
+        KeyCode::Char('a') => view.key = SortKey::Name,
+        KeyCode::Char('/') => view.editing = true,
+        KeyCode::Esc => view.filter.clear(),
+        _ => {}
+    }
+    true
+}
+
+fn count_containers(sweep: &Sweep) -> usize {
+    sweep.resources.iter().filter(|r| matches!(r.id, ResourceId::Container(_))).count()
+}
+
+/// Runs the view until `q`, Ctrl-C or a signal. The terminal is restored in every case.
+pub fn run(pipelines: &mut [Pipeline], interval: Duration) -> io::Result<()> {
+    for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+    }
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        restore_terminal();
+        previous(info);
+    }));
+    let mut prev = pipeline::sweep_all(pipelines, SystemTime::now());
+    let terminal: DefaultTerminal = ratatui::try_init()?;
+    let restore = Restore;
+    let result = run_loop(terminal, pipelines, interval, &mut prev);
+    drop(restore);
+    result
+}
+
+fn run_loop(
+    mut terminal: DefaultTerminal,
+    pipelines: &mut [Pipeline],
+    interval: Duration,
+    prev: &mut Sweep,
+) -> io::Result<()> {
+    let mut view = View {
+        key: SortKey::Cpu,
+        filter: String::new(),
+        editing: false,
+        groups: build(prev, prev),
+        containers: count_containers(prev),
+        interval,
+    };
+    // The first rates come a second after the first sweep, then every interval.
+    let mut next = Instant::now() + interval.min(Duration::from_secs(1));
+    loop {
+        terminal.draw(|f| draw(f, &view))?;
+        loop {
+            if SIGNALLED.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= next {
+                break;
+            }
+            let wait = (next - now).min(Duration::from_millis(200));
+            if event::poll(wait)? {
+                match event::read()? {
+                    Event::Key(k) if k.kind == KeyEventKind::Press => {
+                        if !key(&mut view, k.code, k.modifiers) {
+                            return Ok(());
+                        }
+                        terminal.draw(|f| draw(f, &view))?;
+                    }
+                    Event::Resize(..) => {
+                        terminal.draw(|f| draw(f, &view))?;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let cur = pipeline::sweep_all(pipelines, SystemTime::now());
+        view.groups = build(prev, &cur);
+        view.containers = count_containers(&cur);
+        *prev = cur;
+        next += interval;
+        if next < Instant::now() {
+            next = Instant::now() + interval;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Point, Value};
+    use std::time::Duration;
+
+    fn container(s: &mut Sweep, id: &str, pod: Option<&str>, cpu: f64, rx: Option<i64>) {
+        let r = s.resource_mut(ResourceId::Container(id.into()), || {
+            let mut a = vec![(semconv::CONTAINER_ID, id.into())];
+            if let Some(pod) = pod {
+                a.push((semconv::PODMAN_POD_ID, pod.into()));
+            }
+            a
+        });
+        r.points.push(
+            Point::new(&semconv::CONTAINER.cpu_time, Value::Double(cpu)).with(semconv::CPU_MODE, "user"),
+        );
+        r.points.push(Point::new(&semconv::CONTAINER.memory_usage, Value::Int((cpu * 1000.0) as i64)));
+        if let Some(rx) = rx {
+            r.points.push(
+                Point::new(&semconv::CONTAINER_NETWORK.io, Value::Int(rx))
+                    .with(semconv::NETWORK_INTERFACE_NAME, "eth0")
+                    .with(semconv::NETWORK_IO_DIRECTION, "receive"),
+            );
+        }
+    }
+
+    fn sweeps() -> (Sweep, Sweep) {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+        let mut a = Sweep::new(t);
+        let mut b = Sweep::new(t + Duration::from_secs(2));
+        for (s, k) in [(&mut a, 0.0), (&mut b, 1.0)] {
+            container(s, "infra000000000", Some("podA"), 0.0, Some(1000 + (k * 2048.0) as i64));
+            container(s, "busy0000000000", Some("podA"), 1.0 + k * 1.5, None);
+            container(s, "idle0000000000", Some("podA"), 1.0 + k * 0.1, None);
+            container(s, "alone000000000", None, 5.0 + k * 0.5, None);
+        }
+        (a, b)
+    }
+
+    #[test]
+    fn containers_group_under_their_pod_with_pod_network_and_summed_cpu() {
+        let (a, b) = sweeps();
+        let groups = arrange(build(&a, &b), SortKey::Cpu, "");
+        assert_eq!(groups.len(), 2);
+        let pod = &groups[0];
+        assert_eq!(pod.label, "pod podA");
+        // 1.5 s + 0.1 s over 2 s.
+        assert!((pod.stats.cpu.unwrap() - 0.8).abs() < 1e-9, "{:?}", pod.stats);
+        assert_eq!(pod.stats.net_rx, Some(1024.0));
+        let order: Vec<&str> = pod.members.iter().map(|m| m.label.as_str()).collect();
+        assert_eq!(order, ["busy00000000", "idle00000000", "infra0000000"]);
+        assert!(pod.members.iter().all(|m| m.stats.net_rx.is_none()), "network only on the pod row");
+        assert_eq!(groups[1].label, "alone0000000");
+        assert!(groups[1].members.is_empty());
+    }
+
+    #[test]
+    fn sorting_by_name_and_filtering() {
+        let (a, b) = sweeps();
+        let by_name = arrange(build(&a, &b), SortKey::Name, "");
+        assert_eq!(by_name[0].label, "alone0000000");
+        let order: Vec<&str> = by_name[1].members.iter().map(|m| m.label.as_str()).collect();
+        assert_eq!(order, ["busy00000000", "idle00000000", "infra0000000"]);
+        let filtered = arrange(build(&a, &b), SortKey::Cpu, "IDLE");
+        assert_eq!(filtered.len(), 1);
+        assert_eq!(filtered[0].members.len(), 1);
+        let whole_pod = arrange(build(&a, &b), SortKey::Cpu, "poda");
+        assert_eq!(whole_pod[0].members.len(), 3);
+    }
+
+    #[test]
+    fn rows_fit_80_columns() {
+        let total: u16 = WIDTHS.iter().sum::<u16>() + (WIDTHS.len() as u16 - 1);
+        assert!(total <= 80, "{total}");
+        assert_eq!(compact(1023.9 * 1024.0), "1023.9K");
+    }
+}
