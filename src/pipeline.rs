@@ -16,6 +16,7 @@ use crate::exporters::otlp::OtlpExporter;
 use crate::exporters::Exporter;
 use crate::model::{AttrValue, StartTimes, Sweep, SweepContext};
 use crate::processors::filter::Filter;
+use crate::processors::metadata::k8s_api::K8sApiProcessor;
 use crate::processors::metadata::Readiness;
 use crate::processors::Processor;
 use crate::semconv;
@@ -132,6 +133,10 @@ pub fn build_pipelines(config: &Config) -> Result<Vec<Pipeline>, PipelineError> 
         for id in &pc.processors {
             match config.processors.get(&id.value) {
                 Some(ProcessorConfig::Filter(c)) => processors.push(Box::new(Filter::new(c.clone()))),
+                Some(ProcessorConfig::K8sApi(c)) => processors.push(Box::new(
+                    K8sApiProcessor::new(c, config.node_name.as_deref())
+                        .map_err(|e| build_error("processor", &id.value, e))?,
+                )),
                 None => unreachable!("validated: pipelines only name defined processors"),
             }
         }

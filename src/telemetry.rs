@@ -28,6 +28,9 @@ pub struct Telemetry {
     pub queue_bytes: AtomicU64,
     /// Container resources a metadata processor had no names for (exported with ids only).
     pub metadata_misses: AtomicU64,
+    /// Failures of a metadata processor's background task: refused, unreachable or
+    /// unreadable API answers (each also logged, at most once a minute per kind).
+    pub metadata_errors: AtomicU64,
 }
 
 impl Telemetry {
@@ -56,6 +59,7 @@ impl Telemetry {
             ("points_rejected", get(&self.points_rejected)),
             ("queue_bytes", get(&self.queue_bytes)),
             ("metadata_misses", get(&self.metadata_misses)),
+            ("metadata_errors", get(&self.metadata_errors)),
         ]
     }
 }

@@ -21,6 +21,7 @@ use serde_saphyr::{Location, Spanned};
 use crate::exporters::file::FileExporterConfig;
 use crate::exporters::otlp::OtlpExporterConfig;
 use crate::processors::filter::FilterConfig;
+use crate::processors::metadata::k8s_api::K8sApiConfig;
 use crate::sources::cgroups::CgroupsConfig;
 use crate::sources::netns::NetnsConfig;
 
@@ -52,7 +53,7 @@ pub struct Config {
     /// Sources by `type[/name]`: `cgroups`, `netns`.
     #[serde(default)]
     pub sources: Components<SourceConfig>,
-    /// Processors by `type[/name]`: `filter`.
+    /// Processors by `type[/name]`: `filter`, `k8s_api`.
     #[serde(default)]
     pub processors: Components<ProcessorConfig>,
     /// Exporters by `type[/name]`: `file`, `otlp`.
@@ -95,6 +96,7 @@ pub enum SourceConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProcessorConfig {
     Filter(FilterConfig),
+    K8sApi(K8sApiConfig),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -134,10 +136,11 @@ impl ComponentKind for SourceConfig {
 impl ComponentKind for ProcessorConfig {
     const KIND: &'static str = "processor";
     const SECTION: &'static str = "processors";
-    const TYPES: &'static [&'static str] = &["filter"];
+    const TYPES: &'static [&'static str] = &["filter", "k8s_api"];
     fn deserialize_type<'de, D: Deserializer<'de>>(ty: &str, d: D) -> Result<Self, D::Error> {
         match ty {
             "filter" => or_default(d).map(ProcessorConfig::Filter),
+            "k8s_api" => or_default(d).map(ProcessorConfig::K8sApi),
             _ => Err(unknown_type::<Self, D::Error>(ty)),
         }
     }
@@ -475,9 +478,14 @@ fn validate(file: &str, config: &Config) -> Vec<Problem> {
             problem(*loc, format!("sources.{id}"), "defined but used by no pipeline".into());
         }
     }
-    for (id, (loc, _)) in &config.processors.entries {
+    for (id, (loc, processor)) in &config.processors.entries {
         if !used_processors.contains_key(id.as_str()) {
             problem(*loc, format!("processors.{id}"), "defined but used by no pipeline".into());
+        }
+        for (key, reason) in processor_problems(processor, config.node_name.as_deref()) {
+            let key =
+                if key.is_empty() { format!("processors.{id}") } else { format!("processors.{id}.{key}") };
+            problem(*loc, key, reason);
         }
     }
     for (id, (loc, exporter)) in &config.exporters.entries {
@@ -491,6 +499,14 @@ fn validate(file: &str, config: &Config) -> Vec<Problem> {
         }
     }
     problems
+}
+
+/// Processor checks that need more than types, some against top-level settings.
+fn processor_problems(processor: &ProcessorConfig, node_name: Option<&str>) -> Vec<(String, String)> {
+    match processor {
+        ProcessorConfig::Filter(_) => Vec::new(),
+        ProcessorConfig::K8sApi(k8s) => k8s.validate(node_name).err().unwrap_or_default(),
+    }
 }
 
 /// Checks that need more than types: contradictory or incomplete settings.

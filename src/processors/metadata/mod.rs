@@ -11,6 +11,8 @@
 //! The sweep thread never waits on the network: it takes the current `Arc<Snapshot>` from a
 //! [`SharedSnapshot`] (a read lock held for one `Arc` clone) and works from that.
 
+pub mod k8s_api;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
