@@ -126,7 +126,13 @@ impl SharedSnapshot {
     }
 
     pub fn store(&self, snapshot: Snapshot) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
+        self.store_arc(Arc::new(snapshot));
+    }
+
+    /// Publishes a snapshot its writer keeps too (a copy-on-write cache: one copy of the
+    /// names between changes instead of a cache and a published copy).
+    pub fn store_arc(&self, snapshot: Arc<Snapshot>) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = snapshot;
     }
 }
 

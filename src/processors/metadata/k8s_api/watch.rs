@@ -164,7 +164,7 @@ impl Watch {
     }
 
     fn publish(&mut self) {
-        self.shared.store(self.cache.snapshot());
+        self.shared.store_arc(self.cache.snapshot());
     }
 
     /// Applies one pod from a list page or an event; a pod on another node (a server that
