@@ -552,3 +552,42 @@ fn forbidden_and_non_json_answers_are_logged_once_counted_and_ids_still_exported
     assert!(requests.iter().all(|r| r.query.get("fieldSelector") == Some(&selector)), "{requests:?}");
     assert!(!agent.log().contains("panicked"), "{}", agent.log());
 }
+
+#[test]
+fn check_config_wants_node_name_unless_cluster_wide_and_k8s_api_takes_no_required_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, top: &str, processor: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "{top}sources:\n  cgroups: {{}}\nprocessors:\n  k8s_api: {processor}\nexporters:\n  file: {{path: \"-\"}}\n\
+                 pipelines:\n  main: {{sources: [cgroups], processors: [k8s_api], exporters: [file]}}\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let check = |path: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_podometer"))
+            .arg("check-config")
+            .arg("-c")
+            .arg(path)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (ok, out) = check(&write("bare.yaml", "node_name: worker-1\n", "{}"));
+    assert!(ok, "{out}");
+    let (ok, out) = check(&write("no-node.yaml", "", "{}"));
+    assert!(!ok);
+    let line = out.lines().find(|l| l.contains("processors.k8s_api")).unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("no-node.yaml:") && line.contains("node_name") && line.contains("cluster_wide"),
+        "{line}"
+    );
+    let (ok, out) = check(&write("wide.yaml", "", "{cluster_wide: true}"));
+    assert!(ok, "{out}");
+    let (ok, out) = check(&write("typo.yaml", "node_name: worker-1\n", "{label: [app]}"));
+    assert!(!ok && out.contains("label"), "{out}");
+}

@@ -137,7 +137,7 @@ impl Watch {
                 suppressed, %error, %server,
                 "The Kubernetes API refused to {verb} pods {scope} (403 Forbidden). Bind the agent's service \
                  account to a ClusterRole that allows the verbs get, list and watch on the resource `pods` \
-                 (apiGroups: [\"\"]), e.g. the ClusterRole `podometer` in deploy/. Exporting with ids only; retrying."
+                 (apiGroups: [\"\"]), e.g. the ClusterRole `podometer` in deploy/k8s-api-rbac.yaml. Exporting with ids only; retrying."
             ),
             Failure::Unauthorized => error!(
                 suppressed, %error, %server,
