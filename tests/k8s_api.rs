@@ -103,11 +103,15 @@ struct Agent {
 
 impl Agent {
     fn start(api: &KubeApi, node: &str, processor: &str) -> Agent {
+        Agent::start_with(&api.url, node, processor)
+    }
+
+    fn start_with(url: &str, node: &str, processor: &str) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out.jsonl");
         let stderr = dir.path().join("stderr.log");
         let kubeconfig = dir.path().join("kubeconfig");
-        api.write_kubeconfig(&kubeconfig, "stand-in-token");
+        kube_api::write_kubeconfig(&kubeconfig, url, "stand-in-token");
         let config = dir.path().join("agent.yaml");
         std::fs::write(
             &config,
@@ -590,4 +594,40 @@ fn check_config_wants_node_name_unless_cluster_wide_and_k8s_api_takes_no_require
     assert!(ok, "{out}");
     let (ok, out) = check(&write("typo.yaml", "node_name: worker-1\n", "{label: [app]}"));
     assert!(!ok && out.contains("label"), "{out}");
+}
+
+#[test]
+fn an_unreachable_api_is_logged_once_counted_and_ids_still_exported() {
+    if !support::live_cgroups_available() {
+        return;
+    }
+    let node = support::unique("node");
+    let p = test_pod(
+        "db-0",
+        "shop",
+        &node,
+        Owner::StatefulSet("db".into()),
+        vec![container("postgres", "postgres:16", 0)],
+    );
+    let _cgroups = make_cgroups(&support::unique("podometer-k8stest"), &[&p]);
+    let id = id_of(&p.containers[0]).to_owned();
+    // A loopback port nobody listens on: bound by the OS, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut agent =
+        Agent::start_with(&format!("http://127.0.0.1:{port}"), &node, "{initial_sync_timeout: 500ms}");
+    agent.wait_for("ids exported without an API", Duration::from_secs(20), |seen| {
+        latest_container(seen, &id).is_some()
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent.metadata_errors() < 3 {
+        assert!(Instant::now() < deadline, "fewer than 3 counted failures; log:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let s = latest_container(&agent.output(), &id).unwrap();
+    assert_eq!(s.str("k8s.pod.uid"), Some(p.uid.as_str()));
+    assert_eq!(s.str("k8s.pod.name"), None);
+    let log = agent.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("Cannot reach the Kubernetes API")).collect();
+    assert_eq!(lines.len(), 1, "one line for several failures:\n{log}");
+    assert!(lines[0].contains(&format!("127.0.0.1:{port}")), "names the server: {}", lines[0]);
 }

@@ -225,13 +225,7 @@ impl KubeApi {
 
     /// A kubeconfig file for a client of this server, with a bearer token.
     pub fn write_kubeconfig(&self, path: &std::path::Path, token: &str) {
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: stand-in\n  cluster:\n    server: {}\n\
-             contexts:\n- name: stand-in\n  context:\n    cluster: stand-in\n    user: agent\n\
-             current-context: stand-in\nusers:\n- name: agent\n  user:\n    token: {token}\n",
-            self.url
-        );
-        std::fs::write(path, text).unwrap();
+        write_kubeconfig(path, &self.url, token);
     }
 
     fn list(&self, query: &HashMap<String, String>) -> Response {
@@ -404,6 +398,16 @@ async fn handle(State(api): State<KubeApi>, uri: Uri, headers: HeaderMap) -> Res
     } else {
         api.list(&query)
     }
+}
+
+/// A kubeconfig file for a client of the server at `url`, with a bearer token.
+pub fn write_kubeconfig(path: &std::path::Path, url: &str, token: &str) {
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: stand-in\n  cluster:\n    server: {url}\n\
+         contexts:\n- name: stand-in\n  context:\n    cluster: stand-in\n    user: agent\n\
+         current-context: stand-in\nusers:\n- name: agent\n  user:\n    token: {token}\n"
+    );
+    std::fs::write(path, text).unwrap();
 }
 
 /// `a=b&c=d%3De` → {a: b, c: d=e}.
