@@ -292,7 +292,7 @@ impl KubeApi {
             line("ERROR", &status(410, "Expired", &msg))
         };
         // Subscribe and read the history under one lock so no change falls in between.
-        let (mut live, backlog, cap, every) = {
+        let (mut live, backlog, cap, every, mut seen) = {
             let inner = self.lock();
             let live = self.changes.subscribe();
             let backlog: Vec<String> = if from != 0 && from < inner.oldest_rv {
@@ -305,7 +305,7 @@ impl KubeApi {
                     .map(|(_, kind, pod)| line(kind, pod))
                     .collect()
             };
-            (live, backlog, inner.watch_cap, inner.bookmark_every)
+            (live, backlog, inner.watch_cap, inner.bookmark_every, inner.rv)
         };
         let this = self.clone();
         tokio::spawn(async move {
@@ -323,13 +323,20 @@ impl KubeApi {
             loop {
                 let out = tokio::select! {
                     _ = tokio::time::sleep_until(ends) => return,
+                    // A bookmark promises every change up to its version was sent: the last
+                    // change this watch has seen (matching or not), never the server's newest.
                     _ = tick.tick(), if bookmarks => {
-                        let rv = { let mut i = this.lock(); let rv = i.rv; i.bookmarks.push(rv); rv };
-                        line("BOOKMARK", &json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": rv.to_string()}}))
+                        this.lock().bookmarks.push(seen);
+                        line("BOOKMARK", &json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": seen.to_string()}}))
                     }
                     change = live.recv() => match change {
-                        Ok(Change::Event { rv, kind, pod }) if rv > from && matches(&pod) => line(kind, &pod),
-                        Ok(Change::Event { .. }) => continue,
+                        Ok(Change::Event { rv, kind, pod }) => {
+                            seen = seen.max(rv);
+                            if rv <= from || !matches(&pod) {
+                                continue;
+                            }
+                            line(kind, &pod)
+                        }
                         Ok(Change::Compacted) => {
                             let oldest = this.lock().oldest_rv;
                             let _ = tx.send(Ok(gone(from, oldest))).await;
