@@ -30,6 +30,8 @@ use crate::telemetry::{RateLimiter, Telemetry};
 
 /// Pods per list page (client-go's default too).
 const PAGE_SIZE: u32 = 500;
+/// Pages one list may take (a million pods): past that the answer is not a real list.
+const MAX_PAGES: usize = 2000;
 /// The server closes a watch after this many seconds (it picks a random time up to it when
 /// unset); the client then resumes from the last version, as client-go's reflector does.
 const WATCH_TIMEOUT_SECS: u32 = 290;
@@ -190,7 +192,7 @@ impl Watch {
             params = params.fields(&format!("spec.nodeName={node}"));
         }
         let mut listed = Vec::new();
-        loop {
+        for _ in 0..MAX_PAGES {
             let page = self.api.list(&params).await?;
             listed.extend(page.items.iter().filter_map(|p| self.compact_pod(p)));
             match page.metadata.continue_.filter(|c| !c.is_empty()) {
@@ -203,6 +205,9 @@ impl Watch {
                 }
             }
         }
+        // A server that hands out continue tokens forever.
+        let message = format!("the pod list did not end after {MAX_PAGES} pages");
+        Err(kube::Error::Api(kube::core::Status::failure(&message, "TooManyPages").boxed()))
     }
 
     /// Applies one watch event; returns the new resume version, or the failure that ends
