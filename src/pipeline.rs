@@ -19,6 +19,7 @@ use crate::health::{self, HealthError, HealthState, SweeperGuard};
 use crate::model::{AttrValue, StartTimes, Sweep, SweepContext};
 use crate::processors::filter::Filter;
 use crate::processors::metadata::docker_api::DockerApi;
+use crate::processors::metadata::k8s_api::K8sApiProcessor;
 use crate::processors::metadata::runtime_files::RuntimeFiles;
 use crate::processors::metadata::{allowlisted_key, Readiness};
 use crate::processors::Processor;
@@ -173,6 +174,10 @@ pub fn build_pipelines(config: &Config) -> Result<Vec<Pipeline>, PipelineError> 
         for id in &pc.processors {
             match config.processors.get(&id.value) {
                 Some(ProcessorConfig::Filter(c)) => processors.push(Box::new(Filter::new(c.clone()))),
+                Some(ProcessorConfig::K8sApi(c)) => processors.push(Box::new(
+                    K8sApiProcessor::new(c, config.node_name.as_deref())
+                        .map_err(|e| build_error("processor", &id.value, e))?,
+                )),
                 Some(ProcessorConfig::DockerApi(c)) => processors
                     .push(Box::new(DockerApi::new(c).map_err(|e| build_error("processor", &id.value, e))?)),
                 Some(ProcessorConfig::RuntimeFiles(c)) => {

@@ -25,6 +25,7 @@ use crate::exporters::prometheus::PrometheusExporterConfig;
 use crate::health::HealthConfig;
 use crate::processors::filter::FilterConfig;
 use crate::processors::metadata::docker_api::DockerApiConfig;
+use crate::processors::metadata::k8s_api::K8sApiConfig;
 use crate::processors::metadata::runtime_files::RuntimeFilesConfig;
 use crate::sources::cgroups::CgroupsConfig;
 use crate::sources::netns::NetnsConfig;
@@ -66,7 +67,7 @@ pub struct Config {
     /// (sidecar view).
     #[serde(default)]
     pub sources: Components<SourceConfig>,
-    /// Processors by `type[/name]`: `filter`, `runtime_files`, `docker_api`.
+    /// Processors by `type[/name]`: `filter`, `k8s_api`, `runtime_files`, `docker_api`.
     #[serde(default)]
     pub processors: Components<ProcessorConfig>,
     /// Exporters by `type[/name]`: `file`, `otlp`, `prometheus`.
@@ -123,6 +124,7 @@ pub enum SourceConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProcessorConfig {
     Filter(FilterConfig),
+    K8sApi(K8sApiConfig),
     DockerApi(DockerApiConfig),
     RuntimeFiles(RuntimeFilesConfig),
 }
@@ -167,10 +169,11 @@ impl ComponentKind for SourceConfig {
 impl ComponentKind for ProcessorConfig {
     const KIND: &'static str = "processor";
     const SECTION: &'static str = "processors";
-    const TYPES: &'static [&'static str] = &["filter", "runtime_files", "docker_api"];
+    const TYPES: &'static [&'static str] = &["filter", "k8s_api", "runtime_files", "docker_api"];
     fn deserialize_type<'de, D: Deserializer<'de>>(ty: &str, d: D) -> Result<Self, D::Error> {
         match ty {
             "filter" => or_default(d).map(ProcessorConfig::Filter),
+            "k8s_api" => or_default(d).map(ProcessorConfig::K8sApi),
             "runtime_files" => or_default(d).map(ProcessorConfig::RuntimeFiles),
             "docker_api" => or_default(d).map(ProcessorConfig::DockerApi),
             _ => Err(unknown_type::<Self, D::Error>(ty)),
@@ -546,9 +549,14 @@ fn validate(file: &str, config: &Config) -> Vec<Problem> {
             problem(*loc, format!("sources.{id}"), "defined but used by no pipeline".into());
         }
     }
-    for (id, (loc, _)) in &config.processors.entries {
+    for (id, (loc, processor)) in &config.processors.entries {
         if !used_processors.contains_key(id.as_str()) {
             problem(*loc, format!("processors.{id}"), "defined but used by no pipeline".into());
+        }
+        for (key, reason) in processor_problems(processor, config.node_name.as_deref()) {
+            let key =
+                if key.is_empty() { format!("processors.{id}") } else { format!("processors.{id}.{key}") };
+            problem(*loc, key, reason);
         }
     }
     for (id, (loc, exporter)) in &config.exporters.entries {
@@ -567,6 +575,16 @@ fn validate(file: &str, config: &Config) -> Vec<Problem> {
         }
     }
     problems
+}
+
+/// Processor checks that need more than types, some against top-level settings.
+fn processor_problems(processor: &ProcessorConfig, node_name: Option<&str>) -> Vec<(String, String)> {
+    match processor {
+        ProcessorConfig::Filter(_) | ProcessorConfig::RuntimeFiles(_) | ProcessorConfig::DockerApi(_) => {
+            Vec::new()
+        }
+        ProcessorConfig::K8sApi(k8s) => k8s.validate(node_name).err().unwrap_or_default(),
+    }
 }
 
 /// Parses `OTEL_RESOURCE_ATTRIBUTES` as the OpenTelemetry specification says: `key=value`

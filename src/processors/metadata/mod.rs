@@ -12,6 +12,7 @@
 //! [`SharedSnapshot`] (a read lock held for one `Arc` clone) and works from that.
 
 pub mod docker_api;
+pub mod k8s_api;
 pub mod runtime_files;
 
 use std::collections::{HashMap, HashSet};
@@ -127,7 +128,13 @@ impl SharedSnapshot {
     }
 
     pub fn store(&self, snapshot: Snapshot) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
+        self.store_arc(Arc::new(snapshot));
+    }
+
+    /// Publishes a snapshot its writer keeps too (a copy-on-write cache: one copy of the
+    /// names between changes instead of a cache and a published copy).
+    pub fn store_arc(&self, snapshot: Arc<Snapshot>) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = snapshot;
     }
 }
 
