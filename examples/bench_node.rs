@@ -511,7 +511,9 @@ fn measure_agent(args: &Args, node: &Node, receiver: &Receiver) -> anyhow::Resul
     };
     loop {
         let got = receiver.requests.load(Ordering::Relaxed) - start_requests;
-        if got >= 3 && ours(receiver) >= n {
+        // 98 %: at N = 1,000 the hard open-file limit here (20,000) leaves a few cgroups unread
+        // (the agent says so in its log); the table shows how many it delivered.
+        if got >= 3 && ours(receiver) * 100 >= n * 98 {
             // Two more sweeps past the one that completed the set.
             std::thread::sleep(Duration::from_secs(2));
             break;
@@ -557,7 +559,6 @@ fn measure_agent(args: &Args, node: &Node, receiver: &Receiver) -> anyhow::Resul
     if read * 10 < n * 8 {
         bail!("the agent delivered {read} containers per sweep, fewer than our {n}; see {}", log.display());
     }
-    let read = read.max(n);
     let per = |secs: f64| secs * 1e6 / (sweeps * read as f64);
     let delta = |name: &dyn Fn(&str) -> bool| -> f64 {
         t1.iter().filter(|(k, _)| name(k)).map(|(k, v)| v - t0.get(k).copied().unwrap_or(0.0)).sum()
