@@ -235,11 +235,16 @@ impl Node {
             if !base.join("cgroup.procs").exists() {
                 continue;
             }
-            let dir = base.join(rel);
-            if !dir.exists() {
-                fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
-                inherit_cpuset(h, &dir);
-                self.dirs.push(dir);
+            // Parents too: another session's cleanup may remove an empty `kubepods/besteffort`
+            // between two of our builds.
+            let mut dir = base.clone();
+            for part in Path::new(rel).components() {
+                dir.push(part);
+                if !dir.exists() {
+                    fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+                    inherit_cpuset(h, &dir);
+                    self.dirs.push(dir.clone());
+                }
             }
         }
         Ok(())
