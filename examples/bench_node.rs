@@ -235,11 +235,16 @@ impl Node {
             if !base.join("cgroup.procs").exists() {
                 continue;
             }
-            let dir = base.join(rel);
-            if !dir.exists() {
-                fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
-                inherit_cpuset(h, &dir);
-                self.dirs.push(dir);
+            // Parents too: another session's cleanup may remove an empty `kubepods/besteffort`
+            // between two of our builds.
+            let mut dir = base.clone();
+            for part in Path::new(rel).components() {
+                dir.push(part);
+                if !dir.exists() {
+                    fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+                    inherit_cpuset(h, &dir);
+                    self.dirs.push(dir.clone());
+                }
             }
         }
         Ok(())
@@ -338,8 +343,10 @@ impl Drop for Node {
 struct Receiver {
     port: u16,
     requests: Arc<AtomicU64>,
-    /// Distinct `container.id`s of the latest request.
-    last_containers: Arc<AtomicU64>,
+    /// Container resources received, summed over requests (a sweep may span several).
+    container_resources: Arc<AtomicU64>,
+    /// Distinct `container.id`s received since the warm-up began.
+    seen: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     bytes: Arc<AtomicU64>,
 }
 
@@ -350,22 +357,23 @@ impl MetricsService for Receiver {
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
         let req = request.into_inner();
-        let containers = req
-            .resource_metrics
-            .iter()
-            .filter(|rm| {
-                rm.resource.as_ref().is_some_and(|r| {
-                    r.attributes.iter().any(|kv| {
-                        kv.key == "container.id"
-                            && matches!(
-                                kv.value.as_ref().and_then(|v| v.value.as_ref()),
-                                Some(AnyValue::StringValue(_))
-                            )
-                    })
-                })
-            })
-            .count();
-        self.last_containers.store(containers as u64, Ordering::Relaxed);
+        let mut containers = 0;
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            for rm in &req.resource_metrics {
+                for kv in rm.resource.iter().flat_map(|r| &r.attributes) {
+                    if kv.key == "container.id" {
+                        if let Some(AnyValue::StringValue(id)) =
+                            kv.value.as_ref().and_then(|v| v.value.as_ref())
+                        {
+                            containers += 1;
+                            seen.insert(id.clone());
+                        }
+                    }
+                }
+            }
+        }
+        self.container_resources.fetch_add(containers, Ordering::Relaxed);
         self.bytes.fetch_add(prost::Message::encoded_len(&req) as u64, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
         Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
@@ -501,15 +509,24 @@ fn measure_agent(args: &Args, node: &Node, receiver: &Receiver) -> anyhow::Resul
     // Warm up: discovery done, every container delivered, two more sweeps.
     let deadline = Instant::now() + Duration::from_secs(90);
     let start_requests = receiver.requests.load(Ordering::Relaxed);
+    receiver.seen.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    let ours = |r: &Receiver| {
+        let seen = r.seen.lock().unwrap_or_else(|e| e.into_inner());
+        node.pods.iter().flat_map(|p| &p.containers).filter(|id| seen.contains(*id)).count()
+    };
     loop {
         let got = receiver.requests.load(Ordering::Relaxed) - start_requests;
-        if got >= 3 && receiver.last_containers.load(Ordering::Relaxed) as usize >= n {
+        // 98 %: at N = 1,000 the hard open-file limit here (20,000) leaves a few cgroups unread
+        // (the agent says so in its log); the table shows how many it delivered.
+        if got >= 3 && ours(receiver) * 100 >= n * 98 {
+            // Two more sweeps past the one that completed the set.
+            std::thread::sleep(Duration::from_secs(2));
             break;
         }
         if Instant::now() > deadline {
             bail!(
-                "the agent delivered {got} requests, the last with {} containers (want {n}) in 90 s; see {}",
-                receiver.last_containers.load(Ordering::Relaxed),
+                "the agent delivered {got} requests with {} of our {n} containers in 90 s; see {}",
+                ours(receiver),
                 log.display()
             );
         }
@@ -518,6 +535,7 @@ fn measure_agent(args: &Args, node: &Node, receiver: &Receiver) -> anyhow::Resul
     let (u0, s0) = process_cpu(pid)?;
     let t0 = thread_cpu(pid, |_| true);
     let b0 = receiver.bytes.load(Ordering::Relaxed);
+    let c0 = receiver.container_resources.load(Ordering::Relaxed);
     let w0 = Instant::now();
     // BENCH_NODE_PERF=DIR: a CPU profile of the agent over the measured sweeps (perf's software
     // clock; it adds a little to the agent's CPU, so profile runs are not the reported ones).
@@ -537,13 +555,15 @@ fn measure_agent(args: &Args, node: &Node, receiver: &Receiver) -> anyhow::Resul
     }
     let wall = w0.elapsed().as_secs_f64();
     let b1 = receiver.bytes.load(Ordering::Relaxed);
-    if (receiver.last_containers.load(Ordering::Relaxed) as usize) < n {
-        bail!("the agent's latest request lacks containers; see {}", log.display());
-    }
+    let c1 = receiver.container_resources.load(Ordering::Relaxed);
     // The agent sweeps on a fixed 1 s cadence. It reads every container on the machine, ours
     // and any other: its cost is divided by the containers it delivered.
     let sweeps = wall.round().max(1.0);
-    let read = (receiver.last_containers.load(Ordering::Relaxed) as usize).max(n);
+    // A sweep in flight at either end of the window moves this by one sweep's worth.
+    let read = ((c1 - c0) as f64 / sweeps).round() as usize;
+    if read * 10 < n * 8 {
+        bail!("the agent delivered {read} containers per sweep, fewer than our {n}; see {}", log.display());
+    }
     let per = |secs: f64| secs * 1e6 / (sweeps * read as f64);
     let delta = |name: &dyn Fn(&str) -> bool| -> f64 {
         t1.iter().filter(|(k, _)| name(k)).map(|(k, v)| v - t0.get(k).copied().unwrap_or(0.0)).sum()
@@ -586,7 +606,8 @@ type PerFile = Vec<(String, f64, usize)>;
 
 fn measure_reader(node: &Node, sweeps: u64, mode: ReadMode) -> anyhow::Result<ReaderCost> {
     // Grouped by file so that one clock reading covers all the cgroups' copies of a file.
-    let extra = mode == ReadMode::Pread;
+    // The extra files would take the floor past a 20,000 descriptor limit at N = 1,000.
+    let extra = mode == ReadMode::Pread && node.containers() <= 500;
     let mut groups: BTreeMap<String, (Vec<PathBuf>, Vec<File>, f64)> = BTreeMap::new();
     for (label, path) in node.sweep_files(extra) {
         let g = groups.entry(label).or_default();
