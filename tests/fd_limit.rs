@@ -99,9 +99,15 @@ fn a_low_fd_limit_is_reported_once_counted_and_recovered_from_when_raised() {
 
     // Then its soft limit is lowered under it (only the soft one: raising a hard limit again needs
     // CAP_SYS_RESOURCE, which root lacks on the test machines) and containers start. 48
-    // descriptors are kept in reserve, about 20 are the agent's own, 15 per cgroup here: 150
-    // leaves room for a handful of cgroups, far fewer than this test's 24.
-    let limit = 150;
+    // descriptors are kept in reserve and 15 go to each cgroup here: what the agent holds now
+    // (its own, and any pod cgroups the host already has) plus 100 leaves room for a handful of
+    // cgroups, far fewer than this test's 24.
+    while !read(&log).contains("First sweep done") {
+        assert!(Instant::now() < deadline, "no first sweep in 20 s; log:\n{}", read(&log));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let held = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+    let limit = held + 100;
     support::run(Command::new("prlimit").arg(format!("--pid={pid}")).arg(format!("--nofile={limit}:20000")));
     let mut groups = Vec::new();
     for id in &ids {

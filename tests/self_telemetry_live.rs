@@ -5,9 +5,11 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::cgroupfs::TestCgroup;
 use support::receivers::{free_port, rotel_available, victoria_available, Rotel, Series, VictoriaMetrics};
 
 fn counters(log: &str) -> BTreeMap<String, u64> {
@@ -32,6 +34,16 @@ fn run_agent(
     tag: &str,
     expect: Expect,
 ) -> (BTreeMap<String, u64>, Vec<Series>) {
+    // Containers for the agent to measure, so that its sweeps have points to export: the
+    // host may have none of its own.
+    let _containers: Vec<TestCgroup> = (0..2)
+        .map(|n| {
+            let id = format!("{:056x}{:08x}", std::process::id(), n + tag.len() * 16);
+            let mut cg = TestCgroup::create(Path::new("/sys/fs/cgroup"), &format!("docker/{id}"));
+            cg.spawn("exec sleep 60");
+            cg
+        })
+        .collect();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("agent.yaml");
     let host = format!("{tag}-{}", std::process::id());

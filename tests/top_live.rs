@@ -110,7 +110,18 @@ fn top_shows_the_pod_sorts_filters_and_restores_the_screen() {
     run(podman().args(["exec", "-d", busy_full, "sh", "-c", "while :; do :; done"]));
 
     let bin = env!("CARGO_BIN_EXE_podometer");
-    let tmux = Tmux::start(&format!("{bin} top --interval 1s; echo EXIT=$?; sleep 120"));
+    // Without a metadata processor, so rows carry the ids this test knows (the built-in config
+    // names Podman containers through `runtime_files`).
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("top.yaml");
+    std::fs::write(
+        &config,
+        "sources:\n  cgroups: {}\n  netns: {}\nexporters:\n  file: {path: /dev/null}\n\
+         pipelines:\n  top: {sources: [cgroups, netns], exporters: [file]}\n",
+    )
+    .unwrap();
+    let top = format!("{bin} top -c {} --interval 1s", config.display());
+    let tmux = Tmux::start(&format!("{top}; echo EXIT=$?; sleep 120"));
     tmux.wait_for("the title", |s| s.contains("podometer top"));
     // Only this pod: filter on its id.
     tmux.keys(&["/"]);
@@ -142,7 +153,7 @@ fn top_shows_the_pod_sorts_filters_and_restores_the_screen() {
     drop(tmux);
 
     // SIGTERM: the same clean exit.
-    let tmux = Tmux::start(&format!("{bin} top --interval 1s; echo EXIT=$?; sleep 120"));
+    let tmux = Tmux::start(&format!("{top}; echo EXIT=$?; sleep 120"));
     tmux.wait_for("the title", |s| s.contains("podometer top"));
     // SAFETY: kill(2) on the pid of the top process this test started.
     unsafe { libc::kill(tmux.top_pid(), libc::SIGTERM) };
