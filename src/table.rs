@@ -47,17 +47,21 @@ fn rate(prev: Option<f64>, cur: Option<f64>, seconds: f64) -> Option<f64> {
 }
 
 pub fn human_bytes(b: f64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    scaled_bytes(b, ["B", "KiB", "MiB", "GiB", "TiB"])
+}
+
+/// Bytes in powers of 1024 with the given unit names, one decimal above bytes.
+pub fn scaled_bytes(b: f64, units: [&str; 5]) -> String {
     let mut v = b;
     let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
+    while v >= 1024.0 && unit < units.len() - 1 {
         v /= 1024.0;
         unit += 1;
     }
     if unit == 0 {
-        format!("{v:.0}{}", UNITS[unit])
+        format!("{v:.0}{}", units[unit])
     } else {
-        format!("{v:.1}{}", UNITS[unit])
+        format!("{v:.1}{}", units[unit])
     }
 }
 
@@ -113,36 +117,40 @@ pub fn pod_key(r: &Resource) -> Option<&str> {
     }
 }
 
-/// What the NAMESPACE/POD column shows: the names a metadata processor attached, else the
-/// pod id from the cgroup path (shortened), else nothing.
+/// The pod's name as a metadata processor attached it: `namespace/pod` for Kubernetes, the
+/// Podman pod's name; `None` when no processor named it.
+pub fn pod_name(r: &Resource) -> Option<String> {
+    match (str_attr(r, semconv::K8S_NAMESPACE_NAME), str_attr(r, semconv::K8S_POD_NAME)) {
+        (Some(ns), Some(pod)) => Some(format!("{ns}/{pod}")),
+        (None, Some(pod)) => Some(pod.to_owned()),
+        _ => str_attr(r, semconv::PODMAN_POD_NAME).map(str::to_owned),
+    }
+}
+
+/// A container's name in its pod, else its runtime name, else its short id.
+pub fn container_name(r: &Resource, id: &str) -> String {
+    str_attr(r, semconv::K8S_CONTAINER_NAME)
+        .or_else(|| str_attr(r, semconv::CONTAINER_NAME))
+        .map(str::to_owned)
+        .unwrap_or_else(|| short(id, 12))
+}
+
+/// What the NAMESPACE/POD column shows: the pod's name, else the pod id from the cgroup path
+/// (shortened), else nothing.
 pub fn pod_cell(r: &Resource) -> Option<String> {
-    let k8s_pod = str_attr(r, semconv::K8S_POD_NAME);
-    if let Some(pod) = k8s_pod {
-        return Some(match str_attr(r, semconv::K8S_NAMESPACE_NAME) {
-            Some(ns) => format!("{ns}/{pod}"),
-            None => pod.to_owned(),
-        });
-    }
-    if let Some(pod) = str_attr(r, semconv::PODMAN_POD_NAME) {
-        return Some(pod.to_owned());
-    }
-    match &r.id {
+    pod_name(r).or_else(|| match &r.id {
         ResourceId::Pod(uid) => Some(short(uid, 12)),
         ResourceId::Container(_) => str_attr(r, semconv::K8S_POD_UID)
             .or_else(|| str_attr(r, semconv::PODMAN_POD_ID))
             .map(|id| short(id, 12)),
-    }
+    })
 }
 
-/// What the NAME column shows: the container's name in its pod, else its runtime name, else
-/// its short id.
+/// What the NAME column shows: the container's name (see [`container_name`]).
 pub fn name_cell(r: &Resource) -> String {
     match &r.id {
         ResourceId::Pod(_) => "(pod total)".to_owned(),
-        ResourceId::Container(id) => str_attr(r, semconv::K8S_CONTAINER_NAME)
-            .or_else(|| str_attr(r, semconv::CONTAINER_NAME))
-            .map(str::to_owned)
-            .unwrap_or_else(|| short(id, 12)),
+        ResourceId::Container(id) => container_name(r, id),
     }
 }
 

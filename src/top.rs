@@ -17,10 +17,9 @@ use ratatui::text::Line;
 use ratatui::widgets::{Paragraph, Row, Table};
 use ratatui::{DefaultTerminal, Frame};
 
-use crate::model::{Resource, ResourceId, Sweep};
+use crate::model::{ResourceId, Sweep};
 use crate::pipeline::{self, Pipeline};
-use crate::semconv;
-use crate::table::{self, pod_key, short, str_attr, Stats};
+use crate::table::{self, container_name, pod_key, pod_name, scaled_bytes, short, Stats};
 
 /// What rows are ordered by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,23 +58,6 @@ pub struct Group {
     /// its containers; network is the pod's, wherever the namespace's owner reported it.
     pub stats: Stats,
     pub members: Vec<Member>,
-}
-
-fn container_label(r: &Resource, id: &str) -> String {
-    str_attr(r, semconv::K8S_CONTAINER_NAME)
-        .or_else(|| str_attr(r, semconv::CONTAINER_NAME))
-        .map(str::to_owned)
-        .unwrap_or_else(|| short(id, 12))
-}
-
-/// The pod's name as far as this resource knows it; `None` leaves it to another row (or to
-/// the short id at the end).
-fn pod_label(r: &Resource) -> Option<String> {
-    match (str_attr(r, semconv::K8S_NAMESPACE_NAME), str_attr(r, semconv::K8S_POD_NAME)) {
-        (Some(ns), Some(pod)) => Some(format!("{ns}/{pod}")),
-        (None, Some(pod)) => Some(pod.to_owned()),
-        _ => str_attr(r, semconv::PODMAN_POD_NAME).map(str::to_owned),
-    }
 }
 
 fn add(a: Option<f64>, b: Option<f64>) -> Option<f64> {
@@ -123,14 +105,14 @@ pub fn build(prev: &Sweep, cur: &Sweep) -> Vec<Group> {
         };
         let group = &mut groups[gi];
         if group.label.is_empty() {
-            if let Some(label) = pod_label(r).filter(|_| !standalone) {
+            if let Some(label) = pod_name(r).filter(|_| !standalone) {
                 group.label = label;
             }
         }
         match &r.id {
             ResourceId::Pod(_) => pod_totals[gi] = Some(st),
             ResourceId::Container(id) if standalone => {
-                group.label = container_label(r, id);
+                group.label = container_name(r, id);
                 group.stats = st;
             }
             ResourceId::Container(id) => {
@@ -144,7 +126,7 @@ pub fn build(prev: &Sweep, cur: &Sweep) -> Vec<Group> {
                 g.disk_write = add(g.disk_write, st.disk_write);
                 // Network is shown once, on the pod.
                 let stats = Stats { net_rx: None, net_tx: None, ..st };
-                group.members.push(Member { label: container_label(r, id), id: id.clone(), stats });
+                group.members.push(Member { label: container_name(r, id), id: id.clone(), stats });
             }
         }
     }
@@ -205,18 +187,7 @@ pub fn arrange(mut groups: Vec<Group>, key: SortKey, filter: &str) -> Vec<Group>
 
 /// Bytes in at most 7 characters: `1023.9K`.
 fn compact(b: f64) -> String {
-    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
-    let mut v = b;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{v:.0}{}", UNITS[unit])
-    } else {
-        format!("{v:.1}{}", UNITS[unit])
-    }
+    scaled_bytes(b, ["B", "K", "M", "G", "T"])
 }
 
 fn cells(label: String, st: &Stats) -> [String; 8] {
@@ -435,6 +406,7 @@ fn run_loop(
 mod tests {
     use super::*;
     use crate::model::{Point, Value};
+    use crate::semconv;
     use std::time::Duration;
 
     fn container(s: &mut Sweep, id: &str, pod: Option<&str>, cpu: f64, rx: Option<i64>) {
