@@ -104,7 +104,8 @@ mkdir -p "$work/img"
 cp -L "$root/vmlinuz" "$work/img/vmlinuz"
 cp -L "$root/initrd.img" "$work/img/initrd.img"
 size=$(( $(du -sm "$root" | cut -f1) + 768 ))
-mkfs.ext4 -q -F -L root -d "$root" "$work/img/disk.raw" "${size}M"
+# mke2fs says "Creating regular file" on stdout even with -q; stdout carries only the result.
+mkfs.ext4 -q -F -L root -d "$root" "$work/img/disk.raw" "${size}M" >&2
 log "image took $((SECONDS - t0)) s"
 
 rm -rf "$out"
