@@ -309,46 +309,107 @@ fn pure_v2_guest_with_systemd_and_containerd() {
         return;
     }
     let image = support::v2vm::image_dir();
+    let images = support::containerd::images_dir();
     if !support::prerequisite(
         image.is_some(),
         "the v2 guest image (PODOMETER_V2VM_IMAGE, from scripts/testbed.sh)",
     ) || !support::prerequisite(support::have_command("qemu-system-x86_64"), "qemu-system-x86_64")
+        || !support::prerequisite(
+            images.join("pause.tar").exists() && images.join("busybox.tar").exists(),
+            "OCI image tars in $PODOMETER_CRI_IMAGES (scripts/testbed.sh builds them)",
+        )
     {
         return;
     }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    // The debug binary is mostly debug info; the guest reads it over 9p, so strip it when we can.
+    // Debug binaries are mostly debug info; the guest reads them over 9p, so strip them when we
+    // can. The guest's CRI client is this very test binary (guest_cri_driver).
     let tmp = tempfile::tempdir().unwrap();
-    let bin = tmp.path().join("podometer");
-    let stripped = std::process::Command::new("strip")
-        .arg("-o")
-        .arg(&bin)
-        .arg(env!("CARGO_BIN_EXE_podometer"))
-        .status()
-        .is_ok_and(|s| s.success());
-    if !stripped {
-        std::fs::copy(env!("CARGO_BIN_EXE_podometer"), &bin).unwrap();
-    }
+    let strip = |src: &Path, name: &str| -> PathBuf {
+        let dst = tmp.path().join(name);
+        let stripped = std::process::Command::new("strip")
+            .arg("-o")
+            .arg(&dst)
+            .arg(src)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stripped {
+            std::fs::copy(src, &dst).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
+        }
+        dst
+    };
+    let bin = strip(Path::new(env!("CARGO_BIN_EXE_podometer")), "podometer");
+    let driver = strip(&std::env::current_exe().expect("the test binary"), "driver");
+    let request = cri_request();
+    let request_file = tmp.path().join("cri-request.json");
+    std::fs::write(&request_file, serde_json::to_string_pretty(&request).unwrap()).unwrap();
     let run = support::v2vm::boot(
         &image.unwrap(),
         &repo.join("scripts/v2vm/guest.sh"),
-        &[("podometer", &bin), ("guest.yaml", &repo.join("scripts/v2vm/guest.yaml"))],
+        &[
+            ("podometer", &bin),
+            ("driver", &driver),
+            ("guest.yaml", &repo.join("scripts/v2vm/guest.yaml")),
+            ("cri-request.json", &request_file),
+            ("pause.tar", &images.join("pause.tar")),
+            ("busybox.tar", &images.join("busybox.tar")),
+        ],
         GUEST_TIMEOUT,
     );
     eprintln!("guest ran for {:.1} s", run.elapsed.as_secs_f64());
-    check_results(&run.out(), &run.diagnostics());
+    // PODOMETER_V2VM_KEEP=DIR keeps what the guest recorded (for recheck_recorded_guest_results
+    // and for recording fixtures).
+    if let Some(keep) = std::env::var_os("PODOMETER_V2VM_KEEP") {
+        let status = std::process::Command::new("cp").arg("-a").arg(run.out()).arg(&keep).status();
+        assert!(status.is_ok_and(|s| s.success()), "copying the results to {keep:?}");
+    }
+    check_results(&run.out(), &request, &run.diagnostics());
+}
+
+/// The pods the guest creates through the CRI: a besteffort pod with two containers (one network
+/// namespace, so one network series for the pod) and a burstable pod whose container has a
+/// memory limit and a CPU quota (runc turns them into the scope's MemoryMax and CPUQuota).
+fn cri_request() -> Vec<PodSpec> {
+    let uuid =
+        || std::fs::read_to_string("/proc/sys/kernel/random/uuid").expect("a random uuid").trim().to_owned();
+    let container = |name: &str, memory_limit: i64, cpu_quota: i64| ContainerSpec {
+        name: name.to_owned(),
+        memory_limit,
+        cpu_quota,
+    };
+    vec![
+        PodSpec {
+            key: "a".into(),
+            name: support::unique("web"),
+            namespace: support::unique("shop"),
+            uid: uuid(),
+            qos: "besteffort".into(),
+            containers: vec![container("app", 0, 0), container("sidecar", 0, 0)],
+        },
+        PodSpec {
+            key: "b".into(),
+            name: support::unique("db"),
+            namespace: support::unique("store"),
+            uid: uuid(),
+            qos: "burstable".into(),
+            containers: vec![container("db", 100 * 1048576, 50_000)],
+        },
+    ]
 }
 
 /// Re-checks results a guest recorded earlier (PODOMETER_V2VM_RESULTS=DIR, a copy of the
-/// share's `out/`), without booting: for working on the assertions.
+/// share's `out/`, e.g. made with PODOMETER_V2VM_KEEP), without booting: for working on the
+/// assertions.
 #[test]
 #[ignore = "needs PODOMETER_V2VM_RESULTS"]
 fn recheck_recorded_guest_results() {
-    let dir = std::env::var("PODOMETER_V2VM_RESULTS").expect("PODOMETER_V2VM_RESULTS");
-    check_results(Path::new(&dir), "");
+    let dir = PathBuf::from(std::env::var("PODOMETER_V2VM_RESULTS").expect("PODOMETER_V2VM_RESULTS"));
+    let request: Vec<PodSpec> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cri-request.json")).unwrap()).unwrap();
+    check_results(&dir, &request, "");
 }
 
-fn check_results(out: &Path, diag: &str) {
+fn check_results(out: &Path, request: &[PodSpec], diag: &str) {
     let r = read_results(out);
     let errors = std::fs::read_to_string(out.join("errors")).unwrap_or_default();
     assert!(errors.is_empty(), "the guest script failed:\n{errors}\n{diag}");
@@ -369,7 +430,7 @@ fn check_results(out: &Path, diag: &str) {
         serde_json::from_str(std::fs::read_to_string(out.join("collect.json")).unwrap().trim())
             .unwrap_or_else(|e| panic!("collect output is not one JSON object: {e}\n{diag}"));
 
-    for (c, p, qos) in [("c1", "p1", "burstable"), ("c2", "p2", "besteffort"), ("c3", "p3", "burstable")] {
+    for (c, p, qos) in [("c1", "p1", "burstable"), ("c3", "p3", "burstable")] {
         let (id, uid) = (get(&format!("{c}_id")), get(&format!("{c}_uid")));
         // The kubelet's systemd-driver layout, from the kernel's view of the workload process.
         let uid_ = uid.replace('-', "_");
@@ -435,28 +496,290 @@ fn check_results(out: &Path, diag: &str) {
         .sum();
     assert!(written >= 8.0 * 1048576.0, "disk.io write {written} < 8 MiB of O_DIRECT writes");
 
-    // The pod's network: the veth's pod end, counted in the pod's view, inside the bracket of the
-    // kernel's own /proc/<pid>/net/dev of a pod process, and named with its host-side peer.
-    let (_, p2m) = resource(&sweep, &[("k8s.pod.uid", &get("c2_uid"))], Some("container.id")).unwrap();
+    // The pods made through the CRI, each checked against what the test requested.
+    let made: std::collections::BTreeMap<String, MadePod> = serde_json::from_str(
+        &std::fs::read_to_string(out.join("cri.json")).expect("cri.json from the driver"),
+    )
+    .expect("cri.json");
+    for pod in request {
+        check_cri_pod(out, &sweep, pod, made.get(&pod.key).expect("the driver made every pod"), &get);
+    }
+    // CNI DEL removed every pod's veth.
+    assert_eq!(get("veths_left"), "0", "veths left after the pods were removed");
+}
+
+/// One pod made through the CRI: the kubelet's systemd layout for the sandbox and every
+/// container, the cgroup numbers of each and of the pod slice, the names the runtime_files
+/// processor read from containerd's bundles, the limits requested, and the pod's network.
+fn check_cri_pod(out: &Path, sweep: &Value, pod: &PodSpec, made: &MadePod, get: &dyn Fn(&str) -> String) {
+    let (key, qos) = (&pod.key, &pod.qos);
+    let uid_ = pod.uid.replace('-', "_");
+    let slice = format!("kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{uid_}.slice");
+    assert_eq!(get(&format!("{key}_pod_path")), slice, "pod {key}: not the kubelet's pod slice");
+    let requested: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+    let got: Vec<&str> = made.containers.keys().map(String::as_str).collect();
+    assert_eq!(got.len(), requested.len(), "pod {key}: containers {got:?}, requested {requested:?}");
+    let snap = |name: &str| Snap {
+        name: name.to_string(),
+        before: out.join("before").join(name),
+        after: out.join("after").join(name),
+    };
+
+    let (pattrs, pm) = resource(sweep, &[("k8s.pod.uid", &pod.uid)], Some("container.id"))
+        .unwrap_or_else(|| panic!("pod {key}: no pod resource for {}", pod.uid));
+    assert_eq!(pattrs.get("k8s.pod.name"), Some(&pod.name), "pod {key}: name on the pod resource");
+    assert_eq!(pattrs.get("k8s.namespace.name"), Some(&pod.namespace), "pod {key}: namespace");
+    let ps = snap(&format!("{key}_pod"));
+    assert!(ps.has("cpu.stat"), "pod {key}: the guest recorded no files of the pod slice");
+    // Pod totals come from the pod slice.
+    check_cgroup(&ps, &pm, "k8s.pod.");
+
+    let members = std::iter::once(("sandbox", &made.sandbox, None))
+        .chain(pod.containers.iter().map(|c| (c.name.as_str(), &made.containers[&c.name], Some(c))));
+    for (name, id, spec) in members {
+        let who = format!("pod {key} {name}");
+        let expected = format!("{slice}/cri-containerd-{id}.scope");
+        assert_eq!(get(&format!("{key}_{name}_path")), expected, "{who}: where the runtime put it");
+        assert_eq!(
+            get(&format!("{key}_{name}_proc_cgroup")),
+            format!("/{expected}"),
+            "{who}: the kernel's /proc/<pid>/cgroup"
+        );
+        let (attrs, cm) = resource(sweep, &[("container.id", id)], None)
+            .unwrap_or_else(|| panic!("{who}: {id} not in the sweep"));
+        let attr = |k: &str| attrs.get(k).map(String::as_str);
+        assert_eq!(attr("container.runtime.name"), Some("containerd"), "{who}");
+        assert_eq!(attr("k8s.pod.qos_class"), Some(qos.as_str()), "{who}: qos class");
+        // Read by runtime_files from the bundle containerd wrote in the guest.
+        assert_eq!(attr("k8s.pod.uid"), Some(pod.uid.as_str()), "{who}: k8s.pod.uid");
+        assert_eq!(attr("k8s.pod.name"), Some(pod.name.as_str()), "{who}: k8s.pod.name");
+        assert_eq!(attr("k8s.namespace.name"), Some(pod.namespace.as_str()), "{who}: k8s.namespace.name");
+        assert_eq!(attr("k8s.container.name"), spec.map(|s| s.name.as_str()), "{who}: k8s.container.name");
+        let cs = snap(&format!("{key}_{name}"));
+        assert!(cs.has("cpu.stat"), "{who}: the guest recorded no cgroup files");
+        check_cgroup(&cs, &cm, "container.");
+        let usage = |m: &Metrics, n: &str| value(m, n, &[]).unwrap();
+        assert!(
+            usage(&pm, "k8s.pod.memory.usage") + MEMORY_SLACK >= usage(&cm, "container.memory.usage"),
+            "{who}: pod < container"
+        );
+        // The containers share the sandbox's network namespace: its series are the pod's only.
+        let net: Vec<&String> = cm.keys().filter(|k| k.starts_with("container.network.")).collect();
+        assert!(net.is_empty(), "{who}: network series on a container of a pod: {net:?}");
+        // Limits requested through the CRI reached the scope (runc → systemd) and the agent.
+        if let Some(c) = spec.filter(|c| c.memory_limit > 0) {
+            let dir = out.join("before").join(format!("{key}_{name}"));
+            assert_eq!(
+                Snap::single(&dir, "memory.max"),
+                Some(c.memory_limit.to_string()),
+                "{who}: memory.max"
+            );
+            assert_eq!(value(&cm, "container.memory.usage.limit", &[]), Some(c.memory_limit as f64), "{who}");
+            assert_eq!(
+                Snap::single(&dir, "cpu.max"),
+                Some(format!("{} 100000", c.cpu_quota)),
+                "{who}: cpu.max"
+            );
+        }
+    }
+
+    // The pod's network: eth0 of the CNI veth, counted in the pod's namespace, inside the
+    // bracket of the kernel's net/dev read from inside that namespace, named with its host peer.
     let netdev = |phase: &str| -> Vec<f64> {
-        let text = std::fs::read_to_string(out.join(phase).join("c2/net.dev")).expect("net.dev recorded");
+        let file = out.join(phase).join(format!("{key}_pod/net.dev"));
+        let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         let line = text.lines().find(|l| l.trim_start().starts_with("eth0:")).expect("eth0 in net/dev");
         line.split_once(':').unwrap().1.split_whitespace().map(|v| v.parse().unwrap()).collect()
     };
     let (n0, n1) = (netdev("before"), netdev("after"));
-    assert!(n1[1] >= 3.0 && n1[9] >= 3.0, "three pings in and out: rx {} tx {} packets", n1[1], n1[9]);
-    let peer = get("c2_host_veth");
+    assert!(
+        n1[1] >= 3.0 && n1[9] >= 3.0,
+        "pod {key}: three pings in and out: rx {} tx {} packets",
+        n1[1],
+        n1[9]
+    );
+    let peer = get(&format!("{key}_host_veth"));
+    assert!(peer.starts_with("veth"), "pod {key}: host side of the CNI veth is {peer:?}");
     for (dir, col) in [("receive", 0), ("transmit", 8)] {
-        let points: Vec<&Point> = p2m
+        let points: Vec<&Point> = pm
             .get("k8s.pod.network.io")
-            .expect("k8s.pod.network.io on pod 2")
+            .unwrap_or_else(|| panic!("k8s.pod.network.io on pod {key}"))
             .iter()
             .filter(|p| p.attrs.get("network.io.direction").map(String::as_str) == Some(dir))
             .collect();
-        assert_eq!(points.len(), 1, "one {dir} series (eth0; lo is excluded): {points:?}");
+        assert_eq!(points.len(), 1, "pod {key}: one {dir} series (eth0; lo is excluded): {points:?}");
         let p = points[0];
         assert_eq!(p.attrs.get("network.interface.name").map(String::as_str), Some("eth0"));
-        assert_eq!(p.attrs.get("network.interface.host_peer"), Some(&peer), "host-side veth");
-        within(&format!("pod 2 network {dir}"), p.value, n0[col], n1[col], 0.0);
+        assert_eq!(p.attrs.get("network.interface.host_peer"), Some(&peer), "pod {key}: host-side veth");
+        within(&format!("pod {key} network {dir}"), p.value, n0[col], n1[col], 0.0);
     }
+}
+
+/// A pod the host asks the guest to create through the CRI, as the kubelet would request it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct PodSpec {
+    /// Short name of the pod in the results (`a`, `b`).
+    key: String,
+    name: String,
+    namespace: String,
+    uid: String,
+    /// `besteffort` or `burstable`: the kubelet's pod slice for it.
+    qos: String,
+    containers: Vec<ContainerSpec>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct ContainerSpec {
+    name: String,
+    /// `memory_limit_in_bytes` of the CRI request, 0 for none.
+    memory_limit: i64,
+    /// `cpu_quota` in µs per 100 ms period, 0 for none.
+    cpu_quota: i64,
+}
+
+/// What the guest's CRI driver made for one pod.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct MadePod {
+    sandbox: String,
+    /// The pod's address on the CNI bridge.
+    ip: String,
+    /// Container name → id.
+    containers: std::collections::BTreeMap<String, String>,
+}
+
+const GUEST_CRI_SOCKET: &str = "/run/containerd/containerd.sock";
+
+/// The guest's CRI client: this test binary, copied into the guest and run by guest.sh with
+/// `PODOMETER_V2VM_CRI=up|down` (the guest has no `crictl`; Debian ships none). `up` creates the
+/// pods of `cri-request.json` in the share through containerd's CRI API exactly as the kubelet's
+/// systemd cgroup driver does (RunPodSandbox with the pod slice as cgroup parent, CreateContainer,
+/// StartContainer, the kubelet's labels) and writes `cri.json` and the cgroup directories the
+/// runtime made (`cri-snaps`, found by name, so the host checks the layout); `down` stops and
+/// removes every pod. On the host, without the variable, it does nothing.
+#[test]
+#[ignore = "runs inside the v2 guest (scripts/v2vm/guest.sh)"]
+fn guest_cri_driver() {
+    let Ok(action) = std::env::var("PODOMETER_V2VM_CRI") else {
+        eprintln!("guest_cri_driver only runs inside the v2 guest");
+        return;
+    };
+    let share = PathBuf::from(std::env::var("PODOMETER_V2VM_SHARE").expect("PODOMETER_V2VM_SHARE"));
+    let out = share.join("out");
+    let cri = support::cri::Cri::connect(Path::new(GUEST_CRI_SOCKET), Duration::from_secs(120));
+    match action.as_str() {
+        "up" => cri_up(&cri, &share, &out),
+        "down" => {
+            for id in cri.list_pod_sandbox_ids().expect("ListPodSandbox") {
+                cri.stop_and_remove_pod(&id).unwrap_or_else(|e| panic!("removing pod {id}: {e}"));
+            }
+            let left = cri.list_pod_sandbox_ids().expect("ListPodSandbox");
+            assert!(left.is_empty(), "pods left after removal: {left:?}");
+        }
+        other => panic!("PODOMETER_V2VM_CRI={other}: expected up or down"),
+    }
+}
+
+/// The cgroup directory named `name` anywhere under the guest's cgroup root (bounded depth).
+fn find_cgroup(dir: &Path, name: &str, depth: usize) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.filter_map(Result::ok) {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if entry.file_name().to_str() == Some(name) {
+            return Some(entry.path());
+        }
+        if depth > 0 {
+            if let Some(found) = find_cgroup(&entry.path(), name, depth - 1) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
+
+fn cri_up(cri: &support::cri::Cri, share: &Path, out: &Path) {
+    use k8s_cri::v1::*;
+    let request: Vec<PodSpec> = serde_json::from_str(
+        &std::fs::read_to_string(share.join("cri-request.json")).expect("cri-request.json"),
+    )
+    .expect("cri-request.json");
+    let labels = |pod: &PodSpec| -> HashMap<String, String> {
+        [
+            ("io.kubernetes.pod.name", pod.name.as_str()),
+            ("io.kubernetes.pod.namespace", pod.namespace.as_str()),
+            ("io.kubernetes.pod.uid", pod.uid.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    };
+    let mut made = std::collections::BTreeMap::new();
+    let mut snaps = String::new();
+    for pod in &request {
+        // The kubelet's systemd driver names the pod slice; containerd turns the parent into
+        // runc's `<slice>:cri-containerd:<id>`, and systemd nests the slice by its dashes.
+        let (qos, uid_) = (&pod.qos, pod.uid.replace('-', "_"));
+        let parent = format!("/kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{uid_}.slice");
+        let sandbox_config = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: pod.name.clone(),
+                uid: pod.uid.clone(),
+                namespace: pod.namespace.clone(),
+                attempt: 0,
+            }),
+            hostname: pod.name.clone(),
+            labels: labels(pod),
+            annotations: [("kubernetes.io/config.source".to_owned(), "api".to_owned())].into(),
+            linux: Some(LinuxPodSandboxConfig { cgroup_parent: parent, ..Default::default() }),
+            ..Default::default()
+        };
+        let sandbox = cri
+            .run_pod_sandbox(&sandbox_config)
+            .unwrap_or_else(|e| panic!("RunPodSandbox {}: {e}", pod.name));
+        let mut containers = std::collections::BTreeMap::new();
+        for c in &pod.containers {
+            let mut container_labels = labels(pod);
+            container_labels.insert("io.kubernetes.container.name".into(), c.name.clone());
+            let resources = LinuxContainerResources {
+                memory_limit_in_bytes: c.memory_limit,
+                cpu_quota: c.cpu_quota,
+                cpu_period: if c.cpu_quota > 0 { 100_000 } else { 0 },
+                ..Default::default()
+            };
+            let config = ContainerConfig {
+                metadata: Some(ContainerMetadata { name: c.name.clone(), attempt: 0 }),
+                image: Some(ImageSpec {
+                    image: support::containerd::BUSYBOX_IMAGE.to_owned(),
+                    ..Default::default()
+                }),
+                command: vec!["sh".into(), "-c".into()],
+                args: vec!["exec sleep 100000".into()],
+                labels: container_labels,
+                annotations: [("io.kubernetes.container.restartCount".to_owned(), "0".to_owned())].into(),
+                linux: Some(LinuxContainerConfig { resources: Some(resources), ..Default::default() }),
+                ..Default::default()
+            };
+            let id = cri
+                .create_container(&sandbox, &sandbox_config, &config)
+                .unwrap_or_else(|e| panic!("CreateContainer {}: {e}", c.name));
+            cri.start_container(&id).unwrap_or_else(|e| panic!("StartContainer {}: {e}", c.name));
+            containers.insert(c.name.clone(), id);
+        }
+        let ip = cri.pod_ip(&sandbox).unwrap_or_else(|e| panic!("PodSandboxStatus {}: {e}", pod.name));
+        // Where the runtime put each container, found by its scope's name.
+        let mut scopes = vec![("sandbox".to_owned(), sandbox.clone())];
+        scopes.extend(containers.iter().map(|(n, id)| (n.clone(), id.clone())));
+        for (name, id) in &scopes {
+            let dir = find_cgroup(Path::new("/sys/fs/cgroup"), &format!("cri-containerd-{id}.scope"), 4)
+                .unwrap_or_else(|| panic!("no cgroup cri-containerd-{id}.scope for {name}"));
+            snaps.push_str(&format!("{}_{name} {}\n", pod.key, dir.display()));
+            if name == "sandbox" {
+                let slice = dir.parent().expect("the sandbox scope's parent");
+                snaps.push_str(&format!("{}_pod {}\n", pod.key, slice.display()));
+            }
+        }
+        made.insert(pod.key.clone(), MadePod { sandbox, ip, containers });
+    }
+    std::fs::write(out.join("cri.json"), serde_json::to_string_pretty(&made).unwrap()).expect("cri.json");
+    std::fs::write(out.join("cri-snaps"), snaps).expect("cri-snaps");
 }

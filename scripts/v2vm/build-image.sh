@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the pure cgroup v2 test guest (Debian 12, systemd, containerd + runc) from Debian's
-# packages and prints the directory holding disk.raw, vmlinuz and initrd.img.
+# Builds the pure cgroup v2 test guest (Debian 12, systemd, containerd + runc, the CNI plugins)
+# from Debian's packages and prints the directory holding disk.raw, vmlinuz and initrd.img.
 # Usage: build-image.sh TOOLS_DIR. The result is cached in TOOLS_DIR/v2vm/<hash of this file>:
 # change this script and the next run builds afresh; older builds are removed.
 # Needs root (debootstrap, chroot). No loop mount: mkfs.ext4 -d packs the rootfs directory.
@@ -18,6 +18,12 @@ mkdir -p "$base"
 exec 9>"$base/lock"
 flock 9
 [ -f "$out/ok" ] && { echo "$out"; exit 0; }
+# A build killed outright (SIGKILL: no trap ran) leaves its directory and maybe its /proc mount.
+for stale in "$base"/build.*; do
+  [ -d "$stale" ] || continue
+  mountpoint -q "$stale/rootfs/proc" 2>/dev/null && umount -l "$stale/rootfs/proc"
+  rm -rf "$stale"
+done
 
 need=()
 for c in qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils debootstrap:debootstrap mkfs.ext4:e2fsprogs; do
@@ -55,14 +61,16 @@ debootstrap --variant=minbase \
   || { tail -n 30 "$work/debootstrap.log" >&2; log "debootstrap failed"; exit 1; }
 log "debootstrap took $((SECONDS - t0)) s"
 
-# Stage 2: the container runtime, installed the way a node gets it (apt in the rootfs).
+# Stage 2: the container runtime and the CNI plugins (bridge, host-local, loopback), installed
+# the way a node gets them (apt in the rootfs).
 t0=$SECONDS
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"   # start no service in the chroot
 chmod +x "$root/usr/sbin/policy-rc.d"
 mount -t proc proc "$root/proc"
-chroot "$root" apt-get install -y -qq --no-install-recommends containerd runc >&2 \
-  || { log "stage 2 (containerd, runc) failed"; exit 1; }
+chroot "$root" apt-get install -y -qq --no-install-recommends containerd runc \
+  containernetworking-plugins >&2 \
+  || { log "stage 2 (containerd, runc, CNI plugins) failed"; exit 1; }
 chroot "$root" apt-get clean
 umount "$root/proc"
 rm -f "$root/usr/sbin/policy-rc.d"
@@ -81,9 +89,8 @@ chroot "$root" passwd -d root >/dev/null
 cat > "$root/etc/systemd/system/v2test.service" <<'F'
 [Unit]
 Description=podometer cgroup v2 guest tests
-After=multi-user.target mnt-host.mount containerd.service
+After=multi-user.target mnt-host.mount
 Requires=mnt-host.mount
-Wants=containerd.service
 ConditionPathExists=/mnt/host/guest.sh
 [Service]
 Type=oneshot
@@ -96,6 +103,9 @@ TimeoutStartSec=900
 WantedBy=multi-user.target
 F
 chroot "$root" systemctl enable v2test.service >/dev/null 2>&1
+# containerd starts when guest.sh has written its configuration (CRI with the systemd cgroup
+# driver, CNI), not at boot with the package's.
+chroot "$root" systemctl disable containerd.service >/dev/null 2>&1
 # Nothing else runs in the guest: it is slow enough under TCG.
 chroot "$root" systemctl mask systemd-timesyncd.service apt-daily.timer apt-daily-upgrade.timer \
   e2scrub_all.timer fstrim.timer man-db.timer systemd-networkd-wait-online.service >/dev/null 2>&1 || true

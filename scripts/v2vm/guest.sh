@@ -1,6 +1,7 @@
 #!/bin/bash
 # Runs inside the cgroup v2 test guest at boot (v2test.service, from the 9p share at /mnt/host),
-# then the guest powers off. It makes two kubelet-layout containers the way a node does, reads
+# then the guest powers off. It makes kubelet-layout pods the way a node does (systemd scopes,
+# and containerd's CRI plugin driven through the CRI API), reads
 # the kernel's own counters around one `podometer collect` sweep, and leaves everything in
 # /mnt/host/out for the host-side test (tests/cgroup_v2_guest.rs) to assert on. It asserts
 # nothing itself: every check is on the host, where a failure names the numbers.
@@ -34,6 +35,7 @@ snap() {
 }
 
 kv uptime_start "$(cut -d' ' -f1 /proc/uptime)"
+cp "$share/cri-request.json" "$out/" 2>/dev/null   # with the results, for re-checking them
 kv kernel "$(uname -r)"
 kv fstype "$(stat -fc %T /sys/fs/cgroup)"
 kv root_controllers "$(cat /sys/fs/cgroup/cgroup.controllers)"
@@ -63,7 +65,7 @@ kv c1_proc_cgroup "$(cut -d: -f3 "/proc/$(head -n1 "$c1_dir/cgroup.procs")/cgrou
 
 # 2. Controllers on demand: a second burstable pod whose container asks for nothing, so systemd
 # enables in its pod slice only what the scope needs (no cpu: cpu.stat without throttling
-# fields, no cpu.max). Made before the runtime's pod, whose runc enables every controller.
+# fields, no cpu.max). Made before the runtime's pods, whose runc enables every controller.
 uid3=$(cat /proc/sys/kernel/random/uuid)
 cid3=$(hex64)
 slice3="kubepods-burstable-pod${uid3//-/_}.slice"
@@ -75,51 +77,89 @@ c3_dir=/sys/fs/cgroup/kubepods.slice/kubepods-burstable.slice/$slice3/cri-contai
 wait_for 60 grep -q . "$c3_dir/cgroup.procs" || error "no process in $c3_dir"
 kv c3_proc_cgroup "$(cut -d: -f3 "/proc/$(head -n1 "$c3_dir/cgroup.procs")/cgroup")"
 
-# 3. A besteffort pod's container made by the real runtime: containerd + runc with the systemd
-# cgroup driver, parent "slice:prefix:id" exactly as the CRI plugin passes it.
-uid2=$(cat /proc/sys/kernel/random/uuid)
-cid2=$(hex64)
-slice2="kubepods-besteffort-pod${uid2//-/_}.slice"
-kv c2_id "$cid2"; kv c2_uid "$uid2"
-wait_for 60 systemctl is-active --quiet containerd || error "containerd is not active"
-bb=/var/tmp/bb
-mkdir -p $bb/bin $bb/proc $bb/sys $bb/dev $bb/tmp
-cp /bin/busybox $bb/bin/ && for a in sh sleep; do ln -sf busybox $bb/bin/$a; done
-timeout 120 ctr run -d --runc-systemd-cgroup --cgroup "$slice2:cri-containerd:$cid2" \
-  --rootfs $bb "$cid2" /bin/sh -c 'exec sleep 100000' >"$out/ctr-run.log" 2>&1 \
-  || error "ctr run failed: $(cat "$out/ctr-run.log")"
-c2_dir=/sys/fs/cgroup/kubepods.slice/kubepods-besteffort.slice/$slice2/cri-containerd-$cid2.scope
-wait_for 60 grep -q . "$c2_dir/cgroup.procs" || error "no process in $c2_dir"
-kv c2_path "${c2_dir#/sys/fs/cgroup/}"
-c2_pid=$(ctr task ls | awk -v c="$cid2" '$1 == c {print $2}')
-kv c2_proc_cgroup "$(cut -d: -f3 "/proc/$c2_pid/cgroup")"
-kv c2_unit "$(systemctl show -p Id --value "cri-containerd-$cid2.scope")"
-# The pod's network as a CNI plugin makes it: a veth pair with one end in the container's
-# namespace, and a few pings across it (busybox: the minimal guest has no iputils).
-ip link add v2-h0 type veth peer name eth0 netns "$c2_pid" || error "veth into $c2_pid"
-ip addr add 10.99.0.1/30 dev v2-h0 && ip link set v2-h0 up || error "host end of the veth"
-nsenter -t "$c2_pid" -n sh -c 'ip addr add 10.99.0.2/30 dev eth0 && ip link set eth0 up' \
-  || error "pod end of the veth"
-busybox ping -c 3 -W 10 10.99.0.2 >"$out/ping.log" 2>&1 || error "ping: $(cat "$out/ping.log")"
-kv c2_host_veth v2-h0
+# 3. Pods made through the CRI API exactly as the kubelet makes them: containerd's CRI plugin
+# with runc and the systemd cgroup driver, a CNI bridge, images imported offline (the guest has
+# no network). The CRI client is the host's test binary (guest_cri_driver), which creates the
+# pods of cri-request.json and writes what it made to cri.json and cri-snaps.
+mkdir -p /etc/containerd /etc/cni/net.d
+# The CRI copies the node's resolv.conf into every sandbox; this node has no DNS.
+[ -e /etc/resolv.conf ] || : >/etc/resolv.conf
+cat >/etc/containerd/config.toml <<'EOF'
+version = 2
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "podometer.test/pause:1"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "/etc/cni/net.d"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = true
+EOF
+# No ipMasq, no portmap: nothing touches iptables; each pod gets a veth on the bridge v2br0.
+cat >/etc/cni/net.d/10-v2vm.conflist <<'EOF'
+{"cniVersion": "1.0.0", "name": "v2vm", "plugins": [
+  {"type": "bridge", "bridge": "v2br0", "isGateway": true, "ipMasq": false,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.99.0.0/24"}]]}},
+  {"type": "loopback"}]}
+EOF
+timeout 120 systemctl start containerd \
+  || error "containerd did not start: $(journalctl -u containerd -n 20 --no-pager)"
+for image in pause busybox; do
+  timeout 120 ctr -n k8s.io images import "$share/$image.tar" >>"$out/ctr-import.log" 2>&1 \
+    || error "ctr images import $image: $(tail -n 5 "$out/ctr-import.log")"
+done
+cp "$share/driver" /var/tmp/driver && chmod +x /var/tmp/driver
+cri() {
+  PODOMETER_V2VM_CRI=$1 PODOMETER_V2VM_SHARE=$share timeout 300 /var/tmp/driver \
+    --ignored --exact guest_cri_driver --nocapture --test-threads=1 >"$out/cri-$1.log" 2>&1
+}
+cri up || error "CRI driver (up) failed: $(tail -n 20 "$out/cri-up.log")"
+# Every container the runtime made (sandboxes too) and each pod slice, as NAME DIR lines.
+snaps=("c1 $c1_dir" "p1 $(dirname "$c1_dir")" "c3 $c3_dir" "p3 $(dirname "$c3_dir")")
+netpods=()
+while read -r name dir; do
+  snaps+=("$name $dir")
+  kv "${name}_path" "${dir#/sys/fs/cgroup/}"
+  case $name in *_pod) continue ;; esac
+  wait_for 60 grep -q . "$dir/cgroup.procs" || { error "no process in $dir"; continue; }
+  pid=$(head -n1 "$dir/cgroup.procs")
+  kv "${name}_proc_cgroup" "$(cut -d: -f3 "/proc/$pid/cgroup")"
+  # The pod's network namespace is the sandbox's: its host-side veth (eth0's peer).
+  case $name in *_sandbox) ;; *) continue ;; esac
+  key=${name%_sandbox}
+  netpods+=("$key $pid")
+  iflink=$(nsenter -t "$pid" -n ip -o link show eth0 | sed -n 's/.*eth0@if\([0-9]*\).*/\1/p')
+  veth=$(ip -o link | awk -F': ' -v i="$iflink" '$1 == i {print $2}')
+  kv "${key}_host_veth" "${veth%%@*}"
+done <"$out/cri-snaps"
+# A few pings into every pod across the bridge (busybox: the minimal guest has no iputils).
+for ip in $(sed -n 's/.*"ip": "\(.*\)".*/\1/p' "$out/cri.json"); do
+  busybox ping -c 3 -W 10 "$ip" >>"$out/ping.log" 2>&1 || error "ping $ip: $(tail -n 3 "$out/ping.log")"
+done
 
-# 4. The kernel's counters, one sweep of the agent, the counters again.
+# 4. The kernel's counters, one sweep of the agent, the counters again. Each pod's net/dev is
+# read from inside its network namespace.
 cp "$share/podometer" /var/tmp/podometer && chmod +x /var/tmp/podometer
 for phase in before after; do
-  snap c1 "$c1_dir"; snap p1 "$(dirname "$c1_dir")"
-  snap c2 "$c2_dir"; snap p2 "$(dirname "$c2_dir")"
-  snap c3 "$c3_dir"; snap p3 "$(dirname "$c3_dir")"
-  cat "/proc/$c2_pid/net/dev" >"$out/$phase/c2/net.dev"
+  for s in "${snaps[@]}"; do snap $s; done
+  for p in "${netpods[@]}"; do
+    set -- $p
+    mkdir -p "$out/$phase/$1_pod"
+    nsenter -t "$2" -n cat /proc/net/dev >"$out/$phase/$1_pod/net.dev"
+  done
   if [ $phase = before ]; then
     timeout 300 /var/tmp/podometer collect -c "$share/guest.yaml" --format json \
       >"$out/collect.json" 2>"$out/collect.err" || error "podometer collect failed: $(tail -n 5 "$out/collect.err")"
   fi
 done
 
-# 5. Tear down: the runtime's container, then the scope (systemd removes both slices' leaves).
-ip link del v2-h0 2>/dev/null
-timeout 60 ctr task rm -f "$cid2" >/dev/null || error "ctr task rm"
-timeout 60 ctr container rm "$cid2" || error "ctr container rm"
+# 5. Tear down: the pods through the CRI (CNI DEL removes their veths), then the scopes.
+cri down || error "CRI driver (down) failed: $(tail -n 20 "$out/cri-down.log")"
+kv veths_left "$(ip -o link show type veth | wc -l)"
 systemctl stop "cri-containerd-$cid1.scope" "cri-containerd-$cid3.scope" || error "stop scopes"
 rm -f /dev/shm/v2-mem /var/tmp/v2-io
 kv uptime_end "$(cut -d' ' -f1 /proc/uptime)"

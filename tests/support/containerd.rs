@@ -22,7 +22,8 @@ use super::{have_command, is_root, prerequisite, run};
 pub const PAUSE_IMAGE: &str = "podometer.test/pause:1";
 pub const BUSYBOX_IMAGE: &str = "podometer.test/busybox:1";
 
-fn images_dir() -> PathBuf {
+/// Where scripts/testbed.sh put the offline OCI image tars (pause.tar, busybox.tar).
+pub fn images_dir() -> PathBuf {
     std::env::var_os("PODOMETER_CRI_IMAGES")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/cri-images"))
