@@ -318,53 +318,58 @@ fn v2_kubelet_systemd_containerd() {
     );
     assert_attrs(&sweep, pid(UID1), &[("k8s.pod.uid", UID1), ("k8s.pod.qos_class", "burstable")]);
     let f = &CONTAINER;
-    // cpu.stat and PSI totals in microseconds.
+    // Recorded in the pure v2 guest (fixtures/cgroup/README.md): a systemd scope with
+    // MemoryMax=200M, TasksMax=40 and CPUQuota=50% that wrote 8 MiB with O_DIRECT to the virtio
+    // disk and keeps 16 MiB of shmem. cpu.stat and PSI totals in microseconds; memory.events is
+    // generated (oom_kill 1). Working set = memory.current - inactive_file.
     assert_points(
         &sweep,
         cid(C1),
         Expect::default()
-            .cpu(f, 1.234567, 0.765433)
-            .throttling(f, 2000, 64, 4.25)
-            .memory(f, 157286400, 157286400 - 31457280, 104857600, 52428800)
-            .int(f.memory_limit.name, 268435456)
+            .cpu(f, 0.564732, 1.261235)
+            .throttling(f, 43, 32, 1.839563)
+            .memory(f, 17612800, 17612800 - 16384, 319488, 16977920)
+            .int(f.memory_limit.name, 209715200)
             .int(f.memory_oom_kills.name, 1)
-            .disk(f, "8:16", 1459200, 314773504, 192, 353)
-            .disk(f, "8:0", 4096, 0, 1, 0)
-            .int(f.pids_count.name, 5)
-            .int(f.pids_limit.name, 1024)
-            .psi(f.cpu_pressure.name, 2.5, Some(1.0))
-            .psi(f.memory_pressure.name, 0.125, Some(0.0625))
-            .psi(f.io_pressure.name, 1.75, Some(1.5)),
+            .disk(f, "254:0", 200704, 8388608, 6, 8)
+            .int(f.pids_count.name, 3)
+            .int(f.pids_limit.name, 40)
+            .psi(f.cpu_pressure.name, 1.627744, Some(1.502989))
+            .psi(f.memory_pressure.name, 0.0, Some(0.0))
+            .psi(f.io_pressure.name, 0.001309, Some(0.001309)),
     );
-    // cpu controller off (no nr_periods): no throttling. memory.max and pids.max `max`: no
-    // limits. No io.stat: no disk. cpu.pressure without a `full` line: only `some`.
+    // Recorded: a scope in a slice that enables neither cpu nor io for it (systemd enables
+    // controllers on demand): no throttling fields, no io.stat; memory.max `max`: no memory
+    // limit; systemd's default TasksMax in pids.max. cpu.pressure is generated, without the
+    // `full` line of kernels before 5.13: only `some`.
     assert_points(
         &sweep,
         cid(C2),
         Expect::default()
-            .cpu(f, 2.0, 1.0)
-            .memory(f, 41943040, 41943040 - 5242880, 31457280, 10485760)
+            .cpu(f, 0.28416, 0.292278)
+            .memory(f, 184320, 184320, 106496, 0)
             .int(f.memory_oom_kills.name, 0)
-            .int(f.pids_count.name, 3)
+            .int(f.pids_count.name, 1)
+            .int(f.pids_limit.name, 2305)
             .psi(f.cpu_pressure.name, 1.999999, None)
             .psi(f.memory_pressure.name, 0.0, Some(0.0))
             .psi(f.io_pressure.name, 0.0, Some(0.0)),
     );
+    // Recorded: C1's pod slice (cpu enabled, no quota: zero throttling; no memory or pids limit).
     let p = &POD;
     assert_points(
         &sweep,
         pid(UID1),
         Expect::default()
-            .cpu(p, 3.234567, 1.765433)
-            .memory(p, 209715200, 209715200 - 41943040, 146800640, 62914560)
-            .int(p.memory_limit.name, 1073741824)
+            .cpu(p, 0.564732, 1.261235)
+            .throttling(p, 0, 0, 0.0)
+            .memory(p, 17620992, 17620992 - 16384, 319488, 16977920)
             .int(p.memory_oom_kills.name, 1)
-            .disk(p, "8:16", 3145728, 8388608, 96, 512)
-            .int(p.pids_count.name, 9)
-            .int(p.pids_limit.name, 8192)
-            .psi(p.cpu_pressure.name, 4.5, Some(1.5))
-            .psi(p.memory_pressure.name, 0.25, Some(0.125))
-            .psi(p.io_pressure.name, 3.0, Some(2.0)),
+            .disk(p, "254:0", 200704, 8388608, 6, 8)
+            .int(p.pids_count.name, 3)
+            .psi(p.cpu_pressure.name, 1.672855, Some(1.550337))
+            .psi(p.memory_pressure.name, 0.0, Some(0.0))
+            .psi(p.io_pressure.name, 0.001306, Some(0.001306)),
     );
 }
 
