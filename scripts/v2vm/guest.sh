@@ -21,17 +21,22 @@ wait_for() {
     sleep 0.2
   done
 }
+# mark PHASE: the guest's uptime when PHASE ends, for the stage's time budget.
+mark() { kv "t_$1" "$(cut -d' ' -f1 /proc/uptime)"; }
 hex64() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
-# snap NAME DIR: copies the interface files of one cgroup into out/<phase>/NAME.
+# snap NAME DIR: copies the interface files of one cgroup into out/<phase>/NAME, with one cp for
+# them all: a process per file (cat) made the snapshots take most of a minute in the emulated
+# guest, and a shell read loop still 40 s (it reads line by line, and the kernel renders the
+# whole file again for every read).
 snap() {
-  local dst="$out/$phase/$1" f
+  local dst="$out/$phase/$1" f files=()
   mkdir -p "$dst"
   for f in cpu.stat cpu.max memory.current memory.stat memory.max memory.events io.stat \
     pids.current pids.max cpu.pressure memory.pressure io.pressure cgroup.controllers \
     cgroup.subtree_control; do
-    [ -e "$2/$f" ] && cat "$2/$f" >"$dst/$f"
+    [ -e "$2/$f" ] && files+=("$2/$f")
   done
-  return 0
+  [ ${#files[@]} -eq 0 ] || cp "${files[@]}" "$dst/"
 }
 
 kv uptime_start "$(cut -d' ' -f1 /proc/uptime)"
@@ -76,6 +81,7 @@ wait_for 120 test -e /run/v2-c3-ready || error "container 3 did not get ready"
 c3_dir=/sys/fs/cgroup/kubepods.slice/kubepods-burstable.slice/$slice3/cri-containerd-$cid3.scope
 wait_for 60 grep -q . "$c3_dir/cgroup.procs" || error "no process in $c3_dir"
 kv c3_proc_cgroup "$(cut -d: -f3 "/proc/$(head -n1 "$c3_dir/cgroup.procs")/cgroup")"
+mark scopes
 
 # 3. Pods made through the CRI API exactly as the kubelet makes them: containerd's CRI plugin
 # with runc and the systemd cgroup driver, a CNI bridge, images imported offline (the guest has
@@ -112,12 +118,14 @@ for image in pause busybox; do
   timeout 120 ctr -n k8s.io images import "$share/$image.tar" >>"$out/ctr-import.log" 2>&1 \
     || error "ctr images import $image: $(tail -n 5 "$out/ctr-import.log")"
 done
+mark containerd
 cp "$share/driver" /var/tmp/driver && chmod +x /var/tmp/driver
 cri() {
   PODOMETER_V2VM_CRI=$1 PODOMETER_V2VM_SHARE=$share timeout 300 /var/tmp/driver \
     --ignored --exact guest_cri_driver --nocapture --test-threads=1 >"$out/cri-$1.log" 2>&1
 }
 cri up || error "CRI driver (up) failed: $(tail -n 20 "$out/cri-up.log")"
+mark cri_up
 # Every container the runtime made (sandboxes too) and each pod slice, as NAME DIR lines.
 snaps=("c1 $c1_dir" "p1 $(dirname "$c1_dir")" "c3 $c3_dir" "p3 $(dirname "$c3_dir")")
 netpods=()
@@ -141,9 +149,12 @@ for ip in $(sed -n 's/.*"ip": "\(.*\)".*/\1/p' "$out/cri.json"); do
   busybox ping -c 3 -W 10 "$ip" >>"$out/ping.log" 2>&1 || error "ping $ip: $(tail -n 3 "$out/ping.log")"
 done
 
+mark pings
+
 # 4. The kernel's counters, one sweep of the agent, the counters again. Each pod's net/dev is
 # read from inside its network namespace.
 cp "$share/podometer" /var/tmp/podometer && chmod +x /var/tmp/podometer
+mark copy_agent
 for phase in before after; do
   for s in "${snaps[@]}"; do snap $s; done
   for p in "${netpods[@]}"; do
@@ -151,15 +162,20 @@ for phase in before after; do
     mkdir -p "$out/$phase/$1_pod"
     nsenter -t "$2" -n cat /proc/net/dev >"$out/$phase/$1_pod/net.dev"
   done
+  mark "snap_$phase"
   if [ $phase = before ]; then
     timeout 300 /var/tmp/podometer collect -c "$share/guest.yaml" --format json \
       >"$out/collect.json" 2>"$out/collect.err" || error "podometer collect failed: $(tail -n 5 "$out/collect.err")"
+    mark collect
   fi
 done
+
+mark sweep
 
 # 5. Tear down: the pods through the CRI (CNI DEL removes their veths), then the scopes.
 cri down || error "CRI driver (down) failed: $(tail -n 20 "$out/cri-down.log")"
 kv veths_left "$(ip -o link show type veth | wc -l)"
+mark cri_down
 systemctl stop "cri-containerd-$cid1.scope" "cri-containerd-$cid3.scope" || error "stop scopes"
 rm -f /dev/shm/v2-mem /var/tmp/v2-io
 kv uptime_end "$(cut -d' ' -f1 /proc/uptime)"
