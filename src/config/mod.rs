@@ -544,9 +544,12 @@ fn validate(file: &str, config: &Config) -> Vec<Problem> {
         }
     }
 
-    for (id, (loc, _)) in &config.sources.entries {
+    for (id, (loc, source)) in &config.sources.entries {
         if !used_sources.contains_key(id.as_str()) {
             problem(*loc, format!("sources.{id}"), "defined but used by no pipeline".into());
+        }
+        for (key, reason) in source_problems(source) {
+            problem(*loc, format!("sources.{id}.{key}"), reason);
         }
     }
     for (id, (loc, processor)) in &config.processors.entries {
@@ -575,6 +578,15 @@ fn validate(file: &str, config: &Config) -> Vec<Problem> {
         }
     }
     problems
+}
+
+/// Source checks that need more than types.
+fn source_problems(source: &SourceConfig) -> Vec<(String, String)> {
+    match source {
+        SourceConfig::Cgroups(cgroups) => cgroups.validate(),
+        SourceConfig::Netns(netns) => netns.validate(),
+        SourceConfig::Processes(_) | SourceConfig::PodNetwork(_) => Vec::new(),
+    }
 }
 
 /// Processor checks that need more than types, some against top-level settings.

@@ -25,7 +25,8 @@ pub mod hierarchy;
 pub mod parse;
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -43,7 +44,7 @@ use crate::semconv::{self, CgroupFamily};
 use crate::sources::{BoxError, Source};
 use crate::telemetry::Telemetry;
 use crate::warn_limited;
-pub use classify::{classify, Classified};
+pub use classify::{Classified, Classifier, Layouts};
 pub use hierarchy::{CgroupMode, Hierarchies};
 use parse::ParseError;
 
@@ -89,6 +90,16 @@ pub struct CgroupsConfig {
     /// processor saves only their encoding and export; this saves the reads. Default: none.
     #[serde(default)]
     pub skip: Vec<SkipFiles>,
+    /// Where each runtime puts its cgroups; containers and pods are recognised only there (see
+    /// [`Layouts`]). Default: the runtimes' own defaults.
+    #[serde(default)]
+    pub layouts: Layouts,
+    /// At most this many container and pod cgroups are read; the rest are left out, counted
+    /// (`cgroups_over_cap`) and logged once when the cap is first hit. Containers in their
+    /// runtime's own tree are taken before rootless ones, so users' subtrees cannot crowd them
+    /// out. Must be at least 1. Default: `4096`.
+    #[serde(default = "default_max_groups")]
+    pub max_groups: usize,
 }
 
 /// A group of cgroup files the source can leave unread (`sources.cgroups.skip`).
@@ -113,6 +124,21 @@ fn default_limits_interval() -> Duration {
     Duration::from_secs(60)
 }
 
+fn default_max_groups() -> usize {
+    4096
+}
+
+impl CgroupsConfig {
+    /// Problems as (key, reason), for the config check.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut problems = self.layouts.validate();
+        if self.max_groups == 0 {
+            problems.push(("max_groups".into(), "must be at least 1".into()));
+        }
+        problems
+    }
+}
+
 impl Default for CgroupsConfig {
     fn default() -> Self {
         CgroupsConfig {
@@ -120,6 +146,8 @@ impl Default for CgroupsConfig {
             discovery_interval: default_discovery_interval(),
             limits_interval: default_limits_interval(),
             skip: Vec::new(),
+            layouts: Layouts::default(),
+            max_groups: default_max_groups(),
         }
     }
 }
@@ -133,6 +161,8 @@ pub enum CgroupsError {
          (memory, cpuacct, cpu,cpuacct, cpu, blkio, pids)"
     )]
     NoHierarchy { path: PathBuf },
+    #[error("invalid cgroups configuration: {0}")]
+    Config(String),
     #[error("cannot read {path}: {source}")]
     Io {
         path: PathBuf,
@@ -163,11 +193,17 @@ pub struct SweepStats {
     pub vanished: usize,
     /// Containers and pods found but not opened for lack of file descriptors (discovery sweeps).
     pub fd_deferred: usize,
+    /// Cgroups left out at this sweep's discovery because another cgroup already stands for the
+    /// same container or pod.
+    pub duplicates: usize,
+    /// Cgroups left out at this sweep's discovery because `max_groups` was reached.
+    pub over_cap: usize,
 }
 
 /// The cgroup source. One per pipeline; it runs on the sweep thread.
 pub struct CgroupSource {
     config: CgroupsConfig,
+    classifier: Classifier,
     hierarchies: Hierarchies,
     /// Known cgroups by relative path; ordered so sweeps list resources in a stable order.
     groups: BTreeMap<String, Group>,
@@ -178,6 +214,8 @@ pub struct CgroupSource {
     /// Whether the latest discovery left cgroups unopened for lack of file descriptors; the
     /// warning is logged when this turns true, not at every discovery.
     fd_short: bool,
+    /// Whether the latest discovery hit `max_groups`; logged when this turns true.
+    capped: bool,
 }
 
 impl std::fmt::Debug for CgroupSource {
@@ -192,6 +230,9 @@ impl std::fmt::Debug for CgroupSource {
 
 impl CgroupSource {
     pub fn new(config: &CgroupsConfig) -> Result<Self, CgroupsError> {
+        if let Some((key, reason)) = config.validate().into_iter().next() {
+            return Err(CgroupsError::Config(format!("{key}: {reason}")));
+        }
         let hierarchies = Hierarchies::detect(&config.root)?;
         tracing::info!(root = %config.root.display(), mode = ?hierarchies.mode, "Found the cgroup hierarchies.");
         let per_group = files_per_group(hierarchies.mode);
@@ -213,6 +254,7 @@ impl CgroupSource {
         let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         Ok(CgroupSource {
             config: config.clone(),
+            classifier: Classifier::new(&config.layouts),
             hierarchies,
             groups: BTreeMap::new(),
             last_discovery: None,
@@ -220,6 +262,7 @@ impl CgroupSource {
             clock_ticks: u64::try_from(ticks).ok().filter(|t| *t > 0).unwrap_or(100),
             stats: SweepStats::default(),
             fd_short: false,
+            capped: false,
         })
     }
 
@@ -237,11 +280,14 @@ impl CgroupSource {
         let Some(root) = self.hierarchies.discovery_root().map(Path::to_owned) else {
             return Err(CgroupsError::NoHierarchy { path: self.config.root.clone() });
         };
+        self.stats.duplicates = 0;
+        self.stats.over_cap = 0;
         let mut found = Vec::new();
         if let Err(source) = std::fs::read_dir(&root) {
             return Err(CgroupsError::Io { path: root, source });
         }
-        let complete = walk(&root, &mut String::new(), 0, &mut found);
+        let complete = walk(&self.classifier, &root, &mut String::new(), 0, &mut found);
+        let found = self.select(found);
         // A walk cut short (no descriptor left to list a directory) does not prove the groups it
         // missed are gone: keep them; a removed cgroup is dropped anyway when its files fail.
         if complete {
@@ -256,6 +302,11 @@ impl CgroupSource {
         let mut deferred = 0;
         for (rel, what) in found {
             if self.groups.contains_key(&rel) {
+                continue;
+            }
+            // Only after an incomplete walk, which kept groups it did not see again.
+            if self.groups.len() >= self.config.max_groups {
+                self.stats.over_cap += 1;
                 continue;
             }
             if budget.is_some_and(|b| b < per_group) {
@@ -276,7 +327,64 @@ impl CgroupSource {
             self.groups.insert(rel, group);
         }
         self.note_fd_shortage(deferred);
+        self.note_cap();
         Ok(deferred)
+    }
+
+    /// Chooses which of the cgroups a walk found are read: one cgroup per resource identity,
+    /// at most `max_groups`. Cgroups in a runtime's own tree come before rootless ones, and
+    /// among those, groups already read before new ones, so neither a copied id nor a flood of
+    /// cgroups in a user's subtree can displace a real container.
+    fn select(&mut self, mut found: Vec<(String, Classified)>) -> Vec<(String, Classified)> {
+        found.sort_by_key(|(rel, what)| (what.is_rootless(), !self.groups.contains_key(rel)));
+        let telemetry = Telemetry::global();
+        let mut owners: HashMap<ResourceId, String> = HashMap::with_capacity(found.len());
+        let mut selected: Vec<(String, Classified)> = Vec::with_capacity(found.len());
+        for (rel, what) in found {
+            match owners.entry(what.identity()) {
+                Entry::Occupied(first) => {
+                    self.stats.duplicates += 1;
+                    Telemetry::inc(&telemetry.cgroups_duplicate_identity);
+                    warn_limited!(
+                        "cgroups_duplicate",
+                        cgroup = %rel,
+                        kept = %first.get(),
+                        "Two cgroups claim the same container or pod; reading only the first (a runtime's \
+                         own tree before a user's, a known cgroup before a new one)."
+                    );
+                    continue;
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(rel.clone());
+                }
+            }
+            if selected.len() >= self.config.max_groups {
+                self.stats.over_cap += 1;
+                continue;
+            }
+            selected.push((rel, what));
+        }
+        selected
+    }
+
+    /// Counts cgroups left out by `max_groups` and says so once, when the cap is first hit.
+    fn note_cap(&mut self) {
+        let over = self.stats.over_cap;
+        if over > 0 {
+            Telemetry::global().cgroups_over_cap.fetch_add(over as u64, std::sync::atomic::Ordering::Relaxed);
+            if !self.capped {
+                tracing::warn!(
+                    max_groups = self.config.max_groups,
+                    left_out = over,
+                    "More container and pod cgroups than sources.cgroups.max_groups: {over} are not read \
+                     (rootless ones first). Raise max_groups if the node really runs that many."
+                );
+            }
+            self.capped = true;
+        } else if self.capped {
+            tracing::info!("Every container and pod cgroup fits in max_groups again.");
+            self.capped = false;
+        }
     }
 
     /// Counts cgroups left unopened and says so once per shortage, not at every discovery.
@@ -323,7 +431,13 @@ fn files_per_group(mode: CgroupMode) -> u64 {
 }
 
 /// Returns false when a directory could not be listed for a reason other than being gone.
-fn walk(root: &Path, rel: &mut String, depth: usize, out: &mut Vec<(String, Classified)>) -> bool {
+fn walk(
+    classifier: &Classifier,
+    root: &Path,
+    rel: &mut String,
+    depth: usize,
+    out: &mut Vec<(String, Classified)>,
+) -> bool {
     let dir = if rel.is_empty() { root.to_owned() } else { root.join(&*rel) };
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
@@ -343,14 +457,14 @@ fn walk(root: &Path, rel: &mut String, depth: usize, out: &mut Vec<(String, Clas
             rel.push('/');
         }
         rel.push_str(name);
-        match classify(rel) {
+        match classifier.classify(rel) {
             // A container's sub-cgroups belong to it; its own files already count them.
             Some(what @ Classified::Container { .. }) => out.push((rel.clone(), what)),
             Some(what @ Classified::Pod { .. }) => {
                 out.push((rel.clone(), what));
-                complete &= walk(root, rel, depth + 1, out);
+                complete &= walk(classifier, root, rel, depth + 1, out);
             }
-            None if depth + 1 < MAX_DEPTH => complete &= walk(root, rel, depth + 1, out),
+            None if depth + 1 < MAX_DEPTH => complete &= walk(classifier, root, rel, depth + 1, out),
             None => {}
         }
         rel.truncate(len);
@@ -365,6 +479,8 @@ impl Source for CgroupSource {
         let due = self.last_discovery.is_none_or(|t| now.duration_since(t) >= self.config.discovery_interval);
         if due {
             stats.fd_deferred = self.discover()?;
+            stats.duplicates = self.stats.duplicates;
+            stats.over_cap = self.stats.over_cap;
             self.last_discovery = Some(now);
             stats.discovered = true;
         }
@@ -400,15 +516,24 @@ impl Source for CgroupSource {
                 group.limits_read = Some(now);
             }
             let (id, attributes) = match &group.what {
-                Classified::Container { id, runtime, pod } => {
+                Classified::Container { id, runtime, pod, rootless } => {
                     stats.containers += 1;
-                    ctx.containers.push(ContainerInfo {
-                        id: id.clone(),
-                        runtime: *runtime,
-                        pod: pod.clone(),
-                        procs_file: group.procs_file.clone(),
-                    });
-                    (ResourceId::Container(id.clone()), container_attributes(id, *runtime, pod.as_ref()))
+                    // A rootless container's id and names are its user's word: no network or
+                    // metadata lookup is made for it (see `classify`).
+                    if rootless.is_none() {
+                        ctx.containers.push(ContainerInfo {
+                            id: id.clone(),
+                            runtime: *runtime,
+                            pod: pod.clone(),
+                            procs_file: group.procs_file.clone(),
+                        });
+                    }
+                    let mut attributes = container_attributes(id, *runtime, pod.as_ref());
+                    if let Some(uid) = rootless {
+                        attributes.push((semconv::PODOMETER_CONTAINER_ROOTLESS, AttrValue::Bool(true)));
+                        attributes.push((semconv::USER_ID, AttrValue::from(uid.to_string())));
+                    }
+                    (group.what.identity(), attributes)
                 }
                 Classified::Pod { uid, qos } => {
                     stats.pods += 1;

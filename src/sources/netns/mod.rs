@@ -93,6 +93,13 @@ pub struct NetnsConfig {
     /// elsewhere it is turned off by itself with a log line.
     #[serde(default = "default_true")]
     pub resolve_host_peer: bool,
+    /// At most this many interfaces are reported per network namespace (after the include and
+    /// exclude filters, first in the kernel's order, which is creation order): a pod with
+    /// `CAP_NET_ADMIN` in its namespace can create thousands, each adding series. The rest are
+    /// left out and counted (`netns_interfaces_over_cap`, per sweep). Must be at least 1.
+    /// Default: `64`.
+    #[serde(default = "default_max_interfaces")]
+    pub max_interfaces: usize,
 }
 
 /// Handling of containers that share the host's network namespace.
@@ -118,6 +125,21 @@ fn default_true() -> bool {
     true
 }
 
+fn default_max_interfaces() -> usize {
+    64
+}
+
+impl NetnsConfig {
+    /// Problems as (key, reason), for the config check.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        if self.max_interfaces == 0 {
+            vec![("max_interfaces".into(), "must be at least 1".into())]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
 impl Default for NetnsConfig {
     fn default() -> Self {
         NetnsConfig {
@@ -126,6 +148,7 @@ impl Default for NetnsConfig {
             exclude_interfaces: default_exclude_interfaces(),
             host_network: HostNetwork::default(),
             resolve_host_peer: true,
+            max_interfaces: default_max_interfaces(),
         }
     }
 }
@@ -180,6 +203,7 @@ pub struct NetnsSource {
     include: Vec<Glob>,
     exclude: Vec<Glob>,
     host_network: HostNetwork,
+    max_interfaces: usize,
     /// The host's network namespace, fixed for the agent's life.
     host: NsKey,
     pids: HashMap<String, CachedPid>,
@@ -237,6 +261,7 @@ impl NetnsSource {
             include: config.include_interfaces.clone(),
             exclude: config.exclude_interfaces.clone(),
             host_network: config.host_network,
+            max_interfaces: config.max_interfaces.max(1),
             host,
             pids: HashMap::new(),
             host_network_logged: HashSet::new(),
@@ -451,17 +476,31 @@ impl Source for NetnsSource {
             };
             live_namespaces.insert(*key);
 
-            let names: Vec<&str> = counters.iter().map(|c| c.name.as_str()).collect();
+            let (include, exclude) = (&self.include, &self.exclude);
+            let mut wanted: Vec<&InterfaceCounters> =
+                counters.iter().filter(|i| interface_wanted(include, exclude, &i.name)).collect();
+            if wanted.len() > self.max_interfaces {
+                let over = wanted.len() - self.max_interfaces;
+                wanted.truncate(self.max_interfaces);
+                telemetry
+                    .netns_interfaces_over_cap
+                    .fetch_add(over as u64, std::sync::atomic::Ordering::Relaxed);
+                warn_limited!(
+                    "netns.max_interfaces",
+                    left_out = over,
+                    max_interfaces = self.max_interfaces,
+                    pid = reader_pid,
+                    "A network namespace has more interfaces than sources.netns.max_interfaces; the rest are not reported."
+                );
+            }
+            if wanted.is_empty() {
+                continue;
+            }
+            let names: Vec<&str> = wanted.iter().map(|c| c.name.as_str()).collect();
             let peers = match &mut self.peers {
                 Some(p) => p.peers_of(*key, &self.proc_root, reader_pid, &names),
                 None => None,
             };
-            let (include, exclude) = (&self.include, &self.exclude);
-            let mut wanted =
-                counters.iter().filter(|i| interface_wanted(include, exclude, &i.name)).peekable();
-            if wanted.peek().is_none() {
-                continue;
-            }
 
             let (id, attributes, family): (ResourceId, Attributes, &'static NetworkFamily) = match pod {
                 Some((uid, qos)) => (
