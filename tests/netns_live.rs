@@ -545,3 +545,48 @@ fn vanished_and_empty_containers_are_skipped_without_losing_the_others() {
     // should cause source errors either.
     assert_eq!(errors(), errors_before, "a vanished or empty container is not an error");
 }
+
+/// A pod with `CAP_NET_ADMIN` can make as many interfaces as it likes: only `max_interfaces` of
+/// them are reported (the first, in creation order), and the rest are counted.
+#[test]
+fn interfaces_beyond_max_interfaces_are_left_out_and_counted() {
+    if !live() {
+        return;
+    }
+    let ns = TestNetns::create();
+    // veth pairs inside the namespace (this kernel has no dummy driver): six more interfaces.
+    for i in 0..3 {
+        ns.exec(&["ip", "link", "add", &format!("va{i}"), "type", "veth", "peer", "name", &format!("vb{i}")]);
+    }
+    // The kernel's own order, read with cat, not with the source under test.
+    let listed = ns.exec(&["cat", "/proc/net/dev"]);
+    let order: Vec<String> = listed
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(|n| n.trim().to_owned()))
+        .filter(|n| n != "lo")
+        .collect();
+    assert_eq!(order.len(), 7, "{listed}");
+    let mut first_three = order[..3].to_vec();
+    first_three.sort();
+    let mut pod = KubePod::new(1);
+    pod.start(0, &format!("exec ip netns exec {} sleep 300", ns.name), "sleep");
+    let containers = pod.infos();
+    let id = pod.resource_id();
+
+    let uncapped = sweep(&mut NetnsSource::new(&NetnsConfig::default()).expect("source"), &containers);
+    assert_eq!(interfaces_of(&uncapped, &id).len(), 7, "eth0 and six veths without a cap");
+
+    let telemetry = podometer::telemetry::Telemetry::global();
+    let over = || telemetry.netns_interfaces_over_cap.load(std::sync::atomic::Ordering::Relaxed);
+    let before = over();
+    let config = NetnsConfig { max_interfaces: 3, ..NetnsConfig::default() };
+    let mut source = NetnsSource::new(&config).expect("source");
+    let s = sweep(&mut source, &containers);
+    assert_eq!(interfaces_of(&s, &id), first_three, "the first three in the kernel's order");
+    assert_eq!(network_point_count(&s), 3 * 8);
+    // Only this test sets a cap its namespaces exceed; the others in this binary stay under 64.
+    assert_eq!(over() - before, 4, "four interfaces left out and counted");
+    let problems = NetnsConfig { max_interfaces: 0, ..NetnsConfig::default() }.validate();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+}
