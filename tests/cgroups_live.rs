@@ -378,3 +378,61 @@ fn a_spoof_in_a_delegated_subtree_never_takes_the_victims_identity() {
     assert!(stats.duplicates >= 1, "the second rootless copy is dropped and counted: {stats:?}");
     eprintln!("spoof: victim {victim_id} reported once from the anchored cgroup; {stats:?}");
 }
+
+/// Removes a directory this test made by hand, after whatever was created inside it.
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Runtimes create a container's controller directories one after the other (and `unified/`,
+/// and crun its `container/` child later still): a group found with only some of them gets the
+/// others' metrics at the next discovery, not never.
+#[test]
+fn controller_directories_created_after_discovery_are_picked_up_at_the_next_one() {
+    if !support::live_cgroups_available() {
+        return;
+    }
+    let (uid, id) = (random_uid(), random_hex64());
+    let (kubelet, pod) = pod_path(&uid);
+    let _pod_cg = TestCgroup::create(Path::new(ROOT), &pod);
+    let rel = format!("{pod}/{id}");
+    // Only the memory controller's directory exists at first.
+    let memory_dir = Path::new(ROOT).join("memory").join(&rel);
+    std::fs::create_dir(&memory_dir).expect("mkdir memory");
+    let _memory_guard = RemoveDir(memory_dir);
+
+    let mut source = CgroupSource::new(&config(Duration::ZERO, Some(&kubelet))).expect("source");
+    let cid = ResourceId::Container(id.clone());
+    let (_, first) = sweep(&mut source);
+    let r = first.resource(&cid).expect("found through its memory directory");
+    assert!(r.points_of(CONTAINER.memory_usage.name).next().is_some(), "memory read: {r:#?}");
+    assert!(r.points_of(CONTAINER.cpu_time.name).next().is_none(), "no cpuacct directory yet");
+    assert!(r.points_of(CONTAINER.pids_count.name).next().is_none(), "no pids directory yet");
+
+    // The other controllers (and unified/) appear now, with a process in them.
+    let mut cg = TestCgroup::create(Path::new(ROOT), &rel);
+    cg.spawn(&once_inside(&id, "exec sleep 1000"));
+    let (_, second) = sweep(&mut source);
+    let r = second.resource(&cid).expect("still there");
+    assert_eq!(r.points_of(CONTAINER.cpu_time.name).count(), 2, "cpu time now read: {r:#?}");
+    assert_eq!(int_value(&second, &cid, CONTAINER.pids_count.name), 1, "pids now read");
+    let psi = std::fs::read_to_string(cg.dir("unified").join("cpu.pressure")).is_ok();
+    assert_eq!(
+        r.points_of(CONTAINER.cpu_pressure.name).next().is_some(),
+        psi,
+        "cpu pressure read exactly when unified/<path>/cpu.pressure is readable"
+    );
+    eprintln!(
+        "late directories: cpu, pids{} picked up at the next discovery",
+        if psi { ", pressure" } else { "" }
+    );
+}

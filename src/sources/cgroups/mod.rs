@@ -294,6 +294,10 @@ impl CgroupSource {
             let live: HashSet<&str> = found.iter().map(|(rel, _)| rel.as_str()).collect();
             self.groups.retain(|rel, _| live.contains(rel.as_str()));
         }
+        // Files of known groups that were missing at their discovery may exist by now.
+        for (rel, group) in self.groups.iter_mut() {
+            group.open_missing(&self.hierarchies, rel, &self.config.skip);
+        }
         // Open new cgroups only while the open-file limit leaves room for all of a cgroup's files
         // and the reserve; the rest are retried at the next discovery (after the limit is raised
         // or other containers stopped). A group is opened whole or not at all.
@@ -737,46 +741,123 @@ impl Group {
     /// `None` when a file could not be opened for lack of descriptors: the files already opened
     /// are closed again, so that the group is retried whole at the next discovery.
     fn open(h: &Hierarchies, rel: &str, what: Classified, skip: &[SkipFiles]) -> Option<Group> {
+        let mut group = Group {
+            what,
+            procs_file: PathBuf::new(),
+            cpu_time: CpuTimeFiles::Missing,
+            throttling: None,
+            v2_memory: h.mode == CgroupMode::V2,
+            memory_usage: None,
+            memory_stat: None,
+            memory_limit: None,
+            oom: None,
+            io_stat: None,
+            blkio_bytes: None,
+            blkio_ops: None,
+            pids_current: None,
+            pids_max: None,
+            pressure: [None, None, None],
+            limits_read: None,
+            memory_limit_value: None,
+            pids_limit_value: None,
+        };
+        group.open_missing(h, rel, skip).then_some(group)
+    }
+
+    /// Opens every file this group does not hold yet: all of them at discovery, then, at each
+    /// later discovery, what was missing, since runtimes create a container's controller
+    /// directories (and `unified/`, and crun its `container/` child) one after the other, and a
+    /// controller's files appear only once it is enabled. Costs a failed `open` per missing
+    /// file per discovery, nothing per sweep. Returns false when it ran out of descriptors (what
+    /// it opened is kept; the rest is retried at the next discovery).
+    fn open_missing(&mut self, h: &Hierarchies, rel: &str, skip: &[SkipFiles]) -> bool {
         let in_dir = |base: &Option<PathBuf>| base.as_ref().map(|b| b.join(rel));
-        let unified = in_dir(&h.unified).filter(|d| d.is_dir());
+        let unified = in_dir(&h.unified);
         let v2 = h.mode == CgroupMode::V2;
         let starved = Cell::new(false);
-        let open = |dir: &Option<PathBuf>, name: &str| Handle::open(dir.as_deref(), name, &starved);
-        let wanted = |what: SkipFiles| !skip.contains(&what);
-        let open_if = |what: SkipFiles, dir: &Option<PathBuf>, name: &str| {
-            if wanted(what) {
-                open(dir, name)
-            } else {
-                None
+        let fill = |slot: &mut Option<Handle>, dir: &Option<PathBuf>, name: &str| {
+            if slot.is_none() && !starved.get() {
+                *slot = Handle::open(dir.as_deref(), name, &starved);
             }
         };
+        let wanted = |what: SkipFiles| !skip.contains(&what);
         let (memory, cpuacct, cpu, blkio, pids) = if v2 {
             (unified.clone(), None, unified.clone(), unified.clone(), unified.clone())
         } else {
             (in_dir(&h.memory), in_dir(&h.cpuacct), in_dir(&h.cpu), in_dir(&h.blkio), in_dir(&h.pids))
         };
-        let cpu_time = if v2 {
-            CpuTimeFiles::V2Stat(open(&unified, "cpu.stat"))
+        let cpu_time = std::mem::replace(&mut self.cpu_time, CpuTimeFiles::Missing);
+        self.cpu_time = if v2 {
+            let mut stat = match cpu_time {
+                CpuTimeFiles::V2Stat(stat) => stat,
+                _ => None,
+            };
+            fill(&mut stat, &unified, "cpu.stat");
+            CpuTimeFiles::V2Stat(stat)
         } else {
-            let user = open(&cpuacct, "cpuacct.usage_user");
-            let sys = open(&cpuacct, "cpuacct.usage_sys");
-            let total = open(&cpuacct, "cpuacct.usage");
-            if user.is_some() && sys.is_some() && total.is_some() {
-                CpuTimeFiles::UsageSplit { total, user, sys, split: (0, 0) }
-            } else if user.is_some() && sys.is_some() {
-                CpuTimeFiles::UsagePair(user, sys)
-            } else if let Some(stat) = open(&cpuacct, "cpuacct.stat") {
-                CpuTimeFiles::AcctStat(Some(stat))
-            } else if let Some(stat) = open(&unified, "cpu.stat") {
-                // Hybrid without cpuacct: the unified hierarchy's core cpu.stat still has the times.
-                CpuTimeFiles::V2Stat(Some(stat))
-            } else {
-                CpuTimeFiles::Missing
+            match cpu_time {
+                // The best source is kept; anything less is tried for better again.
+                best @ CpuTimeFiles::UsageSplit { .. } => best,
+                lesser => {
+                    let (mut total, mut user, mut sys) = (None, None, None);
+                    fill(&mut total, &cpuacct, "cpuacct.usage");
+                    fill(&mut user, &cpuacct, "cpuacct.usage_user");
+                    fill(&mut sys, &cpuacct, "cpuacct.usage_sys");
+                    if user.is_some() && sys.is_some() && total.is_some() {
+                        CpuTimeFiles::UsageSplit { total, user, sys, split: (0, 0) }
+                    } else if user.is_some() && sys.is_some() {
+                        CpuTimeFiles::UsagePair(user, sys)
+                    } else {
+                        match lesser {
+                            CpuTimeFiles::AcctStat(Some(stat)) => CpuTimeFiles::AcctStat(Some(stat)),
+                            CpuTimeFiles::V2Stat(Some(stat)) => CpuTimeFiles::V2Stat(Some(stat)),
+                            _ => {
+                                let mut stat = None;
+                                fill(&mut stat, &cpuacct, "cpuacct.stat");
+                                if stat.is_some() {
+                                    CpuTimeFiles::AcctStat(stat)
+                                } else {
+                                    // Hybrid without cpuacct: the unified hierarchy's core
+                                    // cpu.stat still has the times.
+                                    fill(&mut stat, &unified, "cpu.stat");
+                                    if stat.is_some() {
+                                        CpuTimeFiles::V2Stat(stat)
+                                    } else {
+                                        CpuTimeFiles::Missing
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
             }
         };
-        let procs_file = [&memory, &pids, &cpuacct, &unified]
+        let cond = |what: SkipFiles, dir: &Option<PathBuf>| if wanted(what) { dir.clone() } else { None };
+        if !v2 {
+            fill(&mut self.throttling, &cond(SkipFiles::Throttling, &cpu), "cpu.stat");
+        }
+        fill(&mut self.memory_usage, &memory, if v2 { "memory.current" } else { "memory.usage_in_bytes" });
+        fill(&mut self.memory_stat, &cond(SkipFiles::MemoryStat, &memory), "memory.stat");
+        fill(&mut self.memory_limit, &memory, if v2 { "memory.max" } else { "memory.limit_in_bytes" });
+        fill(&mut self.oom, &memory, if v2 { "memory.events" } else { "memory.oom_control" });
+        let io = cond(SkipFiles::BlockIo, &blkio);
+        if v2 {
+            fill(&mut self.io_stat, &io, "io.stat");
+        } else {
+            fill(&mut self.blkio_bytes, &io, "blkio.throttle.io_service_bytes_recursive");
+            fill(&mut self.blkio_ops, &io, "blkio.throttle.io_serviced_recursive");
+        }
+        fill(&mut self.pids_current, &pids, "pids.current");
+        fill(&mut self.pids_max, &pids, "pids.max");
+        let pressure = cond(SkipFiles::Pressure, &unified);
+        for (slot, name) in self.pressure.iter_mut().zip(["cpu.pressure", "memory.pressure", "io.pressure"]) {
+            fill(slot, &pressure, name);
+        }
+        self.procs_file = [&memory, &pids, &cpuacct, &unified]
             .into_iter()
             .flatten()
+            .find(|d| d.is_dir())
+            .or_else(|| [&memory, &pids, &cpuacct, &unified].into_iter().flatten().next())
             .map(|d| {
                 // crun, on v2, moves a container's processes into a `container` child when the
                 // container runs systemd; the parent's cgroup.procs is then empty.
@@ -787,44 +868,8 @@ impl Group {
                     d.join("cgroup.procs")
                 }
             })
-            .next()
             .unwrap_or_default();
-        let group = Group {
-            what,
-            procs_file,
-            cpu_time,
-            throttling: if v2 { None } else { open_if(SkipFiles::Throttling, &cpu, "cpu.stat") },
-            v2_memory: v2,
-            memory_usage: open(&memory, if v2 { "memory.current" } else { "memory.usage_in_bytes" }),
-            memory_stat: open_if(SkipFiles::MemoryStat, &memory, "memory.stat"),
-            memory_limit: open(&memory, if v2 { "memory.max" } else { "memory.limit_in_bytes" }),
-            oom: open(&memory, if v2 { "memory.events" } else { "memory.oom_control" }),
-            io_stat: if v2 { open_if(SkipFiles::BlockIo, &blkio, "io.stat") } else { None },
-            blkio_bytes: if v2 {
-                None
-            } else {
-                open_if(SkipFiles::BlockIo, &blkio, "blkio.throttle.io_service_bytes_recursive")
-            },
-            blkio_ops: if v2 {
-                None
-            } else {
-                open_if(SkipFiles::BlockIo, &blkio, "blkio.throttle.io_serviced_recursive")
-            },
-            pids_current: open(&pids, "pids.current"),
-            pids_max: open(&pids, "pids.max"),
-            pressure: [
-                open_if(SkipFiles::Pressure, &unified, "cpu.pressure"),
-                open_if(SkipFiles::Pressure, &unified, "memory.pressure"),
-                open_if(SkipFiles::Pressure, &unified, "io.pressure"),
-            ],
-            limits_read: None,
-            memory_limit_value: None,
-            pids_limit_value: None,
-        };
-        if starved.get() {
-            return None;
-        }
-        Some(group)
+        !starved.get()
     }
 
     /// How many descriptors this group holds.
