@@ -590,3 +590,56 @@ fn interfaces_beyond_max_interfaces_are_left_out_and_counted() {
     let problems = NetnsConfig { max_interfaces: 0, ..NetnsConfig::default() }.validate();
     assert_eq!(problems.len(), 1, "{problems:?}");
 }
+
+/// A pod's sandbox is replaced: its containers now live in a new network namespace whose
+/// counters are already above the old ones. The source tells the start-time stamper, so the
+/// series restart (start = the previous sweep) instead of continuing as if nothing happened.
+/// Host peers are off so that the series keep the same attributes across namespaces: only the
+/// origin tells them apart.
+#[test]
+fn a_replaced_sandbox_namespace_starts_new_series() {
+    if !live() {
+        return;
+    }
+    let (ns_a, ns_b) = (TestNetns::create(), TestNetns::create());
+    let mut pod = KubePod::new(1);
+    let sandbox = pod.start(0, &format!("exec ip netns exec {} sleep 300", ns_a.name), "sleep");
+    let containers = pod.infos();
+    let id = pod.resource_id();
+    let config = NetnsConfig { resolve_host_peer: false, ..NetnsConfig::default() };
+    let mut source = NetnsSource::new(&config).expect("source");
+    let mut starts = podometer::model::StartTimes::new();
+    let mut stamped = |source: &mut NetnsSource| {
+        let mut s = sweep(source, &containers);
+        starts.apply(&mut s);
+        s
+    };
+    let start_of = |s: &Sweep| {
+        let r = s.resource(&id).expect("pod resource");
+        let p = r.points_of("k8s.pod.network.io").next().expect("a network point");
+        p.start_time.expect("counters have a start time")
+    };
+    let s1 = stamped(&mut source);
+    std::thread::sleep(Duration::from_millis(20));
+    let s2 = stamped(&mut source);
+    assert_eq!(start_of(&s2), s1.time, "same namespace: the series goes on");
+
+    // The new sandbox: more traffic in it than the old namespace ever saw.
+    pod.containers[0].1.kill(sandbox);
+    pod.start(0, &format!("exec ip netns exec {} sleep 300", ns_b.name), "sleep");
+    let sink = tcp_sink_in(&format!("/run/netns/{}", ns_b.name), PORT);
+    send_tcp(&ns_b.pod_addr, PORT, 200_000, Duration::from_secs(10));
+    assert_eq!(sink.join().expect("sink"), 200_000);
+    let old = value(&s2, &id, "k8s.pod.network.io", "eth0", "receive");
+
+    let telemetry = podometer::telemetry::Telemetry::global();
+    let replaced = || telemetry.netns_replaced.load(std::sync::atomic::Ordering::Relaxed);
+    let replaced_before = replaced();
+    let s3 = stamped(&mut source);
+    let new = value(&s3, &id, "k8s.pod.network.io", "eth0", "receive");
+    assert!(new > old, "the new namespace's counter ({new}) is above the old one's ({old})");
+    assert_eq!(start_of(&s3), s2.time, "new series, started at the previous sweep");
+    assert!(replaced() > replaced_before, "counted");
+    let s4 = stamped(&mut source);
+    assert_eq!(start_of(&s4), s2.time, "and it goes on from there");
+}

@@ -49,6 +49,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use serde::Deserialize;
 use thiserror::Error;
@@ -215,6 +216,10 @@ pub struct NetnsSource {
     /// as soon as its namespace has no member left (see the end of `collect`).
     dev_files: HashMap<NsKey, File>,
     dev_buf: Vec<u8>,
+    /// The namespace each resource's network series come from, and when the source first saw
+    /// it there: the origin given to [`crate::model::StartTimes`], so that a pod whose sandbox
+    /// namespace is replaced starts new series instead of continuing the old ones.
+    origins: HashMap<ResourceId, (NsKey, SystemTime)>,
 }
 
 /// Reads a kept-open procfs file whole from offset 0 into `buf`.
@@ -268,6 +273,7 @@ impl NetnsSource {
             peers,
             dev_files: HashMap::new(),
             dev_buf: vec![0; 4096],
+            origins: HashMap::new(),
         })
     }
 
@@ -397,6 +403,8 @@ impl Source for NetnsSource {
         groups.sort_by_key(|(key, members)| (members.iter().map(|m| m.pid.start).min(), *key));
 
         let mut pods_done: HashSet<String> = HashSet::new();
+        let now = sweep.time;
+        let mut touched: HashSet<ResourceId> = HashSet::with_capacity(groups.len());
         let mut live_namespaces: HashSet<NsKey> = HashSet::with_capacity(groups.len());
         for (key, members) in &groups {
             if *key == host {
@@ -514,6 +522,7 @@ impl Source for NetnsSource {
                     &semconv::CONTAINER_NETWORK,
                 ),
             };
+            let origin = note_origin(&mut self.origins, &mut touched, &id, *key, now);
             let resource = sweep.resource_mut(id, || attributes);
             for iface in wanted {
                 let peer = peers.and_then(|p| p.get(&iface.name));
@@ -533,6 +542,7 @@ impl Source for NetnsSource {
                         if let Some(peer) = peer {
                             point = point.with(semconv::NETWORK_INTERFACE_HOST_PEER, peer.as_str());
                         }
+                        point.start_time = Some(origin);
                         resource.points.push(point);
                     }
                 }
@@ -541,6 +551,7 @@ impl Source for NetnsSource {
         if let Some(peers) = &mut self.peers {
             peers.end_sweep(&live_namespaces);
         }
+        self.origins.retain(|id, _| touched.contains(id));
         // Close the files of namespaces without members: an open file would keep a dead
         // namespace alive.
         self.dev_files.retain(|key, _| live_namespaces.contains(key));
@@ -572,6 +583,32 @@ impl NetnsSource {
     }
 }
 
+/// The origin of a resource's network series: when this source first saw the resource in
+/// namespace `key`. A resource seen in another namespace than last sweep gets a new origin,
+/// counted in `netns_replaced`.
+fn note_origin(
+    origins: &mut HashMap<ResourceId, (NsKey, SystemTime)>,
+    touched: &mut HashSet<ResourceId>,
+    id: &ResourceId,
+    key: NsKey,
+    now: SystemTime,
+) -> SystemTime {
+    touched.insert(id.clone());
+    match origins.get_mut(id) {
+        Some((k, since)) if *k == key => *since,
+        Some(entry) => {
+            Telemetry::inc(&Telemetry::global().netns_replaced);
+            debug!(resource = ?id, "New network namespace (sandbox replaced); its network series start anew.");
+            *entry = (key, now);
+            now
+        }
+        None => {
+            origins.insert(id.clone(), (key, now));
+            now
+        }
+    }
+}
+
 fn interface_wanted(include: &[Glob], exclude: &[Glob], name: &str) -> bool {
     (include.is_empty() || include.iter().any(|g| g.matches(name)))
         && !exclude.iter().any(|g| g.matches(name))
@@ -597,6 +634,27 @@ fn container_attributes(c: &ContainerInfo) -> Attributes {
         attrs.push((semconv::PODMAN_POD_ID, AttrValue::from(id.as_str())));
     }
     attrs
+}
+
+/// The peers just matched, plus the last known peer of each interface still present that the
+/// match left without one. `network.interface.host_peer` is an identifying point attribute and
+/// its lookup is best effort (a failed dump, a stale host cache, a missing `CAP_NET_ADMIN`):
+/// losing it would start new series for no change on the node. A veth's two ends live and die
+/// together, so an interface that is still there still has the peer it had; a different peer
+/// from a successful match replaces it.
+fn keep_known_peers(
+    mut matched: HashMap<String, String>,
+    known: &HashMap<String, String>,
+    interfaces: &[String],
+) -> HashMap<String, String> {
+    for name in interfaces {
+        if !matched.contains_key(name) {
+            if let Some(peer) = known.get(name) {
+                matched.insert(name.clone(), peer.clone());
+            }
+        }
+    }
+    matched
 }
 
 /// How often the peer resolver went to the kernel; to check that steady state costs nothing.
@@ -703,6 +761,8 @@ impl PeerResolver {
             self.refresh_host();
         }
         if stale {
+            // What was known stays known (see `keep_known_peers`).
+            let known = self.namespaces.remove(&key).map(|ns| ns.peers).unwrap_or_default();
             let ns_path = proc_root.join(pid.to_string()).join("ns/net");
             self.counts.namespace_lookups += 1;
             let (nsid, pod_links) = match self.rtnl.nsid_of(&ns_path) {
@@ -729,16 +789,17 @@ impl PeerResolver {
                     nsid,
                     pod_links,
                     generation: 0,
-                    peers: HashMap::new(),
+                    peers: known,
                 },
             );
         }
         let ns = self.namespaces.get_mut(&key)?;
         if ns.generation != self.generation {
-            ns.peers = match ns.nsid {
+            let matched = match ns.nsid {
                 Some(nsid) => match_host_peers(nsid, &ns.pod_links, &self.host_links),
                 None => HashMap::new(),
             };
+            ns.peers = keep_known_peers(matched, &ns.peers, &ns.interfaces);
             ns.generation = self.generation;
         }
         Some(&ns.peers)
@@ -773,6 +834,20 @@ mod tests {
         assert!(cfg.exclude_interfaces.is_empty());
         assert!(serde_json::from_str::<NetnsConfig>(r#"{"proc_rot":"/x"}"#).is_err());
         assert!(serde_json::from_str::<NetnsConfig>(r#"{"host_network":"report"}"#).is_err());
+    }
+
+    #[test]
+    fn known_peers_survive_a_failed_lookup_and_yield_to_a_new_match() {
+        let map = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
+        };
+        let interfaces = vec!["eth0".to_owned(), "net1".to_owned()];
+        let known = map(&[("eth0", "veth1"), ("gone0", "veth9")]);
+        // The lookup failed: nothing matched. eth0 keeps its peer; a gone interface's is dropped.
+        assert_eq!(keep_known_peers(HashMap::new(), &known, &interfaces), map(&[("eth0", "veth1")]));
+        // A successful match wins, and adds what is new.
+        let matched = map(&[("eth0", "veth2"), ("net1", "veth3")]);
+        assert_eq!(keep_known_peers(matched.clone(), &known, &interfaces), matched);
     }
 
     #[test]
