@@ -20,7 +20,10 @@
 //!   are never attributed to a container or pod. [`HostNetwork`] decides whether such members
 //!   are merely skipped or also marked.
 //! - **Host peer.** See the `peer` submodule: rtnetlink from the host namespace names the host-side veth
-//!   of each pod interface (point attribute `network.interface.host_peer`).
+//!   of each pod interface (point attribute `network.interface.host_peer`). The host's links are
+//!   dumped once and then kept current from link notifications; a namespace is looked up
+//!   (`RTM_GETNSID` and a dump of its links) when it is new or its interface names change. So
+//!   once every namespace is known, a sweep sends no netlink request at all.
 //!
 //! Privileges, checked on kernel 6.18 with `setpriv` dropping one capability at a time:
 //! - `stat` of `/proc/<pid>/ns/net` is a ptrace-read check: `CAP_SYS_PTRACE` for processes
@@ -660,11 +663,13 @@ fn keep_known_peers(
 /// How often the peer resolver went to the kernel; to check that steady state costs nothing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NetlinkCounts {
-    /// Dumps of the host's links (after link events, or for a new namespace).
+    /// Dumps of the host's links: the first, and after notifications were lost.
     pub host_dumps: u64,
     /// Namespaces resolved (`RTM_GETNSID` plus a dump of the pod's links): new namespaces and
     /// namespaces whose interface names changed.
     pub namespace_lookups: u64,
+    /// Host link notifications applied to the cache (no request: the kernel sends them).
+    pub link_events: u64,
 }
 
 /// Per-namespace cache of host peers, refreshed on link events.
@@ -719,8 +724,20 @@ impl PeerResolver {
         }
     }
 
+    /// Applies the host's link changes heard since the last sweep to the cached host links. A
+    /// change that may move a peer has every namespace matched again (in memory); only lost
+    /// notifications make the next sweep dump the host's links.
     fn begin_sweep(&mut self) {
-        if self.events.drain() {
+        let drained = self.events.drain();
+        self.counts.link_events += drained.changes.len() as u64;
+        let mut relevant = false;
+        for change in drained.changes {
+            relevant |= peer::apply_link_change(&mut self.host_links, change);
+        }
+        if relevant {
+            self.generation += 1;
+        }
+        if drained.lost {
             self.host_dirty = true;
         }
         self.host_tried = false;
