@@ -39,12 +39,9 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use crate::fdlimit;
-use crate::model::{
-    AttrValue, Attributes, ContainerInfo, PodRef, Point, Resource, ResourceId, Runtime, Sweep, SweepContext,
-    Value,
-};
+use crate::model::{AttrValue, ContainerInfo, Point, Resource, ResourceId, Sweep, SweepContext, Value};
 use crate::semconv::{self, CgroupFamily};
-use crate::sources::{BoxError, Source};
+use crate::sources::{container_attributes, is_vanished, pod_attributes, BoxError, Source};
 use crate::telemetry::Telemetry;
 use crate::warn_limited;
 pub use classify::{Classified, Classifier, Layouts};
@@ -562,26 +559,6 @@ impl Source for CgroupSource {
     }
 }
 
-fn container_attributes(id: &str, runtime: Runtime, pod: Option<&PodRef>) -> Attributes {
-    let mut attrs: Attributes = vec![
-        (semconv::CONTAINER_ID, AttrValue::from(id)),
-        (semconv::CONTAINER_RUNTIME_NAME, AttrValue::from(runtime.as_str())),
-    ];
-    match pod {
-        Some(PodRef::Kubernetes { uid, qos }) => {
-            attrs.push((semconv::K8S_POD_UID, AttrValue::from(uid.as_str())));
-            attrs.push((semconv::K8S_POD_QOS_CLASS, AttrValue::from(qos.as_str())));
-        }
-        Some(PodRef::Podman { id }) => attrs.push((semconv::PODMAN_POD_ID, AttrValue::from(id.as_str()))),
-        None => {}
-    }
-    attrs
-}
-
-fn pod_attributes(uid: &str, qos: &str) -> Attributes {
-    vec![(semconv::K8S_POD_UID, AttrValue::from(uid)), (semconv::K8S_POD_QOS_CLASS, AttrValue::from(qos))]
-}
-
 /// An open control file and its path, for error messages.
 struct Handle {
     file: File,
@@ -640,16 +617,10 @@ fn read_into<'b>(handle: &Option<Handle>, buf: &'b mut Vec<u8>) -> Result<Option
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return match e.raw_os_error() {
-                    Some(libc::ENOENT | libc::ENODEV | libc::ESRCH) => {
-                        Err(CgroupsError::Vanished { path: h.path.clone() })
-                    }
-                    // PSI switched off for this cgroup (`cgroup.pressure` 0) or the whole kernel.
-                    Some(libc::EOPNOTSUPP) => Ok(None),
-                    _ => Err(CgroupsError::Io { path: h.path.clone(), source: e }),
-                };
-            }
+            Err(e) if is_vanished(&e) => return Err(CgroupsError::Vanished { path: h.path.clone() }),
+            // PSI switched off for this cgroup (`cgroup.pressure` 0) or the whole kernel.
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(None),
+            Err(e) => return Err(CgroupsError::Io { path: h.path.clone(), source: e }),
         }
     }
     std::str::from_utf8(&buf[..len])

@@ -5,7 +5,8 @@
 //! - **Which namespace.** For each container, a live pid from its `cgroup.procs` (the oldest,
 //!   cached, and checked first next sweep together with its start time so a reused pid is not
 //!   trusted); the namespace identity is the device and inode of `<proc_root>/<pid>/ns/net`
-//!   (a `stat`, nothing is opened). Containers are grouped by that identity.
+//!   (a `stat`, nothing is opened), taken once per cached process, not every sweep. Containers
+//!   are grouped by that identity.
 //! - **Counters.** `<proc_root>/<pid>/net/dev` of one member, read once per namespace and
 //!   sweep. procfs shows the namespace of the process it belongs to, so no `setns`, no fork.
 //!   Counters are in the pod's view: receive is what the pod received.
@@ -59,11 +60,9 @@ use thiserror::Error;
 use tracing::debug;
 
 use crate::glob::Glob;
-use crate::model::{
-    AttrValue, Attributes, ContainerInfo, PodRef, Point, ResourceId, Sweep, SweepContext, Value,
-};
+use crate::model::{Attributes, ContainerInfo, PodRef, Point, ResourceId, Sweep, SweepContext, Value};
 use crate::semconv::{self, NetworkFamily};
-use crate::sources::{BoxError, Source};
+use crate::sources::{container_attributes, is_vanished, pod_attributes, BoxError, Source};
 use crate::telemetry::Telemetry;
 use crate::warn_limited;
 
@@ -177,11 +176,6 @@ impl NetnsError {
     }
 }
 
-fn is_vanished(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::NotFound
-        || matches!(e.raw_os_error(), Some(libc::ESRCH) | Some(libc::ENODEV) | Some(libc::ENOENT))
-}
-
 /// Identity of a network namespace: device and inode of the nsfs file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct NsKey {
@@ -210,7 +204,8 @@ pub struct NetnsSource {
     max_interfaces: usize,
     /// The host's network namespace, fixed for the agent's life.
     host: NsKey,
-    pids: HashMap<String, CachedPid>,
+    /// Each container's oldest live process and its namespace.
+    pids: HashMap<String, (CachedPid, NsKey)>,
     /// hostNetwork containers already logged, so the debug line comes once per container.
     host_network_logged: HashSet<String>,
     peers: Option<PeerResolver>,
@@ -293,11 +288,13 @@ impl NetnsSource {
     /// The container's oldest live process and its namespace; `Ok(None)` when it has no live
     /// process left.
     fn locate(&mut self, c: &ContainerInfo) -> Result<Option<(CachedPid, NsKey)>, NetnsError> {
-        if let Some(cached) = self.pids.get(&c.id).copied() {
+        // The same process (same pid, same start time) is in the same namespace: processes of
+        // a container do not leave theirs (a `setns` of its oldest process would go unseen until
+        // it exits). So a known container costs one read of its pid's `stat`, and no `stat` of
+        // `ns/net`.
+        if let Some((cached, key)) = self.pids.get(&c.id).copied() {
             if start_time(&self.proc_root, cached.pid).ok() == Some(cached.start) {
-                if let Ok(key) = ns_key(&self.proc_root, cached.pid) {
-                    return Ok(Some((cached, key)));
-                }
+                return Ok(Some((cached, key)));
             }
             self.pids.remove(&c.id);
         }
@@ -325,7 +322,7 @@ impl NetnsSource {
             // A zombie still has a stat file but no namespace: try the next one.
             match ns_key(&self.proc_root, candidate.pid) {
                 Ok(key) => {
-                    self.pids.insert(c.id.clone(), candidate);
+                    self.pids.insert(c.id.clone(), (candidate, key));
                     return Ok(Some((candidate, key)));
                 }
                 Err(e) => note(e),
@@ -514,14 +511,16 @@ impl Source for NetnsSource {
             };
 
             let (id, attributes, family): (ResourceId, Attributes, &'static NetworkFamily) = match pod {
-                Some((uid, qos)) => (
-                    ResourceId::Pod(uid.to_owned()),
-                    vec![(semconv::K8S_POD_UID, uid.into()), (semconv::K8S_POD_QOS_CLASS, qos.into())],
-                    &semconv::POD_NETWORK,
-                ),
+                Some((uid, qos)) => {
+                    (ResourceId::Pod(uid.to_owned()), pod_attributes(uid, qos), &semconv::POD_NETWORK)
+                }
                 None => (
                     owner.container.resource_id(),
-                    container_attributes(owner.container),
+                    container_attributes(
+                        &owner.container.id,
+                        owner.container.runtime,
+                        owner.container.pod.as_ref(),
+                    ),
                     &semconv::CONTAINER_NETWORK,
                 ),
             };
@@ -572,14 +571,13 @@ impl NetnsSource {
                 continue;
             }
             let (id, attributes) = match &m.container.pod {
-                Some(PodRef::Kubernetes { uid, qos }) => (
-                    ResourceId::Pod(uid.clone()),
-                    vec![
-                        (semconv::K8S_POD_UID, uid.as_str().into()),
-                        (semconv::K8S_POD_QOS_CLASS, qos.as_str().into()),
-                    ],
+                Some(PodRef::Kubernetes { uid, qos }) => {
+                    (ResourceId::Pod(uid.clone()), pod_attributes(uid, qos))
+                }
+                _ => (
+                    m.container.resource_id(),
+                    container_attributes(&m.container.id, m.container.runtime, m.container.pod.as_ref()),
                 ),
-                _ => (m.container.resource_id(), container_attributes(m.container)),
             };
             sweep.resource_mut(id, || attributes).set_attribute(semconv::PODOMETER_HOST_NETWORK, true);
         }
@@ -626,17 +624,6 @@ fn kubernetes_pod<'a>(members: &'a [Member<'_>]) -> Option<(&'a str, &'a str)> {
             _ => None,
         })
         .min()
-}
-
-fn container_attributes(c: &ContainerInfo) -> Attributes {
-    let mut attrs: Attributes = vec![
-        (semconv::CONTAINER_ID, c.id.as_str().into()),
-        (semconv::CONTAINER_RUNTIME_NAME, c.runtime.as_str().into()),
-    ];
-    if let Some(PodRef::Podman { id }) = &c.pod {
-        attrs.push((semconv::PODMAN_POD_ID, AttrValue::from(id.as_str())));
-    }
-    attrs
 }
 
 /// The peers just matched, plus the last known peer of each interface still present that the
