@@ -370,13 +370,92 @@ struct Member<'a> {
 }
 
 impl Source for NetnsSource {
+    /// One sweep, in four steps: find each container's namespace ([`NetnsSource::group_by_namespace`]),
+    /// bring the host peer cache up to date, then per namespace choose where its series go
+    /// ([`NetnsSource::target`]), read its counters ([`NetnsSource::read_counters`]) and emit
+    /// them ([`NetnsSource::emit`]); last, let go of what no namespace uses any more.
     fn collect(&mut self, ctx: &mut SweepContext, sweep: &mut Sweep) -> Result<(), BoxError> {
-        let host = self.host;
-        let telemetry = Telemetry::global();
+        let groups = self.group_by_namespace(&ctx.containers);
+        if let Some(peers) = &mut self.peers {
+            peers.begin_sweep();
+        }
+        let mut pods_done: HashSet<String> = HashSet::new();
+        let mut touched: HashSet<ResourceId> = HashSet::with_capacity(groups.len());
+        let mut live_namespaces: HashSet<NsKey> = HashSet::with_capacity(groups.len());
+        for (key, members) in &groups {
+            if *key == self.host {
+                self.host_network_members(members, sweep);
+                continue;
+            }
+            let Some(target) = target(members, &mut pods_done) else { continue };
+            let Some((reader_pid, counters)) = self.read_counters(*key, target.owner, members) else {
+                continue;
+            };
+            live_namespaces.insert(*key);
+            let origin = note_origin(&mut self.origins, &mut touched, &target.id, *key, sweep.time);
+            self.emit(*key, reader_pid, &counters, target, origin, sweep);
+        }
+        if let Some(peers) = &mut self.peers {
+            peers.end_sweep(&live_namespaces);
+        }
+        self.origins.retain(|id, _| touched.contains(id));
+        // Close the files of namespaces without members: an open file would keep a dead
+        // namespace alive.
+        self.dev_files.retain(|key, _| live_namespaces.contains(key));
+        Ok(())
+    }
+}
 
-        let mut groups: BTreeMap<NsKey, Vec<Member<'_>>> = BTreeMap::new();
-        let mut seen: HashSet<&str> = HashSet::with_capacity(ctx.containers.len());
-        for c in &ctx.containers {
+/// Where a namespace's series go: the resource, its attributes if it is new, the metric family.
+struct Target<'m, 'c> {
+    owner: &'m Member<'c>,
+    id: ResourceId,
+    attributes: Attributes,
+    family: &'static NetworkFamily,
+}
+
+/// The pod of a namespace's members if any (`k8s.pod.network.*` on the pod), else the owner
+/// container (`container.network.*`). `None` when there is no member, or when the pod was
+/// already reported this sweep from an older namespace (its sandbox being replaced).
+fn target<'m, 'c>(members: &'m [Member<'c>], pods_done: &mut HashSet<String>) -> Option<Target<'m, 'c>> {
+    let owner =
+        choose_owner(&members.iter().map(|m| (m.container.id.as_str(), m.pid.start)).collect::<Vec<_>>())?;
+    let owner = &members[owner];
+    Some(match kubernetes_pod(members) {
+        Some((uid, qos)) => {
+            if !pods_done.insert(uid.to_owned()) {
+                debug!(pod_uid = uid, "Pod spans two network namespaces this sweep; reporting the first.");
+                return None;
+            }
+            Target {
+                owner,
+                id: ResourceId::Pod(uid.to_owned()),
+                attributes: pod_attributes(uid, qos),
+                family: &semconv::POD_NETWORK,
+            }
+        }
+        None => Target {
+            owner,
+            id: owner.container.resource_id(),
+            attributes: container_attributes(
+                &owner.container.id,
+                owner.container.runtime,
+                owner.container.pod.as_ref(),
+            ),
+            family: &semconv::CONTAINER_NETWORK,
+        },
+    })
+}
+
+impl NetnsSource {
+    /// Each container's namespace, containers grouped by it, oldest namespace first (by its
+    /// oldest process), so that when a pod shows in two namespaces (its sandbox being replaced)
+    /// the one it has been using keeps the series. Forgets containers no longer listed.
+    fn group_by_namespace<'c>(&mut self, containers: &'c [ContainerInfo]) -> Vec<(NsKey, Vec<Member<'c>>)> {
+        let telemetry = Telemetry::global();
+        let mut groups: BTreeMap<NsKey, Vec<Member<'c>>> = BTreeMap::new();
+        let mut seen: HashSet<&str> = HashSet::with_capacity(containers.len());
+        for c in containers {
             seen.insert(c.id.as_str());
             match self.locate(c) {
                 Ok(Some((pid, key))) => groups.entry(key).or_default().push(Member { container: c, pid }),
@@ -392,172 +471,136 @@ impl Source for NetnsSource {
         }
         self.pids.retain(|id, _| seen.contains(id.as_str()));
         self.host_network_logged.retain(|id| seen.contains(id.as_str()));
-
-        if let Some(peers) = &mut self.peers {
-            peers.begin_sweep();
-        }
-
-        // Oldest namespace first (by its oldest process), so that when a pod shows in two
-        // namespaces (its sandbox being replaced) the one it has been using keeps the series.
-        let mut groups: Vec<(NsKey, Vec<Member<'_>>)> = groups.into_iter().collect();
+        let mut groups: Vec<(NsKey, Vec<Member<'c>>)> = groups.into_iter().collect();
         groups.sort_by_key(|(key, members)| (members.iter().map(|m| m.pid.start).min(), *key));
+        groups
+    }
 
-        let mut pods_done: HashSet<String> = HashSet::new();
-        let now = sweep.time;
-        let mut touched: HashSet<ResourceId> = HashSet::with_capacity(groups.len());
-        let mut live_namespaces: HashSet<NsKey> = HashSet::with_capacity(groups.len());
-        for (key, members) in &groups {
-            if *key == host {
-                self.host_network_members(members, sweep);
-                continue;
-            }
-            let Some(owner) = choose_owner(
-                &members.iter().map(|m| (m.container.id.as_str(), m.pid.start)).collect::<Vec<_>>(),
-            ) else {
-                continue;
-            };
-            let owner = &members[owner];
-            let pod = kubernetes_pod(members);
-            if let Some((uid, _)) = pod {
-                if !pods_done.insert(uid.to_owned()) {
-                    debug!(
-                        pod_uid = uid,
-                        "Pod spans two network namespaces this sweep; reporting the first."
-                    );
-                    continue;
+    /// A namespace's `net/dev`, parsed, and the pid it was read through: from the file kept
+    /// open for the namespace, else through the owner's process, else any other member's (the
+    /// owner's may exit right now). `None` (counted, logged) when nothing could be read.
+    fn read_counters(
+        &mut self,
+        key: NsKey,
+        owner: &Member<'_>,
+        members: &[Member<'_>],
+    ) -> Option<(u32, Vec<InterfaceCounters>)> {
+        let telemetry = Telemetry::global();
+        // A namespace read before: its file is still open (and the namespace still has a
+        // member, or it would not be in this sweep's groups).
+        let mut read = None;
+        if let Some(file) = self.dev_files.get(&key) {
+            match pread_text(file, &mut self.dev_buf) {
+                Ok(text) => read = Some((owner.pid.pid, text.to_owned())),
+                Err(_) => {
+                    self.dev_files.remove(&key);
                 }
             }
-
-            // A namespace read before: its file is still open (and the namespace still has a
-            // member, or it would not be in this sweep's groups).
-            let mut read = None;
-            if let Some(file) = self.dev_files.get(key) {
-                match pread_text(file, &mut self.dev_buf) {
-                    Ok(text) => read = Some((owner.pid.pid, text.to_owned())),
-                    Err(_) => {
-                        self.dev_files.remove(key);
+        }
+        let readers = std::iter::once(owner).chain(members.iter().filter(|m| m.pid.pid != owner.pid.pid));
+        let mut failed = false;
+        for reader in readers {
+            if read.is_some() {
+                break;
+            }
+            let path = self.proc_root.join(reader.pid.pid.to_string()).join("net/dev");
+            let opened = File::open(&path);
+            match opened.and_then(|f| pread_text(&f, &mut self.dev_buf).map(|t| (t.to_owned(), f))) {
+                Ok((text, file)) => {
+                    if may_keep_open(self.dev_files.len()) {
+                        self.dev_files.insert(key, file);
                     }
-                }
-            }
-            // The owner first; if its process exits right now, any other member will do.
-            let readers = std::iter::once(owner).chain(members.iter().filter(|m| m.pid.pid != owner.pid.pid));
-            let mut failed = false;
-            for reader in readers {
-                if read.is_some() {
+                    read = Some((reader.pid.pid, text));
                     break;
                 }
-                let path = self.proc_root.join(reader.pid.pid.to_string()).join("net/dev");
-                let opened = File::open(&path);
-                match opened.and_then(|f| pread_text(&f, &mut self.dev_buf).map(|t| (t.to_owned(), f))) {
-                    Ok((text, file)) => {
-                        if may_keep_open(self.dev_files.len()) {
-                            self.dev_files.insert(*key, file);
-                        }
-                        read = Some((reader.pid.pid, text));
-                        break;
-                    }
-                    Err(source) if is_vanished(&source) => continue,
-                    Err(source) => {
-                        Telemetry::inc(&telemetry.source_errors);
-                        let e = NetnsError::Read { path, source };
-                        warn_limited!("netns.read", error = %e, "Cannot read a namespace's network counters.");
-                        failed = true;
-                        break;
-                    }
-                }
-            }
-            let Some((reader_pid, text)) = read else {
-                if !failed {
-                    Telemetry::inc(&telemetry.containers_vanished);
-                }
-                continue;
-            };
-            let counters = match parse_net_dev(&text) {
-                Ok(c) => c,
+                Err(source) if is_vanished(&source) => continue,
                 Err(source) => {
                     Telemetry::inc(&telemetry.source_errors);
-                    let path = self.proc_root.join(reader_pid.to_string()).join("net/dev");
-                    let e = NetnsError::Parse { path, source };
-                    warn_limited!("netns.parse", error = %e, "Cannot parse a namespace's network counters.");
-                    continue;
+                    let e = NetnsError::Read { path, source };
+                    warn_limited!("netns.read", error = %e, "Cannot read a namespace's network counters.");
+                    failed = true;
+                    break;
                 }
-            };
-            live_namespaces.insert(*key);
-
-            let (include, exclude) = (&self.include, &self.exclude);
-            let mut wanted: Vec<&InterfaceCounters> =
-                counters.iter().filter(|i| interface_wanted(include, exclude, &i.name)).collect();
-            if wanted.len() > self.max_interfaces {
-                let over = wanted.len() - self.max_interfaces;
-                wanted.truncate(self.max_interfaces);
-                telemetry
-                    .netns_interfaces_over_cap
-                    .fetch_add(over as u64, std::sync::atomic::Ordering::Relaxed);
-                warn_limited!(
-                    "netns.max_interfaces",
-                    left_out = over,
-                    max_interfaces = self.max_interfaces,
-                    pid = reader_pid,
-                    "A network namespace has more interfaces than sources.netns.max_interfaces; the rest are not reported."
-                );
             }
-            if wanted.is_empty() {
-                continue;
+        }
+        let Some((reader_pid, text)) = read else {
+            if !failed {
+                Telemetry::inc(&telemetry.containers_vanished);
             }
-            let names: Vec<&str> = wanted.iter().map(|c| c.name.as_str()).collect();
-            let peers = match &mut self.peers {
-                Some(p) => p.peers_of(*key, &self.proc_root, reader_pid, &names),
-                None => None,
-            };
+            return None;
+        };
+        match parse_net_dev(&text) {
+            Ok(counters) => Some((reader_pid, counters)),
+            Err(source) => {
+                Telemetry::inc(&telemetry.source_errors);
+                let path = self.proc_root.join(reader_pid.to_string()).join("net/dev");
+                let e = NetnsError::Parse { path, source };
+                warn_limited!("netns.parse", error = %e, "Cannot parse a namespace's network counters.");
+                None
+            }
+        }
+    }
 
-            let (id, attributes, family): (ResourceId, Attributes, &'static NetworkFamily) = match pod {
-                Some((uid, qos)) => {
-                    (ResourceId::Pod(uid.to_owned()), pod_attributes(uid, qos), &semconv::POD_NETWORK)
-                }
-                None => (
-                    owner.container.resource_id(),
-                    container_attributes(
-                        &owner.container.id,
-                        owner.container.runtime,
-                        owner.container.pod.as_ref(),
-                    ),
-                    &semconv::CONTAINER_NETWORK,
-                ),
-            };
-            let origin = note_origin(&mut self.origins, &mut touched, &id, *key, now);
-            let resource = sweep.resource_mut(id, || attributes);
-            for iface in wanted {
-                let peer = peers.and_then(|p| p.get(&iface.name));
-                for (direction, c) in [
-                    (semconv::DIRECTION_RECEIVE, &iface.receive),
-                    (semconv::DIRECTION_TRANSMIT, &iface.transmit),
+    /// The wanted interfaces of a namespace (filters, then `max_interfaces`), with their host
+    /// peers, as points on the target resource, stamped with the namespace's origin.
+    fn emit(
+        &mut self,
+        key: NsKey,
+        reader_pid: u32,
+        counters: &[InterfaceCounters],
+        target: Target<'_, '_>,
+        origin: SystemTime,
+        sweep: &mut Sweep,
+    ) {
+        let (include, exclude) = (&self.include, &self.exclude);
+        let mut wanted: Vec<&InterfaceCounters> =
+            counters.iter().filter(|i| interface_wanted(include, exclude, &i.name)).collect();
+        if wanted.len() > self.max_interfaces {
+            let over = wanted.len() - self.max_interfaces;
+            wanted.truncate(self.max_interfaces);
+            Telemetry::global()
+                .netns_interfaces_over_cap
+                .fetch_add(over as u64, std::sync::atomic::Ordering::Relaxed);
+            warn_limited!(
+                "netns.max_interfaces",
+                left_out = over,
+                max_interfaces = self.max_interfaces,
+                pid = reader_pid,
+                "A network namespace has more interfaces than sources.netns.max_interfaces; the rest are not reported."
+            );
+        }
+        if wanted.is_empty() {
+            return;
+        }
+        let names: Vec<&str> = wanted.iter().map(|c| c.name.as_str()).collect();
+        let peers = match &mut self.peers {
+            Some(p) => p.peers_of(key, &self.proc_root, reader_pid, &names),
+            None => None,
+        };
+        let Target { id, attributes, family, .. } = target;
+        let resource = sweep.resource_mut(id, || attributes);
+        for iface in wanted {
+            let peer = peers.and_then(|p| p.get(&iface.name));
+            for (direction, c) in
+                [(semconv::DIRECTION_RECEIVE, &iface.receive), (semconv::DIRECTION_TRANSMIT, &iface.transmit)]
+            {
+                for (metric, value) in [
+                    (&family.io, c.bytes),
+                    (&family.errors, c.errors),
+                    (&family.packets, c.packets),
+                    (&family.dropped, c.dropped),
                 ] {
-                    for (metric, value) in [
-                        (&family.io, c.bytes),
-                        (&family.errors, c.errors),
-                        (&family.packets, c.packets),
-                        (&family.dropped, c.dropped),
-                    ] {
-                        let mut point = Point::new(metric, Value::from_u64(value))
-                            .with(semconv::NETWORK_INTERFACE_NAME, iface.name.as_str())
-                            .with(semconv::NETWORK_IO_DIRECTION, direction);
-                        if let Some(peer) = peer {
-                            point = point.with(semconv::NETWORK_INTERFACE_HOST_PEER, peer.as_str());
-                        }
-                        point.start_time = Some(origin);
-                        resource.points.push(point);
+                    let mut point = Point::new(metric, Value::from_u64(value))
+                        .with(semconv::NETWORK_INTERFACE_NAME, iface.name.as_str())
+                        .with(semconv::NETWORK_IO_DIRECTION, direction);
+                    if let Some(peer) = peer {
+                        point = point.with(semconv::NETWORK_INTERFACE_HOST_PEER, peer.as_str());
                     }
+                    point.start_time = Some(origin);
+                    resource.points.push(point);
                 }
             }
         }
-        if let Some(peers) = &mut self.peers {
-            peers.end_sweep(&live_namespaces);
-        }
-        self.origins.retain(|id, _| touched.contains(id));
-        // Close the files of namespaces without members: an open file would keep a dead
-        // namespace alive.
-        self.dev_files.retain(|key, _| live_namespaces.contains(key));
-        Ok(())
     }
 }
 
