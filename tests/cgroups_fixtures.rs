@@ -766,3 +766,33 @@ fn max_groups_caps_the_groups_and_prefers_anchored_ones_over_rootless() {
     let err = CgroupSource::new(&CgroupsConfig { max_groups: 0, ..config(tmp.path()) }).expect_err("zero");
     assert!(err.to_string().contains("max_groups"), "{err}");
 }
+
+/// A controller enabled after the container was found (v2: `io.stat` appears when `io` is
+/// written to the parent's `cgroup.subtree_control`; crun's `container/` child appears when the
+/// container starts systemd): picked up at the next discovery, not never.
+#[test]
+fn files_and_the_crun_child_that_appear_later_are_picked_up_at_the_next_discovery() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    copy_tree(&fixture("v2-kubelet-systemd-containerd"), tmp.path());
+    let uid_ = UID1.replace('-', "_");
+    let dir = tmp.path().join(format!(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-{C1}.scope"
+    ));
+    let io_stat = std::fs::read(dir.join("io.stat")).expect("fixture io.stat");
+    std::fs::remove_file(dir.join("io.stat")).expect("rm io.stat");
+    let cfg = CgroupsConfig { discovery_interval: Duration::ZERO, ..config(tmp.path()) };
+    let mut source = CgroupSource::new(&cfg).expect("source");
+    let (ctx, first) = sweep_once(&mut source);
+    let r = first.resource(&cid(C1)).expect("container");
+    assert!(r.points_of(CONTAINER.disk_io.name).next().is_none(), "no io.stat yet");
+    let procs = |ctx: &SweepContext| ctx.containers.iter().find(|c| c.id == C1).map(|c| c.procs_file.clone());
+    assert_eq!(procs(&ctx), Some(dir.join("cgroup.procs")));
+
+    std::fs::write(dir.join("io.stat"), io_stat).expect("io.stat back");
+    std::fs::create_dir(dir.join("container")).expect("crun child");
+    std::fs::write(dir.join("container/cgroup.procs"), "42\n").expect("procs");
+    let (ctx, second) = sweep_once(&mut source);
+    let r = second.resource(&cid(C1)).expect("container");
+    assert!(r.points_of(CONTAINER.disk_io.name).next().is_some(), "io.stat read now: {r:#?}");
+    assert_eq!(procs(&ctx), Some(dir.join("container/cgroup.procs")), "processes looked up in crun's child");
+}
