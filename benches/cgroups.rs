@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use podometer::model::{Sweep, SweepContext};
-use podometer::sources::cgroups::{CgroupSource, CgroupsConfig};
+use podometer::sources::cgroups::{CgroupSource, CgroupsConfig, Layouts};
 use podometer::sources::Source;
 
 const N: usize = 100;
@@ -170,11 +170,15 @@ fn naive(files: &[PathBuf]) -> usize {
 
 fn bench(c: &mut Criterion) {
     let bed = build();
+    let mut layouts = Layouts::default();
+    // The live bed's kubelet tree sits under its own top directory.
+    layouts.kubelet.push(format!("podometer-bench-{}/kubepods", std::process::id()));
     let config = CgroupsConfig {
         root: bed.root().to_owned(),
         discovery_interval: Duration::from_secs(3600),
         limits_interval: Duration::from_secs(3600),
-        skip: Vec::new(),
+        layouts,
+        ..CgroupsConfig::default()
     };
     let mut source = CgroupSource::new(&config).expect("source");
     // The first sweep walks the tree and opens the files; steady state is what follows.

@@ -255,6 +255,8 @@ struct Series {
     last_time: SystemTime,
     /// The `StartTimes::generation` of the last sweep that had this series.
     seen: u64,
+    /// The origin the source gave with the point (see [`StartTimes`]).
+    origin: Option<SystemTime>,
 }
 
 /// Gives every counter point its start time.
@@ -263,6 +265,11 @@ struct Series {
 /// container id, interface or device that comes back is a new series. A counter that goes
 /// backwards was reset between the previous sweep and this one; its new start is the previous
 /// sweep's time, the latest instant known to precede the reset.
+///
+/// A source that knows its counters were replaced (a pod's new network namespace starts from
+/// zero, and may already be past the old values) says so by setting a point's `start_time` to
+/// the origin of its counters, e.g. when it first saw that namespace; when a series' origin
+/// changes, the series restarts as after a reset. The stamped `start_time` replaces it.
 ///
 /// This runs for every point of every sweep, so lookups allocate nothing: series are kept per
 /// resource in the order the source emits them, and the next point is checked against the
@@ -293,6 +300,7 @@ impl StartTimes {
                     continue;
                 }
                 let value = point.value.as_f64();
+                let origin = point.start_time;
                 let same = |s: &Series| s.metric == point.metric.name && s.attributes == point.attributes;
                 let found = match series.get(hint) {
                     Some(s) if same(s) => Some(hint),
@@ -301,9 +309,11 @@ impl StartTimes {
                 let index = match found {
                     Some(i) => {
                         let s = &mut series[i];
-                        if value < s.last {
+                        let replaced = origin.is_some() && s.origin.is_some() && origin != s.origin;
+                        if value < s.last || replaced {
                             s.start = s.last_time;
                         }
+                        s.origin = origin;
                         s.last = value;
                         s.last_time = now;
                         s.seen = generation;
@@ -317,6 +327,7 @@ impl StartTimes {
                             last: value,
                             last_time: now,
                             seen: generation,
+                            origin,
                         });
                         series.len() - 1
                     }
@@ -425,6 +436,28 @@ mod tests {
         );
         assert_eq!(starts[1], SystemTime::UNIX_EPOCH + Duration::from_secs(100), "8:0 keeps its first start");
         assert_eq!(st.len(), 2);
+    }
+
+    #[test]
+    fn a_new_origin_from_the_source_restarts_the_series_even_when_the_counter_grew() {
+        let t = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let at = |secs: u64, value: i64, origin: u64| {
+            let mut sweep = sweep_at(secs, value);
+            sweep.resources[0].points[0].start_time = Some(t(origin));
+            sweep
+        };
+        let mut st = StartTimes::new();
+        st.apply(&mut at(100, 50, 100));
+        let mut s2 = at(110, 60, 100);
+        st.apply(&mut s2);
+        assert_eq!(start_of(&s2), t(100), "same origin: same series");
+        // A new namespace whose counter is already above the old one's.
+        let mut s3 = at(120, 900, 120);
+        st.apply(&mut s3);
+        assert_eq!(start_of(&s3), t(110), "restarted at the previous sweep");
+        let mut s4 = at(130, 950, 120);
+        st.apply(&mut s4);
+        assert_eq!(start_of(&s4), t(110), "and kept while the origin stays");
     }
 
     #[test]

@@ -222,6 +222,11 @@ pub static POD_NETWORK: NetworkFamily = network_family!("k8s.pod");
 /// host's network namespace (`hostNetwork: true`), when the netns source's `host_network` is
 /// `mark`. Such resources get no network series.
 pub const PODOMETER_HOST_NETWORK: &str = "podometer.host_network";
+/// `true` on a container found in a user's delegated cgroup subtree (rootless Podman or
+/// Docker): its id and names are that user's word. No semantic convention says rootless.
+pub const PODOMETER_CONTAINER_ROOTLESS: &str = "podometer.container.rootless";
+/// The uid owning a rootless container's delegated subtree, as semconv's `user.id` (a string).
+pub const USER_ID: &str = "user.id";
 
 // ---- processes source (sidecar view) ----
 /// Not in the conventions: the cgroup path of processes whose path names no container id

@@ -34,6 +34,17 @@ pub struct Telemetry {
     /// Container and pod cgroups left unopened at a discovery for lack of file descriptors
     /// (counted at every discovery that leaves them out; they are retried at the next one).
     pub fd_exhausted: AtomicU64,
+    /// Sources' (issue 9): cgroups left out because another cgroup already stood for the same
+    /// container or pod (a copied id in a user's subtree, say), counted at each discovery.
+    pub cgroups_duplicate_identity: AtomicU64,
+    /// Container and pod cgroups left out at a discovery because `sources.cgroups.max_groups`
+    /// was reached.
+    pub cgroups_over_cap: AtomicU64,
+    /// Interfaces left out of a sweep because their namespace had more than
+    /// `sources.netns.max_interfaces`.
+    pub netns_interfaces_over_cap: AtomicU64,
+    /// Pods whose network namespace was replaced (new sandbox): their network series restart.
+    pub netns_replaced: AtomicU64,
     /// Containers, pods, network namespaces (resources with network series) and points of the
     /// latest sweep, for self-telemetry.
     pub last_containers: AtomicU64,
@@ -70,6 +81,10 @@ impl Telemetry {
             ("metadata_misses", get(&self.metadata_misses)),
             ("metadata_errors", get(&self.metadata_errors)),
             ("fd_exhausted", get(&self.fd_exhausted)),
+            ("cgroups_duplicate_identity", get(&self.cgroups_duplicate_identity)),
+            ("cgroups_over_cap", get(&self.cgroups_over_cap)),
+            ("netns_interfaces_over_cap", get(&self.netns_interfaces_over_cap)),
+            ("netns_replaced", get(&self.netns_replaced)),
             ("last_containers", get(&self.last_containers)),
             ("last_pods", get(&self.last_pods)),
             ("last_network_namespaces", get(&self.last_network_namespaces)),

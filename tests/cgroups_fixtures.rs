@@ -168,7 +168,7 @@ fn info(id: &str, runtime: Runtime, pod: Option<PodRef>, procs: PathBuf) -> Cont
 }
 
 fn stats(containers: usize, pods: usize, errors: usize) -> SweepStats {
-    SweepStats { discovered: true, containers, pods, errors, vanished: 0, fd_deferred: 0 }
+    SweepStats { discovered: true, containers, pods, errors, ..SweepStats::default() }
 }
 
 #[test]
@@ -600,7 +600,7 @@ fn kept_open_files_see_new_values_limits_wait_for_their_interval_and_discovery_f
         root: tmp.path().to_owned(),
         discovery_interval: Duration::from_secs(3600),
         limits_interval: Duration::from_secs(3600),
-        skip: Vec::new(),
+        ..CgroupsConfig::default()
     };
     let mut source = CgroupSource::new(&cfg).expect("source");
     let (_, first) = sweep_once(&mut source);
@@ -722,4 +722,82 @@ fn skipped_file_groups_are_not_read_and_their_metrics_only_are_gone() {
     {
         assert!(all.contains(dropped) && !some.contains(dropped), "{dropped}: full {all:?}, lean {some:?}");
     }
+}
+
+/// `max_groups` bounds what is read, counted and reported in the stats; containers in their
+/// runtime's tree come before a rootless one, however many the user makes; two cgroups standing
+/// for one container are read once.
+#[test]
+fn max_groups_caps_the_groups_and_prefers_anchored_ones_over_rootless() {
+    use std::sync::atomic::Ordering;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    copy_tree(&fixture("v1-docker"), tmp.path());
+    // A rootless Podman container (twice under other names: one identity) in a user's subtree,
+    // in every controller, with the files of a real container.
+    let template = tmp.path().join("memory/docker").join(C4);
+    for copy in ["user.slice/libpod", "app.slice/libpod", "other.slice/libpod"] {
+        for hierarchy in ["memory", "cpu,cpuacct", "blkio", "pids"] {
+            let dir = tmp
+                .path()
+                .join(hierarchy)
+                .join(format!("user.slice/user-1000.slice/user@1000.service/{copy}-{C5}.scope"));
+            copy_tree(&tmp.path().join(hierarchy).join("docker").join(C4), &dir);
+        }
+    }
+    assert!(template.is_dir());
+    let rootless = ResourceId::Container(format!("{C5}@user-1000"));
+
+    let mut source = CgroupSource::new(&config(tmp.path())).expect("source");
+    let (_, all) = sweep_once(&mut source);
+    let stats = source.last_sweep_stats();
+    assert_eq!((stats.containers, stats.duplicates, stats.over_cap), (3, 2, 0), "{stats:?}");
+    let r = all.resource(&rootless).expect("the rootless container, once");
+    assert_eq!(r.attribute("podometer.container.rootless"), Some(&AttrValue::Bool(true)));
+    assert_eq!(r.attribute("user.id"), Some(&AttrValue::from("1000")));
+
+    let capped_before = podometer::telemetry::Telemetry::global().cgroups_over_cap.load(Ordering::Relaxed);
+    let mut capped =
+        CgroupSource::new(&CgroupsConfig { max_groups: 2, ..config(tmp.path()) }).expect("source");
+    let (ctx, s) = sweep_once(&mut capped);
+    let stats = capped.last_sweep_stats();
+    assert_eq!((stats.containers, stats.over_cap), (2, 1), "{stats:?}");
+    assert!(s.resource(&cid(C3)).is_some() && s.resource(&cid(C4)).is_some(), "both Docker containers");
+    assert!(s.resource(&rootless).is_none(), "the rootless one is what the cap leaves out");
+    assert_eq!(ctx.containers.len(), 2);
+    assert!(
+        podometer::telemetry::Telemetry::global().cgroups_over_cap.load(Ordering::Relaxed) > capped_before
+    );
+
+    let err = CgroupSource::new(&CgroupsConfig { max_groups: 0, ..config(tmp.path()) }).expect_err("zero");
+    assert!(err.to_string().contains("max_groups"), "{err}");
+}
+
+/// A controller enabled after the container was found (v2: `io.stat` appears when `io` is
+/// written to the parent's `cgroup.subtree_control`; crun's `container/` child appears when the
+/// container starts systemd): picked up at the next discovery, not never.
+#[test]
+fn files_and_the_crun_child_that_appear_later_are_picked_up_at_the_next_discovery() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    copy_tree(&fixture("v2-kubelet-systemd-containerd"), tmp.path());
+    let uid_ = UID1.replace('-', "_");
+    let dir = tmp.path().join(format!(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-{C1}.scope"
+    ));
+    let io_stat = std::fs::read(dir.join("io.stat")).expect("fixture io.stat");
+    std::fs::remove_file(dir.join("io.stat")).expect("rm io.stat");
+    let cfg = CgroupsConfig { discovery_interval: Duration::ZERO, ..config(tmp.path()) };
+    let mut source = CgroupSource::new(&cfg).expect("source");
+    let (ctx, first) = sweep_once(&mut source);
+    let r = first.resource(&cid(C1)).expect("container");
+    assert!(r.points_of(CONTAINER.disk_io.name).next().is_none(), "no io.stat yet");
+    let procs = |ctx: &SweepContext| ctx.containers.iter().find(|c| c.id == C1).map(|c| c.procs_file.clone());
+    assert_eq!(procs(&ctx), Some(dir.join("cgroup.procs")));
+
+    std::fs::write(dir.join("io.stat"), io_stat).expect("io.stat back");
+    std::fs::create_dir(dir.join("container")).expect("crun child");
+    std::fs::write(dir.join("container/cgroup.procs"), "42\n").expect("procs");
+    let (ctx, second) = sweep_once(&mut source);
+    let r = second.resource(&cid(C1)).expect("container");
+    assert!(r.points_of(CONTAINER.disk_io.name).next().is_some(), "io.stat read now: {r:#?}");
+    assert_eq!(procs(&ctx), Some(dir.join("container/cgroup.procs")), "processes looked up in crun's child");
 }

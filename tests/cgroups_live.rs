@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use podometer::model::{PodRef, ResourceId, Runtime, Sweep, SweepContext, Value};
 use podometer::semconv::{CONTAINER, POD};
-use podometer::sources::cgroups::{CgroupMode, CgroupSource, CgroupsConfig};
+use podometer::sources::cgroups::{CgroupMode, CgroupSource, CgroupsConfig, Layouts};
 use podometer::sources::Source;
 use podometer::telemetry::Telemetry;
 use support::cgroupfs::TestCgroup;
@@ -39,10 +39,13 @@ fn random_uid() -> String {
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
-/// A unique kubelet-like tree per test: `podometer-<unique>/kubepods/burstable/pod<uid>`. The
-/// unique top directory keeps parallel tests (and other worktrees' tests) from sharing parents.
-fn pod_path(uid: &str) -> String {
-    format!("{}/kubepods/burstable/pod{uid}", support::unique("podometer-cgtest"))
+/// A unique kubelet-like tree per test: `podometer-<unique>/kubepods/burstable/pod<uid>`, and
+/// its kubelet root `podometer-<unique>/kubepods` for [`config`]. The unique top directory keeps
+/// parallel tests (and other worktrees' tests) from sharing parents.
+fn pod_path(uid: &str) -> (String, String) {
+    let kubelet = format!("{}/kubepods", support::unique("podometer-cgtest"));
+    let pod = format!("{kubelet}/burstable/pod{uid}");
+    (kubelet, pod)
 }
 
 fn read_u64(path: &Path) -> u64 {
@@ -75,8 +78,11 @@ fn int_value(sweep: &Sweep, id: &ResourceId, metric: &str) -> i64 {
     }
 }
 
-fn config(discovery: Duration) -> CgroupsConfig {
-    CgroupsConfig { root: ROOT.into(), discovery_interval: discovery, ..CgroupsConfig::default() }
+/// The host's cgroups, with the test's own kubelet root (if any) added to the default layouts.
+fn config(discovery: Duration, kubelet_root: Option<&str>) -> CgroupsConfig {
+    let mut layouts = Layouts::default();
+    layouts.kubelet.extend(kubelet_root.map(str::to_owned));
+    CgroupsConfig { root: ROOT.into(), discovery_interval: discovery, layouts, ..CgroupsConfig::default() }
 }
 
 /// Waits until the cgroup's processes have run for a while, so the counters are well above noise.
@@ -109,13 +115,13 @@ fn cpu_and_memory_lie_between_the_kernels_counters_read_before_and_after() {
     }
     let uid = random_uid();
     let id = random_hex64();
-    let pod = pod_path(&uid);
+    let (kubelet, pod) = pod_path(&uid);
     let pod_cg = TestCgroup::create(Path::new(ROOT), &pod);
     let mut cg = TestCgroup::create(Path::new(ROOT), &format!("{pod}/{id}"));
     let pid = cg.spawn(&burner(&id));
     wait_for_cpu(&cg, 500_000_000);
 
-    let mut source = CgroupSource::new(&config(Duration::from_secs(10))).expect("source");
+    let mut source = CgroupSource::new(&config(Duration::from_secs(10), Some(&kubelet))).expect("source");
     assert_eq!(source.mode(), CgroupMode::Hybrid);
     let usage = cg.dir("cpuacct").join("cpuacct.usage");
     let memory = cg.dir("memory").join("memory.usage_in_bytes");
@@ -175,7 +181,7 @@ fn a_removed_container_vanishes_quietly_and_a_new_one_appears_after_the_discover
         return;
     }
     let uid = random_uid();
-    let pod = pod_path(&uid);
+    let (kubelet, pod) = pod_path(&uid);
     // Declared first, dropped last: the pod directory outlives its containers.
     let _pod_cg = TestCgroup::create(Path::new(ROOT), &pod);
     let (a, b) = (random_hex64(), random_hex64());
@@ -184,7 +190,7 @@ fn a_removed_container_vanishes_quietly_and_a_new_one_appears_after_the_discover
         cg.spawn(&once_inside(&a, "exec sleep 1000"));
     }
     let discovery = Duration::from_secs(2);
-    let mut source = CgroupSource::new(&config(discovery)).expect("source");
+    let mut source = CgroupSource::new(&config(discovery, Some(&kubelet))).expect("source");
     let started = Instant::now();
     let (_, s1) = sweep(&mut source);
     assert!(s1.resource(&ResourceId::Container(a.clone())).is_some(), "container a found");
@@ -235,7 +241,7 @@ fn podman_pod_containers_are_found_and_agree_with_podman_stats() {
     assert_eq!(expected, all, "podman ps lists infra and both apps");
 
     let burner = ResourceId::Container(pod.app_ids[0].clone());
-    let mut source = CgroupSource::new(&config(Duration::from_secs(10))).expect("source");
+    let mut source = CgroupSource::new(&config(Duration::from_secs(10), None)).expect("source");
     // Let the burner accumulate CPU, so the comparison is of a number well above the slack.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -293,4 +299,140 @@ fn podman_pod_containers_are_found_and_agree_with_podman_stats() {
     let burned = cpu_seconds(&s2, &burner, CONTAINER.cpu_time.name);
     let idle = cpu_seconds(&s2, &ResourceId::Container(pod.app_ids[1].clone()), CONTAINER.cpu_time.name);
     assert!(burned > 1.0 && idle < 0.5, "burner {burned} s, sleeper {idle} s");
+}
+
+/// A user with a delegated subtree (`user@<n>.service`, which rootless Podman uses) copies a real
+/// pod's kubelet path and a real container's id into it. Only the anchored cgroup may speak for
+/// the victim; the rootless copy is reported as the user's, once, and its double is dropped.
+#[test]
+fn a_spoof_in_a_delegated_subtree_never_takes_the_victims_identity() {
+    if !support::live_cgroups_available() {
+        return;
+    }
+    let (victim_uid, victim_id) = (random_uid(), random_hex64());
+    let (kubelet, pod) = pod_path(&victim_uid);
+    let _pod_cg = TestCgroup::create(Path::new(ROOT), &pod);
+    let real = TestCgroup::create(Path::new(ROOT), &format!("{pod}/{victim_id}"));
+
+    // A uid no real user has, unique per test process, so parallel runs do not share it.
+    let n = 3_000_000_000u32 + std::process::id() % 1_000_000;
+    let user = format!("user.slice/user-{n}.slice/user@{n}.service");
+    let _user_cg = TestCgroup::create(Path::new(ROOT), &user);
+    // The kubelet's layout copied into the user's subtree, with processes in it so that its
+    // numbers differ from the real (empty) container's.
+    let mut spoof = TestCgroup::create(
+        Path::new(ROOT),
+        &format!("{user}/kubepods/burstable/pod{victim_uid}/{victim_id}"),
+    );
+    spoof.spawn(&once_inside(&victim_id, "exec sleep 1000"));
+    spoof.spawn(&once_inside(&victim_id, "exec sleep 1000"));
+    // A rootless Podman scope with the victim's id, twice.
+    let _rootless_a =
+        TestCgroup::create(Path::new(ROOT), &format!("{user}/user.slice/libpod-{victim_id}.scope"));
+    let _rootless_b =
+        TestCgroup::create(Path::new(ROOT), &format!("{user}/app.slice/libpod-{victim_id}.scope"));
+    // Same shape outside any configured root, by root itself: not a container either.
+    let top = kubelet.trim_end_matches("/kubepods");
+    let _stray =
+        TestCgroup::create(Path::new(ROOT), &format!("{top}/elsewhere/kubepods/pod{victim_uid}/{victim_id}"));
+    let spoof_pids = spoof.dir("pids").join("pids.current");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read_u64(&spoof_pids) < 2 {
+        assert!(Instant::now() < deadline, "the spoof's processes never joined it");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let mut source = CgroupSource::new(&config(Duration::from_secs(10), Some(&kubelet))).expect("source");
+    let (ctx, s) = sweep(&mut source);
+
+    // The victim container: once in the inventory, from the anchored cgroup, with its numbers.
+    let victims: Vec<_> = ctx.containers.iter().filter(|c| c.id == victim_id).collect();
+    assert_eq!(victims.len(), 1, "{victims:?}");
+    assert_eq!(victims[0].procs_file, real.dir("memory").join("cgroup.procs"));
+    let cid = ResourceId::Container(victim_id.clone());
+    assert_eq!(int_value(&s, &cid, CONTAINER.pids_count.name), 0, "the real container has no process");
+    let r = s.resource(&cid).expect("victim resource");
+    assert_eq!(r.attribute("k8s.pod.uid"), Some(&victim_uid.as_str().into()));
+    assert_eq!(r.attribute("podometer.container.rootless"), None);
+    // Every resource naming the victim's pod is the victim's container or pod, nothing else.
+    let mut claiming: Vec<_> = s
+        .resources
+        .iter()
+        .filter(|r| r.attribute("k8s.pod.uid") == Some(&victim_uid.as_str().into()))
+        .map(|r| r.id.clone())
+        .collect();
+    claiming.sort();
+    let mut expected = vec![ResourceId::Pod(victim_uid.clone()), cid.clone()];
+    expected.sort();
+    assert_eq!(claiming, expected);
+
+    // The rootless copies: one resource, the user's, keyed by owner and id.
+    let rootless_id = ResourceId::Container(format!("{victim_id}@user-{n}"));
+    let rootless = s.resource(&rootless_id).unwrap_or_else(|| panic!("rootless container: {s:#?}"));
+    assert_eq!(rootless.attribute("podometer.container.rootless"), Some(&true.into()));
+    assert_eq!(rootless.attribute("user.id"), Some(&n.to_string().as_str().into()));
+    assert_eq!(rootless.attribute("container.id"), Some(&victim_id.as_str().into()));
+    assert_eq!(rootless.attribute("k8s.pod.uid"), None);
+    assert_eq!(s.resources.iter().filter(|r| r.id == rootless_id).count(), 1);
+    let stats = source.last_sweep_stats();
+    assert!(stats.duplicates >= 1, "the second rootless copy is dropped and counted: {stats:?}");
+    eprintln!("spoof: victim {victim_id} reported once from the anchored cgroup; {stats:?}");
+}
+
+/// Removes a directory this test made by hand, after whatever was created inside it.
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Runtimes create a container's controller directories one after the other (and `unified/`,
+/// and crun its `container/` child later still): a group found with only some of them gets the
+/// others' metrics at the next discovery, not never.
+#[test]
+fn controller_directories_created_after_discovery_are_picked_up_at_the_next_one() {
+    if !support::live_cgroups_available() {
+        return;
+    }
+    let (uid, id) = (random_uid(), random_hex64());
+    let (kubelet, pod) = pod_path(&uid);
+    let _pod_cg = TestCgroup::create(Path::new(ROOT), &pod);
+    let rel = format!("{pod}/{id}");
+    // Only the memory controller's directory exists at first.
+    let memory_dir = Path::new(ROOT).join("memory").join(&rel);
+    std::fs::create_dir(&memory_dir).expect("mkdir memory");
+    let _memory_guard = RemoveDir(memory_dir);
+
+    let mut source = CgroupSource::new(&config(Duration::ZERO, Some(&kubelet))).expect("source");
+    let cid = ResourceId::Container(id.clone());
+    let (_, first) = sweep(&mut source);
+    let r = first.resource(&cid).expect("found through its memory directory");
+    assert!(r.points_of(CONTAINER.memory_usage.name).next().is_some(), "memory read: {r:#?}");
+    assert!(r.points_of(CONTAINER.cpu_time.name).next().is_none(), "no cpuacct directory yet");
+    assert!(r.points_of(CONTAINER.pids_count.name).next().is_none(), "no pids directory yet");
+
+    // The other controllers (and unified/) appear now, with a process in them.
+    let mut cg = TestCgroup::create(Path::new(ROOT), &rel);
+    cg.spawn(&once_inside(&id, "exec sleep 1000"));
+    let (_, second) = sweep(&mut source);
+    let r = second.resource(&cid).expect("still there");
+    assert_eq!(r.points_of(CONTAINER.cpu_time.name).count(), 2, "cpu time now read: {r:#?}");
+    assert_eq!(int_value(&second, &cid, CONTAINER.pids_count.name), 1, "pids now read");
+    let psi = std::fs::read_to_string(cg.dir("unified").join("cpu.pressure")).is_ok();
+    assert_eq!(
+        r.points_of(CONTAINER.cpu_pressure.name).next().is_some(),
+        psi,
+        "cpu pressure read exactly when unified/<path>/cpu.pressure is readable"
+    );
+    eprintln!(
+        "late directories: cpu, pids{} picked up at the next discovery",
+        if psi { ", pressure" } else { "" }
+    );
 }

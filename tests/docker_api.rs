@@ -27,8 +27,13 @@ const SERVICE: &str = "com.docker.compose.service";
 
 /// One pipeline: the cgroups source walking on every sweep, then `docker_api` on `socket`.
 fn agent(socket: &Path, extra: &str) -> Pipeline {
+    agent_with(socket, extra, "")
+}
+
+/// [`agent`] with more `sources.cgroups` settings (`, layouts: {…}`).
+fn agent_with(socket: &Path, extra: &str, cgroups_extra: &str) -> Pipeline {
     let yaml = format!(
-        "sources:\n  cgroups: {{discovery_interval: 0s}}\n\
+        "sources:\n  cgroups: {{discovery_interval: 0s{cgroups_extra}}}\n\
          processors:\n  docker_api: {{socket: \"{}\", labels: [{PROJECT}, {SERVICE}]{extra}}}\n\
          exporters:\n  file: {{path: /dev/null}}\n\
          pipelines:\n  main: {{sources: [cgroups], processors: [docker_api], exporters: [file]}}\n",
@@ -366,9 +371,11 @@ impl Drop for StandIn {
 }
 
 /// A Docker-layout cgroup (`…/docker/<id>`) under a parent of this test's own, so the test
-/// never creates or removes the top-level `docker` cgroup a running dockerd uses.
-fn docker_layout_path(id: &str) -> String {
-    format!("{}/docker/{id}", support::unique("podometer-dapi"))
+/// never creates or removes the top-level `docker` cgroup a running dockerd uses; and that
+/// parent as a `layouts.docker` root for the agent.
+fn docker_layout_path(id: &str) -> (String, String) {
+    let root = format!("{}/docker", support::unique("podometer-dapi"));
+    (format!("{root}/{id}"), format!(", layouts: {{docker: [{root}]}}"))
 }
 
 fn random_hex64() -> String {
@@ -384,7 +391,8 @@ fn garbage_silence_and_endless_answers_are_counted_and_metrics_keep_their_ids() 
         return;
     }
     let id = random_hex64();
-    let mut cg = TestCgroup::create(Path::new("/sys/fs/cgroup"), &docker_layout_path(&id));
+    let (path, layouts) = docker_layout_path(&id);
+    let mut cg = TestCgroup::create(Path::new("/sys/fs/cgroup"), &path);
     cg.spawn("exec sleep 120");
     let counters = Telemetry::global();
     for answer in [Answer::NotJson, Answer::Silent, Answer::Endless] {
@@ -392,8 +400,11 @@ fn garbage_silence_and_endless_answers_are_counted_and_metrics_keep_their_ids() 
         let errors_before = counters.metadata_errors.load(Ordering::Relaxed);
         let misses_before = counters.metadata_misses.load(Ordering::Relaxed);
         let started = Instant::now();
-        let mut agent =
-            agent(&stand_in.socket, ", startup_wait: 300ms, request_timeout: 1s, max_response_bytes: 65536");
+        let mut agent = agent_with(
+            &stand_in.socket,
+            ", startup_wait: 300ms, request_timeout: 1s, max_response_bytes: 65536",
+            &layouts,
+        );
         assert!(!ready(&agent), "{answer:?}: nothing was listed, so not ready");
         let s = agent.sweep(SystemTime::now());
         let r = s
@@ -420,7 +431,8 @@ fn the_agent_logs_a_clear_line_for_an_answer_that_is_not_json() {
         return;
     }
     let id = random_hex64();
-    let mut cg = TestCgroup::create(Path::new("/sys/fs/cgroup"), &docker_layout_path(&id));
+    let (path, layouts) = docker_layout_path(&id);
+    let mut cg = TestCgroup::create(Path::new("/sys/fs/cgroup"), &path);
     cg.spawn("exec sleep 120");
     let stand_in = StandIn::start(Answer::NotJson);
     let dir = tempfile::tempdir().unwrap();
@@ -428,7 +440,7 @@ fn the_agent_logs_a_clear_line_for_an_answer_that_is_not_json() {
     std::fs::write(
         &config,
         format!(
-            "sources:\n  cgroups: {{}}\nprocessors:\n  docker_api: {{socket: {}, startup_wait: 1s}}\n\
+            "sources:\n  cgroups: {{root: /sys/fs/cgroup{layouts}}}\nprocessors:\n  docker_api: {{socket: {}, startup_wait: 1s}}\n\
              exporters:\n  file: {{path: /dev/null}}\n\
              pipelines:\n  main: {{sources: [cgroups], processors: [docker_api], exporters: [file]}}\n",
             stand_in.socket.display()

@@ -102,11 +102,12 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(api: &KubeApi, node: &str, processor: &str) -> Agent {
-        Agent::start_with(&api.url, node, processor)
+    fn start(api: &KubeApi, node: &str, processor: &str, cgroups: &Cgroups) -> Agent {
+        Agent::start_with(&api.url, node, processor, cgroups)
     }
 
-    fn start_with(url: &str, node: &str, processor: &str) -> Agent {
+    /// The agent reads the test's kubelet tree, `<top>/kubepods`, as a kubelet root.
+    fn start_with(url: &str, node: &str, processor: &str, cgroups: &Cgroups) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out.jsonl");
         let stderr = dir.path().join("stderr.log");
@@ -117,10 +118,11 @@ impl Agent {
             &config,
             format!(
                 "interval: 300ms\nstats_log_interval: 1s\nnode_name: {node}\n\
-                 sources:\n  cgroups: {{root: {ROOT}, discovery_interval: 300ms}}\n\
+                 sources:\n  cgroups: {{root: {ROOT}, discovery_interval: 300ms, layouts: {{kubelet: [{}]}}}}\n\
                  processors:\n  k8s_api: {processor}\n\
                  exporters:\n  file: {{path: {}}}\n\
                  pipelines:\n  main: {{sources: [cgroups], processors: [k8s_api], exporters: [file]}}\n",
+                cgroups.kubelet,
                 out.display()
             ),
         )
@@ -183,6 +185,8 @@ impl Drop for Agent {
 /// process per container.
 struct Cgroups {
     groups: Vec<TestCgroup>,
+    /// `<top>/kubepods`, the kubelet root the agent is configured with.
+    kubelet: String,
 }
 
 impl Drop for Cgroups {
@@ -206,7 +210,7 @@ fn make_cgroups(top: &str, pods: &[&TestPod]) -> Cgroups {
             groups.push(cg);
         }
     }
-    Cgroups { groups }
+    Cgroups { groups, kubelet: format!("{top}/kubepods") }
 }
 
 fn test_pod(
@@ -305,7 +309,7 @@ fn names_owners_allowlisted_labels_deletion_grace_410_relist_and_node_scoped_req
         vec![container("late", "nginx:1.27", 0)],
     );
     let all = [&deployment, &statefulset, &daemonset, &cronjob, &job, &static_pod, &elsewhere, &late];
-    let _cgroups = make_cgroups(&support::unique("podometer-k8stest"), &all);
+    let cgroups = make_cgroups(&support::unique("podometer-k8stest"), &all);
 
     let api = KubeApi::start();
     // Watches end every 1.5 s, so the agent resumes often (from bookmarks too).
@@ -317,6 +321,7 @@ fn names_owners_allowlisted_labels_deletion_grace_410_relist_and_node_scoped_req
         &api,
         &node,
         "{labels: [app], annotations: [team], deleted_pod_grace: 2s, initial_sync_timeout: 10s}",
+        &cgroups,
     );
     let named = |seen: &[Seen], c: &TestContainer| {
         latest_container(seen, id_of(c)).is_some_and(|s| s.str("k8s.container.name") == Some(c.name.as_str()))
@@ -499,13 +504,13 @@ fn forbidden_and_non_json_answers_are_logged_once_counted_and_ids_still_exported
         Owner::Deployment { name: "web".into(), hash: "7d4b9c8f5".into() },
         vec![container("nginx", "nginx:1.25.3", 0)],
     );
-    let _cgroups = make_cgroups(&support::unique("podometer-k8stest"), &[&p]);
+    let cgroups = make_cgroups(&support::unique("podometer-k8stest"), &[&p]);
     let id = id_of(&p.containers[0]).to_owned();
     let api = KubeApi::start();
     api.apply(&pod(&p));
     api.set_mode(Mode::Forbidden);
     let started = Instant::now();
-    let mut agent = Agent::start(&api, &node, "{initial_sync_timeout: 1s}");
+    let mut agent = Agent::start(&api, &node, "{initial_sync_timeout: 1s}", &cgroups);
 
     // 403: one clear error naming the verb, the resource and the ClusterRole, however many
     // attempts; counted; the container still exported with its ids.
@@ -608,12 +613,16 @@ fn an_unreachable_api_is_logged_once_counted_and_ids_still_exported() {
         Owner::StatefulSet("db".into()),
         vec![container("postgres", "postgres:16", 0)],
     );
-    let _cgroups = make_cgroups(&support::unique("podometer-k8stest"), &[&p]);
+    let cgroups = make_cgroups(&support::unique("podometer-k8stest"), &[&p]);
     let id = id_of(&p.containers[0]).to_owned();
     // A loopback port nobody listens on: bound by the OS, then released.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut agent =
-        Agent::start_with(&format!("http://127.0.0.1:{port}"), &node, "{initial_sync_timeout: 500ms}");
+    let mut agent = Agent::start_with(
+        &format!("http://127.0.0.1:{port}"),
+        &node,
+        "{initial_sync_timeout: 500ms}",
+        &cgroups,
+    );
     agent.wait_for("ids exported without an API", Duration::from_secs(20), |seen| {
         latest_container(seen, &id).is_some()
     });

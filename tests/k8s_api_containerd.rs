@@ -83,11 +83,12 @@ fn pods_created_through_the_cri_get_their_api_names_and_owners_on_every_resource
     // The only test in this binary: the process environment is its own.
     std::env::set_var("KUBECONFIG", &kubeconfig);
     std::env::remove_var("KUBERNETES_SERVICE_HOST");
+    let kubelet_root = format!("{}/kubepods", node.cgroup_base);
     let yaml = format!(
         r#"
 node_name: {node_name}
 sources:
-  cgroups: {{ discovery_interval: 0s }}
+  cgroups: {{ discovery_interval: 0s, layouts: {{ kubelet: ["{kubelet_root}"] }} }}
   netns: {{}}
 processors:
   k8s_api: {{ labels: [app] }}

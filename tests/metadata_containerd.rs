@@ -29,7 +29,7 @@ fn agent(node: &Containerd) -> Vec<Pipeline> {
     let yaml = format!(
         r#"
 sources:
-  cgroups: {{ discovery_interval: 0s }}
+  cgroups: {{ discovery_interval: 0s, layouts: {{ kubelet: ["{}/kubepods"] }} }}
   netns: {{}}
 processors:
   runtime_files: {{ containerd_state: "{}" }}
@@ -38,6 +38,7 @@ exporters:
 pipelines:
   node: {{ sources: [cgroups, netns], processors: [runtime_files], exporters: [file] }}
 "#,
+        node.cgroup_base,
         node.state.display()
     );
     let config = podometer::config::parse("test.yaml", &yaml, |_| None).unwrap_or_else(|e| panic!("{e:?}"));

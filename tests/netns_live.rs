@@ -460,9 +460,10 @@ fn podman_pod_reports_once_on_the_infra_container_like_podman_stats() {
     assert_eq!(interfaces_of(&s, &app0), ["eth0"], "the first app owns the namespace now: {s:#?}");
 }
 
-/// Many pods at once: every pod gets its own series and peer, and once warm a sweep does no
-/// per-namespace netlink work (host link dumps only follow link events, which other tests on
-/// this machine cause at any time, so those are bounded, not zero).
+/// Many pods at once: every pod gets its own series and peer, and once warm a sweep sends no
+/// netlink request at all: no namespace lookup and no host link dump, even while host links come
+/// and go (this test adds and removes a veth pair midway; other tests on the machine do too).
+/// Link notifications keep the host's link cache current instead.
 #[test]
 fn many_pods_cost_no_netlink_work_in_steady_state() {
     if !live() {
@@ -491,20 +492,37 @@ fn many_pods_cost_no_netlink_work_in_steady_state() {
     const SWEEPS: u32 = 20;
     let t = std::time::Instant::now();
     let mut last = cold.clone();
-    for _ in 0..SWEEPS {
+    let churn = format!("vc{}", std::process::id() % 1_000_000);
+    for i in 0..SWEEPS {
+        if i == SWEEPS / 2 {
+            support::run(Command::new("ip").args([
+                "link",
+                "add",
+                &churn,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("{churn}p"),
+            ]));
+            support::run(Command::new("ip").args(["link", "del", &churn]));
+        }
         last = sweep(&mut source, &containers);
     }
     let warm_time = t.elapsed() / SWEEPS;
     let counts = source.netlink_counts().expect("counts");
     eprintln!(
         "{PODS} pods / {} containers: cold sweep {cold_time:?}, warm sweep {warm_time:?} (debug build); \
-         netlink after warm-up: {} host dumps, {} namespace lookups over {SWEEPS} sweeps",
+         netlink after warm-up: {} host dumps, {} namespace lookups over {SWEEPS} sweeps, {} link \
+         notifications applied",
         containers.len(),
         counts.host_dumps - warm_counts.host_dumps,
-        counts.namespace_lookups - warm_counts.namespace_lookups
+        counts.namespace_lookups - warm_counts.namespace_lookups,
+        counts.link_events - warm_counts.link_events,
     );
     assert_eq!(counts.namespace_lookups, warm_counts.namespace_lookups, "no namespace lookups once warm");
-    assert!(counts.host_dumps - warm_counts.host_dumps <= u64::from(SWEEPS), "at most one host dump a sweep");
+    assert_eq!(counts.host_dumps, warm_counts.host_dumps, "no host link dump once warm");
+    assert!(counts.link_events - warm_counts.link_events >= 2, "the veth's add and delete were heard");
     for s in [&cold, &last] {
         assert_eq!(network_point_count(s), 8 * PODS, "one set of series per pod");
         for (pod, ns) in pods.iter().zip(&namespaces) {
@@ -544,4 +562,102 @@ fn vanished_and_empty_containers_are_skipped_without_losing_the_others() {
     // Other tests in this binary run in parallel and share the counter, but none of them
     // should cause source errors either.
     assert_eq!(errors(), errors_before, "a vanished or empty container is not an error");
+}
+
+/// A pod with `CAP_NET_ADMIN` can make as many interfaces as it likes: only `max_interfaces` of
+/// them are reported (the first, in creation order), and the rest are counted.
+#[test]
+fn interfaces_beyond_max_interfaces_are_left_out_and_counted() {
+    if !live() {
+        return;
+    }
+    let ns = TestNetns::create();
+    // veth pairs inside the namespace (this kernel has no dummy driver): six more interfaces.
+    for i in 0..3 {
+        ns.exec(&["ip", "link", "add", &format!("va{i}"), "type", "veth", "peer", "name", &format!("vb{i}")]);
+    }
+    // The kernel's own order, read with cat, not with the source under test.
+    let listed = ns.exec(&["cat", "/proc/net/dev"]);
+    let order: Vec<String> = listed
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(|n| n.trim().to_owned()))
+        .filter(|n| n != "lo")
+        .collect();
+    assert_eq!(order.len(), 7, "{listed}");
+    let mut first_three = order[..3].to_vec();
+    first_three.sort();
+    let mut pod = KubePod::new(1);
+    pod.start(0, &format!("exec ip netns exec {} sleep 300", ns.name), "sleep");
+    let containers = pod.infos();
+    let id = pod.resource_id();
+
+    let uncapped = sweep(&mut NetnsSource::new(&NetnsConfig::default()).expect("source"), &containers);
+    assert_eq!(interfaces_of(&uncapped, &id).len(), 7, "eth0 and six veths without a cap");
+
+    let telemetry = podometer::telemetry::Telemetry::global();
+    let over = || telemetry.netns_interfaces_over_cap.load(std::sync::atomic::Ordering::Relaxed);
+    let before = over();
+    let config = NetnsConfig { max_interfaces: 3, ..NetnsConfig::default() };
+    let mut source = NetnsSource::new(&config).expect("source");
+    let s = sweep(&mut source, &containers);
+    assert_eq!(interfaces_of(&s, &id), first_three, "the first three in the kernel's order");
+    assert_eq!(network_point_count(&s), 3 * 8);
+    // Only this test sets a cap its namespaces exceed; the others in this binary stay under 64.
+    assert_eq!(over() - before, 4, "four interfaces left out and counted");
+    let problems = NetnsConfig { max_interfaces: 0, ..NetnsConfig::default() }.validate();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+}
+
+/// A pod's sandbox is replaced: its containers now live in a new network namespace whose
+/// counters are already above the old ones. The source tells the start-time stamper, so the
+/// series restart (start = the previous sweep) instead of continuing as if nothing happened.
+/// Host peers are off so that the series keep the same attributes across namespaces: only the
+/// origin tells them apart.
+#[test]
+fn a_replaced_sandbox_namespace_starts_new_series() {
+    if !live() {
+        return;
+    }
+    let (ns_a, ns_b) = (TestNetns::create(), TestNetns::create());
+    let mut pod = KubePod::new(1);
+    let sandbox = pod.start(0, &format!("exec ip netns exec {} sleep 300", ns_a.name), "sleep");
+    let containers = pod.infos();
+    let id = pod.resource_id();
+    let config = NetnsConfig { resolve_host_peer: false, ..NetnsConfig::default() };
+    let mut source = NetnsSource::new(&config).expect("source");
+    let mut starts = podometer::model::StartTimes::new();
+    let mut stamped = |source: &mut NetnsSource| {
+        let mut s = sweep(source, &containers);
+        starts.apply(&mut s);
+        s
+    };
+    let start_of = |s: &Sweep| {
+        let r = s.resource(&id).expect("pod resource");
+        let p = r.points_of("k8s.pod.network.io").next().expect("a network point");
+        p.start_time.expect("counters have a start time")
+    };
+    let s1 = stamped(&mut source);
+    std::thread::sleep(Duration::from_millis(20));
+    let s2 = stamped(&mut source);
+    assert_eq!(start_of(&s2), s1.time, "same namespace: the series goes on");
+
+    // The new sandbox: more traffic in it than the old namespace ever saw.
+    pod.containers[0].1.kill(sandbox);
+    pod.start(0, &format!("exec ip netns exec {} sleep 300", ns_b.name), "sleep");
+    let sink = tcp_sink_in(&format!("/run/netns/{}", ns_b.name), PORT);
+    send_tcp(&ns_b.pod_addr, PORT, 200_000, Duration::from_secs(10));
+    assert_eq!(sink.join().expect("sink"), 200_000);
+    let old = value(&s2, &id, "k8s.pod.network.io", "eth0", "receive");
+
+    let telemetry = podometer::telemetry::Telemetry::global();
+    let replaced = || telemetry.netns_replaced.load(std::sync::atomic::Ordering::Relaxed);
+    let replaced_before = replaced();
+    let s3 = stamped(&mut source);
+    let new = value(&s3, &id, "k8s.pod.network.io", "eth0", "receive");
+    assert!(new > old, "the new namespace's counter ({new}) is above the old one's ({old})");
+    assert_eq!(start_of(&s3), s2.time, "new series, started at the previous sweep");
+    assert!(replaced() > replaced_before, "counted");
+    let s4 = stamped(&mut source);
+    assert_eq!(start_of(&s4), s2.time, "and it goes on from there");
 }

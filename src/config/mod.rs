@@ -544,9 +544,12 @@ fn validate(file: &str, config: &Config) -> Vec<Problem> {
         }
     }
 
-    for (id, (loc, _)) in &config.sources.entries {
+    for (id, (loc, source)) in &config.sources.entries {
         if !used_sources.contains_key(id.as_str()) {
             problem(*loc, format!("sources.{id}"), "defined but used by no pipeline".into());
+        }
+        for (key, reason) in source_problems(source) {
+            problem(*loc, format!("sources.{id}.{key}"), reason);
         }
     }
     for (id, (loc, processor)) in &config.processors.entries {
@@ -575,6 +578,15 @@ fn validate(file: &str, config: &Config) -> Vec<Problem> {
         }
     }
     problems
+}
+
+/// Source checks that need more than types.
+fn source_problems(source: &SourceConfig) -> Vec<(String, String)> {
+    match source {
+        SourceConfig::Cgroups(cgroups) => cgroups.validate(),
+        SourceConfig::Netns(netns) => netns.validate(),
+        SourceConfig::Processes(_) | SourceConfig::PodNetwork(_) => Vec::new(),
+    }
 }
 
 /// Processor checks that need more than types, some against top-level settings.
@@ -606,21 +618,19 @@ pub fn parse_otel_resource_attributes(text: &str) -> Result<Vec<(String, String)
     Ok(out)
 }
 
+/// Decodes with the `percent-encoding` crate, which passes a `%` not followed by two hex digits
+/// through unchanged; the specification calls that malformed, so it is checked first.
 fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let well_formed = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'%')
+        .all(|(i, _)| bytes.get(i + 1..i + 3).is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)));
+    if !well_formed {
+        return None;
     }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(text).decode_utf8().ok().map(|s| s.into_owned())
 }
 
 /// Checks that need more than types: contradictory or incomplete settings.
@@ -667,5 +677,11 @@ mod tests {
         assert!(parse_otel_resource_attributes("a=1,b").is_err());
         assert!(parse_otel_resource_attributes("=1").is_err());
         assert!(parse_otel_resource_attributes("a=%zz").is_err());
+        assert!(parse_otel_resource_attributes("a=%4").is_err());
+        assert!(parse_otel_resource_attributes("a=%ff").is_err(), "not UTF-8");
+        assert_eq!(
+            parse_otel_resource_attributes("a=%C3%A9").unwrap(),
+            vec![("a".to_owned(), "é".to_owned())]
+        );
     }
 }

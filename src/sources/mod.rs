@@ -7,7 +7,34 @@ pub mod cgroups;
 pub mod netns;
 pub mod processes;
 
-use crate::model::{Sweep, SweepContext};
+use crate::model::{AttrValue, Attributes, PodRef, Runtime, Sweep, SweepContext};
+use crate::semconv;
+
+/// What is wrong with the text of a file the sources read (cgroup control files, procfs); the
+/// file layer adds the path. Parsers are pure, so each case is tested on literal strings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("key `{0}` is missing")]
+    MissingKey(&'static str),
+    #[error("`{text}` is not a number (key `{key}`)")]
+    BadNumber { key: String, text: String },
+    #[error("unexpected line `{0}`")]
+    BadLine(String),
+    #[error("the file is empty")]
+    Empty,
+    #[error("the file is not UTF-8 text")]
+    NotText,
+    /// A line-oriented procfs file: the 1-based line (0 when the file as a whole is wrong) and
+    /// what is wrong with it.
+    #[error("line {line}: {message}")]
+    AtLine { line: usize, message: String },
+}
+
+impl ParseError {
+    pub fn at_line(line: usize, message: impl Into<String>) -> ParseError {
+        ParseError::AtLine { line, message: message.into() }
+    }
+}
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -16,4 +43,34 @@ pub trait Source: Send {
     /// that could not be parsed) are handled inside and counted; an `Err` means the whole
     /// source produced nothing this sweep (its root is gone, say), and the pipeline logs it.
     fn collect(&mut self, ctx: &mut SweepContext, sweep: &mut Sweep) -> Result<(), BoxError>;
+}
+
+/// The resource attributes of a container, the same whichever source reports it first:
+/// `container.id`, `container.runtime.name`, and its pod's (`k8s.pod.uid` and
+/// `k8s.pod.qos_class`, or `podman.pod.id`).
+pub fn container_attributes(id: &str, runtime: Runtime, pod: Option<&PodRef>) -> Attributes {
+    let mut attrs: Attributes = vec![
+        (semconv::CONTAINER_ID, AttrValue::from(id)),
+        (semconv::CONTAINER_RUNTIME_NAME, AttrValue::from(runtime.as_str())),
+    ];
+    match pod {
+        Some(PodRef::Kubernetes { uid, qos }) => attrs.extend(pod_attributes(uid, qos)),
+        Some(PodRef::Podman { id }) => attrs.push((semconv::PODMAN_POD_ID, AttrValue::from(id.as_str()))),
+        None => {}
+    }
+    attrs
+}
+
+/// The resource attributes of a Kubernetes pod: `k8s.pod.uid` and `k8s.pod.qos_class`.
+pub fn pod_attributes(uid: &str, qos: &str) -> Attributes {
+    vec![(semconv::K8S_POD_UID, AttrValue::from(uid)), (semconv::K8S_POD_QOS_CLASS, AttrValue::from(qos))]
+}
+
+/// Whether a failed read means the process, cgroup or namespace went away meanwhile: normal on
+/// a busy node, not an error. procfs answers `ESRCH` for a process that exited after its
+/// directory was opened, cgroupfs `ENODEV` for a removed cgroup's open file, both `ENOENT`
+/// for a path that is gone.
+pub fn is_vanished(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENODEV | libc::ESRCH))
+        || e.kind() == std::io::ErrorKind::NotFound
 }

@@ -344,9 +344,7 @@ impl Source for ProcessesSource {
                     g.processes += 1;
                 }
                 // A process that exited between the listing and the read: normal.
-                Err(ProcessesError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                }
-                Err(ProcessesError::Read { source, .. }) if source.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(ProcessesError::Read { source, .. }) if crate::sources::is_vanished(&source) => {}
                 Err(error) => {
                     crate::telemetry::Telemetry::inc(&crate::telemetry::Telemetry::global().source_errors);
                     crate::warn_limited!("processes-read", %error, "A process could not be read.");

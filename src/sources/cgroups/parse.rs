@@ -1,20 +1,7 @@
 //! Pure parsers of cgroup control files. Each takes the file's text and returns values in the
 //! units the agent emits (seconds, bytes), so every conversion is tested on literal strings.
 
-/// What is wrong with a control file's text. The file layer adds the path.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum ParseError {
-    #[error("key `{0}` is missing")]
-    MissingKey(&'static str),
-    #[error("`{text}` is not a number (key `{key}`)")]
-    BadNumber { key: String, text: String },
-    #[error("unexpected line `{0}`")]
-    BadLine(String),
-    #[error("the file is empty")]
-    Empty,
-    #[error("the file is not UTF-8 text")]
-    NotText,
-}
+pub use crate::sources::ParseError;
 
 fn number(key: &str, text: &str) -> Result<u64, ParseError> {
     text.trim()

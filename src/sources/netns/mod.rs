@@ -5,7 +5,8 @@
 //! - **Which namespace.** For each container, a live pid from its `cgroup.procs` (the oldest,
 //!   cached, and checked first next sweep together with its start time so a reused pid is not
 //!   trusted); the namespace identity is the device and inode of `<proc_root>/<pid>/ns/net`
-//!   (a `stat`, nothing is opened). Containers are grouped by that identity.
+//!   (a `stat`, nothing is opened), taken once per cached process, not every sweep. Containers
+//!   are grouped by that identity.
 //! - **Counters.** `<proc_root>/<pid>/net/dev` of one member, read once per namespace and
 //!   sweep. procfs shows the namespace of the process it belongs to, so no `setns`, no fork.
 //!   Counters are in the pod's view: receive is what the pod received.
@@ -20,7 +21,10 @@
 //!   are never attributed to a container or pod. [`HostNetwork`] decides whether such members
 //!   are merely skipped or also marked.
 //! - **Host peer.** See the `peer` submodule: rtnetlink from the host namespace names the host-side veth
-//!   of each pod interface (point attribute `network.interface.host_peer`).
+//!   of each pod interface (point attribute `network.interface.host_peer`). The host's links are
+//!   dumped once and then kept current from link notifications; a namespace is looked up
+//!   (`RTM_GETNSID` and a dump of its links) when it is new or its interface names change. So
+//!   once every namespace is known, a sweep sends no netlink request at all.
 //!
 //! Privileges, checked on kernel 6.18 with `setpriv` dropping one capability at a time:
 //! - `stat` of `/proc/<pid>/ns/net` is a ptrace-read check: `CAP_SYS_PTRACE` for processes
@@ -49,17 +53,16 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use serde::Deserialize;
 use thiserror::Error;
 use tracing::debug;
 
 use crate::glob::Glob;
-use crate::model::{
-    AttrValue, Attributes, ContainerInfo, PodRef, Point, ResourceId, Sweep, SweepContext, Value,
-};
+use crate::model::{Attributes, ContainerInfo, PodRef, Point, ResourceId, Sweep, SweepContext, Value};
 use crate::semconv::{self, NetworkFamily};
-use crate::sources::{BoxError, Source};
+use crate::sources::{container_attributes, is_vanished, pod_attributes, BoxError, Source};
 use crate::telemetry::Telemetry;
 use crate::warn_limited;
 
@@ -93,6 +96,13 @@ pub struct NetnsConfig {
     /// elsewhere it is turned off by itself with a log line.
     #[serde(default = "default_true")]
     pub resolve_host_peer: bool,
+    /// At most this many interfaces are reported per network namespace (after the include and
+    /// exclude filters, first in the kernel's order, which is creation order): a pod with
+    /// `CAP_NET_ADMIN` in its namespace can create thousands, each adding series. The rest are
+    /// left out and counted (`netns_interfaces_over_cap`, per sweep). Must be at least 1.
+    /// Default: `64`.
+    #[serde(default = "default_max_interfaces")]
+    pub max_interfaces: usize,
 }
 
 /// Handling of containers that share the host's network namespace.
@@ -118,6 +128,21 @@ fn default_true() -> bool {
     true
 }
 
+fn default_max_interfaces() -> usize {
+    64
+}
+
+impl NetnsConfig {
+    /// Problems as (key, reason), for the config check.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        if self.max_interfaces == 0 {
+            vec![("max_interfaces".into(), "must be at least 1".into())]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
 impl Default for NetnsConfig {
     fn default() -> Self {
         NetnsConfig {
@@ -126,6 +151,7 @@ impl Default for NetnsConfig {
             exclude_interfaces: default_exclude_interfaces(),
             host_network: HostNetwork::default(),
             resolve_host_peer: true,
+            max_interfaces: default_max_interfaces(),
         }
     }
 }
@@ -148,11 +174,6 @@ impl NetnsError {
             NetnsError::Parse { .. } => false,
         }
     }
-}
-
-fn is_vanished(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::NotFound
-        || matches!(e.raw_os_error(), Some(libc::ESRCH) | Some(libc::ENODEV) | Some(libc::ENOENT))
 }
 
 /// Identity of a network namespace: device and inode of the nsfs file.
@@ -180,9 +201,11 @@ pub struct NetnsSource {
     include: Vec<Glob>,
     exclude: Vec<Glob>,
     host_network: HostNetwork,
+    max_interfaces: usize,
     /// The host's network namespace, fixed for the agent's life.
     host: NsKey,
-    pids: HashMap<String, CachedPid>,
+    /// Each container's oldest live process and its namespace.
+    pids: HashMap<String, (CachedPid, NsKey)>,
     /// hostNetwork containers already logged, so the debug line comes once per container.
     host_network_logged: HashSet<String>,
     peers: Option<PeerResolver>,
@@ -191,6 +214,10 @@ pub struct NetnsSource {
     /// as soon as its namespace has no member left (see the end of `collect`).
     dev_files: HashMap<NsKey, File>,
     dev_buf: Vec<u8>,
+    /// The namespace each resource's network series come from, and when the source first saw
+    /// it there: the origin given to [`crate::model::StartTimes`], so that a pod whose sandbox
+    /// namespace is replaced starts new series instead of continuing the old ones.
+    origins: HashMap<ResourceId, (NsKey, SystemTime)>,
 }
 
 /// Reads a kept-open procfs file whole from offset 0 into `buf`.
@@ -237,12 +264,14 @@ impl NetnsSource {
             include: config.include_interfaces.clone(),
             exclude: config.exclude_interfaces.clone(),
             host_network: config.host_network,
+            max_interfaces: config.max_interfaces.max(1),
             host,
             pids: HashMap::new(),
             host_network_logged: HashSet::new(),
             peers,
             dev_files: HashMap::new(),
             dev_buf: vec![0; 4096],
+            origins: HashMap::new(),
         })
     }
 
@@ -259,11 +288,13 @@ impl NetnsSource {
     /// The container's oldest live process and its namespace; `Ok(None)` when it has no live
     /// process left.
     fn locate(&mut self, c: &ContainerInfo) -> Result<Option<(CachedPid, NsKey)>, NetnsError> {
-        if let Some(cached) = self.pids.get(&c.id).copied() {
+        // The same process (same pid, same start time) is in the same namespace: processes of
+        // a container do not leave theirs (a `setns` of its oldest process would go unseen until
+        // it exits). So a known container costs one read of its pid's `stat`, and no `stat` of
+        // `ns/net`.
+        if let Some((cached, key)) = self.pids.get(&c.id).copied() {
             if start_time(&self.proc_root, cached.pid).ok() == Some(cached.start) {
-                if let Ok(key) = ns_key(&self.proc_root, cached.pid) {
-                    return Ok(Some((cached, key)));
-                }
+                return Ok(Some((cached, key)));
             }
             self.pids.remove(&c.id);
         }
@@ -291,7 +322,7 @@ impl NetnsSource {
             // A zombie still has a stat file but no namespace: try the next one.
             match ns_key(&self.proc_root, candidate.pid) {
                 Ok(key) => {
-                    self.pids.insert(c.id.clone(), candidate);
+                    self.pids.insert(c.id.clone(), (candidate, key));
                     return Ok(Some((candidate, key)));
                 }
                 Err(e) => note(e),
@@ -339,13 +370,92 @@ struct Member<'a> {
 }
 
 impl Source for NetnsSource {
+    /// One sweep, in four steps: find each container's namespace ([`NetnsSource::group_by_namespace`]),
+    /// bring the host peer cache up to date, then per namespace choose where its series go
+    /// ([`NetnsSource::target`]), read its counters ([`NetnsSource::read_counters`]) and emit
+    /// them ([`NetnsSource::emit`]); last, let go of what no namespace uses any more.
     fn collect(&mut self, ctx: &mut SweepContext, sweep: &mut Sweep) -> Result<(), BoxError> {
-        let host = self.host;
-        let telemetry = Telemetry::global();
+        let groups = self.group_by_namespace(&ctx.containers);
+        if let Some(peers) = &mut self.peers {
+            peers.begin_sweep();
+        }
+        let mut pods_done: HashSet<String> = HashSet::new();
+        let mut touched: HashSet<ResourceId> = HashSet::with_capacity(groups.len());
+        let mut live_namespaces: HashSet<NsKey> = HashSet::with_capacity(groups.len());
+        for (key, members) in &groups {
+            if *key == self.host {
+                self.host_network_members(members, sweep);
+                continue;
+            }
+            let Some(target) = target(members, &mut pods_done) else { continue };
+            let Some((reader_pid, counters)) = self.read_counters(*key, target.owner, members) else {
+                continue;
+            };
+            live_namespaces.insert(*key);
+            let origin = note_origin(&mut self.origins, &mut touched, &target.id, *key, sweep.time);
+            self.emit(*key, reader_pid, &counters, target, origin, sweep);
+        }
+        if let Some(peers) = &mut self.peers {
+            peers.end_sweep(&live_namespaces);
+        }
+        self.origins.retain(|id, _| touched.contains(id));
+        // Close the files of namespaces without members: an open file would keep a dead
+        // namespace alive.
+        self.dev_files.retain(|key, _| live_namespaces.contains(key));
+        Ok(())
+    }
+}
 
-        let mut groups: BTreeMap<NsKey, Vec<Member<'_>>> = BTreeMap::new();
-        let mut seen: HashSet<&str> = HashSet::with_capacity(ctx.containers.len());
-        for c in &ctx.containers {
+/// Where a namespace's series go: the resource, its attributes if it is new, the metric family.
+struct Target<'m, 'c> {
+    owner: &'m Member<'c>,
+    id: ResourceId,
+    attributes: Attributes,
+    family: &'static NetworkFamily,
+}
+
+/// The pod of a namespace's members if any (`k8s.pod.network.*` on the pod), else the owner
+/// container (`container.network.*`). `None` when there is no member, or when the pod was
+/// already reported this sweep from an older namespace (its sandbox being replaced).
+fn target<'m, 'c>(members: &'m [Member<'c>], pods_done: &mut HashSet<String>) -> Option<Target<'m, 'c>> {
+    let owner =
+        choose_owner(&members.iter().map(|m| (m.container.id.as_str(), m.pid.start)).collect::<Vec<_>>())?;
+    let owner = &members[owner];
+    Some(match kubernetes_pod(members) {
+        Some((uid, qos)) => {
+            if !pods_done.insert(uid.to_owned()) {
+                debug!(pod_uid = uid, "Pod spans two network namespaces this sweep; reporting the first.");
+                return None;
+            }
+            Target {
+                owner,
+                id: ResourceId::Pod(uid.to_owned()),
+                attributes: pod_attributes(uid, qos),
+                family: &semconv::POD_NETWORK,
+            }
+        }
+        None => Target {
+            owner,
+            id: owner.container.resource_id(),
+            attributes: container_attributes(
+                &owner.container.id,
+                owner.container.runtime,
+                owner.container.pod.as_ref(),
+            ),
+            family: &semconv::CONTAINER_NETWORK,
+        },
+    })
+}
+
+impl NetnsSource {
+    /// Each container's namespace, containers grouped by it, oldest namespace first (by its
+    /// oldest process), so that when a pod shows in two namespaces (its sandbox being replaced)
+    /// the one it has been using keeps the series. Forgets containers no longer listed.
+    fn group_by_namespace<'c>(&mut self, containers: &'c [ContainerInfo]) -> Vec<(NsKey, Vec<Member<'c>>)> {
+        let telemetry = Telemetry::global();
+        let mut groups: BTreeMap<NsKey, Vec<Member<'c>>> = BTreeMap::new();
+        let mut seen: HashSet<&str> = HashSet::with_capacity(containers.len());
+        for c in containers {
             seen.insert(c.id.as_str());
             match self.locate(c) {
                 Ok(Some((pid, key))) => groups.entry(key).or_default().push(Member { container: c, pid }),
@@ -361,151 +471,136 @@ impl Source for NetnsSource {
         }
         self.pids.retain(|id, _| seen.contains(id.as_str()));
         self.host_network_logged.retain(|id| seen.contains(id.as_str()));
-
-        if let Some(peers) = &mut self.peers {
-            peers.begin_sweep();
-        }
-
-        // Oldest namespace first (by its oldest process), so that when a pod shows in two
-        // namespaces (its sandbox being replaced) the one it has been using keeps the series.
-        let mut groups: Vec<(NsKey, Vec<Member<'_>>)> = groups.into_iter().collect();
+        let mut groups: Vec<(NsKey, Vec<Member<'c>>)> = groups.into_iter().collect();
         groups.sort_by_key(|(key, members)| (members.iter().map(|m| m.pid.start).min(), *key));
+        groups
+    }
 
-        let mut pods_done: HashSet<String> = HashSet::new();
-        let mut live_namespaces: HashSet<NsKey> = HashSet::with_capacity(groups.len());
-        for (key, members) in &groups {
-            if *key == host {
-                self.host_network_members(members, sweep);
-                continue;
-            }
-            let Some(owner) = choose_owner(
-                &members.iter().map(|m| (m.container.id.as_str(), m.pid.start)).collect::<Vec<_>>(),
-            ) else {
-                continue;
-            };
-            let owner = &members[owner];
-            let pod = kubernetes_pod(members);
-            if let Some((uid, _)) = pod {
-                if !pods_done.insert(uid.to_owned()) {
-                    debug!(
-                        pod_uid = uid,
-                        "Pod spans two network namespaces this sweep; reporting the first."
-                    );
-                    continue;
+    /// A namespace's `net/dev`, parsed, and the pid it was read through: from the file kept
+    /// open for the namespace, else through the owner's process, else any other member's (the
+    /// owner's may exit right now). `None` (counted, logged) when nothing could be read.
+    fn read_counters(
+        &mut self,
+        key: NsKey,
+        owner: &Member<'_>,
+        members: &[Member<'_>],
+    ) -> Option<(u32, Vec<InterfaceCounters>)> {
+        let telemetry = Telemetry::global();
+        // A namespace read before: its file is still open (and the namespace still has a
+        // member, or it would not be in this sweep's groups).
+        let mut read = None;
+        if let Some(file) = self.dev_files.get(&key) {
+            match pread_text(file, &mut self.dev_buf) {
+                Ok(text) => read = Some((owner.pid.pid, text.to_owned())),
+                Err(_) => {
+                    self.dev_files.remove(&key);
                 }
             }
-
-            // A namespace read before: its file is still open (and the namespace still has a
-            // member, or it would not be in this sweep's groups).
-            let mut read = None;
-            if let Some(file) = self.dev_files.get(key) {
-                match pread_text(file, &mut self.dev_buf) {
-                    Ok(text) => read = Some((owner.pid.pid, text.to_owned())),
-                    Err(_) => {
-                        self.dev_files.remove(key);
+        }
+        let readers = std::iter::once(owner).chain(members.iter().filter(|m| m.pid.pid != owner.pid.pid));
+        let mut failed = false;
+        for reader in readers {
+            if read.is_some() {
+                break;
+            }
+            let path = self.proc_root.join(reader.pid.pid.to_string()).join("net/dev");
+            let opened = File::open(&path);
+            match opened.and_then(|f| pread_text(&f, &mut self.dev_buf).map(|t| (t.to_owned(), f))) {
+                Ok((text, file)) => {
+                    if may_keep_open(self.dev_files.len()) {
+                        self.dev_files.insert(key, file);
                     }
-                }
-            }
-            // The owner first; if its process exits right now, any other member will do.
-            let readers = std::iter::once(owner).chain(members.iter().filter(|m| m.pid.pid != owner.pid.pid));
-            let mut failed = false;
-            for reader in readers {
-                if read.is_some() {
+                    read = Some((reader.pid.pid, text));
                     break;
                 }
-                let path = self.proc_root.join(reader.pid.pid.to_string()).join("net/dev");
-                let opened = File::open(&path);
-                match opened.and_then(|f| pread_text(&f, &mut self.dev_buf).map(|t| (t.to_owned(), f))) {
-                    Ok((text, file)) => {
-                        if may_keep_open(self.dev_files.len()) {
-                            self.dev_files.insert(*key, file);
-                        }
-                        read = Some((reader.pid.pid, text));
-                        break;
-                    }
-                    Err(source) if is_vanished(&source) => continue,
-                    Err(source) => {
-                        Telemetry::inc(&telemetry.source_errors);
-                        let e = NetnsError::Read { path, source };
-                        warn_limited!("netns.read", error = %e, "Cannot read a namespace's network counters.");
-                        failed = true;
-                        break;
-                    }
-                }
-            }
-            let Some((reader_pid, text)) = read else {
-                if !failed {
-                    Telemetry::inc(&telemetry.containers_vanished);
-                }
-                continue;
-            };
-            let counters = match parse_net_dev(&text) {
-                Ok(c) => c,
+                Err(source) if is_vanished(&source) => continue,
                 Err(source) => {
                     Telemetry::inc(&telemetry.source_errors);
-                    let path = self.proc_root.join(reader_pid.to_string()).join("net/dev");
-                    let e = NetnsError::Parse { path, source };
-                    warn_limited!("netns.parse", error = %e, "Cannot parse a namespace's network counters.");
-                    continue;
+                    let e = NetnsError::Read { path, source };
+                    warn_limited!("netns.read", error = %e, "Cannot read a namespace's network counters.");
+                    failed = true;
+                    break;
                 }
-            };
-            live_namespaces.insert(*key);
-
-            let names: Vec<&str> = counters.iter().map(|c| c.name.as_str()).collect();
-            let peers = match &mut self.peers {
-                Some(p) => p.peers_of(*key, &self.proc_root, reader_pid, &names),
-                None => None,
-            };
-            let (include, exclude) = (&self.include, &self.exclude);
-            let mut wanted =
-                counters.iter().filter(|i| interface_wanted(include, exclude, &i.name)).peekable();
-            if wanted.peek().is_none() {
-                continue;
             }
+        }
+        let Some((reader_pid, text)) = read else {
+            if !failed {
+                Telemetry::inc(&telemetry.containers_vanished);
+            }
+            return None;
+        };
+        match parse_net_dev(&text) {
+            Ok(counters) => Some((reader_pid, counters)),
+            Err(source) => {
+                Telemetry::inc(&telemetry.source_errors);
+                let path = self.proc_root.join(reader_pid.to_string()).join("net/dev");
+                let e = NetnsError::Parse { path, source };
+                warn_limited!("netns.parse", error = %e, "Cannot parse a namespace's network counters.");
+                None
+            }
+        }
+    }
 
-            let (id, attributes, family): (ResourceId, Attributes, &'static NetworkFamily) = match pod {
-                Some((uid, qos)) => (
-                    ResourceId::Pod(uid.to_owned()),
-                    vec![(semconv::K8S_POD_UID, uid.into()), (semconv::K8S_POD_QOS_CLASS, qos.into())],
-                    &semconv::POD_NETWORK,
-                ),
-                None => (
-                    owner.container.resource_id(),
-                    container_attributes(owner.container),
-                    &semconv::CONTAINER_NETWORK,
-                ),
-            };
-            let resource = sweep.resource_mut(id, || attributes);
-            for iface in wanted {
-                let peer = peers.and_then(|p| p.get(&iface.name));
-                for (direction, c) in [
-                    (semconv::DIRECTION_RECEIVE, &iface.receive),
-                    (semconv::DIRECTION_TRANSMIT, &iface.transmit),
+    /// The wanted interfaces of a namespace (filters, then `max_interfaces`), with their host
+    /// peers, as points on the target resource, stamped with the namespace's origin.
+    fn emit(
+        &mut self,
+        key: NsKey,
+        reader_pid: u32,
+        counters: &[InterfaceCounters],
+        target: Target<'_, '_>,
+        origin: SystemTime,
+        sweep: &mut Sweep,
+    ) {
+        let (include, exclude) = (&self.include, &self.exclude);
+        let mut wanted: Vec<&InterfaceCounters> =
+            counters.iter().filter(|i| interface_wanted(include, exclude, &i.name)).collect();
+        if wanted.len() > self.max_interfaces {
+            let over = wanted.len() - self.max_interfaces;
+            wanted.truncate(self.max_interfaces);
+            Telemetry::global()
+                .netns_interfaces_over_cap
+                .fetch_add(over as u64, std::sync::atomic::Ordering::Relaxed);
+            warn_limited!(
+                "netns.max_interfaces",
+                left_out = over,
+                max_interfaces = self.max_interfaces,
+                pid = reader_pid,
+                "A network namespace has more interfaces than sources.netns.max_interfaces; the rest are not reported."
+            );
+        }
+        if wanted.is_empty() {
+            return;
+        }
+        let names: Vec<&str> = wanted.iter().map(|c| c.name.as_str()).collect();
+        let peers = match &mut self.peers {
+            Some(p) => p.peers_of(key, &self.proc_root, reader_pid, &names),
+            None => None,
+        };
+        let Target { id, attributes, family, .. } = target;
+        let resource = sweep.resource_mut(id, || attributes);
+        for iface in wanted {
+            let peer = peers.and_then(|p| p.get(&iface.name));
+            for (direction, c) in
+                [(semconv::DIRECTION_RECEIVE, &iface.receive), (semconv::DIRECTION_TRANSMIT, &iface.transmit)]
+            {
+                for (metric, value) in [
+                    (&family.io, c.bytes),
+                    (&family.errors, c.errors),
+                    (&family.packets, c.packets),
+                    (&family.dropped, c.dropped),
                 ] {
-                    for (metric, value) in [
-                        (&family.io, c.bytes),
-                        (&family.errors, c.errors),
-                        (&family.packets, c.packets),
-                        (&family.dropped, c.dropped),
-                    ] {
-                        let mut point = Point::new(metric, Value::from_u64(value))
-                            .with(semconv::NETWORK_INTERFACE_NAME, iface.name.as_str())
-                            .with(semconv::NETWORK_IO_DIRECTION, direction);
-                        if let Some(peer) = peer {
-                            point = point.with(semconv::NETWORK_INTERFACE_HOST_PEER, peer.as_str());
-                        }
-                        resource.points.push(point);
+                    let mut point = Point::new(metric, Value::from_u64(value))
+                        .with(semconv::NETWORK_INTERFACE_NAME, iface.name.as_str())
+                        .with(semconv::NETWORK_IO_DIRECTION, direction);
+                    if let Some(peer) = peer {
+                        point = point.with(semconv::NETWORK_INTERFACE_HOST_PEER, peer.as_str());
                     }
+                    point.start_time = Some(origin);
+                    resource.points.push(point);
                 }
             }
         }
-        if let Some(peers) = &mut self.peers {
-            peers.end_sweep(&live_namespaces);
-        }
-        // Close the files of namespaces without members: an open file would keep a dead
-        // namespace alive.
-        self.dev_files.retain(|key, _| live_namespaces.contains(key));
-        Ok(())
     }
 }
 
@@ -519,16 +614,41 @@ impl NetnsSource {
                 continue;
             }
             let (id, attributes) = match &m.container.pod {
-                Some(PodRef::Kubernetes { uid, qos }) => (
-                    ResourceId::Pod(uid.clone()),
-                    vec![
-                        (semconv::K8S_POD_UID, uid.as_str().into()),
-                        (semconv::K8S_POD_QOS_CLASS, qos.as_str().into()),
-                    ],
+                Some(PodRef::Kubernetes { uid, qos }) => {
+                    (ResourceId::Pod(uid.clone()), pod_attributes(uid, qos))
+                }
+                _ => (
+                    m.container.resource_id(),
+                    container_attributes(&m.container.id, m.container.runtime, m.container.pod.as_ref()),
                 ),
-                _ => (m.container.resource_id(), container_attributes(m.container)),
             };
             sweep.resource_mut(id, || attributes).set_attribute(semconv::PODOMETER_HOST_NETWORK, true);
+        }
+    }
+}
+
+/// The origin of a resource's network series: when this source first saw the resource in
+/// namespace `key`. A resource seen in another namespace than last sweep gets a new origin,
+/// counted in `netns_replaced`.
+fn note_origin(
+    origins: &mut HashMap<ResourceId, (NsKey, SystemTime)>,
+    touched: &mut HashSet<ResourceId>,
+    id: &ResourceId,
+    key: NsKey,
+    now: SystemTime,
+) -> SystemTime {
+    touched.insert(id.clone());
+    match origins.get_mut(id) {
+        Some((k, since)) if *k == key => *since,
+        Some(entry) => {
+            Telemetry::inc(&Telemetry::global().netns_replaced);
+            debug!(resource = ?id, "New network namespace (sandbox replaced); its network series start anew.");
+            *entry = (key, now);
+            now
+        }
+        None => {
+            origins.insert(id.clone(), (key, now));
+            now
         }
     }
 }
@@ -549,25 +669,37 @@ fn kubernetes_pod<'a>(members: &'a [Member<'_>]) -> Option<(&'a str, &'a str)> {
         .min()
 }
 
-fn container_attributes(c: &ContainerInfo) -> Attributes {
-    let mut attrs: Attributes = vec![
-        (semconv::CONTAINER_ID, c.id.as_str().into()),
-        (semconv::CONTAINER_RUNTIME_NAME, c.runtime.as_str().into()),
-    ];
-    if let Some(PodRef::Podman { id }) = &c.pod {
-        attrs.push((semconv::PODMAN_POD_ID, AttrValue::from(id.as_str())));
+/// The peers just matched, plus the last known peer of each interface still present that the
+/// match left without one. `network.interface.host_peer` is an identifying point attribute and
+/// its lookup is best effort (a failed dump, a stale host cache, a missing `CAP_NET_ADMIN`):
+/// losing it would start new series for no change on the node. A veth's two ends live and die
+/// together, so an interface that is still there still has the peer it had; a different peer
+/// from a successful match replaces it.
+fn keep_known_peers(
+    mut matched: HashMap<String, String>,
+    known: &HashMap<String, String>,
+    interfaces: &[String],
+) -> HashMap<String, String> {
+    for name in interfaces {
+        if !matched.contains_key(name) {
+            if let Some(peer) = known.get(name) {
+                matched.insert(name.clone(), peer.clone());
+            }
+        }
     }
-    attrs
+    matched
 }
 
 /// How often the peer resolver went to the kernel; to check that steady state costs nothing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NetlinkCounts {
-    /// Dumps of the host's links (after link events, or for a new namespace).
+    /// Dumps of the host's links: the first, and after notifications were lost.
     pub host_dumps: u64,
     /// Namespaces resolved (`RTM_GETNSID` plus a dump of the pod's links): new namespaces and
     /// namespaces whose interface names changed.
     pub namespace_lookups: u64,
+    /// Host link notifications applied to the cache (no request: the kernel sends them).
+    pub link_events: u64,
 }
 
 /// Per-namespace cache of host peers, refreshed on link events.
@@ -622,8 +754,20 @@ impl PeerResolver {
         }
     }
 
+    /// Applies the host's link changes heard since the last sweep to the cached host links. A
+    /// change that may move a peer has every namespace matched again (in memory); only lost
+    /// notifications make the next sweep dump the host's links.
     fn begin_sweep(&mut self) {
-        if self.events.drain() {
+        let drained = self.events.drain();
+        self.counts.link_events += drained.changes.len() as u64;
+        let mut relevant = false;
+        for change in drained.changes {
+            relevant |= peer::apply_link_change(&mut self.host_links, change);
+        }
+        if relevant {
+            self.generation += 1;
+        }
+        if drained.lost {
             self.host_dirty = true;
         }
         self.host_tried = false;
@@ -664,6 +808,8 @@ impl PeerResolver {
             self.refresh_host();
         }
         if stale {
+            // What was known stays known (see `keep_known_peers`).
+            let known = self.namespaces.remove(&key).map(|ns| ns.peers).unwrap_or_default();
             let ns_path = proc_root.join(pid.to_string()).join("ns/net");
             self.counts.namespace_lookups += 1;
             let (nsid, pod_links) = match self.rtnl.nsid_of(&ns_path) {
@@ -690,16 +836,17 @@ impl PeerResolver {
                     nsid,
                     pod_links,
                     generation: 0,
-                    peers: HashMap::new(),
+                    peers: known,
                 },
             );
         }
         let ns = self.namespaces.get_mut(&key)?;
         if ns.generation != self.generation {
-            ns.peers = match ns.nsid {
+            let matched = match ns.nsid {
                 Some(nsid) => match_host_peers(nsid, &ns.pod_links, &self.host_links),
                 None => HashMap::new(),
             };
+            ns.peers = keep_known_peers(matched, &ns.peers, &ns.interfaces);
             ns.generation = self.generation;
         }
         Some(&ns.peers)
@@ -734,6 +881,20 @@ mod tests {
         assert!(cfg.exclude_interfaces.is_empty());
         assert!(serde_json::from_str::<NetnsConfig>(r#"{"proc_rot":"/x"}"#).is_err());
         assert!(serde_json::from_str::<NetnsConfig>(r#"{"host_network":"report"}"#).is_err());
+    }
+
+    #[test]
+    fn known_peers_survive_a_failed_lookup_and_yield_to_a_new_match() {
+        let map = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
+        };
+        let interfaces = vec!["eth0".to_owned(), "net1".to_owned()];
+        let known = map(&[("eth0", "veth1"), ("gone0", "veth9")]);
+        // The lookup failed: nothing matched. eth0 keeps its peer; a gone interface's is dropped.
+        assert_eq!(keep_known_peers(HashMap::new(), &known, &interfaces), map(&[("eth0", "veth1")]));
+        // A successful match wins, and adds what is new.
+        let matched = map(&[("eth0", "veth2"), ("net1", "veth3")]);
+        assert_eq!(keep_known_peers(matched.clone(), &known, &interfaces), matched);
     }
 
     #[test]

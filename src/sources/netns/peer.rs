@@ -257,20 +257,89 @@ impl LinkEvents {
         Ok(LinkEvents { socket, buf: vec![0; 32 * 1024] })
     }
 
-    /// Reads every pending notification; true if there was any (or the queue overflowed,
-    /// which means we missed some).
-    pub fn drain(&mut self) -> bool {
-        let mut changed = false;
+    /// Reads every pending notification. Each carries the whole link (the kernel fills it like
+    /// a dump's answer), so the host's link list is kept current from them alone, without
+    /// asking the kernel again.
+    pub fn drain(&mut self) -> Drained {
+        let mut drained = Drained::default();
         loop {
             match self.socket.recv(&mut &mut self.buf[..], 0) {
-                Ok(0) => return changed,
-                Ok(_) => changed = true,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return changed,
+                Ok(0) => return drained,
+                Ok(n) => {
+                    let mut messages = Vec::new();
+                    let mut interrupted = false;
+                    // Notifications carry sequence number 0.
+                    if parse_datagram(&self.buf[..n], 0, true, &mut messages, &mut interrupted).is_err() {
+                        drained.lost = true;
+                    }
+                    for m in messages {
+                        match m {
+                            RouteNetlinkMessage::NewLink(link) => {
+                                drained.changes.push(LinkChange::New(LinkRecord::from_message(&link)))
+                            }
+                            RouteNetlinkMessage::DelLink(link) => {
+                                drained.changes.push(LinkChange::Deleted(link.header.index))
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return drained,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // ENOBUFS: the kernel dropped notifications; re-dump to be safe.
-                Err(_) => return true,
+                Err(_) => {
+                    drained.lost = true;
+                    return drained;
+                }
             }
         }
+    }
+}
+
+/// What [`LinkEvents::drain`] heard.
+#[derive(Debug, Default)]
+pub struct Drained {
+    pub changes: Vec<LinkChange>,
+    /// Notifications were dropped (the socket's queue overflowed) or unreadable: the host's
+    /// links must be dumped again.
+    pub lost: bool,
+}
+
+/// One host link change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkChange {
+    /// A link added or changed: its whole record.
+    New(LinkRecord),
+    /// The link with this ifindex was removed.
+    Deleted(u32),
+}
+
+/// Applies a change to the host's links; true when it may change a pod interface's peer (a
+/// veth or netkit pointing into another namespace came, went or changed).
+pub fn apply_link_change(links: &mut Vec<LinkRecord>, change: LinkChange) -> bool {
+    let peer_like = |l: &LinkRecord| {
+        matches!(l.kind.as_deref(), Some("veth") | Some("netkit")) && l.link_netnsid.is_some()
+    };
+    match change {
+        LinkChange::New(link) => {
+            let relevant = peer_like(&link);
+            match links.iter_mut().find(|l| l.index == link.index) {
+                Some(old) => {
+                    let was = peer_like(old);
+                    let changed = *old != link;
+                    *old = link;
+                    changed && (relevant || was)
+                }
+                None => {
+                    links.push(link);
+                    relevant
+                }
+            }
+        }
+        LinkChange::Deleted(index) => match links.iter().position(|l| l.index == index) {
+            Some(i) => peer_like(&links.swap_remove(i)),
+            None => false,
+        },
     }
 }
 

@@ -1,22 +1,7 @@
 //! Pure parsers for the procfs files this source reads: `/proc/<pid>/net/dev`,
 //! `/proc/<pid>/stat` (start time only) and `cgroup.procs`.
 
-use thiserror::Error;
-
-/// What is wrong with a file's text; the caller adds the path.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("line {line}: {message}")]
-pub struct ParseError {
-    /// 1-based line number, 0 when the file as a whole is wrong.
-    pub line: usize,
-    pub message: String,
-}
-
-impl ParseError {
-    fn new(line: usize, message: impl Into<String>) -> ParseError {
-        ParseError { line, message: message.into() }
-    }
-}
+pub use crate::sources::ParseError;
 
 /// One direction of one interface, as `/proc/net/dev` counts it. Byte counters are in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -51,7 +36,7 @@ pub fn parse_net_dev(text: &str) -> Result<Vec<InterfaceCounters>, ParseError> {
     let mut lines = text.lines().enumerate();
     match (lines.next(), lines.next()) {
         (Some((_, first)), Some((_, second))) if first.contains('|') && second.contains('|') => {}
-        _ => return Err(ParseError::new(0, "missing the two header lines of /proc/net/dev")),
+        _ => return Err(ParseError::at_line(0, "missing the two header lines of /proc/net/dev")),
     }
     let mut out = Vec::new();
     for (i, line) in lines {
@@ -60,25 +45,28 @@ pub fn parse_net_dev(text: &str) -> Result<Vec<InterfaceCounters>, ParseError> {
             continue;
         }
         let (name, rest) = line.split_once(':').ok_or_else(|| {
-            ParseError::new(line_no, format!("no `:` after the interface name in `{line}`"))
+            ParseError::at_line(line_no, format!("no `:` after the interface name in `{line}`"))
         })?;
         let name = name.trim();
         if name.is_empty() {
-            return Err(ParseError::new(line_no, "empty interface name"));
+            return Err(ParseError::at_line(line_no, "empty interface name"));
         }
         let mut values = [0u64; 16];
         let mut count = 0;
         for field in rest.split_whitespace() {
             if count == values.len() {
-                return Err(ParseError::new(line_no, format!("interface {name}: more than 16 counters")));
+                return Err(ParseError::at_line(line_no, format!("interface {name}: more than 16 counters")));
             }
             values[count] = field.parse().map_err(|_| {
-                ParseError::new(line_no, format!("interface {name}: counter `{field}` is not a number"))
+                ParseError::at_line(line_no, format!("interface {name}: counter `{field}` is not a number"))
             })?;
             count += 1;
         }
         if count != values.len() {
-            return Err(ParseError::new(line_no, format!("interface {name}: {count} counters, expected 16")));
+            return Err(ParseError::at_line(
+                line_no,
+                format!("interface {name}: {count} counters, expected 16"),
+            ));
         }
         let direction = |v: &[u64]| DirectionCounters {
             bytes: v[0],
@@ -105,13 +93,13 @@ pub fn parse_net_dev(text: &str) -> Result<Vec<InterfaceCounters>, ParseError> {
 /// so it stays in ticks. `comm` (field 2) may contain spaces and parentheses: the fields are
 /// counted from the last `)`.
 pub fn parse_stat_starttime(text: &str) -> Result<u64, ParseError> {
-    let close = text.rfind(')').ok_or_else(|| ParseError::new(1, "no `)` closing the command name"))?;
+    let close = text.rfind(')').ok_or_else(|| ParseError::at_line(1, "no `)` closing the command name"))?;
     // Field 3 (state) is the first after `)`, so field 22 is the 20th.
     let field = text[close + 1..]
         .split_whitespace()
         .nth(19)
-        .ok_or_else(|| ParseError::new(1, "fewer than 22 fields, no starttime"))?;
-    field.parse().map_err(|_| ParseError::new(1, format!("starttime `{field}` is not a number")))
+        .ok_or_else(|| ParseError::at_line(1, "fewer than 22 fields, no starttime"))?;
+    field.parse().map_err(|_| ParseError::at_line(1, format!("starttime `{field}` is not a number")))
 }
 
 /// The pids of a `cgroup.procs` file, in file order.
@@ -120,7 +108,7 @@ pub fn parse_procs(text: &str) -> Result<Vec<u32>, ParseError> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            l.trim().parse().map_err(|_| ParseError::new(i + 1, format!("`{}` is not a pid", l.trim())))
+            l.trim().parse().map_err(|_| ParseError::at_line(i + 1, format!("`{}` is not a pid", l.trim())))
         })
         .collect()
 }
@@ -201,14 +189,15 @@ mod tests {
         assert!(parse_net_dev("").is_err());
         assert!(parse_net_dev("eth0: 1 2 3\n").is_err(), "no header");
         let short = parse_net_dev(&format!("{HEADER}eth0: 1 2 3\n")).unwrap_err();
-        assert_eq!(short.line, 3);
-        assert!(short.message.contains("eth0") && short.message.contains("3 counters"), "{short}");
+        assert!(matches!(short, ParseError::AtLine { line: 3, .. }), "{short:?}");
+        let short = short.to_string();
+        assert!(short.contains("eth0") && short.contains("3 counters"), "{short}");
         let long = parse_net_dev(&format!("{HEADER}eth0: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17\n"));
-        assert!(long.unwrap_err().message.contains("more than 16"));
+        assert!(long.unwrap_err().to_string().contains("more than 16"));
         let nan = parse_net_dev(&format!("{HEADER}eth0: 1 2 3 4 5 6 7 8 9 10 11 x 13 14 15 16\n"));
-        assert!(nan.unwrap_err().message.contains("`x`"));
+        assert!(nan.unwrap_err().to_string().contains("`x`"));
         let no_colon = parse_net_dev(&format!("{HEADER}eth0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n"));
-        assert!(no_colon.unwrap_err().message.contains("no `:`"));
+        assert!(no_colon.unwrap_err().to_string().contains("no `:`"));
         // Header only: no interfaces is not an error (a namespace with nothing in it).
         assert_eq!(parse_net_dev(HEADER).unwrap(), Vec::new());
     }
@@ -227,6 +216,6 @@ mod tests {
     fn procs_are_pids_and_garbage_is_an_error() {
         assert_eq!(parse_procs("12\n7\n\n300\n").unwrap(), vec![12, 7, 300]);
         assert_eq!(parse_procs("").unwrap(), Vec::<u32>::new());
-        assert_eq!(parse_procs("12\nabc\n").unwrap_err().line, 2);
+        assert!(matches!(parse_procs("12\nabc\n"), Err(ParseError::AtLine { line: 2, .. })));
     }
 }
