@@ -507,6 +507,10 @@ fn sweep_loop(
     exporter_summary: Vec<String>,
 ) {
     let telemetry = Telemetry::global();
+    // Per exporter, for self-telemetry's `exporter` attribute (the OTLP exporters registered
+    // theirs when they were built; these are the same).
+    let exporter_counters: BTreeMap<&str, _> =
+        senders.keys().map(|id| (id.as_str(), telemetry.exporter(id))).collect();
     let mut readiness = Vec::new();
     let mut first = true;
     for pipeline in pipelines.iter() {
@@ -537,7 +541,13 @@ fn sweep_loop(
             for id in &pipeline.exporter_ids {
                 let Some(tx) = senders.get(id) else { continue };
                 if tx.try_send(Arc::clone(&sweep)).is_err() {
-                    Telemetry::inc(&telemetry.sweeps_dropped_by_exporter_backlog);
+                    if let Some(c) = exporter_counters.get(id.as_str()) {
+                        c.count(
+                            |e| &e.sweeps_dropped_by_backlog,
+                            |t| &t.sweeps_dropped_by_exporter_backlog,
+                            1,
+                        );
+                    }
                     warn_limited!("exporter-backlog", exporter = %id, "An exporter is not keeping up; a sweep was dropped for it.");
                 }
             }

@@ -18,7 +18,7 @@ use opentelemetry_sdk::Resource;
 use serde::Deserialize;
 
 use crate::semconv;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Counter, Kind, Telemetry, COUNTERS, EXPORTER_COUNTERS};
 
 /// Where and how often the agent sends its own metrics.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -110,108 +110,48 @@ fn register(provider: &SdkMeterProvider) {
             .with_boundaries(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
             .build(),
     );
-    let t = Telemetry::global;
-    let get = |f: fn(&Telemetry) -> &std::sync::atomic::AtomicU64| move || f(t()).load(Ordering::Relaxed);
-
-    macro_rules! counter {
-        ($name:expr, $unit:expr, $desc:expr, $read:expr) => {{
-            let read = $read;
-            meter
-                .u64_observable_counter($name)
-                .with_unit($unit)
-                .with_description($desc)
-                .with_callback(move |o| o.observe(read(), &[]))
-                .build();
-        }};
+    // The agent's counters, from the one table in `telemetry` (counters sharing a metric name
+    // become one instrument, told apart by their attribute).
+    let mut metrics: Vec<(&'static str, Vec<&'static Counter>)> = Vec::new();
+    for c in COUNTERS.iter().filter(|c| c.kind != Kind::LogOnly) {
+        match metrics.iter_mut().find(|(m, _)| *m == c.metric) {
+            Some((_, list)) => list.push(c),
+            None => metrics.push((c.metric, vec![c])),
+        }
     }
-    macro_rules! gauge {
-        ($name:expr, $unit:expr, $desc:expr, $read:expr) => {{
-            let read = $read;
-            meter
-                .u64_observable_gauge($name)
-                .with_unit($unit)
-                .with_description($desc)
-                .with_callback(move |o| o.observe(read(), &[]))
-                .build();
-        }};
+    for (name, list) in metrics {
+        let observe = move || {
+            let t = Telemetry::global();
+            list.iter()
+                .map(|c| {
+                    let attrs: Vec<KeyValue> =
+                        c.attribute.iter().map(|(k, v)| KeyValue::new(*k, *v)).collect();
+                    ((c.read)(t).load(Ordering::Relaxed), attrs)
+                })
+                .collect::<Vec<_>>()
+        };
+        let first = COUNTERS.iter().find(|c| c.metric == name).expect("listed");
+        instrument(&meter, name, first.unit, first.kind, first.description, observe);
     }
-    counter!("podometer.sweeps", "{sweep}", "Sweeps done.", get(|t| &t.sweeps));
-    gauge!(
-        "podometer.containers",
-        "{container}",
-        "Containers in the last sweep.",
-        get(|t| &t.last_containers)
-    );
-    gauge!("podometer.pods", "{pod}", "Pods in the last sweep.", get(|t| &t.last_pods));
-    gauge!(
-        "podometer.network_namespaces",
-        "{namespace}",
-        "Network namespaces read in the last sweep (resources with network series).",
-        get(|t| &t.last_network_namespaces)
-    );
-    gauge!(
-        "podometer.sweep.points",
-        "{point}",
-        "Data points (one per series) in the last sweep.",
-        get(|t| &t.last_points)
-    );
-    meter
-        .u64_observable_counter("podometer.source.errors")
-        .with_unit("{error}")
-        .with_description(
-            "Containers whose reading failed, by error.type (`read`: failed; `vanished`: gone mid-read).",
-        )
-        .with_callback(|o| {
-            let t = Telemetry::global();
-            o.observe(t.source_errors.load(Ordering::Relaxed), &[KeyValue::new("error.type", "read")]);
-            o.observe(
-                t.containers_vanished.load(Ordering::Relaxed),
-                &[KeyValue::new("error.type", "vanished")],
-            );
-        })
-        .build();
-    counter!(
-        "podometer.metadata.misses",
-        "{resource}",
-        "Container resources a metadata processor had no names for.",
-        get(|t| &t.metadata_misses)
-    );
-    counter!(
-        "podometer.exporter.sweeps.dropped",
-        "{sweep}",
-        "Sweeps an exporter's channel was too full to take.",
-        get(|t| &t.sweeps_dropped_by_exporter_backlog)
-    );
-    meter
-        .u64_observable_counter("podometer.exporter.batches")
-        .with_unit("{batch}")
-        .with_description(
-            "OTLP batches by outcome: sent, retried (attempts), dropped (rejected), evicted (queue full).",
-        )
-        .with_callback(|o| {
-            let t = Telemetry::global();
-            for (outcome, c) in [
-                ("sent", &t.batches_sent),
-                ("retried", &t.batches_retried),
-                ("dropped", &t.batches_dropped),
-                ("evicted", &t.batches_evicted),
-            ] {
-                o.observe(c.load(Ordering::Relaxed), &[KeyValue::new("outcome", outcome)]);
+    // Per exporter, with `exporter` = its config key.
+    let mut names: Vec<&'static str> = EXPORTER_COUNTERS.iter().map(|e| e.0).collect();
+    names.dedup();
+    for name in names {
+        let entries: Vec<_> = EXPORTER_COUNTERS.iter().filter(|e| e.0 == name).collect();
+        let (_, _, unit, kind, description, _) = *entries[0];
+        let observe = move || {
+            let mut out = Vec::new();
+            for (exporter, counters) in Telemetry::global().exporters() {
+                for (_, attribute, _, _, _, read) in &entries {
+                    let mut attrs = vec![KeyValue::new("exporter", exporter.clone())];
+                    attrs.extend(attribute.iter().map(|(k, v)| KeyValue::new(*k, *v)));
+                    out.push((read(&counters).load(Ordering::Relaxed), attrs));
+                }
             }
-        })
-        .build();
-    counter!(
-        "podometer.exporter.points.rejected",
-        "{point}",
-        "Points a receiver rejected in partial_success answers.",
-        get(|t| &t.points_rejected)
-    );
-    gauge!(
-        "podometer.exporter.queue.size",
-        "By",
-        "Bytes waiting in the OTLP exporters' queues.",
-        get(|t| &t.queue_bytes)
-    );
+            out
+        };
+        instrument(&meter, name, unit, kind, description, observe);
+    }
 
     // The process itself, under the semantic conventions' process.* names.
     meter
@@ -245,6 +185,36 @@ fn register(provider: &SdkMeterProvider) {
             }
         })
         .build();
+}
+
+/// An observable counter or gauge reporting what `observe` returns at each collection.
+fn instrument(
+    meter: &opentelemetry::metrics::Meter,
+    name: &'static str,
+    unit: &'static str,
+    kind: Kind,
+    description: &'static str,
+    observe: impl Fn() -> Vec<(u64, Vec<KeyValue>)> + Send + Sync + 'static,
+) {
+    match kind {
+        Kind::Counter => {
+            meter
+                .u64_observable_counter(name)
+                .with_unit(unit)
+                .with_description(description)
+                .with_callback(move |o| observe().iter().for_each(|(v, a)| o.observe(*v, a)))
+                .build();
+        }
+        Kind::Gauge => {
+            meter
+                .u64_observable_gauge(name)
+                .with_unit(unit)
+                .with_description(description)
+                .with_callback(move |o| observe().iter().for_each(|(v, a)| o.observe(*v, a)))
+                .build();
+        }
+        Kind::LogOnly => {}
+    }
 }
 
 /// User and system CPU seconds of this process.
