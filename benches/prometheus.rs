@@ -142,7 +142,7 @@ fn benches(c: &mut Criterion) {
     let rt2 = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let _provider = rt2.block_on(async {
         podometer::self_telemetry::start(
-            "http://127.0.0.1:9",
+            &podometer::self_telemetry::Target::plain("http://127.0.0.1:9"),
             Duration::from_secs(3600),
             podometer::self_telemetry::resource(None, None),
         )

@@ -6,6 +6,7 @@
 //! the sweep pays nothing for them but one histogram record per sweep. Process numbers come
 //! from `/proc/self` through the `procfs` crate at the same moment.
 
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -16,7 +17,9 @@ use opentelemetry_otlp::{WithExportConfig, WithTonicConfig as _};
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::Resource;
 use serde::Deserialize;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
+use crate::exporters::otlp::config::TlsConfig;
 use crate::semconv;
 use crate::telemetry::{Counter, Kind, Telemetry, COUNTERS, EXPORTER_COUNTERS};
 
@@ -31,6 +34,11 @@ pub struct SelfTelemetryConfig {
     /// endpoint when that exporter speaks gRPC.
     #[serde(default)]
     pub endpoint: Option<String>,
+    /// TLS for an `https://` endpoint, as the `otlp` exporter's `tls` (`ca_file`, `cert_file`
+    /// and `key_file` for mutual TLS). Without `endpoint`, the `otlp` exporter's endpoint and
+    /// TLS settings are used together.
+    #[serde(default)]
+    pub tls: TlsConfig,
     /// How often the metrics are collected and sent.
     #[serde(
         default = "default_interval",
@@ -48,7 +56,84 @@ fn default_interval() -> Duration {
 
 impl Default for SelfTelemetryConfig {
     fn default() -> Self {
-        SelfTelemetryConfig { enabled: true, endpoint: None, interval: default_interval() }
+        SelfTelemetryConfig {
+            enabled: true,
+            endpoint: None,
+            tls: TlsConfig::default(),
+            interval: default_interval(),
+        }
+    }
+}
+
+impl SelfTelemetryConfig {
+    /// Problems as (key under `self_telemetry`, reason).
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let tls = &self.tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            problems.push((
+                "tls".to_owned(),
+                "cert_file and key_file go together (mutual TLS needs both)".to_owned(),
+            ));
+        }
+        let files = tls.ca_file.is_some() || tls.cert_file.is_some() || tls.key_file.is_some();
+        match &self.endpoint {
+            Some(e) if files && !e.starts_with("https://") => problems.push((
+                "tls".to_owned(),
+                "TLS files need an https:// endpoint (http:// is plaintext)".to_owned(),
+            )),
+            None if files || tls.insecure.is_some() => problems.push((
+                "tls".to_owned(),
+                "without `endpoint` the otlp exporter's TLS settings are used; set `endpoint` to set TLS here".to_owned(),
+            )),
+            _ => {}
+        }
+        if tls.insecure.is_some() {
+            problems.push((
+                "tls.insecure".to_owned(),
+                "not used here: the scheme decides (http:// plaintext, https:// TLS)".to_owned(),
+            ));
+        }
+        problems
+    }
+}
+
+/// Where self-telemetry goes: the endpoint and, for `https://`, how to verify the server and
+/// who we are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub endpoint: String,
+    /// CA certificate(s) instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+impl Target {
+    pub fn plain(endpoint: &str) -> Target {
+        Target { endpoint: endpoint.to_owned(), ca_file: None, client: None }
+    }
+
+    /// tonic's TLS settings for an `https://` endpoint (None for `http://`).
+    fn tls(&self) -> Result<Option<ClientTlsConfig>, SelfTelemetryError> {
+        if !self.endpoint.starts_with("https://") {
+            return Ok(None);
+        }
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|e| SelfTelemetryError::Exporter {
+                endpoint: self.endpoint.clone(),
+                reason: format!("{}: {e}", path.display()),
+            })
+        };
+        let mut tls = ClientTlsConfig::new();
+        tls = match &self.ca_file {
+            Some(ca) => tls.ca_certificate(Certificate::from_pem(read(ca)?)),
+            None => tls.with_native_roots(),
+        };
+        if let Some((cert, key)) = &self.client {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(Some(tls))
     }
 }
 
@@ -83,15 +168,20 @@ pub fn resource(host_name: Option<String>, node_name: Option<String>) -> Resourc
 /// Starts exporting to `endpoint` every `interval`. Must run inside the tokio runtime (tonic's
 /// channel lives there). Keep the provider; `shutdown()` sends a last collection.
 pub fn start(
-    endpoint: &str,
+    target: &Target,
     interval: Duration,
     resource: Resource,
 ) -> Result<SdkMeterProvider, SelfTelemetryError> {
-    let exporter = opentelemetry_otlp::MetricExporter::builder()
+    let endpoint = target.endpoint.as_str();
+    let mut builder = opentelemetry_otlp::MetricExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint)
         .with_timeout(Duration::from_secs(10))
-        .with_compression(opentelemetry_otlp::Compression::Gzip)
+        .with_compression(opentelemetry_otlp::Compression::Gzip);
+    if let Some(tls) = target.tls()? {
+        builder = builder.with_tls_config(tls);
+    }
+    let exporter = builder
         .build()
         .map_err(|e| SelfTelemetryError::Exporter { endpoint: endpoint.to_owned(), reason: e.to_string() })?;
     let reader = PeriodicReader::builder(exporter).with_interval(interval).build();
