@@ -142,7 +142,7 @@ fn benches(c: &mut Criterion) {
     let rt2 = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let _provider = rt2.block_on(async {
         podometer::self_telemetry::start(
-            "http://127.0.0.1:9",
+            &podometer::self_telemetry::Target::plain("http://127.0.0.1:9"),
             Duration::from_secs(3600),
             podometer::self_telemetry::resource(None, None),
         )
@@ -164,6 +164,19 @@ criterion_group!(prometheus, benches);
 /// `cargo bench` passes `--bench`; under `cargo test --all-targets` each rendering runs once
 /// as a smoke test and checks that it holds every point.
 fn main() {
+    // `--render NAMING FORMAT N`: only N renders, for counting instructions under callgrind
+    // (stable on a noisy shared machine, unlike wall time): run with N and N+k, the
+    // difference over k is one render.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--render") {
+        let naming = if args[i + 1] == "otel" { Naming::Otel } else { Naming::Cadvisor };
+        let format = if args[i + 2] == "text" { Format::Text } else { Format::OpenMetrics };
+        let n: usize = args[i + 3].parse().expect("N");
+        let sweeps = vec![Arc::new(node_sweep())];
+        let bytes: usize = (0..n).map(|_| render(&config(naming), &sweeps, format).len()).sum();
+        println!("{n} renders, {bytes} bytes");
+        return;
+    }
     if std::env::args().any(|a| a == "--bench") {
         prometheus();
         Criterion::default().configure_from_args().final_summary();

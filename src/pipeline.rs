@@ -265,20 +265,28 @@ impl SweepCounts {
     }
 }
 
-/// The self-telemetry endpoint: the configured one, else the first gRPC `otlp` exporter's.
-pub fn self_telemetry_endpoint(config: &Config) -> Option<String> {
-    if !config.self_telemetry.enabled {
+/// Where self-telemetry goes: the configured endpoint and TLS, else the first gRPC `otlp`
+/// exporter's endpoint and TLS settings.
+pub fn self_telemetry_target(config: &Config) -> Option<crate::self_telemetry::Target> {
+    use crate::exporters::otlp::config::Security;
+    use crate::self_telemetry::Target;
+    let st = &config.self_telemetry;
+    if !st.enabled {
         return None;
     }
-    if let Some(endpoint) = &config.self_telemetry.endpoint {
-        return Some(endpoint.clone());
+    if let Some(endpoint) = &st.endpoint {
+        let client = st.tls.cert_file.clone().zip(st.tls.key_file.clone());
+        return Some(Target { endpoint: endpoint.clone(), ca_file: st.tls.ca_file.clone(), client });
     }
     config.exporters.entries.values().find_map(|(_, e)| match e {
         ExporterConfig::Otlp(c) => c
             .resolve(|name| std::env::var(name).ok())
             .ok()
             .filter(|r| r.protocol == crate::exporters::otlp::Protocol::Grpc)
-            .map(|r| r.endpoint),
+            .map(|r| match r.security {
+                Security::Tls { ca_file, client } => Target { endpoint: r.endpoint, ca_file, client },
+                Security::Plaintext => Target::plain(&r.endpoint),
+            }),
         _ => None,
     })
 }
@@ -374,11 +382,11 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), PipelineError> {
     let exporters = build_exporters(config)?;
-    let self_telemetry = match self_telemetry_endpoint(config) {
-        Some(endpoint) => {
+    let self_telemetry = match self_telemetry_target(config) {
+        Some(target) => {
             let host = config.host_name.clone().or_else(kernel_hostname);
             let resource = crate::self_telemetry::resource(host, config.node_name.clone());
-            match crate::self_telemetry::start(&endpoint, config.self_telemetry.interval, resource) {
+            match crate::self_telemetry::start(&target, config.self_telemetry.interval, resource) {
                 Ok(provider) => Some(provider),
                 Err(error) => {
                     warn!(%error, "Self-telemetry is off.");
@@ -507,6 +515,10 @@ fn sweep_loop(
     exporter_summary: Vec<String>,
 ) {
     let telemetry = Telemetry::global();
+    // Per exporter, for self-telemetry's `exporter` attribute (the OTLP exporters registered
+    // theirs when they were built; these are the same).
+    let exporter_counters: BTreeMap<&str, _> =
+        senders.keys().map(|id| (id.as_str(), telemetry.exporter(id))).collect();
     let mut readiness = Vec::new();
     let mut first = true;
     for pipeline in pipelines.iter() {
@@ -537,7 +549,13 @@ fn sweep_loop(
             for id in &pipeline.exporter_ids {
                 let Some(tx) = senders.get(id) else { continue };
                 if tx.try_send(Arc::clone(&sweep)).is_err() {
-                    Telemetry::inc(&telemetry.sweeps_dropped_by_exporter_backlog);
+                    if let Some(c) = exporter_counters.get(id.as_str()) {
+                        c.count(
+                            |e| &e.sweeps_dropped_by_backlog,
+                            |t| &t.sweeps_dropped_by_exporter_backlog,
+                            1,
+                        );
+                    }
                     warn_limited!("exporter-backlog", exporter = %id, "An exporter is not keeping up; a sweep was dropped for it.");
                 }
             }

@@ -6,6 +6,7 @@
 //! the sweep pays nothing for them but one histogram record per sweep. Process numbers come
 //! from `/proc/self` through the `procfs` crate at the same moment.
 
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -16,9 +17,11 @@ use opentelemetry_otlp::{WithExportConfig, WithTonicConfig as _};
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::Resource;
 use serde::Deserialize;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
+use crate::exporters::otlp::config::TlsConfig;
 use crate::semconv;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Counter, Kind, Telemetry, COUNTERS, EXPORTER_COUNTERS};
 
 /// Where and how often the agent sends its own metrics.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -31,6 +34,11 @@ pub struct SelfTelemetryConfig {
     /// endpoint when that exporter speaks gRPC.
     #[serde(default)]
     pub endpoint: Option<String>,
+    /// TLS for an `https://` endpoint, as the `otlp` exporter's `tls` (`ca_file`, `cert_file`
+    /// and `key_file` for mutual TLS). Without `endpoint`, the `otlp` exporter's endpoint and
+    /// TLS settings are used together.
+    #[serde(default)]
+    pub tls: TlsConfig,
     /// How often the metrics are collected and sent.
     #[serde(
         default = "default_interval",
@@ -48,7 +56,84 @@ fn default_interval() -> Duration {
 
 impl Default for SelfTelemetryConfig {
     fn default() -> Self {
-        SelfTelemetryConfig { enabled: true, endpoint: None, interval: default_interval() }
+        SelfTelemetryConfig {
+            enabled: true,
+            endpoint: None,
+            tls: TlsConfig::default(),
+            interval: default_interval(),
+        }
+    }
+}
+
+impl SelfTelemetryConfig {
+    /// Problems as (key under `self_telemetry`, reason).
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let tls = &self.tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            problems.push((
+                "tls".to_owned(),
+                "cert_file and key_file go together (mutual TLS needs both)".to_owned(),
+            ));
+        }
+        let files = tls.ca_file.is_some() || tls.cert_file.is_some() || tls.key_file.is_some();
+        match &self.endpoint {
+            Some(e) if files && !e.starts_with("https://") => problems.push((
+                "tls".to_owned(),
+                "TLS files need an https:// endpoint (http:// is plaintext)".to_owned(),
+            )),
+            None if files || tls.insecure.is_some() => problems.push((
+                "tls".to_owned(),
+                "without `endpoint` the otlp exporter's TLS settings are used; set `endpoint` to set TLS here".to_owned(),
+            )),
+            _ => {}
+        }
+        if tls.insecure.is_some() {
+            problems.push((
+                "tls.insecure".to_owned(),
+                "not used here: the scheme decides (http:// plaintext, https:// TLS)".to_owned(),
+            ));
+        }
+        problems
+    }
+}
+
+/// Where self-telemetry goes: the endpoint and, for `https://`, how to verify the server and
+/// who we are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub endpoint: String,
+    /// CA certificate(s) instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+impl Target {
+    pub fn plain(endpoint: &str) -> Target {
+        Target { endpoint: endpoint.to_owned(), ca_file: None, client: None }
+    }
+
+    /// tonic's TLS settings for an `https://` endpoint (None for `http://`).
+    fn tls(&self) -> Result<Option<ClientTlsConfig>, SelfTelemetryError> {
+        if !self.endpoint.starts_with("https://") {
+            return Ok(None);
+        }
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|e| SelfTelemetryError::Exporter {
+                endpoint: self.endpoint.clone(),
+                reason: format!("{}: {e}", path.display()),
+            })
+        };
+        let mut tls = ClientTlsConfig::new();
+        tls = match &self.ca_file {
+            Some(ca) => tls.ca_certificate(Certificate::from_pem(read(ca)?)),
+            None => tls.with_native_roots(),
+        };
+        if let Some((cert, key)) = &self.client {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(Some(tls))
     }
 }
 
@@ -83,15 +168,20 @@ pub fn resource(host_name: Option<String>, node_name: Option<String>) -> Resourc
 /// Starts exporting to `endpoint` every `interval`. Must run inside the tokio runtime (tonic's
 /// channel lives there). Keep the provider; `shutdown()` sends a last collection.
 pub fn start(
-    endpoint: &str,
+    target: &Target,
     interval: Duration,
     resource: Resource,
 ) -> Result<SdkMeterProvider, SelfTelemetryError> {
-    let exporter = opentelemetry_otlp::MetricExporter::builder()
+    let endpoint = target.endpoint.as_str();
+    let mut builder = opentelemetry_otlp::MetricExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint)
         .with_timeout(Duration::from_secs(10))
-        .with_compression(opentelemetry_otlp::Compression::Gzip)
+        .with_compression(opentelemetry_otlp::Compression::Gzip);
+    if let Some(tls) = target.tls()? {
+        builder = builder.with_tls_config(tls);
+    }
+    let exporter = builder
         .build()
         .map_err(|e| SelfTelemetryError::Exporter { endpoint: endpoint.to_owned(), reason: e.to_string() })?;
     let reader = PeriodicReader::builder(exporter).with_interval(interval).build();
@@ -110,108 +200,48 @@ fn register(provider: &SdkMeterProvider) {
             .with_boundaries(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
             .build(),
     );
-    let t = Telemetry::global;
-    let get = |f: fn(&Telemetry) -> &std::sync::atomic::AtomicU64| move || f(t()).load(Ordering::Relaxed);
-
-    macro_rules! counter {
-        ($name:expr, $unit:expr, $desc:expr, $read:expr) => {{
-            let read = $read;
-            meter
-                .u64_observable_counter($name)
-                .with_unit($unit)
-                .with_description($desc)
-                .with_callback(move |o| o.observe(read(), &[]))
-                .build();
-        }};
+    // The agent's counters, from the one table in `telemetry` (counters sharing a metric name
+    // become one instrument, told apart by their attribute).
+    let mut metrics: Vec<(&'static str, Vec<&'static Counter>)> = Vec::new();
+    for c in COUNTERS.iter().filter(|c| c.kind != Kind::LogOnly) {
+        match metrics.iter_mut().find(|(m, _)| *m == c.metric) {
+            Some((_, list)) => list.push(c),
+            None => metrics.push((c.metric, vec![c])),
+        }
     }
-    macro_rules! gauge {
-        ($name:expr, $unit:expr, $desc:expr, $read:expr) => {{
-            let read = $read;
-            meter
-                .u64_observable_gauge($name)
-                .with_unit($unit)
-                .with_description($desc)
-                .with_callback(move |o| o.observe(read(), &[]))
-                .build();
-        }};
+    for (name, list) in metrics {
+        let observe = move || {
+            let t = Telemetry::global();
+            list.iter()
+                .map(|c| {
+                    let attrs: Vec<KeyValue> =
+                        c.attribute.iter().map(|(k, v)| KeyValue::new(*k, *v)).collect();
+                    ((c.read)(t).load(Ordering::Relaxed), attrs)
+                })
+                .collect::<Vec<_>>()
+        };
+        let first = COUNTERS.iter().find(|c| c.metric == name).expect("listed");
+        instrument(&meter, name, first.unit, first.kind, first.description, observe);
     }
-    counter!("podometer.sweeps", "{sweep}", "Sweeps done.", get(|t| &t.sweeps));
-    gauge!(
-        "podometer.containers",
-        "{container}",
-        "Containers in the last sweep.",
-        get(|t| &t.last_containers)
-    );
-    gauge!("podometer.pods", "{pod}", "Pods in the last sweep.", get(|t| &t.last_pods));
-    gauge!(
-        "podometer.network_namespaces",
-        "{namespace}",
-        "Network namespaces read in the last sweep (resources with network series).",
-        get(|t| &t.last_network_namespaces)
-    );
-    gauge!(
-        "podometer.sweep.points",
-        "{point}",
-        "Data points (one per series) in the last sweep.",
-        get(|t| &t.last_points)
-    );
-    meter
-        .u64_observable_counter("podometer.source.errors")
-        .with_unit("{error}")
-        .with_description(
-            "Containers whose reading failed, by error.type (`read`: failed; `vanished`: gone mid-read).",
-        )
-        .with_callback(|o| {
-            let t = Telemetry::global();
-            o.observe(t.source_errors.load(Ordering::Relaxed), &[KeyValue::new("error.type", "read")]);
-            o.observe(
-                t.containers_vanished.load(Ordering::Relaxed),
-                &[KeyValue::new("error.type", "vanished")],
-            );
-        })
-        .build();
-    counter!(
-        "podometer.metadata.misses",
-        "{resource}",
-        "Container resources a metadata processor had no names for.",
-        get(|t| &t.metadata_misses)
-    );
-    counter!(
-        "podometer.exporter.sweeps.dropped",
-        "{sweep}",
-        "Sweeps an exporter's channel was too full to take.",
-        get(|t| &t.sweeps_dropped_by_exporter_backlog)
-    );
-    meter
-        .u64_observable_counter("podometer.exporter.batches")
-        .with_unit("{batch}")
-        .with_description(
-            "OTLP batches by outcome: sent, retried (attempts), dropped (rejected), evicted (queue full).",
-        )
-        .with_callback(|o| {
-            let t = Telemetry::global();
-            for (outcome, c) in [
-                ("sent", &t.batches_sent),
-                ("retried", &t.batches_retried),
-                ("dropped", &t.batches_dropped),
-                ("evicted", &t.batches_evicted),
-            ] {
-                o.observe(c.load(Ordering::Relaxed), &[KeyValue::new("outcome", outcome)]);
+    // Per exporter, with `exporter` = its config key.
+    let mut names: Vec<&'static str> = EXPORTER_COUNTERS.iter().map(|e| e.0).collect();
+    names.dedup();
+    for name in names {
+        let entries: Vec<_> = EXPORTER_COUNTERS.iter().filter(|e| e.0 == name).collect();
+        let (_, _, unit, kind, description, _) = *entries[0];
+        let observe = move || {
+            let mut out = Vec::new();
+            for (exporter, counters) in Telemetry::global().exporters() {
+                for (_, attribute, _, _, _, read) in &entries {
+                    let mut attrs = vec![KeyValue::new("exporter", exporter.clone())];
+                    attrs.extend(attribute.iter().map(|(k, v)| KeyValue::new(*k, *v)));
+                    out.push((read(&counters).load(Ordering::Relaxed), attrs));
+                }
             }
-        })
-        .build();
-    counter!(
-        "podometer.exporter.points.rejected",
-        "{point}",
-        "Points a receiver rejected in partial_success answers.",
-        get(|t| &t.points_rejected)
-    );
-    gauge!(
-        "podometer.exporter.queue.size",
-        "By",
-        "Bytes waiting in the OTLP exporters' queues.",
-        get(|t| &t.queue_bytes)
-    );
+            out
+        };
+        instrument(&meter, name, unit, kind, description, observe);
+    }
 
     // The process itself, under the semantic conventions' process.* names.
     meter
@@ -245,6 +275,36 @@ fn register(provider: &SdkMeterProvider) {
             }
         })
         .build();
+}
+
+/// An observable counter or gauge reporting what `observe` returns at each collection.
+fn instrument(
+    meter: &opentelemetry::metrics::Meter,
+    name: &'static str,
+    unit: &'static str,
+    kind: Kind,
+    description: &'static str,
+    observe: impl Fn() -> Vec<(u64, Vec<KeyValue>)> + Send + Sync + 'static,
+) {
+    match kind {
+        Kind::Counter => {
+            meter
+                .u64_observable_counter(name)
+                .with_unit(unit)
+                .with_description(description)
+                .with_callback(move |o| observe().iter().for_each(|(v, a)| o.observe(*v, a)))
+                .build();
+        }
+        Kind::Gauge => {
+            meter
+                .u64_observable_gauge(name)
+                .with_unit(unit)
+                .with_description(description)
+                .with_callback(move |o| observe().iter().for_each(|(v, a)| o.observe(*v, a)))
+                .build();
+        }
+        Kind::LogOnly => {}
+    }
 }
 
 /// User and system CPU seconds of this process.

@@ -1,7 +1,8 @@
 //! Self-telemetry end to end: the agent binary sends its own metrics through the OpenTelemetry
 //! SDK to a real rotel, which forwards them to a real VictoriaMetrics. After SIGTERM the agent
 //! logs its counters and then flushes the SDK once more, so the last samples VictoriaMetrics
-//! holds must equal the numbers in that final log line.
+//! holds must equal the numbers in that final log line. Exporter metrics carry the exporter's
+//! config key (`exporter`); the log line has their totals.
 mod support;
 
 use std::collections::BTreeMap;
@@ -20,17 +21,18 @@ fn counters(log: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// Runs the agent for 4 s with its OTLP exporter pointed at `otlp_endpoint` and its
-/// self-telemetry at rotel; returns the final counters it logged and the series
+/// Runs the agent for 4 s with its OTLP exporters (config key, endpoint, extra settings)
+/// and its self-telemetry at rotel; returns the final counters it logged and the series
 /// VictoriaMetrics holds for it once the last self-telemetry export has arrived.
-/// `expect`: (metric, label, counter in the log line) that must read back equal; waits until
-/// they all do (rotel forwards in batches, so the last export arrives a moment later).
+/// `expect`: (metric, label, counter in the log line) that must read back equal, summed over
+/// the series of all exporters; waits until they all do (rotel forwards in batches, so the
+/// last export arrives a moment later).
 type Expect<'a> = &'a [(&'a str, Option<(&'a str, &'a str)>, &'a str)];
 
 fn run_agent(
     vm: &VictoriaMetrics,
     rotel: &Rotel,
-    otlp_endpoint: &str,
+    exporters: &[(&str, &str, &str)],
     tag: &str,
     expect: Expect,
 ) -> (BTreeMap<String, u64>, Vec<Series>) {
@@ -47,14 +49,20 @@ fn run_agent(
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("agent.yaml");
     let host = format!("{tag}-{}", std::process::id());
+    let exporter_config: String = exporters
+        .iter()
+        .map(|(key, endpoint, extra)| format!("  {key}: {{endpoint: \"{endpoint}\"{extra}}}\n"))
+        .collect();
+    let keys: Vec<&str> = exporters.iter().map(|e| e.0).collect();
     std::fs::write(
         &config,
         format!(
             "interval: 500ms\nshutdown_timeout: 1s\nhost_name: {host}\nnode_name: node-{host}\n\
              self_telemetry: {{interval: 1s, endpoint: \"{}\"}}\n\
-             sources:\n  cgroups: {{}}\nexporters:\n  otlp: {{endpoint: \"{otlp_endpoint}\"}}\n\
-             pipelines:\n  main: {{sources: [cgroups], exporters: [otlp]}}\n",
+             sources:\n  cgroups: {{}}\nexporters:\n{exporter_config}\
+             pipelines:\n  main: {{sources: [cgroups], exporters: [{}]}}\n",
             rotel.grpc_endpoint(),
+            keys.join(", "),
         ),
     )
     .unwrap();
@@ -85,7 +93,11 @@ fn run_agent(
             .iter()
             .chain([("podometer.sweeps", None, "sweeps")].iter())
             .filter_map(|(metric, label, key)| {
-                let got = last(&series, metric, *label);
+                let got = if metric.starts_with("podometer.exporter.") {
+                    sum_last(&series, metric, *label)
+                } else {
+                    last(&series, metric, *label)
+                };
                 (got != Some(want[*key] as f64))
                     .then(|| format!("{metric}{label:?}: {got:?} != {key}={}", want[*key]))
             })
@@ -121,6 +133,35 @@ fn last(series: &[Series], name: &str, label: Option<(&str, &str)>) -> Option<f6
         .map(|(_, v)| v)
 }
 
+/// The sum over all exporters' series of each one's latest value.
+fn sum_last(series: &[Series], name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+    let exporters: std::collections::BTreeSet<&String> =
+        series.iter().filter(|s| s.name() == name).filter_map(|s| s.labels.get("exporter")).collect();
+    if exporters.is_empty() {
+        return None;
+    }
+    exporters.iter().map(|e| of_exporter(series, name, label, e)).sum()
+}
+
+/// The latest value of one exporter's series.
+fn of_exporter(series: &[Series], name: &str, label: Option<(&str, &str)>, exporter: &str) -> Option<f64> {
+    let mine: Vec<Series> = series
+        .iter()
+        .filter(|s| s.labels.get("exporter").map(String::as_str) == Some(exporter))
+        .cloned()
+        .collect();
+    last(&mine, name, label)
+}
+
+/// The largest value an exporter's series had.
+fn max_of_exporter(series: &[Series], name: &str, exporter: &str) -> f64 {
+    series
+        .iter()
+        .filter(|s| s.name() == name && s.labels.get("exporter").map(String::as_str) == Some(exporter))
+        .flat_map(|s| s.values.iter().copied())
+        .fold(0.0, f64::max)
+}
+
 #[test]
 fn agent_metrics_read_back_equal_its_own_counters() {
     if !support::live_cgroups_available() || !victoria_available() || !rotel_available() {
@@ -136,8 +177,11 @@ fn agent_metrics_read_back_equal_its_own_counters() {
         ("podometer.pods", None, "last_pods"),
         ("podometer.sweep.points", None, "last_points"),
         ("podometer.source.errors", Some(("error.type", "vanished")), "containers_vanished"),
+        ("podometer.metadata.errors", None, "metadata_errors"),
+        ("podometer.metadata.misses", None, "metadata_misses"),
+        ("podometer.discovery.fd_exhausted", None, "fd_exhausted"),
     ];
-    let (want, series) = run_agent(&vm, &rotel, &rotel.grpc_endpoint(), "selftest", expect);
+    let (want, series) = run_agent(&vm, &rotel, &[("otlp", &rotel.grpc_endpoint(), "")], "selftest", expect);
     assert!(want["batches_sent"] > 0);
     let cpu = last(&series, "process.cpu.time", Some(("cpu.mode", "user"))).expect("process.cpu.time");
     assert!(cpu > 0.0, "the agent used CPU");
@@ -149,29 +193,49 @@ fn agent_metrics_read_back_equal_its_own_counters() {
     assert!(names.iter().any(|n| n.starts_with("podometer.sweep.duration")), "histogram: {names:?}");
 }
 
+/// Two exporters, one of them to a receiver that is down: the outage shows as that exporter's
+/// retries and queue bytes, not the other's; summed they equal the totals the agent logged.
 #[test]
-fn a_receiver_outage_shows_as_retries_and_queue_bytes() {
+fn a_receiver_outage_shows_on_its_exporter_only() {
     if !support::live_cgroups_available() || !victoria_available() || !rotel_available() {
         return;
     }
     let vm = VictoriaMetrics::start();
     let rotel = Rotel::start(&vm);
-    // Nothing listens there: every attempt fails and is retried; batches pile up.
+    // Nothing listens there: every attempt fails and is retried (soon: short backoff); batches
+    // pile up.
     let dead = format!("http://127.0.0.1:{}", free_port());
     let expect: Expect = &[
         ("podometer.exporter.batches", Some(("outcome", "retried")), "batches_retried"),
         ("podometer.exporter.batches", Some(("outcome", "sent")), "batches_sent"),
+        ("podometer.exporter.batches", Some(("outcome", "dropped")), "batches_dropped"),
         ("podometer.exporter.queue.size", None, "queue_bytes"),
+        ("podometer.exporter.sweeps.dropped", None, "sweeps_dropped_by_exporter_backlog"),
     ];
-    let (want, series) = run_agent(&vm, &rotel, &dead, "selfoutage", expect);
-    // Retries depend on how far the first attempts got in 4 s on a busy machine; the queue
-    // always grows and nothing is sent.
-    assert_eq!(want["batches_sent"], 0, "{want:?}");
-    // The memory queue is dropped at shutdown, so its bytes show while the agent ran.
-    let queued = series
-        .iter()
-        .filter(|s| s.name() == "podometer.exporter.queue.size")
-        .flat_map(|s| s.values.iter().copied())
-        .fold(0.0, f64::max);
-    assert!(queued > 0.0, "queue bytes never above 0 during the outage");
+    let exporters = [
+        ("otlp/primary", rotel.grpc_endpoint(), String::new()),
+        ("otlp/outage", dead, ", retry: {initial_interval: 100ms, max_interval: 500ms}".to_owned()),
+    ];
+    let exporters: Vec<(&str, &str, &str)> =
+        exporters.iter().map(|(k, e, x)| (*k, e.as_str(), x.as_str())).collect();
+    let (want, series) = run_agent(&vm, &rotel, &exporters, "selfoutage", expect);
+    let batches = |exporter: &str, outcome: &str| {
+        of_exporter(&series, "podometer.exporter.batches", Some(("outcome", outcome)), exporter)
+            .unwrap_or_else(|| panic!("{exporter} {outcome} read back"))
+    };
+    assert_eq!(batches("otlp/outage", "sent"), 0.0, "{want:?}");
+    assert!(batches("otlp/outage", "retried") > 0.0, "the outage shows as retries");
+    assert!(batches("otlp/primary", "sent") > 0.0);
+    assert_eq!(batches("otlp/primary", "retried"), 0.0, "the healthy exporter has no retries");
+    // The memory queues are dropped at shutdown, so queue bytes show while the agent ran.
+    assert!(
+        max_of_exporter(&series, "podometer.exporter.queue.size", "otlp/outage") > 0.0,
+        "the outage's queue bytes never above 0"
+    );
+    assert_eq!(
+        of_exporter(&series, "podometer.exporter.queue.size", None, "otlp/outage"),
+        Some(0.0),
+        "its queue is gone after shutdown"
+    );
+    assert_eq!(want["batches_sent"] as f64, batches("otlp/primary", "sent"), "all sent by the primary");
 }

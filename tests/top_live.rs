@@ -1,5 +1,6 @@
 //! `podometer top` for real, in tmux at 80×30: rows appear for a Podman pod, sorting by CPU
-//! and by name changes the order, `q` exits 0 and SIGTERM too, and the screen is restored.
+//! and by name changes the order, `q` exits 0 and SIGTERM too, and the screen is restored; and
+//! `top` exits when its terminal disappears (the tmux server killed under it).
 mod support;
 
 use std::process::Command;
@@ -55,20 +56,28 @@ impl Tmux {
         }
     }
 
-    /// The pid of `podometer top`: the child of the pane's shell.
-    fn top_pid(&self) -> i32 {
-        let shell = run(Command::new("tmux").args([
+    fn format(&self, format: &str) -> i32 {
+        let out = run(Command::new("tmux").args([
             "-L",
             &self.socket,
-            "list-panes",
+            "display-message",
+            "-p",
             "-t",
             "top",
-            "-F",
-            "#{pane_pid}",
+            format,
         ]));
-        let shell = shell.trim();
+        out.trim().parse().unwrap_or_else(|_| panic!("{format}: {out}"))
+    }
+
+    /// The pid of `podometer top`: the child of the pane's shell.
+    fn top_pid(&self) -> Process {
+        let shell = self.format("#{pane_pid}");
         let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).unwrap();
-        children.split_whitespace().next().expect("top runs under the pane's shell").parse().unwrap()
+        Process(children.split_whitespace().next().expect("top runs under the pane's shell").parse().unwrap())
+    }
+
+    fn server_pid(&self) -> i32 {
+        self.format("#{pid}")
     }
 }
 
@@ -76,6 +85,57 @@ impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = Command::new("tmux").args(["-L", &self.socket, "kill-server"]).output();
     }
+}
+
+/// A `podometer top` process by pid, SIGKILLed on drop if it is still there (so a failed
+/// test leaves nothing behind).
+struct Process(i32);
+
+impl Process {
+    /// Running (not a zombie) and still our binary, so a reused pid is not mistaken for it.
+    fn alive(&self) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0)).unwrap_or_default();
+        let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+        let exe = std::fs::read_link(format!("/proc/{}/exe", self.0)).unwrap_or_default();
+        state.is_some_and(|s| s != 'Z') && exe.ends_with("podometer")
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on the pid of a process this test started.
+        unsafe { libc::kill(self.0, sig) };
+    }
+
+    /// Waits up to `limit` for the process to end; returns how long it took.
+    fn gone_within(&self, limit: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if !self.alive() {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.alive() {
+            self.signal(libc::SIGKILL);
+        }
+    }
+}
+
+/// A config without metadata processors and with a source that needs no pods.
+fn plain_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let config = dir.join("top.yaml");
+    std::fs::write(
+        &config,
+        "sources:\n  cgroups: {}\n  netns: {}\nexporters:\n  file: {path: /dev/null}\n\
+         pipelines:\n  top: {sources: [cgroups, netns], exporters: [file]}\n",
+    )
+    .unwrap();
+    config
 }
 
 /// Row index of the line that starts with `label` after indentation.
@@ -113,13 +173,7 @@ fn top_shows_the_pod_sorts_filters_and_restores_the_screen() {
     // Without a metadata processor, so rows carry the ids this test knows (the built-in config
     // names Podman containers through `runtime_files`).
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("top.yaml");
-    std::fs::write(
-        &config,
-        "sources:\n  cgroups: {}\n  netns: {}\nexporters:\n  file: {path: /dev/null}\n\
-         pipelines:\n  top: {sources: [cgroups, netns], exporters: [file]}\n",
-    )
-    .unwrap();
+    let config = plain_config(dir.path());
     let top = format!("{bin} top -c {} --interval 1s", config.display());
     let tmux = Tmux::start(&format!("{top}; echo EXIT=$?; sleep 120"));
     tmux.wait_for("the title", |s| s.contains("podometer top"));
@@ -155,8 +209,79 @@ fn top_shows_the_pod_sorts_filters_and_restores_the_screen() {
     // SIGTERM: the same clean exit.
     let tmux = Tmux::start(&format!("{top}; echo EXIT=$?; sleep 120"));
     tmux.wait_for("the title", |s| s.contains("podometer top"));
-    // SAFETY: kill(2) on the pid of the top process this test started.
-    unsafe { libc::kill(tmux.top_pid(), libc::SIGTERM) };
+    let process = tmux.top_pid();
+    process.signal(libc::SIGTERM);
+    assert!(process.gone_within(Duration::from_secs(5)).is_some(), "top still runs 5 s after SIGTERM");
+    let after = tmux.wait_for("the exit status", |s| s.contains("EXIT="));
+    assert!(after.contains("EXIT=0"), "{after}");
+    assert!(!after.contains("POD / CONTAINER"), "screen not restored after SIGTERM:\n{after}");
+}
+
+fn tmux_available() -> bool {
+    support::live_cgroups_available() && prerequisite(have_command("tmux"), "tmux (apt-get install tmux)")
+}
+
+/// Starts `top` in a fresh tmux server, waits for its screen and kills the server with
+/// SIGKILL (no goodbye to its panes: the terminal's other side just closes). `exec`: top is
+/// the pane's session leader, so the kernel also sends it SIGHUP; else only its shell gets
+/// one, and top learns from its reads (end of file) alone.
+fn terminal_disappears(exec: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = plain_config(dir.path());
+    let bin = env!("CARGO_BIN_EXE_podometer");
+    let top = format!("{bin} top -c {} --interval 1s", config.display());
+    let tmux = if exec {
+        Tmux::start(&format!("exec {top}"))
+    } else {
+        Tmux::start(&format!("{top}; echo EXIT=$?; sleep 120"))
+    };
+    tmux.wait_for("the title", |s| s.contains("podometer top"));
+    let process = if exec { Process(tmux.format("#{pane_pid}")) } else { tmux.top_pid() };
+    assert!(process.alive(), "top is running before the terminal goes");
+    // SAFETY: kill(2) on the pid of the tmux server this test started.
+    unsafe { libc::kill(tmux.server_pid(), libc::SIGKILL) };
+    let took = process.gone_within(Duration::from_secs(5));
+    assert!(took.is_some(), "top (pid {}) still runs 5 s after its terminal went away", process.0);
+    eprintln!("top exited {:?} after its terminal went away (session leader: {exec})", took.unwrap());
+}
+
+#[test]
+fn top_exits_when_its_terminal_disappears() {
+    if !tmux_available() {
+        return;
+    }
+    terminal_disappears(false);
+}
+
+#[test]
+fn top_exits_on_sighup_as_session_leader() {
+    if !tmux_available() {
+        return;
+    }
+    terminal_disappears(true);
+}
+
+/// SIGTERM ends top while its terminal is frozen (the tmux server stopped: nobody reads the
+/// pane, as over a stalled SSH link), and top still restores the screen when it comes back.
+#[test]
+fn sigterm_ends_top_while_its_terminal_is_frozen() {
+    if !tmux_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = plain_config(dir.path());
+    let bin = env!("CARGO_BIN_EXE_podometer");
+    let tmux =
+        Tmux::start(&format!("{bin} top -c {} --interval 1s; echo EXIT=$?; sleep 120", config.display()));
+    tmux.wait_for("the title", |s| s.contains("podometer top"));
+    let process = tmux.top_pid();
+    let server = Process(tmux.server_pid());
+    server.signal(libc::SIGSTOP);
+    process.signal(libc::SIGTERM);
+    let took = process.gone_within(Duration::from_secs(5));
+    server.signal(libc::SIGCONT);
+    std::mem::forget(server); // the server is not ours to SIGKILL: Tmux's drop ends it.
+    assert!(took.is_some(), "top (pid {}) still runs 5 s after SIGTERM", process.0);
     let after = tmux.wait_for("the exit status", |s| s.contains("EXIT="));
     assert!(after.contains("EXIT=0"), "{after}");
     assert!(!after.contains("POD / CONTAINER"), "screen not restored after SIGTERM:\n{after}");

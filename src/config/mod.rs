@@ -572,6 +572,9 @@ fn validate(file: &str, config: &Config) -> Vec<Problem> {
             problem(*loc, key, reason);
         }
     }
+    for (key, reason) in config.self_telemetry.validate() {
+        problem(Location::UNKNOWN, format!("self_telemetry.{key}"), reason);
+    }
     if let Some(health) = &config.health {
         for (key, reason) in health.value.validate() {
             problem(health.referenced, format!("health.{key}"), reason);

@@ -50,22 +50,9 @@ fn describe(problems: &[config::ConfigProblem]) -> String {
     problems.iter().map(|(k, r)| format!("{k}: {r}")).collect::<Vec<_>>().join("; ")
 }
 
-/// This exporter's own counts, next to the agent-wide ones in [`Telemetry`].
-#[derive(Debug, Default)]
-pub struct ExporterStats {
-    pub batches_queued: AtomicU64,
-    pub batches_sent: AtomicU64,
-    pub batches_retried: AtomicU64,
-    pub batches_dropped: AtomicU64,
-    pub batches_evicted: AtomicU64,
-    pub points_rejected: AtomicU64,
-}
-
-impl ExporterStats {
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
-}
+/// This exporter's own counts (registered under its name for self-telemetry), next to the
+/// agent-wide ones in [`Telemetry`].
+pub use crate::telemetry::ExporterCounters as ExporterStats;
 
 struct Shared {
     name: String,
@@ -78,6 +65,13 @@ struct Shared {
     wake: Notify,
     closing: AtomicBool,
     stats: Arc<ExporterStats>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // The queue goes with it (its bytes leave the agent-wide total at the same moment).
+        self.stats.queue_bytes.store(0, Ordering::Relaxed);
+    }
 }
 
 impl Shared {
@@ -99,6 +93,7 @@ async fn with_queue<R: Send + 'static>(
         let mut queue = shared.queue();
         let result = f(&mut queue);
         shared.len.store(queue.len(), Ordering::Relaxed);
+        shared.stats.queue_bytes.store(queue.bytes(), Ordering::Relaxed);
         result
     };
     if !shared.on_disk {
@@ -136,9 +131,13 @@ impl OtlpExporter {
     /// As [`OtlpExporter::new`], with the env fallback already applied.
     pub fn from_resolved(name: &str, config: ResolvedConfig) -> Result<OtlpExporter, OtlpError> {
         let transport = Transport::new(&config)?;
+        let stats = Telemetry::global().exporter(name);
         let (queue, on_disk) = match &config.queue.directory {
             Some(dir) => {
                 let (q, recovery) = DiskQueue::open(dir, config.queue.max_bytes)?;
+                let telemetry = Telemetry::global();
+                count(&telemetry.batches_dropped, &stats.batches_dropped, recovery.skipped_records);
+                count(&telemetry.batches_evicted, &stats.batches_evicted, recovery.evicted);
                 if recovery.batches > 0 || recovery.truncated_bytes > 0 || recovery.skipped_records > 0 {
                     tracing::info!(
                         exporter = name,
@@ -153,6 +152,7 @@ impl OtlpExporter {
             }
             None => (Queue::Memory(MemoryQueue::new(config.queue.max_bytes)), false),
         };
+        stats.queue_bytes.store(queue.bytes(), Ordering::Relaxed);
         let shared = Arc::new(Shared {
             name: name.to_owned(),
             len: AtomicUsize::new(queue.len()),
@@ -160,7 +160,7 @@ impl OtlpExporter {
             on_disk,
             wake: Notify::new(),
             closing: AtomicBool::new(false),
-            stats: Arc::new(ExporterStats::default()),
+            stats,
         });
         let sender = tokio::spawn(run_sender(shared.clone(), transport, config.retry.clone()));
         tracing::info!(

@@ -249,6 +249,8 @@ pub struct Recovery {
     /// length hid how many there were), counted as dropped batches too.
     pub skipped_records: u64,
     pub skipped_bytes: u64,
+    /// Batches evicted at once because the configured bound is smaller than what was queued.
+    pub evicted: u64,
 }
 
 fn segment_name(first_seq: u64) -> String {
@@ -502,7 +504,6 @@ impl DiskQueue {
                 );
                 recovery.skipped_bytes += bytes;
                 recovery.skipped_records += records;
-                Telemetry::global().batches_dropped.fetch_add(records, Ordering::Relaxed);
             }
             let good_len = scan.good_len;
             if good_len < data.len() as u64 {
@@ -545,7 +546,7 @@ impl DiskQueue {
             evicted += 1;
         }
         if evicted > 0 {
-            Telemetry::global().batches_evicted.fetch_add(evicted, Ordering::Relaxed);
+            recovery.evicted = evicted;
             q.write_acked()?;
             q.drop_consumed_segments()?;
         }

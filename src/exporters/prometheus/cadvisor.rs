@@ -383,21 +383,37 @@ pub fn render(sweeps: &[Arc<Sweep>], format: Format, timestamps: bool) -> String
         }
     }
 
+    // Each resource's labels written out once (`name="escaped value",...`) with where each
+    // label starts: a sample copies the block, the point's own label merged in at its sorted
+    // place, instead of escaping the same ids and names again for each point.
+    let blocks: Vec<(String, Vec<usize>)> = labels
+        .iter()
+        .map(|ls| {
+            let mut block = Writer::new(format, None, 256);
+            let mut starts = Vec::with_capacity(ls.len());
+            for (i, (k, v)) in ls.iter().enumerate() {
+                starts.push(block.out.len() + usize::from(i > 0));
+                block.label(i == 0, k, v);
+            }
+            (block.out, starts)
+        })
+        .collect();
     let write_labels = |w: &mut Writer, ri: usize, extra: Option<(&str, &str)>| {
         // cAdvisor's labels are sorted; the resource's are, so the point's one is merged in.
-        let mut first = true;
-        let mut extra = extra;
-        for (k, v) in &labels[ri] {
-            if let Some((ek, ev)) = extra.filter(|(ek, _)| *ek < *k) {
-                w.label(first, ek, ev);
-                first = false;
-                extra = None;
-            }
-            w.label(first, k, v);
-            first = false;
-        }
-        if let Some((ek, ev)) = extra {
-            w.label(first, ek, ev);
+        let (block, starts) = &blocks[ri];
+        let Some((ek, ev)) = extra else {
+            w.out.push_str(block);
+            return;
+        };
+        let at = labels[ri].iter().position(|(k, _)| ek < *k).unwrap_or(starts.len());
+        if at == starts.len() {
+            w.out.push_str(block);
+            w.label(block.is_empty(), ek, ev);
+        } else {
+            w.out.push_str(&block[..starts[at]]);
+            w.label(true, ek, ev);
+            w.out.push(',');
+            w.out.push_str(&block[starts[at]..]);
         }
     };
 

@@ -90,13 +90,40 @@ pub fn render(
             families[slot].1.push((ri, pi));
         }
     }
-    // Label names of point attributes, sanitized once per key (keys are static strings).
-    let mut names: Vec<(&'static str, String)> = Vec::new();
-    fn label_of(names: &mut Vec<(&'static str, String)>, key: &'static str) -> usize {
-        match names.iter().position(|(k, _)| std::ptr::eq(*k, key)) {
+    // Each resource's labels written out once (`name="escaped value",...`): a sample copies
+    // them instead of escaping the same ids and names again for each of its ~40 points.
+    let blocks: Vec<String> = labels
+        .iter()
+        .map(|ls| {
+            let mut block = Writer::new(format, None, 256);
+            for (i, (name, value)) in ls.iter().enumerate() {
+                block.label(i == 0, name, value);
+            }
+            block.out
+        })
+        .collect();
+    // Every label name a resource gives; a point attribute with one of these names takes its
+    // place (the slow path below), so this is checked once per attribute key, not per sample.
+    let mut resource_names: Vec<&str> = Vec::new();
+    for (name, _) in labels.iter().flatten() {
+        if !resource_names.contains(&name.as_str()) {
+            resource_names.push(name);
+        }
+    }
+    // Label names of point attributes, sanitized once per key (keys are static strings), and
+    // whether the name is also a resource label's.
+    let mut names: Vec<(&'static str, String, bool)> = Vec::new();
+    fn label_of(
+        names: &mut Vec<(&'static str, String, bool)>,
+        resource_names: &[&str],
+        key: &'static str,
+    ) -> usize {
+        match names.iter().position(|(k, _, _)| std::ptr::eq(*k, key)) {
             Some(i) => i,
             None => {
-                names.push((key, sanitize_label(key)));
+                let name = sanitize_label(key);
+                let clash = resource_names.contains(&name.as_str());
+                names.push((key, name, clash));
                 names.len() - 1
             }
         }
@@ -110,21 +137,32 @@ pub fn render(
             w.start_sample(&name);
             let mut first = true;
             let mut own: [usize; 8] = [usize::MAX; 8];
+            let mut clash = point.attributes.len() > own.len();
             for (i, (key, value)) in point.attributes.iter().enumerate() {
-                let label = label_of(&mut names, key);
+                let label = label_of(&mut names, &resource_names, key);
                 if i < own.len() {
                     own[i] = label;
                 }
+                clash |= names[label].2;
                 w.label(first, &names[label].1, &attr_text(value));
                 first = false;
             }
-            for (label, value) in &labels[ri] {
-                // A point attribute of the same name wins over a promoted resource attribute.
-                if own.iter().any(|&i| i != usize::MAX && names[i].1 == *label) {
-                    continue;
+            if !clash {
+                if !blocks[ri].is_empty() {
+                    if !first {
+                        w.out.push(',');
+                    }
+                    w.out.push_str(&blocks[ri]);
                 }
-                w.label(first, label, value);
-                first = false;
+            } else {
+                for (label, value) in &labels[ri] {
+                    // A point attribute of the same name wins over a promoted resource attribute.
+                    if own.iter().any(|&i| i != usize::MAX && names[i].1 == *label) {
+                        continue;
+                    }
+                    w.label(first, label, value);
+                    first = false;
+                }
             }
             w.end_sample(point.value);
         }
@@ -205,5 +243,27 @@ mod tests {
             "{text}"
         );
         assert_eq!(text.matches("# TYPE").count(), 2, "one family each: {text}");
+    }
+
+    #[test]
+    fn a_point_attribute_takes_the_place_of_a_promoted_label_of_the_same_name() {
+        let mut sweep = Sweep::new(SystemTime::UNIX_EPOCH + Duration::from_secs(5));
+        let r = sweep.resource_mut(ResourceId::Container("a".into()), || {
+            vec![(semconv::CONTAINER_ID, "a".into()), (semconv::CPU_MODE, "from-resource".into())]
+        });
+        r.points.push(
+            Point::new(&semconv::CONTAINER.cpu_time, Value::Double(1.5)).with(semconv::CPU_MODE, "user"),
+        );
+        r.points.push(Point::new(&semconv::CONTAINER.memory_usage, Value::Int(7)));
+        let promoted = vec![semconv::CPU_MODE.to_owned()];
+        let text = render(&[Arc::new(sweep)], Format::Text, &promoted, false, false);
+        assert!(
+            text.contains("container_cpu_time_seconds_total{cpu_mode=\"user\",container_id=\"a\"} 1.5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("container_memory_usage_bytes{container_id=\"a\",cpu_mode=\"from-resource\"} 7\n"),
+            "{text}"
+        );
     }
 }

@@ -147,7 +147,9 @@ impl Writer {
 }
 
 fn escape_label_value(out: &mut String, value: &str) {
-    if !value.contains(['\\', '"', '\n']) {
+    // A byte scan: most values (ids, names) need no escaping, and this is per label of every
+    // sample.
+    if !value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
         out.push_str(value);
         return;
     }
@@ -165,9 +167,8 @@ fn escape_label_value(out: &mut String, value: &str) {
 /// (never an exponent, which both formats would accept too).
 pub fn write_value(out: &mut String, value: Value) {
     match value {
-        Value::Int(v) => {
-            let _ = write!(out, "{v}");
-        }
+        // itoa: the same digits as `{v}` without the formatting machinery, per sample.
+        Value::Int(v) => out.push_str(itoa::Buffer::new().format(v)),
         Value::Double(v) if v.is_nan() => out.push_str("NaN"),
         Value::Double(v) if v.is_infinite() => out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" }),
         Value::Double(v) => {
