@@ -18,6 +18,10 @@
 //! (for `scripts/bench-node.sh` to plot) into `--out`. Root only; everything it creates is named
 //! after its pid and removed on exit, also on failure.
 
+#[path = "../benches/support/sweep_files.rs"]
+#[allow(dead_code)] // V2_FILES: the node is hybrid
+mod sweep_files;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -38,6 +42,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use sweep_files::{HYBRID_FILES, HYBRID_RARE_FILES};
 use tonic::codec::CompressionEncoding;
 
 const HIERARCHIES: &[&str] = &["cpu", "cpuacct", "memory", "blkio", "pids", "cpuset", "systemd", "unified"];
@@ -258,29 +263,9 @@ impl Node {
     /// (label, path); with `extra`, also files it reads rarely or only on other hosts, for the
     /// per-file cost table.
     fn sweep_files(&self, extra: bool) -> Vec<(String, PathBuf)> {
-        const FILES: &[(&str, &str)] = &[
-            ("cpuacct", "cpuacct.usage"),
-            ("cpuacct", "cpuacct.usage_user"),
-            ("cpuacct", "cpuacct.usage_sys"),
-            ("cpu", "cpu.stat"),
-            ("memory", "memory.usage_in_bytes"),
-            ("memory", "memory.stat"),
-            ("memory", "memory.oom_control"),
-            ("blkio", "blkio.throttle.io_service_bytes_recursive"),
-            ("blkio", "blkio.throttle.io_serviced_recursive"),
-            ("pids", "pids.current"),
-            ("unified", "cpu.pressure"),
-            ("unified", "memory.pressure"),
-            ("unified", "io.pressure"),
-        ];
-        const EXTRA: &[(&str, &str)] = &[
-            ("memory", "memory.limit_in_bytes"),
-            ("pids", "pids.max"),
-            ("cpuacct", "cpuacct.stat"),
-            ("unified", "cpu.stat"),
-        ];
         let mut out = Vec::new();
-        let set: Vec<&(&str, &str)> = FILES.iter().chain(if extra { EXTRA } else { &[] }).collect();
+        let set: Vec<&(&str, &str)> =
+            HYBRID_FILES.iter().chain(if extra { HYBRID_RARE_FILES } else { &[] }).collect();
         for pod in &self.pods {
             let groups = std::iter::once(pod.pod_cgroup.clone())
                 .chain(pod.containers.iter().map(|c| format!("{}/{c}", pod.pod_cgroup)));
