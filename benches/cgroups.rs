@@ -12,6 +12,9 @@
 #[path = "../tests/support/cgroupfs.rs"]
 #[allow(dead_code)]
 mod cgroupfs;
+#[path = "support/sweep_files.rs"]
+#[allow(dead_code)] // HYBRID_RARE_FILES: the per-file table of bench_node only
+mod sweep_files;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -20,37 +23,9 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use podometer::model::{Sweep, SweepContext};
 use podometer::sources::cgroups::{CgroupSource, CgroupsConfig, Layouts};
 use podometer::sources::Source;
+use sweep_files::{HYBRID_FILES, V2_FILES};
 
 const N: usize = 100;
-
-/// The files one sweep reads per container on a hybrid host, limits excluded (read every 60 s).
-const HYBRID_FILES: &[(&str, &str)] = &[
-    ("cpuacct", "cpuacct.usage"),
-    ("cpuacct", "cpuacct.usage_user"),
-    ("cpuacct", "cpuacct.usage_sys"),
-    ("cpu", "cpu.stat"),
-    ("memory", "memory.usage_in_bytes"),
-    ("memory", "memory.stat"),
-    ("memory", "memory.oom_control"),
-    ("blkio", "blkio.throttle.io_service_bytes_recursive"),
-    ("blkio", "blkio.throttle.io_serviced_recursive"),
-    ("pids", "pids.current"),
-    ("unified", "cpu.pressure"),
-    ("unified", "memory.pressure"),
-    ("unified", "io.pressure"),
-];
-
-const V2_FILES: &[&str] = &[
-    "cpu.stat",
-    "memory.current",
-    "memory.stat",
-    "memory.events",
-    "io.stat",
-    "pids.current",
-    "cpu.pressure",
-    "memory.pressure",
-    "io.pressure",
-];
 
 enum Bed {
     /// Fields drop in order: the containers' cgroups before their pod's.

@@ -328,6 +328,33 @@ async fn grpc_unavailable_twice_then_ok_delivers_exactly_once_after_two_retries(
     exp.shutdown(Instant::now() + Duration::from_secs(2)).await.unwrap();
 }
 
+/// The gzip level is ours (tonic's own compression is fixed at 6): each level arrives as a
+/// gzip message the receiver's stock decoder turns back into the request as encoded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_gzip_level_arrives_decodable_over_grpc_and_http() {
+    for level in [1, 9] {
+        let grpc = GrpcServer::start(vec![]).await;
+        let http = HttpServer::start(vec![]).await;
+        for yaml in [
+            format!("endpoint: {}\ncompression_level: {level}", grpc.endpoint()),
+            format!("protocol: http/protobuf\nendpoint: {}\ncompression_level: {level}", http.url()),
+        ] {
+            let mut exp = exporter(&config(&yaml));
+            let stats = exp.stats();
+            exp.export(Arc::new(sweep(7, 50))).await.unwrap();
+            wait_for("delivery", Duration::from_secs(10), || get(&stats.batches_sent) == 1).await;
+            exp.shutdown(Instant::now() + Duration::from_secs(2)).await.unwrap();
+        }
+        let expected = encode_sweep(&sweep(7, 50));
+        let received = grpc.script.received.lock().unwrap();
+        assert_eq!(received[0].1, expected, "gRPC, level {level}");
+        assert_eq!(received[0].2.get("grpc-encoding").unwrap(), "gzip");
+        let received = http.script.received.lock().unwrap();
+        assert_eq!(received[0].headers.get("content-encoding").unwrap(), "gzip");
+        assert_eq!(received[0].request, expected, "HTTP, level {level}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_invalid_argument_drops_the_batch_and_moves_on() {
     let server = GrpcServer::start(vec![GrpcReply::Status(tonic::Status::invalid_argument("bad"))]).await;

@@ -85,9 +85,16 @@ pub struct OtlpExporterConfig {
     /// as `k=v,k2=v2`, URL-decoded. When given here, the env variables are not consulted.
     #[serde(default)]
     pub headers: Option<BTreeMap<String, String>>,
-    /// `gzip` or `none`. Env: `COMPRESSION`. Default `gzip`.
+    /// `gzip` or `none`. Env: `COMPRESSION`. Default `gzip`: every common receiver takes it
+    /// on gRPC and HTTP (zstd is not accepted by rotel's gRPC receiver nor documented by
+    /// VictoriaMetrics' OTLP endpoint).
     #[serde(default)]
     pub compression: Option<Compression>,
+    /// The gzip level, 1 (fastest) to 9 (smallest), for both protocols. Default 1: it costs
+    /// a fraction of level 6's CPU for more bytes on the wire (`examples/export_cost.rs`
+    /// measures both; the numbers are in the README's performance section).
+    #[serde(default = "default_compression_level")]
+    pub compression_level: u32,
     /// Time allowed for one request, connection included (`10s`, `500ms`). Env: `TIMEOUT` in
     /// milliseconds. Default `10s`.
     #[serde(default, deserialize_with = "crate::config::duration::deserialize_option")]
@@ -116,6 +123,7 @@ impl Default for OtlpExporterConfig {
             endpoint: None,
             headers: None,
             compression: None,
+            compression_level: default_compression_level(),
             timeout: None,
             tls: Box::default(),
             max_batch_points: default_max_batch_points(),
@@ -220,6 +228,10 @@ impl Default for RetryConfig {
     }
 }
 
+fn default_compression_level() -> u32 {
+    1
+}
+
 fn default_max_batch_points() -> usize {
     crate::batcher::DEFAULT_MAX_POINTS
 }
@@ -265,6 +277,8 @@ pub struct ResolvedConfig {
     pub endpoint: String,
     pub headers: Vec<(String, String)>,
     pub compression: Compression,
+    /// The gzip level, 1..=9 (validated).
+    pub compression_level: u32,
     pub timeout: Duration,
     pub security: Security,
     pub max_batch_points: usize,
@@ -279,6 +293,7 @@ impl std::fmt::Debug for ResolvedConfig {
             .field("endpoint", &redact_url(&self.endpoint))
             .field("headers", &RedactedHeaders(self.headers.iter().map(|(k, _)| k.as_str())))
             .field("compression", &self.compression)
+            .field("compression_level", &self.compression_level)
             .field("timeout", &self.timeout)
             .field("security", &self.security)
             .field("max_batch_points", &self.max_batch_points)
@@ -295,6 +310,7 @@ impl std::fmt::Debug for OtlpExporterConfig {
             .field("endpoint", &self.endpoint.as_deref().map(redact_url))
             .field("headers", &self.headers.as_ref().map(|h| RedactedHeaders(h.keys().map(String::as_str))))
             .field("compression", &self.compression)
+            .field("compression_level", &self.compression_level)
             .field("timeout", &self.timeout)
             .field("tls", &self.tls)
             .field("max_batch_points", &self.max_batch_points)
@@ -366,6 +382,12 @@ impl OtlpExporterConfig {
             problems.push((
                 "tls".to_owned(),
                 "cert_file and key_file go together (mutual TLS needs both)".to_owned(),
+            ));
+        }
+        if !(1..=9).contains(&self.compression_level) {
+            problems.push((
+                "compression_level".to_owned(),
+                format!("{} is not a gzip level (1 to 9)", self.compression_level),
             ));
         }
         if self.max_batch_points == 0 {
@@ -541,6 +563,7 @@ impl OtlpExporterConfig {
                 endpoint,
                 headers,
                 compression,
+                compression_level: self.compression_level,
                 timeout,
                 security,
                 max_batch_points: self.max_batch_points,
@@ -663,6 +686,7 @@ mod tests {
         assert_eq!(r.protocol, Protocol::Grpc);
         assert_eq!(r.endpoint, DEFAULT_GRPC_ENDPOINT);
         assert_eq!(r.compression, Compression::Gzip);
+        assert_eq!(r.compression_level, 1);
         assert_eq!(r.timeout, Duration::from_secs(10));
         assert_eq!(r.security, Security::Plaintext);
         assert_eq!(r.max_batch_points, 8192);
@@ -676,7 +700,7 @@ mod tests {
     fn yaml_fields_parse_with_human_durations() {
         let c = yaml(
             "protocol: http/protobuf\nendpoint: https://vm:8428/opentelemetry/v1/metrics\n\
-             headers: {authorization: Bearer x}\ncompression: none\ntimeout: 2500ms\n\
+             headers: {authorization: Bearer x}\ncompression: none\ncompression_level: 6\ntimeout: 2500ms\n\
              tls: {ca_file: /etc/ca.pem}\nmax_batch_points: 100\n\
              queue: {max_bytes: 10000000, directory: /var/lib/podometer/q}\n\
              retry: {initial_interval: 200ms, max_interval: 5s, multiplier: 1.5, jitter: decorrelated}",
@@ -686,6 +710,7 @@ mod tests {
         assert_eq!(r.endpoint, "https://vm:8428/opentelemetry/v1/metrics");
         assert_eq!(r.headers, vec![("authorization".to_owned(), "Bearer x".to_owned())]);
         assert_eq!(r.compression, Compression::None);
+        assert_eq!(r.compression_level, 6);
         assert_eq!(r.timeout, Duration::from_millis(2500));
         assert_eq!(r.security, Security::Tls { ca_file: Some("/etc/ca.pem".into()), client: None });
         assert_eq!(r.queue.directory, Some(PathBuf::from("/var/lib/podometer/q")));
@@ -770,13 +795,14 @@ mod tests {
     #[test]
     fn validate_names_each_bad_key() {
         let c = yaml(
-            "endpoint: ftp://x\nmax_batch_points: 0\ntls: {cert_file: /c.pem}\n\
+            "endpoint: ftp://x\nmax_batch_points: 0\ntls: {cert_file: /c.pem}\ncompression_level: 10\n\
              queue: {max_bytes: 10}\nretry: {multiplier: 0.5, initial_interval: 5s, max_interval: 1s}",
         );
         let problems = c.validate().unwrap_err();
         let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
         for key in [
             "endpoint",
+            "compression_level",
             "max_batch_points",
             "tls",
             "queue.max_bytes",

@@ -107,8 +107,76 @@ impl Decoder for EncodedRequestCodec {
     }
 }
 
+/// The channel, with each request's one gRPC message gzipped at the configured level when
+/// `level` is set. tonic compresses only at gzip level 6 (not configurable in 0.14), which cost
+/// 33 µs per container and sweep against 9.4 µs at level 1 for about 15 % more bytes; so the
+/// client is built without tonic's compression and the frame is rewritten here: flag 1, the
+/// compressed length, the gzip bytes, and `grpc-encoding: gzip`, as the gRPC wire format says.
+#[derive(Clone)]
+struct GzipChannel {
+    inner: Channel,
+    level: Option<u32>,
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl tonic::codegen::Service<http::Request<tonic::body::Body>> for GzipChannel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = tonic::codegen::StdError;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        // The clone that was polled ready is the one that is called (tower's rule for clones).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let Some(level) = self.level else {
+            return Box::pin(async move { inner.call(request).await.map_err(Into::into) });
+        };
+        Box::pin(async move {
+            use http_body_util::BodyExt;
+            let (mut parts, body) = request.into_parts();
+            // A unary request body is one frame, already in memory: collecting it costs no wait.
+            let frame = body.collect().await?.to_bytes();
+            let body = match gzip_grpc_frame(&frame, level) {
+                Some(compressed) => {
+                    parts.headers.insert("grpc-encoding", http::HeaderValue::from_static("gzip"));
+                    compressed
+                }
+                None => frame,
+            };
+            let request =
+                http::Request::from_parts(parts, tonic::body::Body::new(http_body_util::Full::new(body)));
+            inner.call(request).await.map_err(Into::into)
+        })
+    }
+}
+
+/// The gRPC frame (`[flag 0][u32 length][message]`) with its message gzipped at `level`:
+/// `[flag 1][u32 length][gzip]`. `None` when the input is not exactly one uncompressed frame,
+/// which is then sent as it is.
+fn gzip_grpc_frame(frame: &[u8], level: u32) -> Option<Bytes> {
+    let (&flag, rest) = frame.split_first()?;
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let message = &rest[4..];
+    if flag != 0 || message.len() != len {
+        return None;
+    }
+    let mut out = Vec::with_capacity(5 + len / 4);
+    out.extend_from_slice(&[1, 0, 0, 0, 0]);
+    let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::new(level));
+    enc.write_all(message).ok()?;
+    let mut out = enc.finish().ok()?;
+    let compressed = u32::try_from(out.len() - 5).ok()?;
+    out[1..5].copy_from_slice(&compressed.to_be_bytes());
+    Some(Bytes::from(out))
+}
+
 pub struct GrpcTransport {
-    client: tonic::client::Grpc<Channel>,
+    client: tonic::client::Grpc<GzipChannel>,
     // Boxed: a header map would make this variant of `Transport` large.
     metadata: Box<MetadataMap>,
 }
@@ -138,11 +206,11 @@ impl GrpcTransport {
         }
         // Lazy: the agent starts while the collector is down; the queue covers the gap.
         let channel = endpoint.connect_lazy();
+        let gzip = config.compression == Compression::Gzip;
+        let channel = GzipChannel { inner: channel, level: gzip.then_some(config.compression_level) };
         let mut client = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_RESPONSE_BODY);
-        if config.compression == Compression::Gzip {
-            client = client
-                .send_compressed(CompressionEncoding::Gzip)
-                .accept_compressed(CompressionEncoding::Gzip);
+        if gzip {
+            client = client.accept_compressed(CompressionEncoding::Gzip);
         }
         let metadata = Box::new(MetadataMap::from_headers(headers(config)?));
         Ok(GrpcTransport { client, metadata })
@@ -155,7 +223,7 @@ impl GrpcTransport {
         if let Err(e) = self.client.ready().await {
             return Outcome::Failed {
                 decision: Decision::Retry { after: None },
-                detail: format!("gRPC channel not ready: {}", error_chain(&e)),
+                detail: format!("gRPC channel not ready: {}", error_chain(&*e)),
             };
         }
         let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
@@ -169,7 +237,8 @@ impl GrpcTransport {
 pub struct HttpTransport {
     client: reqwest::Client,
     url: String,
-    gzip: bool,
+    /// The gzip level, `None` for no compression.
+    gzip: Option<u32>,
 }
 
 impl HttpTransport {
@@ -205,17 +274,17 @@ impl HttpTransport {
         Ok(HttpTransport {
             client,
             url: config.endpoint.clone(),
-            gzip: config.compression == Compression::Gzip,
+            gzip: (config.compression == Compression::Gzip).then_some(config.compression_level),
         })
     }
 
     async fn send(&mut self, payload: &Bytes) -> Outcome {
         let mut request =
             self.client.post(&self.url).header(http::header::CONTENT_TYPE, "application/x-protobuf");
-        if self.gzip {
+        if let Some(level) = self.gzip {
             let mut enc = flate2::write::GzEncoder::new(
                 Vec::with_capacity(payload.len() / 4),
-                flate2::Compression::fast(),
+                flate2::Compression::new(level),
             );
             let body = enc.write_all(payload).and_then(|_| enc.finish());
             match body {
@@ -328,4 +397,43 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn frame(message: &[u8]) -> Vec<u8> {
+        let mut f = vec![0];
+        f.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        f.extend_from_slice(message);
+        f
+    }
+
+    #[test]
+    fn a_gzipped_frame_carries_flag_length_and_the_message() {
+        let message: Vec<u8> = (0..20_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        for level in [1, 6, 9] {
+            let out = gzip_grpc_frame(&frame(&message), level).expect("one uncompressed frame");
+            assert_eq!(out[0], 1, "compressed flag");
+            let len = u32::from_be_bytes(out[1..5].try_into().unwrap()) as usize;
+            assert_eq!(len, out.len() - 5, "length prefix is the compressed length");
+            let mut back = Vec::new();
+            flate2::read::GzDecoder::new(&out[5..]).read_to_end(&mut back).expect("gzip decodes");
+            assert_eq!(back, message, "level {level}");
+        }
+    }
+
+    #[test]
+    fn what_is_not_one_uncompressed_frame_is_left_alone() {
+        assert!(gzip_grpc_frame(&[], 1).is_none());
+        assert!(gzip_grpc_frame(&[0, 0, 0], 1).is_none(), "short header");
+        let mut compressed = frame(b"abc");
+        compressed[0] = 1;
+        assert!(gzip_grpc_frame(&compressed, 1).is_none(), "already compressed");
+        let mut two = frame(b"abc");
+        two.extend_from_slice(&frame(b"def"));
+        assert!(gzip_grpc_frame(&two, 1).is_none(), "two frames");
+    }
 }
