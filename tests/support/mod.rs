@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cgroupfs;
+pub mod churn;
 pub mod containerd;
 pub mod cri;
 pub mod docker;
