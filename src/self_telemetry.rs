@@ -170,6 +170,25 @@ fn register(provider: &SdkMeterProvider) {
             );
         })
         .build();
+    meter
+        .u64_observable_counter("podometer.export.faults")
+        .with_unit("{fault}")
+        .with_description(
+            "OTLP/HTTP requests without a usable answer and batches the disk queue could not store, by \
+             error.type (`timeout`, `connection`, `bad_response`, `queue_write`).",
+        )
+        .with_callback(|o| {
+            let t = Telemetry::global();
+            for (kind, counter) in [
+                ("timeout", &t.export_timeouts),
+                ("connection", &t.export_connection_errors),
+                ("bad_response", &t.export_bad_responses),
+                ("queue_write", &t.queue_write_errors),
+            ] {
+                o.observe(counter.load(Ordering::Relaxed), &[KeyValue::new("error.type", kind)]);
+            }
+        })
+        .build();
     counter!(
         "podometer.metadata.misses",
         "{resource}",

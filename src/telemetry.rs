@@ -40,6 +40,15 @@ pub struct Telemetry {
     pub last_pods: AtomicU64,
     pub last_network_namespaces: AtomicU64,
     pub last_points: AtomicU64,
+    /// Export and queue faults, each counted where it happens (the batch is also counted in
+    /// `batches_retried` or the sweep in the export-failed log): OTLP/HTTP requests that got no
+    /// answer within `timeout`; that failed to connect or whose connection was reset or closed
+    /// before an answer; whose answer was not HTTP; and batches that could not be written to
+    /// the disk queue (a full or failing disk), which are not queued.
+    pub export_timeouts: AtomicU64,
+    pub export_connection_errors: AtomicU64,
+    pub export_bad_responses: AtomicU64,
+    pub queue_write_errors: AtomicU64,
 }
 
 impl Telemetry {
@@ -74,6 +83,10 @@ impl Telemetry {
             ("last_pods", get(&self.last_pods)),
             ("last_network_namespaces", get(&self.last_network_namespaces)),
             ("last_points", get(&self.last_points)),
+            ("export_timeouts", get(&self.export_timeouts)),
+            ("export_connection_errors", get(&self.export_connection_errors)),
+            ("export_bad_responses", get(&self.export_bad_responses)),
+            ("queue_write_errors", get(&self.queue_write_errors)),
         ]
     }
 }

@@ -250,6 +250,31 @@ fn churned_containers_leave_no_memory_descriptors_or_series_behind() {
         overshoot_max as f64 / 1e9,
         warnings.len()
     );
+    // Cgroup files vanish under the sweep at every removal: counted as vanished, never as a
+    // read error.
+    let counters: HashMap<&str, u64> = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("Agent counters."))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|kv| {
+                    let (k, v) = kv.trim_start_matches("stats=").trim_matches('"').split_once('=')?;
+                    Some((k, v.parse().ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    eprintln!(
+        "soak: containers_vanished {:?}, source_errors {:?}",
+        counters.get("containers_vanished"),
+        counters.get("source_errors")
+    );
+    assert_eq!(
+        counters.get("source_errors"),
+        Some(&0),
+        "removed containers counted as read errors: {counters:?}"
+    );
     for w in &warnings {
         eprintln!("soak: agent log: {w}");
     }

@@ -583,7 +583,17 @@ impl DiskQueue {
         if let Err(source) = write {
             // A partial record would poison later appends; cut back to the last good end.
             let _ = writer.set_len(offset);
-            return Err(QueueError::Io { path: seg.path.clone(), source });
+            // A full disk whose last segment holds only delivered records would stay full for
+            // good (a segment is deleted only once a newer one exists): delete it and write
+            // this batch into a new one, once. The new segment starts empty, so this cannot
+            // repeat.
+            let consumed = seg.count > 0 && seg.first_seq + seg.count <= self.acked;
+            if !consumed {
+                return Err(QueueError::Io { path: seg.path.clone(), source });
+            }
+            self.writer = None;
+            self.drop_consumed_segments()?;
+            return self.push(payload).map(|more| evicted + more);
         }
         seg.len += record.len() as u64;
         seg.count += 1;
