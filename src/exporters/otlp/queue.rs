@@ -423,12 +423,10 @@ fn prepare_dir(dir: &Path) -> Result<(), QueueError> {
 }
 
 fn lock_dir(dir: &Path) -> Result<File, QueueError> {
-    use std::os::fd::AsRawFd;
     let path = dir.join(LOCK_FILE);
     let file = open_nofollow(OpenOptions::new().create(true).truncate(false).write(true), &path)?;
-    // SAFETY: flock(2) on a descriptor this function owns.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let err = io::Error::last_os_error();
+    if let Err(errno) = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        let err = io::Error::from(errno);
         return Err(if err.kind() == io::ErrorKind::WouldBlock {
             QueueError::InUse { path: dir.to_owned() }
         } else {
