@@ -191,8 +191,10 @@ pub fn docker_api(data: &[u8]) {
         assert!(id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()), "kept id {id:?}");
         assert!(meta.attributes.iter().all(|(_, v)| fits(v)), "{meta:?}");
     }
-    for (key, pod) in &snapshot.pods {
-        assert!(snapshot.containers.values().any(|c| c.pod.as_ref() == Some(key)), "orphan pod {key}");
+    // A pod named by Podman's list may have no cached container (the fuzzer found one within
+    // seconds: a libpod entry whose id the Docker list lacks); it stays until a destroy
+    // prunes pods. Bounded by the list's size, so only the values are checked here.
+    for pod in snapshot.pods.values() {
         assert!(pod.attributes.iter().all(|(_, v)| fits(v)), "{pod:?}");
     }
 }
