@@ -58,3 +58,16 @@ printf '\x32120\x00\x00' > $c/otlp_response/seed-200-empty
 printf '\xc8Sun, 06 Nov 1994 08:49:37 GMT\x00\x00busy' > $c/otlp_response/seed-retry-date
 printf '\x64\x00http://elsewhere/v1/metrics\x00' > $c/otlp_response/seed-redirect
 printf '\x32\x00\x00\x0a\x07\x08\x02\x12\x03dup' > $c/otlp_response/seed-partial
+# bundle_config: first byte 0 a bundle's config.json, 1 a containers/storage containers.json.
+mkdir -p $c/bundle_config $c/docker_api
+for file in ../fixtures/runtime_files/*.json; do
+    sel='\x00'; case $file in *podman-containers*) sel='\x01';; esac
+    { printf "$sel"; cat "$file"; } > "$c/bundle_config/seed-$(basename "$file" .json)"
+done
+# docker_api: /version, NUL, /containers/json, NUL, /libpod/containers/json, NUL, /events lines.
+id=$(printf 'a%.0s' $(seq 64)); id2=$(printf 'b%.0s' $(seq 64))
+printf '{"ApiVersion":"1.41","Components":[{"Name":"Podman Engine","Version":"4.3.1"}]}\0[{"Id":"%s","Names":["/web"],"Image":"docker.io/library/nginx:1.27","Labels":{"app":"shop"}},{"Id":"%s","Names":["/db","/web/db"],"Image":"sha256:0123"}]\0[{"Id":"%s","Pod":"%s","PodName":"shop"}]\0{"Type":"container","Action":"rename","Actor":{"ID":"%s","Attributes":{"name":"web2"}},"time":1}\n{"Type":"container","Action":"destroy","Actor":{"ID":"%s"}}\n' \
+    "$id" "$id2" "$id" "$id2" "$id" "$id2" > $c/docker_api/seed-podman
+printf '{"ApiVersion":"1.41","Version":"20.10.24"}\0[{"Id":"%s","Names":["/x"],"Image":"registry:5000/team/app:v2@sha256:ab","Labels":{"com.docker.compose.project":"p"}}]\0\0{"Type":"container","Action":"start","Actor":{"ID":"%s"}}\n' \
+    "$id" "$id" > $c/docker_api/seed-docker
+printf '{}\0{"message":"page not found"}\0\0' > $c/docker_api/seed-error

@@ -11,6 +11,8 @@ use prost::Message;
 
 use crate::exporters::otlp::queue;
 use crate::exporters::otlp::transport;
+use crate::model::AttrValue;
+use crate::processors::metadata::{docker_api as docker, runtime_files as bundle};
 use crate::sources::cgroups::parse as cg;
 use crate::sources::netns::{peer, procfs};
 
@@ -25,6 +27,8 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("config_yaml", config_yaml),
     ("queue_segment", queue_segment),
     ("otlp_response", otlp_response),
+    ("bundle_config", bundle_config),
+    ("docker_api", docker_api),
 ];
 
 /// The first byte picks the cgroup file format, the rest is the file's text (cgroup files are
@@ -138,4 +142,59 @@ pub fn otlp_response(data: &[u8]) {
         Bytes::copy_from_slice(body),
     );
     let _ = transport::grpc_failure(&status);
+}
+
+/// A runtime's bundle `config.json` (first byte even) or a containers/storage
+/// `containers.json` (odd), read as `runtime_files` reads them: UTF-8 text, parsed, then named
+/// the containerd (CRI and not) and CRI-O ways, the image reference split.
+pub fn bundle_config(data: &[u8]) {
+    let Some((&which, rest)) = data.split_first() else { return };
+    let Ok(text) = std::str::from_utf8(rest) else { return };
+    if which % 2 == 1 {
+        for entry in bundle::parse_store(text).into_iter().flat_map(|store| store.into_values()) {
+            if let Some(image) = entry.image {
+                let (name, tag) = bundle::split_image(&image);
+                assert!(image.starts_with(name) && tag.is_none_or(|t| image.contains(t)), "{image}");
+            }
+        }
+        return;
+    }
+    let Ok(config) = bundle::parse_bundle(text) else { return };
+    for names in [bundle::containerd_names(&config, true), bundle::containerd_names(&config, false)]
+        .into_iter()
+        .chain([bundle::crio_names(&config)])
+        .flatten()
+    {
+        if let Some(image) = &names.image {
+            let (name, tag) = bundle::split_image(image);
+            // Both parts are cut out of the reference: never longer than it.
+            assert!(name.len() + tag.map_or(0, str::len) <= image.len(), "{image}");
+        }
+    }
+}
+
+/// The Docker Engine API's answers (NUL-separated): `/version`, `/containers/json`, Podman's
+/// `/libpod/containers/json`, the `/events` lines, applied as the `docker_api` task applies
+/// them. What it keeps is bounded: 64-hex container ids, values of at most the kept length.
+pub fn docker_api(data: &[u8]) {
+    let mut parts = data.splitn(4, |b| *b == 0);
+    let mut next = || parts.next().unwrap_or_default();
+    let (version, list, libpod, events) = (next(), next(), next(), next());
+    let labels = ["app".to_owned(), "com.docker.compose.project".to_owned()];
+    let snapshot = docker::replay_answers(version, list, libpod, events, &labels);
+    let fits = |v: &AttrValue| match v {
+        AttrValue::Str(s) => s.len() <= docker::MAX_ATTRIBUTE_LEN,
+        AttrValue::StrArray(a) => a.iter().all(|s| s.len() <= docker::MAX_ATTRIBUTE_LEN),
+        _ => true,
+    };
+    for (id, meta) in &snapshot.containers {
+        assert!(id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()), "kept id {id:?}");
+        assert!(meta.attributes.iter().all(|(_, v)| fits(v)), "{meta:?}");
+    }
+    // A pod named by Podman's list may have no cached container (the fuzzer found one within
+    // seconds: a libpod entry whose id the Docker list lacks); it stays until a destroy
+    // prunes pods. Bounded by the list's size, so only the values are checked here.
+    for pod in snapshot.pods.values() {
+        assert!(pod.attributes.iter().all(|(_, v)| fits(v)), "{pod:?}");
+    }
 }

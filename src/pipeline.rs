@@ -107,16 +107,12 @@ impl Pipeline {
     }
 }
 
-/// The kernel's hostname, read the way `hostname` does.
+/// The kernel's hostname, read the way `hostname` does (`uname`'s node name is what
+/// `gethostname` returns on Linux).
 fn kernel_hostname() -> Option<String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it on success.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return None;
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
+    let name = rustix::system::uname();
+    let name = name.nodename().to_string_lossy();
+    Some(name.into_owned())
 }
 
 /// Builds every pipeline's sources and processors. Exporters are built separately because
@@ -633,6 +629,12 @@ fn log_stats() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hostname_is_the_kernels() {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(kernel_hostname().as_deref(), Some(kernel.trim_end_matches('\n')));
+    }
 
     #[test]
     fn credentials_are_cut_from_endpoints() {

@@ -108,6 +108,18 @@ counters! {
     /// Pods whose network namespace was replaced (new sandbox): their network series restart.
     netns_replaced: Counter "podometer.network_namespaces.replaced" "{namespace}"
         "Pods whose network namespace was replaced (a new sandbox): their network series restart.";
+    /// Export faults, all exporters: OTLP/HTTP requests that got no answer within `timeout`;
+    /// that failed to connect or whose connection was reset or closed before an answer; whose
+    /// answer was not HTTP; and batches that could not be written to the disk queue (a full or
+    /// failing disk), which are not queued.
+    export_timeouts: Counter "podometer.export.faults" ("error.type" = "timeout") "{fault}"
+        "OTLP/HTTP requests without a usable answer and batches the disk queue could not store, by error.type (`timeout`, `connection`, `bad_response`, `queue_write`).";
+    export_connection_errors: Counter "podometer.export.faults" ("error.type" = "connection") "{fault}"
+        "OTLP/HTTP requests without a usable answer and batches the disk queue could not store, by error.type (`timeout`, `connection`, `bad_response`, `queue_write`).";
+    export_bad_responses: Counter "podometer.export.faults" ("error.type" = "bad_response") "{fault}"
+        "OTLP/HTTP requests without a usable answer and batches the disk queue could not store, by error.type (`timeout`, `connection`, `bad_response`, `queue_write`).";
+    queue_write_errors: Counter "podometer.export.faults" ("error.type" = "queue_write") "{fault}"
+        "OTLP/HTTP requests without a usable answer and batches the disk queue could not store, by error.type (`timeout`, `connection`, `bad_response`, `queue_write`).";
     /// Containers, pods, network namespaces (resources with network series) and points of the
     /// latest sweep, for self-telemetry.
     last_containers: Gauge "podometer.containers" "{container}" "Containers in the last sweep.";

@@ -35,11 +35,71 @@ fn built_in_default_and_every_file_under_config_pass() {
     assert!(checked >= 1, "no yaml files under config/");
 }
 
+/// The DaemonSet's config (`deploy/kubernetes/base/agent.yaml`, shipped as the ConfigMap)
+/// parses and validates with the variable it references set, and says which one it needs (a
+/// node name from the downward API); the README's annotated example has only real keys.
 #[test]
-fn the_default_file_is_the_built_in_config() {
-    let file =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/podometer.yaml")).unwrap();
-    assert_eq!(file, podometer::config::DEFAULT_CONFIG);
+fn the_deployed_config_and_the_readme_example_parse_and_validate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let agent = std::fs::read_to_string(root.join("deploy/kubernetes/base/agent.yaml")).unwrap();
+    let env = |name: &str| (name == "NODE_NAME").then(|| "node-1".to_owned());
+    let config = podometer::config::parse("agent.yaml", &agent, env).unwrap_or_else(|e| panic!("{e}"));
+    let described = config.describe();
+    assert!(described.contains("pipeline default:"), "{described}");
+    let unset = podometer::config::parse("agent.yaml", &agent, |_| None).unwrap_err().to_string();
+    assert!(unset.contains("NODE_NAME"), "the missing variable is named: {unset}");
+
+    // The first ```yaml block of the README's "Configuration" section.
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let section = &readme[readme.find("\n## Configuration").expect("a Configuration section")..];
+    let block = section.split("```yaml\n").nth(1).and_then(|b| b.split("```").next()).expect("a yaml block");
+    // It shows every component type, so one may be unused (`file`): that is the only problem
+    // allowed; an unknown key, a wrong type or a bad value anywhere in it fails here.
+    if let Err(e) = podometer::config::parse("README.md", block, |_| None) {
+        let problems: Vec<String> = e.to_string().lines().map(str::to_owned).collect();
+        assert!(
+            problems.iter().all(|p| p.contains("defined but used by no pipeline")),
+            "README example: {problems:#?}"
+        );
+    }
+}
+
+/// Whatever the key, its name and place come back: the message is built from the input, not a
+/// fixed list (checked here on keys made up for the test, at three depths).
+#[test]
+fn unknown_keys_are_named_wherever_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let made_up = format!("zz{}", std::process::id());
+    for (yaml, key_path) in [
+        (format!("{made_up}: 1\nsources: {{cgroups: }}\n{VALID_TAIL}"), made_up.clone()),
+        (format!("sources:\n  netns: {{{made_up}: 1}}\n  cgroups:\n{VALID_TAIL}"), format!("sources.netns.{made_up}")),
+        (
+            format!("sources: {{cgroups: }}\nexporters:\n  otlp: {{retry: {{{made_up}: 1s}}}}\npipelines:\n  main: {{sources: [cgroups], exporters: [otlp]}}\n"),
+            format!("exporters.otlp.retry.{made_up}"),
+        ),
+    ] {
+        let path = dir.path().join("unknown.yaml");
+        std::fs::write(&path, &yaml).unwrap();
+        let (code, stdout) = check_config(&path, &[]);
+        assert_eq!(code, 1, "{yaml}: {stdout}");
+        assert!(stdout.contains(&format!(": {key_path}: unknown field")), "{key_path} not named: {stdout}");
+    }
+}
+
+/// An unset variable and a malformed reference are each reported with the variable's name and
+/// the place of the reference.
+#[test]
+fn environment_substitution_errors_name_the_variable_and_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let var = format!("PODOMETER_TEST_UNSET_{}", std::process::id());
+    let path = dir.path().join("env.yaml");
+    std::fs::write(&path, format!("sources:\n  cgroups:\n    root: /x/${{env:{var}}}\n{VALID_TAIL}"))
+        .unwrap();
+    let (code, stdout) = check_config(&path, &[]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains(&var) && stdout.contains(":3:"), "variable and line: {stdout}");
+    let (code, stdout) = check_config(&path, &[(&var, "/sys/fs/cgroup")]);
+    assert_eq!(code, 0, "set, it passes: {stdout}");
 }
 
 const VALID_TAIL: &str =

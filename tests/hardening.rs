@@ -194,3 +194,327 @@ fn file_exporters_blocked_on_their_output_do_not_stall_otlp_delivery() {
     assert!(status.success(), "the agent exits 0 even with stuck exporters:\n{log}");
     assert!(log.contains("not keeping up"), "the dropped sweeps are logged:\n{log}");
 }
+
+// ---------------------------------------------------------------- faults
+
+/// How the misbehaving receiver answers the next request.
+const GOOD: u8 = 0;
+const GARBAGE: u8 = 1;
+const HANG: u8 = 2;
+const RESET: u8 = 3;
+
+/// An OTLP/HTTP receiver on 127.0.0.1 that answers each request as `mode` says: a real `200`
+/// after decoding the request (recording every data point's time), bytes that are not HTTP,
+/// nothing at all (the connection held open), or a TCP reset. Threads end with the test.
+struct FaultyReceiver {
+    port: u16,
+    mode: Arc<std::sync::atomic::AtomicU8>,
+    /// `timeUnixNano` of every data point received in a good answer.
+    times: Arc<std::sync::Mutex<std::collections::HashSet<u64>>>,
+}
+
+impl FaultyReceiver {
+    fn start(mode: u8) -> FaultyReceiver {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let receiver = FaultyReceiver {
+            port,
+            mode: Arc::new(std::sync::atomic::AtomicU8::new(mode)),
+            times: Arc::default(),
+        };
+        let (mode, times) = (receiver.mode.clone(), receiver.times.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (mode, times) = (mode.clone(), times.clone());
+                std::thread::spawn(move || serve(conn, &mode, &times));
+            }
+        });
+        receiver
+    }
+
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+
+    fn received(&self) -> std::collections::HashSet<u64> {
+        self.times.lock().unwrap().clone()
+    }
+}
+
+/// One request: headers up to the blank line, then `content-length` bytes; `None` at EOF.
+fn read_request(conn: &mut std::net::TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if conn.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let len: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).ok()?;
+    Some(body)
+}
+
+fn serve(
+    mut conn: std::net::TcpStream,
+    mode: &std::sync::atomic::AtomicU8,
+    times: &std::sync::Mutex<std::collections::HashSet<u64>>,
+) {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    use prost::Message;
+    use std::io::Write;
+    while let Some(body) = read_request(&mut conn) {
+        match mode.load(Ordering::SeqCst) {
+            GARBAGE => {
+                let _ = conn.write_all(b"\x16\x03\x01\x00 this is not HTTP at all\r\n\r\n\xff\xfe");
+                return;
+            }
+            HANG => {
+                // Held open without a byte of answer, longer than the agent's timeout.
+                std::thread::sleep(Duration::from_secs(5));
+                return;
+            }
+            RESET => {
+                use std::os::fd::AsRawFd;
+                let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+                // SAFETY: setsockopt on a socket this thread owns, with a valid linger struct.
+                unsafe {
+                    libc::setsockopt(
+                        conn.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        (&linger as *const libc::linger).cast(),
+                        std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                    )
+                };
+                return; // closed with an RST
+            }
+            _ => {
+                let request =
+                    ExportMetricsServiceRequest::decode(body.as_slice()).expect("a valid OTLP request");
+                let mut set = times.lock().unwrap();
+                for metric in
+                    request.resource_metrics.iter().flat_map(|r| &r.scope_metrics).flat_map(|s| &s.metrics)
+                {
+                    match &metric.data {
+                        Some(Data::Sum(s)) => set.extend(s.data_points.iter().map(|p| p.time_unix_nano)),
+                        Some(Data::Gauge(g)) => set.extend(g.data_points.iter().map(|p| p.time_unix_nano)),
+                        _ => {}
+                    }
+                }
+                drop(set);
+                let answer =
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+                if conn.write_all(answer.as_bytes()).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The sweep times the file exporter wrote, in order.
+fn file_sweep_times(path: &Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).ok()?;
+            let metric = &v["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0];
+            let points = if metric["sum"].is_object() { &metric["sum"] } else { &metric["gauge"] };
+            points["dataPoints"][0]["timeUnixNano"].as_str()?.parse().ok()
+        })
+        .collect()
+}
+
+/// The agent's counters from the line `run` logs when it stops.
+fn counters(log: &str) -> std::collections::HashMap<String, u64> {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("Agent counters."))
+        .unwrap_or_else(|| panic!("no counters:\n{log}"));
+    line.split_whitespace()
+        .filter_map(|kv| {
+            let (k, v) = kv.trim_start_matches("stats=").trim_matches('"').split_once('=')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// An agent with a file exporter and an OTLP/HTTP exporter with a disk queue in one pipeline,
+/// so that every sweep the file shows must reach the receiver.
+fn fault_config(dir: &Path, port: u16, queue: &Path, interval: &str) -> PathBuf {
+    let config = dir.join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "interval: {interval}\nshutdown_timeout: 5s\nsources:\n  cgroups: {{root: {root}}}\n\
+             exporters:\n  file: {{path: {out}}}\n  otlp:\n    protocol: http/protobuf\n    \
+             endpoint: http://127.0.0.1:{port}/v1/metrics\n    compression: none\n    timeout: 500ms\n    \
+             retry: {{initial_interval: 50ms, max_interval: 200ms}}\n    queue: {{directory: {queue}}}\n\
+             pipelines:\n  p: {{sources: [cgroups], exporters: [file, otlp]}}\n",
+            root = fixture_root().display(),
+            out = dir.join("out.jsonl").display(),
+            queue = queue.display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Waits until every sweep the file exporter wrote has reached the receiver (or `timeout`).
+fn wait_delivered(out: &Path, receiver: &FaultyReceiver, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let received = receiver.received();
+        if file_sweep_times(out).iter().all(|t| received.contains(t)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn garbage_hung_and_reset_answers_lose_no_queued_sweep_and_are_counted() {
+    let receiver = FaultyReceiver::start(GARBAGE);
+    let dir = tempfile::tempdir().unwrap();
+    let config = fault_config(dir.path(), receiver.port, &dir.path().join("queue"), "200ms");
+    let agent = Agent::start(&config, &[]);
+    for mode in [GARBAGE, HANG, RESET] {
+        receiver.set(mode);
+        std::thread::sleep(Duration::from_millis(2000));
+    }
+    receiver.set(GOOD);
+    let out = dir.path().join("out.jsonl");
+    wait_delivered(&out, &receiver, Duration::from_secs(30));
+    let (status, log) = agent.stop();
+    let sweeps = file_sweep_times(&out);
+    let received = receiver.received();
+    let lost: Vec<&u64> = sweeps.iter().filter(|t| !received.contains(t)).collect();
+    let c = counters(&log);
+    eprintln!(
+        "faults: {} sweeps, {} lost; timeouts {}, connection errors {}, bad responses {}, retried {}",
+        sweeps.len(),
+        lost.len(),
+        c["export_timeouts"],
+        c["export_connection_errors"],
+        c["export_bad_responses"],
+        c["batches_retried"]
+    );
+    assert!(status.success() && !log.contains("panicked"), "the agent exits 0 without a panic:\n{log}");
+    assert!(sweeps.len() >= 20, "only {} sweeps in 6 s at 200 ms", sweeps.len());
+    assert!(
+        lost.is_empty(),
+        "{} of {} sweeps never reached the receiver: {lost:?}",
+        lost.len(),
+        sweeps.len()
+    );
+    assert!(c["export_bad_responses"] >= 1, "answers that are not HTTP are counted: {c:?}");
+    assert!(c["export_timeouts"] >= 1, "requests without an answer are counted: {c:?}");
+    assert!(c["export_connection_errors"] >= 1, "reset connections are counted: {c:?}");
+    assert_eq!(c["batches_dropped"] + c["batches_evicted"], 0, "nothing dropped: {c:?}");
+}
+
+/// A small tmpfs mounted by the test, unmounted on drop (lazily, if something still holds it).
+struct SmallTmpfs(PathBuf);
+
+impl SmallTmpfs {
+    fn mount(dir: &Path, size: &str) -> SmallTmpfs {
+        std::fs::create_dir(dir).unwrap();
+        support::run(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+                .arg(support::unique("podometer-tmpfs"))
+                .arg(dir),
+        );
+        SmallTmpfs(dir.to_owned())
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Bytes of the queue's segment files.
+fn queue_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+#[test]
+fn a_full_disk_under_the_queue_costs_only_what_it_could_not_store() {
+    if !support::prerequisite(support::is_root(), "root (to mount a tmpfs)") {
+        return;
+    }
+    let receiver = FaultyReceiver::start(HANG);
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallTmpfs::mount(&dir.path().join("disk"), "96k");
+    let config = fault_config(dir.path(), receiver.port, &disk.0.join("queue"), "100ms");
+    let agent = Agent::start(&config, &[]);
+    let out = dir.path().join("out.jsonl");
+    // The receiver holds every request: batches pile up on the 96 KiB disk until it is full,
+    // then a few more sweeps are refused.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while queue_bytes(&disk.0.join("queue")) < 80 * 1024 {
+        assert!(Instant::now() < deadline, "the queue's disk never filled");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    receiver.set(GOOD);
+    // Once the queue has drained, the disk must take new sweeps again: the latest ten must
+    // all arrive (with the disk still full, none would).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let sweeps = file_sweep_times(&out);
+        let received = receiver.received();
+        if sweeps.len() > 10 && sweeps[sweeps.len() - 10..].iter().all(|t| received.contains(t)) {
+            break;
+        }
+        if Instant::now() > deadline {
+            break; // asserted below, with the counters
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, log) = agent.stop();
+    let sweeps = file_sweep_times(&out);
+    let received = receiver.received();
+    let lost = sweeps.iter().filter(|t| !received.contains(t)).count() as u64;
+    let c = counters(&log);
+    eprintln!(
+        "disk full: {} sweeps, {lost} not delivered, queue_write_errors {}, sent {}",
+        sweeps.len(),
+        c["queue_write_errors"],
+        c["batches_sent"]
+    );
+    assert!(status.success() && !log.contains("panicked"), "the agent exits 0 without a panic:\n{log}");
+    assert!(c["queue_write_errors"] >= 1, "the full disk is counted: {c:?}");
+    // One batch per sweep here (the fixture node is small): what is lost is at most what the
+    // disk refused, and everything it took was delivered.
+    assert!(
+        lost <= c["queue_write_errors"],
+        "{lost} sweeps lost but only {} refused: {c:?}",
+        c["queue_write_errors"]
+    );
+    let after: Vec<&u64> = sweeps[sweeps.len() - 10..].iter().filter(|t| !received.contains(t)).collect();
+    assert!(
+        after.is_empty(),
+        "sweeps after the queue drained were not delivered: the disk stayed full ({after:?}, {c:?})"
+    );
+    assert!(log.contains("could not take a sweep"), "the refused sweeps are logged:\n{log}");
+}

@@ -518,11 +518,12 @@ fn forbidden_and_non_json_answers_are_logged_once_counted_and_ids_still_exported
         latest_container(seen, &id).is_some()
     });
     assert!(started.elapsed() >= Duration::from_millis(900), "start-up waited for the first list");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while agent.metadata_errors() < 3 {
-        assert!(Instant::now() < deadline, "fewer than 3 counted failures; log:\n{}", agent.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    support::wait_until(
+        "3 counted failures",
+        Duration::from_secs(20),
+        || agent.metadata_errors() >= 3,
+        || agent.log(),
+    );
     let s = latest_container(&agent.output(), &id).unwrap();
     assert_eq!(s.str("k8s.pod.uid"), Some(p.uid.as_str()));
     assert_eq!(s.str("k8s.pod.name"), None);
@@ -538,11 +539,12 @@ fn forbidden_and_non_json_answers_are_logged_once_counted_and_ids_still_exported
     // An answer that is not JSON: its own line, counted.
     let not_json_at = now_ns();
     api.set_mode(Mode::NotJson);
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while !agent.log().contains("not a Kubernetes JSON answer") || agent.metadata_errors() <= refused {
-        assert!(Instant::now() < deadline, "no log line for the HTML answer; log:\n{}", agent.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    support::wait_until(
+        "a log line for the HTML answer",
+        Duration::from_secs(40),
+        || agent.log().contains("not a Kubernetes JSON answer") && agent.metadata_errors() > refused,
+        || agent.log(),
+    );
     assert_eq!(agent.log().lines().filter(|l| l.contains("not a Kubernetes JSON answer")).count(), 1);
     assert_eq!(agent.log().lines().filter(|l| l.contains("403 Forbidden")).count(), 1, "still rate-limited");
     agent.wait_for("ids still exported after the HTML answers", Duration::from_secs(60), |seen| {
@@ -626,11 +628,12 @@ fn an_unreachable_api_is_logged_once_counted_and_ids_still_exported() {
     agent.wait_for("ids exported without an API", Duration::from_secs(20), |seen| {
         latest_container(seen, &id).is_some()
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while agent.metadata_errors() < 3 {
-        assert!(Instant::now() < deadline, "fewer than 3 counted failures; log:\n{}", agent.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    support::wait_until(
+        "3 counted failures",
+        Duration::from_secs(20),
+        || agent.metadata_errors() >= 3,
+        || agent.log(),
+    );
     let s = latest_container(&agent.output(), &id).unwrap();
     assert_eq!(s.str("k8s.pod.uid"), Some(p.uid.as_str()));
     assert_eq!(s.str("k8s.pod.name"), None);

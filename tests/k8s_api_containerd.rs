@@ -15,18 +15,11 @@ use std::time::SystemTime;
 
 use k8s_pods::{pod, Owner, TestContainer, TestPod};
 use kube_api::KubeApi;
-use podometer::model::{AttrValue, ResourceId, Sweep};
+use podometer::model::ResourceId;
 use podometer::pipeline::{build_pipelines, sweep_all};
 use podometer::semconv;
 use support::containerd::{Containerd, BUSYBOX_IMAGE};
-use support::cri::{CriPod, PodRequest};
-
-fn str_attr<'a>(sweep: &'a Sweep, id: &ResourceId, key: &str) -> Option<&'a str> {
-    match sweep.resource(id)?.attribute(key)? {
-        AttrValue::Str(s) => Some(s),
-        _ => None,
-    }
-}
+use support::str_attr;
 
 #[test]
 fn pods_created_through_the_cri_get_their_api_names_and_owners_on_every_resource() {
@@ -34,22 +27,12 @@ fn pods_created_through_the_cri_get_their_api_names_and_owners_on_every_resource
         return;
     }
     let node = Containerd::start();
-    let seq: u64 = support::unique("uid").rsplit('-').next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let uid = format!("{:08x}-0000-4000-9000-{seq:012x}", std::process::id());
+    let uid = support::cri::kubelet_pod_uid('9');
+    let seq: u64 = uid.rsplit('-').next().and_then(|s| u64::from_str_radix(s, 16).ok()).unwrap_or(0);
     let name = format!("checkout-7d4b9c6f8-{:05}", seq % 100_000);
     let namespace = support::unique("shop");
-    let parent = node.cgroup_parent(&uid);
-    let cri_pod = CriPod::run(
-        &node.cri,
-        &PodRequest {
-            name: &name,
-            namespace: &namespace,
-            uid: &uid,
-            cgroup_parent: &parent,
-            image: BUSYBOX_IMAGE,
-            containers: &[("app", "exec sleep 300"), ("sidecar", "exec sleep 300")],
-        },
-    );
+    let cri_pod =
+        node.run_pod(&name, &namespace, &uid, &[("app", "exec sleep 300"), ("sidecar", "exec sleep 300")]);
 
     // What the kubelet would report for this pod: the runtime's own container ids.
     let node_name = support::unique("node");

@@ -11,18 +11,16 @@ use std::time::{Duration, SystemTime};
 use podometer::model::{AttrValue, ResourceId, Sweep, Value};
 use podometer::pipeline::{build_pipelines, sweep_all, Pipeline};
 use podometer::semconv;
-use support::containerd::{Containerd, BUSYBOX_IMAGE};
-use support::cri::{CriPod, PodRequest};
+use support::containerd::Containerd;
 use support::netns::{send_tcp, tcp_sink_in};
+use support::str_attr;
 
 fn live() -> bool {
     support::containerd::containerd_available() && support::netns::netns_available()
 }
 
-/// A pod UID in the kubelet's form, unique per test process and call.
 fn pod_uid() -> String {
-    let seq: u64 = support::unique("uid").rsplit('-').next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    format!("{:08x}-0000-4000-8000-{seq:012x}", std::process::id())
+    support::cri::kubelet_pod_uid('8')
 }
 
 fn agent(node: &Containerd) -> Vec<Pipeline> {
@@ -43,13 +41,6 @@ pipelines:
     );
     let config = podometer::config::parse("test.yaml", &yaml, |_| None).unwrap_or_else(|e| panic!("{e:?}"));
     build_pipelines(&config).expect("pipelines")
-}
-
-fn str_attr<'a>(sweep: &'a Sweep, id: &ResourceId, key: &str) -> Option<&'a str> {
-    match sweep.resource(id)?.attribute(key)? {
-        AttrValue::Str(s) => Some(s),
-        _ => None,
-    }
 }
 
 fn pod_network_io(sweep: &Sweep, uid: &str, direction: &str) -> i64 {
@@ -85,17 +76,11 @@ fn pods_created_through_the_cri_get_their_names_on_every_resource_and_network_se
     let uid = pod_uid();
     let name = support::unique("web");
     let namespace = support::unique("shop");
-    let parent = node.cgroup_parent(&uid);
-    let pod = CriPod::run(
-        &node.cri,
-        &PodRequest {
-            name: &name,
-            namespace: &namespace,
-            uid: &uid,
-            cgroup_parent: &parent,
-            image: BUSYBOX_IMAGE,
-            containers: &[("app", "exec sleep 300"), ("log-shipper", "exec sleep 300")],
-        },
+    let pod = node.run_pod(
+        &name,
+        &namespace,
+        &uid,
+        &[("app", "exec sleep 300"), ("log-shipper", "exec sleep 300")],
     );
     assert!(node.bundle(&pod.sandbox_id).exists(), "the sandbox's bundle is where a node has it");
 
@@ -163,18 +148,7 @@ fn pod_receive_bytes_equal_the_host_veth_transmit_on_a_cri_node() {
     let node = Containerd::start();
     let uid = pod_uid();
     let name = support::unique("sink");
-    let parent = node.cgroup_parent(&uid);
-    let pod = CriPod::run(
-        &node.cri,
-        &PodRequest {
-            name: &name,
-            namespace: "default",
-            uid: &uid,
-            cgroup_parent: &parent,
-            image: BUSYBOX_IMAGE,
-            containers: &[("app", "exec sleep 300")],
-        },
-    );
+    let pod = node.run_pod(&name, "default", &uid, &[("app", "exec sleep 300")]);
     let pid = first_pid(&node, &uid, &pod.sandbox_id);
     let netns = format!("/proc/{pid}/ns/net");
     // eth0's peer, read from inside the pod's namespace: `eth0@if<host ifindex>`.

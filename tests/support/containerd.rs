@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use super::cri::Cri;
+use super::cri::{Cri, CriPod, PodRequest};
 use super::{have_command, is_root, prerequisite, run};
 
 pub const PAUSE_IMAGE: &str = "podometer.test/pause:1";
@@ -186,6 +186,16 @@ state = "{dir}/state"
     /// `/<cgroup_base>/kubepods/besteffort/pod<uid>`.
     pub fn cgroup_parent(&self, uid: &str) -> String {
         format!("/{}/kubepods/besteffort/pod{uid}", self.cgroup_base)
+    }
+
+    /// A pod of busybox containers (name, shell script) created through this instance's CRI
+    /// as the kubelet creates it, under [`Containerd::cgroup_parent`]; removed on drop.
+    pub fn run_pod(&self, name: &str, namespace: &str, uid: &str, containers: &[(&str, &str)]) -> CriPod {
+        let parent = self.cgroup_parent(uid);
+        CriPod::run(
+            &self.cri,
+            &PodRequest { name, namespace, uid, cgroup_parent: &parent, image: BUSYBOX_IMAGE, containers },
+        )
     }
 
     /// Where the bundle of a container of this instance is.

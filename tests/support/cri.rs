@@ -235,3 +235,10 @@ impl Drop for CriPod {
         }
     }
 }
+
+/// A pod UID in the kubelet's form, unique per test process and call; `variant` (a hex digit)
+/// keeps the UIDs of different test files apart.
+pub fn kubelet_pod_uid(variant: char) -> String {
+    let seq: u64 = super::unique("uid").rsplit('-').next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    format!("{:08x}-0000-4000-{variant}000-{seq:012x}", std::process::id())
+}

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cgroupfs;
+pub mod churn;
 pub mod containerd;
 pub mod cri;
 pub mod docker;
@@ -69,4 +70,31 @@ pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Polls `done` every 100 ms until it holds; after `limit`, panics naming `what` with
+/// `context()` (an agent's log, say).
+pub fn wait_until(
+    what: &str,
+    limit: std::time::Duration,
+    mut done: impl FnMut() -> bool,
+    context: impl Fn() -> String,
+) {
+    let deadline = std::time::Instant::now() + limit;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}; {}", context());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A string attribute of one resource of a sweep.
+pub fn str_attr<'a>(
+    sweep: &'a podometer::model::Sweep,
+    id: &podometer::model::ResourceId,
+    key: &str,
+) -> Option<&'a str> {
+    match sweep.resource(id)?.attribute(key)? {
+        podometer::model::AttrValue::Str(s) => Some(s),
+        _ => None,
+    }
 }

@@ -204,8 +204,16 @@ impl OtlpExporter {
 fn push_all(shared: &Shared, queue: &mut Queue, batches: Vec<Bytes>) -> Result<(), OtlpError> {
     let telemetry = Telemetry::global();
     let stats = &shared.stats;
-    for batch in batches {
-        let evicted = queue.push(batch)?;
+    let total = batches.len();
+    for (i, batch) in batches.into_iter().enumerate() {
+        let evicted = match queue.push(batch) {
+            Ok(evicted) => evicted,
+            Err(e) => {
+                // This batch and the rest of the sweep are not queued; what is queued stays.
+                telemetry.queue_write_errors.fetch_add((total - i) as u64, Ordering::Relaxed);
+                return Err(e.into());
+            }
+        };
         stats.batches_queued.fetch_add(1, Ordering::Relaxed);
         if evicted > 0 {
             count(&telemetry.batches_evicted, &stats.batches_evicted, evicted as u64);

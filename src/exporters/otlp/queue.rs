@@ -425,12 +425,10 @@ fn prepare_dir(dir: &Path) -> Result<(), QueueError> {
 }
 
 fn lock_dir(dir: &Path) -> Result<File, QueueError> {
-    use std::os::fd::AsRawFd;
     let path = dir.join(LOCK_FILE);
     let file = open_nofollow(OpenOptions::new().create(true).truncate(false).write(true), &path)?;
-    // SAFETY: flock(2) on a descriptor this function owns.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let err = io::Error::last_os_error();
+    if let Err(errno) = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        let err = io::Error::from(errno);
         return Err(if err.kind() == io::ErrorKind::WouldBlock {
             QueueError::InUse { path: dir.to_owned() }
         } else {
@@ -584,7 +582,17 @@ impl DiskQueue {
         if let Err(source) = write {
             // A partial record would poison later appends; cut back to the last good end.
             let _ = writer.set_len(offset);
-            return Err(QueueError::Io { path: seg.path.clone(), source });
+            // A full disk whose last segment holds only delivered records would stay full for
+            // good (a segment is deleted only once a newer one exists): delete it and write
+            // this batch into a new one, once. The new segment starts empty, so this cannot
+            // repeat.
+            let consumed = seg.count > 0 && seg.first_seq + seg.count <= self.acked;
+            if !consumed {
+                return Err(QueueError::Io { path: seg.path.clone(), source });
+            }
+            self.writer = None;
+            self.drop_consumed_segments()?;
+            return self.push(payload).map(|more| evicted + more);
         }
         seg.len += record.len() as u64;
         seg.count += 1;

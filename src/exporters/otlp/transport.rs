@@ -303,6 +303,7 @@ impl HttpTransport {
             Ok(r) => r,
             // Connection refused, reset, TLS handshake, timeout: the receiver may come back.
             Err(e) => {
+                count_request_failure(&e);
                 return Outcome::Failed {
                     decision: Decision::Retry { after: None },
                     // Without the URL: it may carry user:password (the exporter is named).
@@ -322,6 +323,29 @@ impl HttpTransport {
         let body = read_bounded(response, MAX_RESPONSE_BODY).await;
         http_outcome(status, retry_after.as_deref(), location.as_deref(), body.as_deref(), SystemTime::now())
     }
+}
+
+/// Counts a request that got no usable answer by what went wrong: no answer in time, an
+/// answer that is not HTTP (hyper could not parse it), or the connection (refused, reset,
+/// closed before the answer).
+fn count_request_failure(error: &reqwest::Error) {
+    let telemetry = crate::telemetry::Telemetry::global();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    let mut not_http = false;
+    while let Some(e) = source {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            not_http |= h.is_parse() || h.is_parse_status();
+        }
+        source = e.source();
+    }
+    let counter = if error.is_timeout() {
+        &telemetry.export_timeouts
+    } else if not_http {
+        &telemetry.export_bad_responses
+    } else {
+        &telemetry.export_connection_errors
+    };
+    crate::telemetry::Telemetry::inc(counter);
 }
 
 /// Most bytes of a response body that are read. An OTLP response is a few bytes (a partial

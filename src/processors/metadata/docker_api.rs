@@ -614,6 +614,66 @@ async fn follow(mut client: Client, shared: Arc<SharedSnapshot>, readiness: Read
     }
 }
 
+/// The task's handling of each kind of answer without a socket, for the fuzz target
+/// `docker_api` (`podometer::fuzzing`); not an API. Each answer is decoded as bollard and
+/// `get_json` decode it (`/version`, `/containers/json` and Podman's list as one JSON document,
+/// `/events` as JSON lines) and applied to a fresh cache as `session` and `apply_event` apply
+/// it; an event that would re-read one container takes that container's entry of `list`.
+#[doc(hidden)]
+pub fn replay_answers(
+    version: &[u8],
+    list: &[u8],
+    libpod: &[u8],
+    events: &[u8],
+    labels: &[String],
+) -> Snapshot {
+    let labels: Vec<(String, &'static str)> = labels
+        .iter()
+        .map(|key| (key.clone(), allowlisted_key(semconv::CONTAINER_LABEL_PREFIX, key)))
+        .collect();
+    let podman = serde_json::from_slice::<bollard::models::SystemVersion>(version)
+        .is_ok_and(|v| v.components.iter().flatten().any(|c| c.name.to_ascii_lowercase().contains("podman")));
+    let listed: Vec<ContainerSummary> = serde_json::from_slice(list).unwrap_or_default();
+    let libpod: Vec<LibpodContainer> = serde_json::from_slice(libpod).unwrap_or_default();
+    let mut cache = Cache::default();
+    for summary in &listed {
+        cache.put(summary, &labels);
+    }
+    if podman {
+        cache.put_podman_pods(&libpod);
+    }
+    for line in events.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let Ok(event) = serde_json::from_slice::<EventMessage>(line) else { continue };
+        if event.typ.is_some_and(|t| t != EventMessageTypeEnum::CONTAINER) {
+            continue;
+        }
+        let Some(id) = valid_id(event.actor.as_ref().and_then(|a| a.id.as_deref())) else { continue };
+        match event.action.as_deref().unwrap_or_default() {
+            "destroy" | "remove" => {
+                cache.containers.remove(id);
+                cache.prune_pods();
+            }
+            "create" | "start" if cache.containers.contains_key(id) => {}
+            "create" | "start" | "rename" => {
+                for summary in listed.iter().filter(|s| s.id.as_deref() == Some(id)) {
+                    cache.put(summary, &labels);
+                }
+                if podman {
+                    for entry in libpod.iter().filter(|e| e.id == id) {
+                        cache.put_podman_pods(std::slice::from_ref(entry));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    cache.snapshot()
+}
+
+/// Longest attribute value `docker_api` keeps (for the fuzz target's invariant).
+#[doc(hidden)]
+pub const MAX_ATTRIBUTE_LEN: usize = MAX_VALUE_LEN;
+
 /// The processor: attaches the latest snapshot; the background task keeps it current.
 pub struct DockerApi {
     shared: Arc<SharedSnapshot>,
