@@ -21,6 +21,7 @@ use podometer::exporters::Exporter;
 use podometer::model::{Point, ResourceId, Sweep, Value};
 use podometer::semconv;
 use prost::Message;
+use support::tls::{openssl_available, serve_grpc_mutual_tls, TestPki};
 use tonic::codec::CompressionEncoding;
 
 // ---------- sweeps ----------
@@ -824,43 +825,12 @@ async fn every_http_status_is_retried_or_dropped_as_the_spec_says() {
 
 // ---------- TLS and mutual TLS ----------
 
-/// A throwaway CA with a server certificate for 127.0.0.1 and a client certificate, made with
-/// the `openssl` command.
-struct TestPki {
-    dir: tempfile::TempDir,
+/// The HTTPS receiver's rustls side, from the shared test PKI.
+trait RustlsServer {
+    fn rustls_server_config(&self) -> Arc<rustls::ServerConfig>;
 }
 
-impl TestPki {
-    fn create() -> TestPki {
-        let dir = tempfile::tempdir().unwrap();
-        let script = r#"
-set -e
-ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
-openssl req -x509 $ec -keyout ca.key -out ca.pem -days 2 -subj /CN=podometer-test-ca \
-  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
-openssl req -x509 $ec -keyout other-ca.key -out other-ca.pem -days 2 -subj /CN=other-ca \
-  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
-for who in server client; do
-  openssl req $ec -keyout $who.key -out $who.csr -subj /CN=$who
-done
-printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > server.ext
-printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n' > client.ext
-for who in server client; do
-  openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $who.pem -days 2 -extfile $who.ext
-done
-"#;
-        support::run(std::process::Command::new("sh").arg("-c").arg(script).current_dir(dir.path()));
-        TestPki { dir }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
-    }
-
-    fn read(&self, name: &str) -> Vec<u8> {
-        std::fs::read(self.dir.path().join(name)).unwrap()
-    }
-
+impl RustlsServer for TestPki {
     fn rustls_server_config(&self) -> Arc<rustls::ServerConfig> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let certs: Vec<_> =
@@ -880,33 +850,14 @@ done
     }
 }
 
-fn openssl_available() -> bool {
-    support::prerequisite(support::have_command("openssl"), "openssl (to make test certificates)")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_over_mutual_tls_delivers_and_refuses_an_unknown_server() {
     if !openssl_available() {
         return;
     }
     let pki = TestPki::create();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let script = Arc::new(GrpcScript::default());
-    let tls = tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(pki.read("server.pem"), pki.read("server.key")))
-        .client_ca_root(tonic::transport::Certificate::from_pem(pki.read("ca.pem")));
-    let service =
-        MetricsServiceServer::new(GrpcReceiver(script.clone())).accept_compressed(CompressionEncoding::Gzip);
-    let server = tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .tls_config(tls)
-            .unwrap()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
+    let (addr, server) = serve_grpc_mutual_tls(&pki, GrpcReceiver(script.clone())).await;
 
     let good = format!(
         "endpoint: https://127.0.0.1:{}\ntls: {{ca_file: {}, cert_file: {}, key_file: {}}}",

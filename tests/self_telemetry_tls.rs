@@ -7,15 +7,13 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsService;
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use podometer::self_telemetry::{self, Target};
-use tonic::codec::CompressionEncoding;
+use support::tls::{openssl_available, serve_grpc_mutual_tls, TestPki};
 
 #[derive(Default)]
 struct Received(Mutex<Vec<ExportMetricsServiceRequest>>);
@@ -31,27 +29,6 @@ impl MetricsService for Receiver {
         self.0 .0.lock().unwrap().push(request.into_inner());
         Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
     }
-}
-
-/// A throwaway CA, another CA, a server certificate for 127.0.0.1 and a client certificate.
-fn make_pki(dir: &std::path::Path) {
-    let script = r#"
-set -e
-ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
-for ca in ca other-ca; do
-  openssl req -x509 $ec -keyout $ca.key -out $ca.pem -days 2 -subj /CN=podometer-$ca \
-    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
-done
-for who in server client; do
-  openssl req $ec -keyout $who.key -out $who.csr -subj /CN=$who 2>/dev/null
-done
-printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > server.ext
-printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n' > client.ext
-for who in server client; do
-  openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $who.pem -days 2 -extfile $who.ext 2>/dev/null
-done
-"#;
-    support::run(std::process::Command::new("sh").arg("-c").arg(script).current_dir(dir));
 }
 
 /// Starts self-telemetry towards `target`, flushes once, shuts down; returns whether the
@@ -81,31 +58,14 @@ fn service_name(request: &ExportMetricsServiceRequest) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn self_telemetry_over_mutual_tls_delivers_only_to_the_right_server() {
-    if !support::prerequisite(support::have_command("openssl"), "openssl (to make test certificates)") {
+    if !openssl_available() {
         return;
     }
-    let pki = tempfile::tempdir().unwrap();
-    make_pki(pki.path());
-    let read = |name: &str| std::fs::read(pki.path().join(name)).unwrap();
-    let path = |name: &str| pki.path().join(name);
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let pki = TestPki::create();
+    let path = |name: &str| pki.file(name);
     let received = Arc::new(Received::default());
-    let tls = tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(read("server.pem"), read("server.key")))
-        .client_ca_root(tonic::transport::Certificate::from_pem(read("ca.pem")));
-    let service =
-        MetricsServiceServer::new(Receiver(received.clone())).accept_compressed(CompressionEncoding::Gzip);
-    let server = tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .tls_config(tls)
-            .unwrap()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
+    let (addr, server) = serve_grpc_mutual_tls(&pki, Receiver(received.clone())).await;
+    let port = addr.port();
     let endpoint = format!("https://127.0.0.1:{port}");
     let count = || received.0.lock().unwrap().len();
 

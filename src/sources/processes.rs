@@ -32,6 +32,7 @@ use crate::glob::Glob;
 use crate::model::{AttrValue, Point, ResourceId, Sweep, SweepContext, Value};
 use crate::semconv;
 use crate::sources::cgroups::classify::is_hex64;
+use crate::sources::netns::interface_points;
 use crate::sources::netns::procfs::parse_net_dev;
 use crate::sources::{BoxError, Source};
 
@@ -433,22 +434,7 @@ impl Source for PodNetworkSource {
         for iface in
             interfaces.iter().filter(|i| !self.config.exclude_interfaces.iter().any(|g| g.matches(&i.name)))
         {
-            for (direction, c) in
-                [(semconv::DIRECTION_RECEIVE, &iface.receive), (semconv::DIRECTION_TRANSMIT, &iface.transmit)]
-            {
-                for (metric, value) in [
-                    (&family.io, c.bytes),
-                    (&family.errors, c.errors),
-                    (&family.packets, c.packets),
-                    (&family.dropped, c.dropped),
-                ] {
-                    resource.points.push(
-                        Point::new(metric, Value::from_u64(value))
-                            .with(semconv::NETWORK_INTERFACE_NAME, iface.name.as_str())
-                            .with(semconv::NETWORK_IO_DIRECTION, direction),
-                    );
-                }
-            }
+            resource.points.extend(interface_points(family, iface));
         }
         Ok(())
     }

@@ -11,6 +11,7 @@ pub mod netns;
 pub mod podman;
 pub mod prometheus;
 pub mod receivers;
+pub mod tls;
 pub mod v2vm;
 
 use std::path::Path;

@@ -581,27 +581,40 @@ impl NetnsSource {
         let resource = sweep.resource_mut(id, || attributes);
         for iface in wanted {
             let peer = peers.and_then(|p| p.get(&iface.name));
-            for (direction, c) in
-                [(semconv::DIRECTION_RECEIVE, &iface.receive), (semconv::DIRECTION_TRANSMIT, &iface.transmit)]
-            {
-                for (metric, value) in [
-                    (&family.io, c.bytes),
-                    (&family.errors, c.errors),
-                    (&family.packets, c.packets),
-                    (&family.dropped, c.dropped),
-                ] {
-                    let mut point = Point::new(metric, Value::from_u64(value))
-                        .with(semconv::NETWORK_INTERFACE_NAME, iface.name.as_str())
-                        .with(semconv::NETWORK_IO_DIRECTION, direction);
-                    if let Some(peer) = peer {
-                        point = point.with(semconv::NETWORK_INTERFACE_HOST_PEER, peer.as_str());
-                    }
-                    point.start_time = Some(origin);
-                    resource.points.push(point);
+            for mut point in interface_points(family, iface) {
+                if let Some(peer) = peer {
+                    point = point.with(semconv::NETWORK_INTERFACE_HOST_PEER, peer.as_str());
                 }
+                point.start_time = Some(origin);
+                resource.points.push(point);
             }
         }
     }
+}
+
+/// The eight points of one interface (bytes, errors, packets and drops, each received and
+/// transmitted), named by `family` and carrying the interface's name and the direction; the
+/// one shape of network series for both the netns source and the sidecar's `pod_network`.
+pub(crate) fn interface_points<'a>(
+    family: &'static NetworkFamily,
+    iface: &'a InterfaceCounters,
+) -> impl Iterator<Item = Point> + 'a {
+    [(semconv::DIRECTION_RECEIVE, &iface.receive), (semconv::DIRECTION_TRANSMIT, &iface.transmit)]
+        .into_iter()
+        .flat_map(move |(direction, c)| {
+            [
+                (&family.io, c.bytes),
+                (&family.errors, c.errors),
+                (&family.packets, c.packets),
+                (&family.dropped, c.dropped),
+            ]
+            .into_iter()
+            .map(move |(metric, value)| {
+                Point::new(metric, Value::from_u64(value))
+                    .with(semconv::NETWORK_INTERFACE_NAME, iface.name.as_str())
+                    .with(semconv::NETWORK_IO_DIRECTION, direction)
+            })
+        })
 }
 
 impl NetnsSource {
