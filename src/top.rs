@@ -591,6 +591,7 @@ pub fn run(pipelines: &mut [Pipeline], interval: Duration) -> io::Result<()> {
     }));
     let mut prev = pipeline::sweep_all(pipelines, SystemTime::now());
     if stop_requested() {
+        cancel_grace();
         return Ok(());
     }
     let mut raw = modes;
@@ -602,7 +603,16 @@ pub fn run(pipelines: &mut [Pipeline], interval: Duration) -> io::Result<()> {
     let terminal = Terminal::new(CrosstermBackend::new(io::stdout()))?;
     let result = run_loop(terminal, &tty, pipelines, interval, &mut prev);
     drop(restore);
+    cancel_grace();
     result
+}
+
+/// The terminal is back as it was: what follows (the pipelines' shutdown) is the process's
+/// normal exit, which a pending grace alarm must not turn into an exit with 128 + signal. A
+/// second stop signal still ends the process at once.
+fn cancel_grace() {
+    // SAFETY: alarm has no preconditions; 0 cancels a pending alarm.
+    unsafe { libc::alarm(0) };
 }
 
 fn run_loop(
