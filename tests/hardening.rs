@@ -14,8 +14,9 @@ fn fixture_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cgroup/v1-docker")
 }
 
-/// Kills the agent if the test ends before it was stopped.
-struct Agent(Child);
+/// Kills the agent if the test ends before it was stopped. Its stderr is read as it comes (a
+/// debug log can fill a pipe in seconds, and an agent blocked on its log never exits).
+struct Agent(Child, Option<std::thread::JoinHandle<String>>);
 
 impl Drop for Agent {
     fn drop(&mut self) {
@@ -31,7 +32,14 @@ impl Agent {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Agent(cmd.spawn().expect("the agent starts"))
+        let mut child = cmd.spawn().expect("the agent starts");
+        let mut stderr = child.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut log = String::new();
+            let _ = stderr.read_to_string(&mut log);
+            log
+        });
+        Agent(child, Some(reader))
     }
 
     /// SIGTERM, then the exit status and everything it wrote to stderr.
@@ -51,8 +59,7 @@ impl Agent {
             assert!(Instant::now() < deadline, "the agent did not exit within 15 s");
             std::thread::sleep(Duration::from_millis(50));
         };
-        let mut stderr = String::new();
-        self.0.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        let stderr = self.1.take().unwrap().join().unwrap();
         (status, stderr)
     }
 }
@@ -422,6 +429,50 @@ fn garbage_hung_and_reset_answers_lose_no_queued_sweep_and_are_counted() {
     assert!(c["export_timeouts"] >= 1, "requests without an answer are counted: {c:?}");
     assert!(c["export_connection_errors"] >= 1, "reset connections are counted: {c:?}");
     assert_eq!(c["batches_dropped"] + c["batches_evicted"], 0, "nothing dropped: {c:?}");
+}
+
+/// The same misbehaving receiver behind an OTLP/gRPC exporter: each kind of failure is counted
+/// as what it is, one agent per kind so that no count can come from another mode. (The
+/// receiver cannot answer gRPC, so nothing is delivered here; delivery through faults is
+/// the HTTP test's part.)
+#[test]
+fn grpc_garbage_hung_and_reset_answers_are_counted_by_kind() {
+    for (mode, kind) in
+        [(GARBAGE, "export_bad_responses"), (HANG, "export_timeouts"), (RESET, "export_connection_errors")]
+    {
+        let receiver = FaultyReceiver::start(mode);
+        let dir = tempfile::tempdir().unwrap();
+        let config = fault_config(dir.path(), receiver.port, &dir.path().join("queue"), "200ms");
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("protocol: http/protobuf", "protocol: grpc")
+            .replace("shutdown_timeout: 5s", "shutdown_timeout: 1s")
+            .replace("/v1/metrics", "");
+        std::fs::write(&config, text).unwrap();
+        let agent = Agent::start(&config, &[]);
+        std::thread::sleep(Duration::from_millis(2000));
+        let (status, log) = agent.stop();
+        let c = counters(&log);
+        eprintln!(
+            "gRPC mode {mode}: timeouts {}, connection errors {}, bad responses {}, retried {}",
+            c["export_timeouts"],
+            c["export_connection_errors"],
+            c["export_bad_responses"],
+            c["batches_retried"]
+        );
+        assert!(status.success() && !log.contains("panicked"), "the agent exits 0 without a panic:\n{log}");
+        assert!(c[kind] >= 1, "mode {mode} is counted as {kind}: {c:?}");
+        // A garbage answer may also end as a reset while the client still writes (counted as a
+        // connection error); a hang or a reset is never a bad answer, and a reset never a timeout.
+        if mode != GARBAGE {
+            assert_eq!(c["export_bad_responses"], 0, "mode {mode}: {c:?}");
+        }
+        if mode == RESET {
+            assert_eq!(c["export_timeouts"], 0, "mode {mode}: {c:?}");
+        }
+        // None of these is an answer of the receiver's: every batch stays queued for a retry.
+        assert_eq!(c["batches_dropped"] + c["batches_evicted"], 0, "mode {mode} drops nothing: {c:?}");
+    }
 }
 
 /// A small tmpfs mounted by the test, unmounted on drop (lazily, if something still holds it).

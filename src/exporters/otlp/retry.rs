@@ -68,6 +68,13 @@ pub fn grpc_decision(code: Code, retry_info: Option<Duration>) -> Decision {
 /// The decision for a `tonic::Status`, reading its `RetryInfo` detail.
 pub fn grpc_status_decision(status: &tonic::Status) -> Decision {
     use tonic_types::StatusExt;
+    // A status tonic made from a local error (it carries that error as its source: a reset or
+    // refused connection, an HTTP/2 protocol error on a garbage answer, a timeout) is no answer
+    // of the receiver's, whatever code tonic gave it (`Internal` for a protocol error): the
+    // batch is retried, as over HTTP.
+    if std::error::Error::source(status).is_some() {
+        return Decision::Retry { after: None };
+    }
     let delay = status.get_details_retry_info().and_then(|info| info.retry_delay);
     grpc_decision(status.code(), delay)
 }
@@ -194,6 +201,16 @@ mod tests {
         ] {
             assert!(matches!(grpc_decision(code, None), Decision::Drop { .. }), "{code:?}");
         }
+    }
+
+    #[test]
+    fn a_status_made_from_a_local_error_is_retried_whatever_its_code() {
+        // What tonic gives for a garbage answer: Internal, with the HTTP/2 error as its source.
+        let local = tonic::Status::from_error(Box::new(std::io::Error::other("h2 protocol error")));
+        assert!(matches!(grpc_status_decision(&local), Decision::Retry { after: None }), "{local:?}");
+        // The same code sent by a receiver is its answer, and is not retried (OTLP spec).
+        let answered = tonic::Status::internal("h2 protocol error");
+        assert!(matches!(grpc_status_decision(&answered), Decision::Drop { .. }), "{answered:?}");
     }
 
     #[test]

@@ -103,7 +103,7 @@ impl Decoder for EncodedRequestCodec {
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, tonic::Status> {
         ExportMetricsServiceResponse::decode(src)
             .map(Some)
-            .map_err(|e| tonic::Status::internal(format!("undecodable ExportMetricsServiceResponse: {e}")))
+            .map_err(|e| tonic::Status::internal(format!("{UNDECODABLE}: {e}")))
     }
 }
 
@@ -221,6 +221,7 @@ impl GrpcTransport {
         let mut request = tonic::Request::new(payload.clone());
         *request.metadata_mut() = (*self.metadata).clone();
         if let Err(e) = self.client.ready().await {
+            crate::telemetry::Telemetry::inc(&crate::telemetry::Telemetry::global().export_connection_errors);
             return Outcome::Failed {
                 decision: Decision::Retry { after: None },
                 detail: format!("gRPC channel not ready: {}", error_chain(&*e)),
@@ -229,9 +230,53 @@ impl GrpcTransport {
         let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
         match self.client.unary(request, path, EncodedRequestCodec).await {
             Ok(response) => partial(Some(response.into_inner())),
-            Err(status) => grpc_failure(&status),
+            Err(status) => {
+                count_grpc_fault(&status);
+                grpc_failure(&status)
+            }
         }
     }
+}
+
+/// Counts a gRPC call that got no usable answer, by what went wrong, as
+/// [`count_request_failure`] does for HTTP. A status the receiver sent is an answer, not a
+/// fault: only statuses that tonic made from a local error (they carry it as their source) or
+/// from an undecodable answer are counted.
+fn count_grpc_fault(status: &tonic::Status) {
+    use std::error::Error;
+    let telemetry = crate::telemetry::Telemetry::global();
+    let Some(source) = status.source() else {
+        if status.message().starts_with(UNDECODABLE) {
+            crate::telemetry::Telemetry::inc(&telemetry.export_bad_responses);
+        }
+        return;
+    };
+    let mut counter = &telemetry.export_connection_errors;
+    let mut cause = Some(source);
+    while let Some(e) = cause {
+        if e.is::<tonic::TimeoutExpired>() {
+            counter = &telemetry.export_timeouts;
+            break;
+        }
+        let not_http2 = e.downcast_ref::<h2::Error>().is_some_and(|h2| {
+            !h2.is_io()
+                && matches!(
+                    h2.reason(),
+                    Some(
+                        h2::Reason::PROTOCOL_ERROR
+                            | h2::Reason::FRAME_SIZE_ERROR
+                            | h2::Reason::COMPRESSION_ERROR
+                    )
+                )
+        });
+        if not_http2 || e.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_parse() || h.is_parse_status())
+        {
+            counter = &telemetry.export_bad_responses;
+            break;
+        }
+        cause = e.source();
+    }
+    crate::telemetry::Telemetry::inc(counter);
 }
 
 pub struct HttpTransport {
@@ -352,6 +397,9 @@ fn count_request_failure(error: &reqwest::Error) {
 /// success message at most); what a misbehaving or hostile receiver sends beyond this is not
 /// read at all: the connection is dropped instead.
 pub const MAX_RESPONSE_BODY: usize = 64 * 1024;
+
+/// How the codec's status for an answer that is not an `ExportMetricsServiceResponse` starts.
+const UNDECODABLE: &str = "undecodable ExportMetricsServiceResponse";
 
 /// Reads at most `limit` bytes of the body; `None` when it is longer or cannot be read.
 async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Option<Vec<u8>> {
