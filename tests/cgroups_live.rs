@@ -420,7 +420,16 @@ fn controller_directories_created_after_discovery_are_picked_up_at_the_next_one(
 
     // The other controllers (and unified/) appear now, with a process in them.
     let mut cg = TestCgroup::create(Path::new(ROOT), &rel);
-    cg.spawn(&once_inside(&id, "exec sleep 1000"));
+    let pid = cg.spawn(&once_inside(&id, "exec sleep 1000"));
+    // Until the shell has exec'd `sleep`, the `grep` and `sleep 0.01` children of its wait loop
+    // come and go in the cgroup (pids.current flickers between 1 and 2).
+    let comm = format!("/proc/{pid}/comm");
+    support::wait_until(
+        "the shell to exec sleep",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() == "sleep"),
+        || format!("{comm}: {:?}", std::fs::read_to_string(&comm)),
+    );
     let (_, second) = sweep(&mut source);
     let r = second.resource(&cid).expect("still there");
     assert_eq!(r.points_of(CONTAINER.cpu_time.name).count(), 2, "cpu time now read: {r:#?}");
