@@ -100,10 +100,10 @@ mod tests {
     #[test]
     fn open_count_sees_a_newly_opened_file() {
         let before = open_count().expect("/proc/self/fd");
-        let files: Vec<_> = (0..5).map(|_| std::fs::File::open("/proc/self/stat").expect("open")).collect();
+        let files: Vec<_> = (0..100).map(|_| std::fs::File::open("/proc/self/stat").expect("open")).collect();
         let after = open_count().expect("/proc/self/fd");
-        // Other test threads may open files meanwhile; ours are at least there.
-        assert!(after >= before + 5, "before {before}, after {after}");
+        // Other test threads open and close files meanwhile (a few at a time); ours are there.
+        assert!(after >= before + 90, "before {before}, after {after}");
         drop(files);
     }
 }

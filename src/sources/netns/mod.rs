@@ -375,22 +375,43 @@ impl Source for NetnsSource {
     /// ([`NetnsSource::target`]), read its counters ([`NetnsSource::read_counters`]) and emit
     /// them ([`NetnsSource::emit`]); last, let go of what no namespace uses any more.
     fn collect(&mut self, ctx: &mut SweepContext, sweep: &mut Sweep) -> Result<(), BoxError> {
-        let groups = self.group_by_namespace(&ctx.containers);
+        let mut groups = self.group_by_namespace(&ctx.containers);
         if let Some(peers) = &mut self.peers {
             peers.begin_sweep();
         }
         let mut pods_done: HashSet<String> = HashSet::new();
         let mut touched: HashSet<ResourceId> = HashSet::with_capacity(groups.len());
         let mut live_namespaces: HashSet<NsKey> = HashSet::with_capacity(groups.len());
-        for (key, members) in &groups {
+        for (key, members) in groups.iter_mut() {
             if *key == self.host {
                 self.host_network_members(members, sweep);
                 continue;
             }
-            let Some(target) = target(members, &mut pods_done) else { continue };
+            // The cached lookup cannot tell an exited owner (a zombie, or reaped while its
+            // container has other processes) from a live one: one check per namespace per
+            // sweep (not per container) hands the series to the next member instead.
+            while members.len() > 1 {
+                let pairs: Vec<(&str, u64)> =
+                    members.iter().map(|m| (m.container.id.as_str(), m.pid.start)).collect();
+                let Some(i) = choose_owner(&pairs) else { break };
+                if self.proc_root.join(members[i].pid.pid.to_string()).join("ns/net").exists() {
+                    break;
+                }
+                members.remove(i);
+            }
+            let members: &[Member<'_>] = members;
+            let Some(mut target) = target(members, &mut pods_done) else { continue };
             let Some((reader_pid, counters)) = self.read_counters(*key, target.owner, members) else {
                 continue;
             };
+            // Read through another member: the owner's process is exiting (a zombie still
+            // passes the cached lookup). A container's series go to the member they were read
+            // through, as they will from the next sweep on.
+            if reader_pid != target.owner.pid.pid && matches!(target.id, ResourceId::Container(_)) {
+                if let Some(reader) = members.iter().find(|m| m.pid.pid == reader_pid) {
+                    target = container_target(reader);
+                }
+            }
             live_namespaces.insert(*key);
             let origin = note_origin(&mut self.origins, &mut touched, &target.id, *key, sweep.time);
             self.emit(*key, reader_pid, &counters, target, origin, sweep);
@@ -434,17 +455,22 @@ fn target<'m, 'c>(members: &'m [Member<'c>], pods_done: &mut HashSet<String>) ->
                 family: &semconv::POD_NETWORK,
             }
         }
-        None => Target {
-            owner,
-            id: owner.container.resource_id(),
-            attributes: container_attributes(
-                &owner.container.id,
-                owner.container.runtime,
-                owner.container.pod.as_ref(),
-            ),
-            family: &semconv::CONTAINER_NETWORK,
-        },
+        None => container_target(owner),
     })
+}
+
+/// `container.network.*` on `owner`'s container.
+fn container_target<'m, 'c>(owner: &'m Member<'c>) -> Target<'m, 'c> {
+    Target {
+        owner,
+        id: owner.container.resource_id(),
+        attributes: container_attributes(
+            &owner.container.id,
+            owner.container.runtime,
+            owner.container.pod.as_ref(),
+        ),
+        family: &semconv::CONTAINER_NETWORK,
+    }
 }
 
 impl NetnsSource {
@@ -491,8 +517,8 @@ impl NetnsSource {
         let mut read = None;
         if let Some(file) = self.dev_files.get(&key) {
             match pread_text(file, &mut self.dev_buf) {
-                Ok(text) => read = Some((owner.pid.pid, text.to_owned())),
-                Err(_) => {
+                Ok(text) if lists_an_interface(text) => read = Some((owner.pid.pid, text.to_owned())),
+                _ => {
                     self.dev_files.remove(&key);
                 }
             }
@@ -506,6 +532,9 @@ impl NetnsSource {
             let path = self.proc_root.join(reader.pid.pid.to_string()).join("net/dev");
             let opened = File::open(&path);
             match opened.and_then(|f| pread_text(&f, &mut self.dev_buf).map(|t| (t.to_owned(), f))) {
+                // Read through a process that has left its namespaces (exiting, or a zombie):
+                // the file holds the headers only. Another member may still read it.
+                Ok((text, _)) if !lists_an_interface(&text) => continue,
                 Ok((text, file)) => {
                     if may_keep_open(self.dev_files.len()) {
                         self.dev_files.insert(key, file);
@@ -590,6 +619,13 @@ impl NetnsSource {
             }
         }
     }
+}
+
+/// Whether a `net/dev` text lists any interface. Every live network namespace has at least
+/// `lo`; a text of the two header lines only was read through a process that has left its
+/// namespaces (exiting, a zombie, or reaped while its file was kept open).
+fn lists_an_interface(text: &str) -> bool {
+    text.lines().skip(2).any(|l| l.contains(':'))
 }
 
 /// The eight points of one interface (bytes, errors, packets and drops, each received and
@@ -894,6 +930,14 @@ mod tests {
         assert!(cfg.exclude_interfaces.is_empty());
         assert!(serde_json::from_str::<NetnsConfig>(r#"{"proc_rot":"/x"}"#).is_err());
         assert!(serde_json::from_str::<NetnsConfig>(r#"{"host_network":"report"}"#).is_err());
+    }
+
+    #[test]
+    fn a_net_dev_of_headers_only_lists_no_interface() {
+        let headers = "Inter-|   Receive                            |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n";
+        assert!(!lists_an_interface(headers), "an exiting process's view");
+        let lo = format!("{headers}    lo:       0       0    0    0    0     0          0         0        0       0    0    0    0     0       0          0\n");
+        assert!(lists_an_interface(&lo));
     }
 
     #[test]
