@@ -390,17 +390,20 @@ impl Source for NetnsSource {
             // The cached lookup cannot tell an exited owner (a zombie, or reaped while its
             // container has other processes) from a live one: one check per namespace per
             // sweep (not per container) hands the series to the next member instead.
-            while members.len() > 1 {
+            let owner = loop {
                 let pairs: Vec<(&str, u64)> =
                     members.iter().map(|m| (m.container.id.as_str(), m.pid.start)).collect();
-                let Some(i) = choose_owner(&pairs) else { break };
-                if self.proc_root.join(members[i].pid.pid.to_string()).join("ns/net").exists() {
-                    break;
+                let Some(i) = choose_owner(&pairs) else { break None };
+                if members.len() == 1
+                    || self.proc_root.join(members[i].pid.pid.to_string()).join("ns/net").exists()
+                {
+                    break Some(i);
                 }
                 members.remove(i);
-            }
+            };
+            let Some(owner) = owner else { continue };
             let members: &[Member<'_>] = members;
-            let Some(mut target) = target(members, &mut pods_done) else { continue };
+            let Some(mut target) = target(members, owner, &mut pods_done) else { continue };
             let Some((reader_pid, counters)) = self.read_counters(*key, target.owner, members) else {
                 continue;
             };
@@ -436,11 +439,14 @@ struct Target<'m, 'c> {
 }
 
 /// The pod of a namespace's members if any (`k8s.pod.network.*` on the pod), else the owner
-/// container (`container.network.*`). `None` when there is no member, or when the pod was
-/// already reported this sweep from an older namespace (its sandbox being replaced).
-fn target<'m, 'c>(members: &'m [Member<'c>], pods_done: &mut HashSet<String>) -> Option<Target<'m, 'c>> {
-    let owner =
-        choose_owner(&members.iter().map(|m| (m.container.id.as_str(), m.pid.start)).collect::<Vec<_>>())?;
+/// container (`container.network.*`). `owner` indexes `members` (chosen by [`choose_owner`]
+/// and found alive by the caller). `None` when the pod was already reported this sweep from an
+/// older namespace (its sandbox being replaced).
+fn target<'m, 'c>(
+    members: &'m [Member<'c>],
+    owner: usize,
+    pods_done: &mut HashSet<String>,
+) -> Option<Target<'m, 'c>> {
     let owner = &members[owner];
     Some(match kubernetes_pod(members) {
         Some((uid, qos)) => {
