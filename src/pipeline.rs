@@ -435,8 +435,11 @@ pub async fn run(
     // Dropped when the sweep thread ends, normally or by a panic: `run` must not live on
     // without it.
     let (ended_tx, mut ended_rx) = tokio::sync::oneshot::channel::<()>();
-    let interval = config.interval;
-    let stats_every = config.stats_log_interval;
+    let timing = Timing {
+        interval: config.interval,
+        stats_every: config.stats_log_interval,
+        shutdown_timeout: config.shutdown_timeout,
+    };
     let summary = exporter_summary(config);
     let sweeper_health = Arc::clone(&health);
     let sweeper = std::thread::Builder::new()
@@ -444,7 +447,7 @@ pub async fn run(
         .spawn(move || {
             let _ended = ended_tx;
             let _guard = SweeperGuard(Arc::clone(&sweeper_health));
-            sweep_loop(&mut pipelines, &senders, interval, stats_every, stop_rx, &sweeper_health, summary)
+            sweep_loop(&mut pipelines, &senders, timing, stop_rx, &sweeper_health, summary)
         })
         .expect("spawning the sweep thread");
 
@@ -480,7 +483,11 @@ pub async fn run(
     log_stats();
     if let Some(provider) = self_telemetry {
         // A last collection, with the counters the line above logged.
-        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        // The SDK logs a failed export at debug level only; a lost last collection is worth
+        // a warning (its counters are in the line above).
+        if let Ok(Err(error)) = tokio::task::spawn_blocking(move || provider.shutdown()).await {
+            warn!(%error, "The last self-telemetry collection may not have been delivered.");
+        }
     }
     match died_because {
         Some(reason) => {
@@ -501,15 +508,23 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     format!("panicked: {text}")
 }
 
+/// The sweep thread's clock: how often it sweeps and logs its counters, and how long its last
+/// sweep may wait for a busy exporter.
+struct Timing {
+    interval: Duration,
+    stats_every: Duration,
+    shutdown_timeout: Duration,
+}
+
 fn sweep_loop(
     pipelines: &mut [Pipeline],
     senders: &BTreeMap<String, mpsc::Sender<Arc<Sweep>>>,
-    interval: Duration,
-    stats_every: Duration,
+    timing: Timing,
     stop: std_mpsc::Receiver<()>,
     health: &HealthState,
     exporter_summary: Vec<String>,
 ) {
+    let Timing { interval, stats_every, shutdown_timeout } = timing;
     let telemetry = Telemetry::global();
     // Per exporter, for self-telemetry's `exporter` attribute (the OTLP exporters registered
     // theirs when they were built; these are the same).
@@ -544,7 +559,12 @@ fn sweep_loop(
             }
             for id in &pipeline.exporter_ids {
                 let Some(tx) = senders.get(id) else { continue };
-                if tx.try_send(Arc::clone(&sweep)).is_err() {
+                let sent = if stopping {
+                    send_last(tx, Arc::clone(&sweep), shutdown_timeout)
+                } else {
+                    tx.try_send(Arc::clone(&sweep)).is_ok()
+                };
+                if !sent {
                     if let Some(c) = exporter_counters.get(id.as_str()) {
                         c.count(
                             |e| &e.sweeps_dropped_by_backlog,
@@ -582,6 +602,26 @@ fn sweep_loop(
         next += interval;
         if next < Instant::now() {
             next = Instant::now();
+        }
+    }
+}
+
+/// Hands the last sweep to an exporter. A sweep the exporter is behind on is dropped at once
+/// (the next one replaces it), but the last one has no successor: stopping exists to deliver it,
+/// so this waits for room, up to `patience` (the shutdown timeout), before giving up on it.
+fn send_last(tx: &mpsc::Sender<Arc<Sweep>>, mut sweep: Arc<Sweep>, patience: Duration) -> bool {
+    let give_up = Instant::now() + patience;
+    loop {
+        match tx.try_send(sweep) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(back)) => {
+                if Instant::now() >= give_up {
+                    return false;
+                }
+                sweep = back;
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
     }
 }

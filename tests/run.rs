@@ -91,6 +91,9 @@ fn sigterm_does_a_last_sweep_flushes_and_exits_zero() {
     assert!(status.success(), "exit status {status:?}; stderr:\n{stderr}");
     let times = sweep_times(&std::fs::read_to_string(&out).unwrap(), &id);
     let last = *times.last().unwrap();
-    assert!(last >= before_signal, "no sweep after SIGTERM: last sweep {last} < signal {before_signal}");
+    assert!(
+        last >= before_signal,
+        "no sweep after SIGTERM: last sweep {last} < signal {before_signal}; stderr:\n{stderr}"
+    );
     assert!(times.windows(2).all(|w| w[0] < w[1]), "sweep times not increasing: {times:?}");
 }

@@ -114,7 +114,7 @@ fn run_agent(
         }
         assert!(
             Instant::now() < deadline,
-            "read back differs from the final counters: {mismatches:?}; names: {:?}\nrotel:\n{}",
+            "read back differs from the final counters: {mismatches:?}; names: {:?}\nrotel:\n{}\nagent:\n{log}",
             series.iter().map(|s| s.name().to_owned()).collect::<Vec<_>>(),
             rotel.log()
         );
