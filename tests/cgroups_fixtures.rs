@@ -801,3 +801,88 @@ fn files_and_the_crun_child_that_appear_later_are_picked_up_at_the_next_discover
     assert!(r.points_of(CONTAINER.disk_io.name).next().is_some(), "io.stat read now: {r:#?}");
     assert_eq!(procs(&ctx), Some(dir.join("container/cgroup.procs")), "processes looked up in crun's child");
 }
+
+fn cpu_pair(sweep: &Sweep, id: &ResourceId) -> Option<(f64, f64)> {
+    let r = sweep.resource(id).expect("resource");
+    r.points_of(CONTAINER.cpu_time.name).next()?;
+    Some((cpu_of(sweep, id, "user"), cpu_of(sweep, id, "system")))
+}
+
+/// v1 CPU time comes from the best files a group has: `cpuacct.stat` (USER_HZ ticks), better
+/// `cpuacct.usage_user`/`usage_sys`, best those two splitting `cpuacct.usage`. A group that
+/// has only a lesser source is tried for a better one at every discovery (runtimes write a new
+/// cgroup's files one after the other); nothing else about the group changes.
+#[test]
+fn v1_cpu_sources_from_cpuacct_stat_up_to_the_usage_split_as_files_appear() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    copy_tree(&fixture("v1-docker"), tmp.path());
+    let dir = tmp.path().join("cpu,cpuacct/docker").join(C3);
+    for name in ["cpuacct.usage", "cpuacct.usage_user", "cpuacct.usage_sys"] {
+        std::fs::remove_file(dir.join(name)).expect("rm");
+    }
+    let cfg = CgroupsConfig { discovery_interval: Duration::ZERO, ..config(tmp.path()) };
+    let mut source = CgroupSource::new(&cfg).expect("source");
+    // cpuacct.stat: `user 4500`, `system 550` at USER_HZ 100.
+    let (_, first) = sweep_once(&mut source);
+    assert_eq!(cpu_pair(&first, &cid(C3)), Some((45.0, 5.5)));
+
+    let write = |name: &str, v: u64| std::fs::write(dir.join(name), format!("{v}\n")).expect("write");
+    write("cpuacct.usage_user", 3_000_000_000);
+    write("cpuacct.usage_sys", 1_000_000_000);
+    let (_, second) = sweep_once(&mut source);
+    assert_eq!(cpu_pair(&second, &cid(C3)), Some((3.0, 1.0)), "the pair, in ns");
+
+    write("cpuacct.usage", 6_000_000_000);
+    let (_, third) = sweep_once(&mut source);
+    assert_eq!(cpu_pair(&third, &cid(C3)), Some((4.5, 1.5)), "6 s split 3:1");
+    // The rest of the container is what the fixture says, before and after.
+    for sweep in [&first, &second, &third] {
+        assert_eq!(int_of(sweep, &cid(C3), CONTAINER.memory_usage.name), Some(52428800));
+        assert_eq!(int_of(sweep, &cid(C3), CONTAINER.pids_count.name), Some(3));
+    }
+    assert_eq!(cpu_pair(&third, &cid(C4)), Some((0.0007, 0.0003)), "the other container is untouched");
+
+    // No CPU file at all: no CPU points, the other metrics stay.
+    for name in ["cpuacct.usage", "cpuacct.usage_user", "cpuacct.usage_sys", "cpuacct.stat"] {
+        std::fs::remove_file(tmp.path().join("cpu,cpuacct/docker").join(C4).join(name)).expect("rm");
+    }
+    let mut fresh = CgroupSource::new(&cfg).expect("source");
+    let (_, none) = sweep_once(&mut fresh);
+    assert_eq!(cpu_pair(&none, &cid(C4)), None);
+    assert_eq!(int_of(&none, &cid(C4), CONTAINER.memory_usage.name), Some(2097152));
+}
+
+/// On a hybrid host a container whose cpuacct directory is missing gets its CPU time from the
+/// unified hierarchy's core `cpu.stat` (the fixture's: `user_usec 1`, `system_usec 0`), and the
+/// v1 files once its cpuacct directory appears.
+#[test]
+fn hybrid_cpu_time_from_unified_cpu_stat_while_cpuacct_is_missing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    copy_tree(&fixture("hybrid"), tmp.path());
+    let pod_dir = format!("kubepods/besteffort/pod{UID2}");
+    let cpuacct = tmp.path().join("cpuacct").join(&pod_dir).join(C3);
+    let saved = tmp.path().join("saved-cpuacct");
+    copy_tree(&cpuacct, &saved);
+    std::fs::remove_dir_all(&cpuacct).expect("rm cpuacct dir");
+    let cfg = CgroupsConfig { discovery_interval: Duration::ZERO, ..config(tmp.path()) };
+    let mut source = CgroupSource::new(&cfg).expect("source");
+    let (_, first) = sweep_once(&mut source);
+    let f = &CONTAINER;
+    assert_points(
+        &first,
+        cid(C3),
+        Expect::default()
+            .cpu(f, 0.000001, 0.0)
+            .throttling(f, 0, 0, 0.0)
+            .memory(f, 25165824, 25165824 - 2097152, 20971520, 4194304)
+            .int(f.memory_oom_kills.name, 0)
+            .disk(f, "8:0", 65536, 131072, 4, 8)
+            .int(f.pids_count.name, 4)
+            .psi(f.cpu_pressure.name, 0.5, Some(0.0))
+            .psi(f.memory_pressure.name, 0.03, Some(0.015))
+            .psi(f.io_pressure.name, 0.07, Some(0.05)),
+    );
+    copy_tree(&saved, &cpuacct);
+    let (_, second) = sweep_once(&mut source);
+    assert_eq!(cpu_pair(&second, &cid(C3)), Some((2.0, 0.5)), "cpuacct.usage 2.5 s split 4:1");
+}
