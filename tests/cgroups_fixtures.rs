@@ -513,12 +513,13 @@ fn hybrid_kubelet_and_podman_with_pressure_from_unified() {
         &[("container.id", C5), ("container.runtime.name", "podman"), ("podman.pod.id", PODMAN_POD)],
     );
     let f = &CONTAINER;
-    // cpu and cpuacct mounted apart; PSI from unified/ where the cgroup exists there.
+    // cpu and cpuacct mounted apart; CPU time and PSI from unified/ where the cgroup exists
+    // there (cpu.stat user_usec 2000077, system_usec 500011; cpuacct says 2.0 and 0.5 s).
     assert_points(
         &sweep,
         cid(C3),
         Expect::default()
-            .cpu(f, 2.0, 0.5)
+            .cpu(f, 2.000077, 0.500011)
             .throttling(f, 0, 0, 0.0)
             .memory(f, 25165824, 25165824 - 2097152, 20971520, 4194304)
             .int(f.memory_oom_kills.name, 0)
@@ -528,7 +529,8 @@ fn hybrid_kubelet_and_podman_with_pressure_from_unified() {
             .psi(f.memory_pressure.name, 0.03, Some(0.015))
             .psi(f.io_pressure.name, 0.07, Some(0.05)),
     );
-    // Absent from unified/: no pressure points.
+    // Absent from unified/: CPU time from cpuacct.usage (1 s) split 3:1 by usage_user and
+    // usage_sys, no pressure points.
     assert_points(
         &sweep,
         cid(C4),
@@ -543,7 +545,7 @@ fn hybrid_kubelet_and_podman_with_pressure_from_unified() {
         &sweep,
         cid(C5),
         Expect::default()
-            .cpu(f, 0.111111111, 0.022222222)
+            .cpu(f, 0.111112, 0.022223)
             .throttling(f, 0, 0, 0.0)
             .memory(f, 1310720, 1310720 - 327680, 655360, 655360)
             .int(f.memory_limit.name, 67108864)
@@ -559,7 +561,7 @@ fn hybrid_kubelet_and_podman_with_pressure_from_unified() {
         &sweep,
         pid(UID2),
         Expect::default()
-            .cpu(p, 3.0, 1.0)
+            .cpu(p, 3.000123, 1.000045)
             .throttling(p, 0, 0, 0.0)
             .memory(p, 33554432, 33554432 - 4194304, 25165824, 8388608)
             .int(p.memory_oom_kills.name, 0)
@@ -852,18 +854,20 @@ fn v1_cpu_sources_from_cpuacct_stat_up_to_the_usage_split_as_files_appear() {
     assert_eq!(int_of(&none, &cid(C4), CONTAINER.memory_usage.name), Some(2097152));
 }
 
-/// On a hybrid host a container whose cpuacct directory is missing gets its CPU time from the
-/// unified hierarchy's core `cpu.stat` (the fixture's: `user_usec 1`, `system_usec 0`), and the
-/// v1 files once its cpuacct directory appears.
+/// On a hybrid host CPU time comes from the unified hierarchy's core `cpu.stat` (one file
+/// instead of three, the same numbers); from cpuacct while the group is missing in `unified/`
+/// (the fixture's C3 without its unified directory: `cpuacct.usage` 2.5 s split 4:1), and from
+/// `unified/` once the directory appears, at the next discovery. Without cpuacct files the
+/// unified file is read all the same.
 #[test]
-fn hybrid_cpu_time_from_unified_cpu_stat_while_cpuacct_is_missing() {
+fn hybrid_cpu_time_from_unified_cpu_stat_and_from_cpuacct_while_the_unified_group_is_missing() {
     let tmp = tempfile::tempdir().expect("tempdir");
     copy_tree(&fixture("hybrid"), tmp.path());
     let pod_dir = format!("kubepods/besteffort/pod{UID2}");
-    let cpuacct = tmp.path().join("cpuacct").join(&pod_dir).join(C3);
-    let saved = tmp.path().join("saved-cpuacct");
-    copy_tree(&cpuacct, &saved);
-    std::fs::remove_dir_all(&cpuacct).expect("rm cpuacct dir");
+    let unified = tmp.path().join("unified").join(&pod_dir).join(C3);
+    let saved = tmp.path().join("saved-unified");
+    copy_tree(&unified, &saved);
+    std::fs::remove_dir_all(&unified).expect("rm unified dir");
     let cfg = CgroupsConfig { discovery_interval: Duration::ZERO, ..config(tmp.path()) };
     let mut source = CgroupSource::new(&cfg).expect("source");
     let (_, first) = sweep_once(&mut source);
@@ -872,7 +876,20 @@ fn hybrid_cpu_time_from_unified_cpu_stat_while_cpuacct_is_missing() {
         &first,
         cid(C3),
         Expect::default()
-            .cpu(f, 0.000001, 0.0)
+            .cpu(f, 2.0, 0.5)
+            .throttling(f, 0, 0, 0.0)
+            .memory(f, 25165824, 25165824 - 2097152, 20971520, 4194304)
+            .int(f.memory_oom_kills.name, 0)
+            .disk(f, "8:0", 65536, 131072, 4, 8)
+            .int(f.pids_count.name, 4),
+    );
+    copy_tree(&saved, &unified);
+    let (_, second) = sweep_once(&mut source);
+    assert_points(
+        &second,
+        cid(C3),
+        Expect::default()
+            .cpu(f, 2.000077, 0.500011)
             .throttling(f, 0, 0, 0.0)
             .memory(f, 25165824, 25165824 - 2097152, 20971520, 4194304)
             .int(f.memory_oom_kills.name, 0)
@@ -882,7 +899,10 @@ fn hybrid_cpu_time_from_unified_cpu_stat_while_cpuacct_is_missing() {
             .psi(f.memory_pressure.name, 0.03, Some(0.015))
             .psi(f.io_pressure.name, 0.07, Some(0.05)),
     );
-    copy_tree(&saved, &cpuacct);
-    let (_, second) = sweep_once(&mut source);
-    assert_eq!(cpu_pair(&second, &cid(C3)), Some((2.0, 0.5)), "cpuacct.usage 2.5 s split 4:1");
+
+    // No cpuacct directory at all: the unified file still gives the time.
+    std::fs::remove_dir_all(tmp.path().join("cpuacct").join(&pod_dir).join(C3)).expect("rm cpuacct dir");
+    let mut fresh = CgroupSource::new(&cfg).expect("source");
+    let (_, third) = sweep_once(&mut fresh);
+    assert_eq!(cpu_pair(&third, &cid(C3)), Some((2.000077, 0.500011)));
 }
