@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use crate::fdlimit;
-use crate::model::{AttrValue, ContainerInfo, Resource, ResourceId, Sweep, SweepContext};
-use crate::semconv;
+use crate::model::{AttrValue, Attributes, ContainerInfo, Resource, ResourceId, Sweep, SweepContext};
+use crate::semconv::{self, CgroupFamily};
 use crate::sources::{container_attributes, pod_attributes, BoxError, Source};
 use crate::telemetry::Telemetry;
 use crate::warn_limited;
@@ -484,12 +484,9 @@ impl Source for CgroupSource {
         let mut gone: Vec<String> = Vec::new();
         for (rel, group) in self.groups.iter_mut() {
             let read_limits = group.limits_read.is_none_or(|t| now.duration_since(t) >= limits_interval);
-            let family = match group.what {
-                Classified::Container { .. } => &semconv::CONTAINER,
-                Classified::Pod { .. } => &semconv::POD,
-            };
-            let mut points = Vec::with_capacity(24);
-            let mut out = Out { family, points: &mut points, errors: &mut errors };
+            // As many points as last time: one allocation, no regrowth.
+            let mut points = Vec::with_capacity(group.points_hint);
+            let mut out = Out { family: group.family(), points: &mut points, errors: &mut errors };
             let outcome = group.files.read(&mut self.reader, &mut out, read_limits);
             for error in errors.drain(..) {
                 let error = error.into_error(&self.hierarchies, rel);
@@ -503,7 +500,7 @@ impl Source for CgroupSource {
                     file = %vanished.path(&self.hierarchies, rel).display(),
                     "A cgroup vanished while being read."
                 );
-                if matches!(group.what, Classified::Container { .. }) {
+                if group.is_container() {
                     Telemetry::inc(&Telemetry::global().containers_vanished);
                 }
                 stats.vanished += 1;
@@ -513,36 +510,24 @@ impl Source for CgroupSource {
             if read_limits {
                 group.limits_read = Some(now);
             }
-            let (id, attributes) = match &group.what {
-                Classified::Container { id, runtime, pod, rootless } => {
-                    stats.containers += 1;
-                    // A rootless container's id and names are its user's word: no network or
-                    // metadata lookup is made for it (see `classify`).
-                    if rootless.is_none() {
-                        ctx.containers.push(ContainerInfo {
-                            id: id.clone(),
-                            runtime: *runtime,
-                            pod: pod.clone(),
-                            procs_file: group.procs_file.clone(),
-                        });
-                    }
-                    let mut attributes = container_attributes(id, *runtime, pod.as_ref());
-                    if let Some(uid) = rootless {
-                        attributes.push((semconv::PODOMETER_CONTAINER_ROOTLESS, AttrValue::Bool(true)));
-                        attributes.push((semconv::USER_ID, AttrValue::from(uid.to_string())));
-                    }
-                    (group.what.identity(), attributes)
-                }
-                Classified::Pod { uid, qos } => {
-                    stats.pods += 1;
-                    (ResourceId::Pod(uid.clone()), pod_attributes(uid, qos))
-                }
-            };
+            group.points_hint = points.len();
+            if group.is_container() {
+                stats.containers += 1;
+            } else {
+                stats.pods += 1;
+            }
+            if let Some(info) = &group.info {
+                ctx.containers.push(info.clone());
+            }
             if fresh_sweep {
                 // Nobody else added resources: skip resource_mut's linear search per container.
-                sweep.resources.push(Resource { id, attributes, points });
+                sweep.resources.push(Resource {
+                    id: group.id.clone(),
+                    attributes: group.attributes.clone(),
+                    points,
+                });
             } else {
-                sweep.resource_mut(id, || attributes).points.extend(points);
+                sweep.resource_mut(group.id.clone(), || group.attributes.clone()).points.extend(points);
             }
         }
         for rel in gone {
@@ -590,12 +575,21 @@ impl Files {
     }
 }
 
-/// A container or pod cgroup the source reads.
+/// A container or pod cgroup the source reads, with what its resource carries, built once at
+/// discovery: a sweep clones it rather than building it again.
 struct Group {
     what: Classified,
-    procs_file: PathBuf,
+    id: ResourceId,
+    attributes: Attributes,
+    /// What later sources and processors learn of a container (its `cgroup.procs` looked up
+    /// again at every discovery); `None` for pods, and for rootless containers, whose id and
+    /// names are their user's word: no network or metadata lookup is made for them (see
+    /// `classify`).
+    info: Option<ContainerInfo>,
     files: Files,
     limits_read: Option<Instant>,
+    /// Points of the last sweep, to size the next sweep's vector.
+    points_hint: usize,
 }
 
 impl Group {
@@ -606,8 +600,38 @@ impl Group {
             CgroupMode::V1 | CgroupMode::Hybrid => Files::V1(V1Files::default()),
             CgroupMode::V2 => Files::V2(V2Files::default()),
         };
-        let mut group = Group { what, procs_file: PathBuf::new(), files, limits_read: None };
+        let (attributes, info) = match &what {
+            Classified::Container { id, runtime, pod, rootless } => {
+                let mut attributes = container_attributes(id, *runtime, pod.as_ref());
+                if let Some(uid) = rootless {
+                    attributes.push((semconv::PODOMETER_CONTAINER_ROOTLESS, AttrValue::Bool(true)));
+                    attributes.push((semconv::USER_ID, AttrValue::from(uid.to_string())));
+                }
+                let info = rootless.is_none().then(|| ContainerInfo {
+                    id: id.clone(),
+                    runtime: *runtime,
+                    pod: pod.clone(),
+                    procs_file: PathBuf::new(),
+                });
+                (attributes, info)
+            }
+            Classified::Pod { uid, qos } => (pod_attributes(uid, qos), None),
+        };
+        let mut group =
+            Group { id: what.identity(), what, attributes, info, files, limits_read: None, points_hint: 24 };
         group.open_missing(h, rel, skip).then_some(group)
+    }
+
+    fn is_container(&self) -> bool {
+        matches!(self.what, Classified::Container { .. })
+    }
+
+    fn family(&self) -> &'static CgroupFamily {
+        if self.is_container() {
+            &semconv::CONTAINER
+        } else {
+            &semconv::POD
+        }
     }
 
     /// Opens what the group does not hold yet and looks for its `cgroup.procs` again (crun's
@@ -616,7 +640,9 @@ impl Group {
     fn open_missing(&mut self, h: &Hierarchies, rel: &str, skip: &[SkipFiles]) -> bool {
         let o = Opener::new(h, rel, skip);
         self.files.open_missing(&o);
-        self.procs_file = self.files.procs_file(&o);
+        if let Some(info) = &mut self.info {
+            info.procs_file = self.files.procs_file(&o);
+        }
         !o.starved()
     }
 
