@@ -4,10 +4,9 @@
 //! The source walks one hierarchy every `discovery_interval` to find container and pod cgroups
 //! by their path, anchored where each runtime puts them ([`classify`]), keeps their control
 //! files open, and on every sweep reads each file once with `pread` at offset 0 into a reused
-//! buffer: for the 13 files of a hybrid container that costs about a quarter of opening,
-//! reading and closing them (README, "Stage benchmarks": 60 µs against 240 µs per container on
-//! the 2-core CI machine). Files missing at discovery are tried again at the next one. Limits
-//! change rarely and are read every `limits_interval`.
+//! buffer: for the 11 files a hybrid container reads per sweep that costs well under a third of
+//! opening, reading and closing them (README, "Stage benchmarks"). Files missing at discovery
+//! are tried again at the next one. Limits change rarely and are read every `limits_interval`.
 //!
 //! Each cgroup version has its own file set, which knows its files' names, opens what is
 //! missing, counts its descriptors and reads itself into points: [`v1::V1Files`] (v1, and
