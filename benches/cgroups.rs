@@ -8,6 +8,13 @@
 //! per container (getrusage), the figure the budget (≤ 40 µs) is about.
 //!
 //! `cargo bench --bench cgroups` (about 30 s).
+//!
+//! `--callgrind K` (on the bench binary) sweeps K times after the first sweep and nothing else,
+//! with only the bench's own tree in the layouts, for counting user-space instructions per
+//! cgroup-sweep under callgrind, which is stable on a noisy shared machine where CPU times are
+//! not: `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*steady_sweeps*'
+//! target/release/deps/cgroups-* --callgrind 50`, then the total divided by K × the cgroups it
+//! prints.
 
 #[path = "../tests/support/cgroupfs.rs"]
 #[allow(dead_code)]
@@ -19,7 +26,7 @@ mod sweep_files;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use podometer::model::{Sweep, SweepContext};
 use podometer::sources::cgroups::{CgroupSource, CgroupsConfig, Layouts};
 use podometer::sources::Source;
@@ -195,5 +202,60 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// The K steady-state sweeps counted under callgrind (`--toggle-collect` names this function).
+#[inline(never)]
+fn steady_sweeps(source: &mut CgroupSource, k: usize) -> usize {
+    (0..k).map(|_| sweep(source)).sum()
+}
+
+/// `--callgrind K`: the bench's tree alone (no other runtime layout, so other processes'
+/// containers on the host are not read), one sweep to discover and open, then K sweeps.
+fn callgrind(k: usize) {
+    let bed = build();
+    let bench_root = match bed {
+        Bed::Live { .. } => format!("podometer-bench-{}/kubepods", std::process::id()),
+        Bed::Tmpfs { .. } => "kubepods.slice".to_owned(),
+    };
+    let layouts = Layouts {
+        kubelet: vec![bench_root],
+        docker: Vec::new(),
+        podman: Vec::new(),
+        containerd: Vec::new(),
+        rootless: false,
+    };
+    let config = CgroupsConfig {
+        root: bed.root().to_owned(),
+        discovery_interval: Duration::from_secs(3600),
+        limits_interval: Duration::from_secs(3600),
+        layouts,
+        ..CgroupsConfig::default()
+    };
+    let mut source = CgroupSource::new(&config).expect("source");
+    sweep(&mut source);
+    let stats = source.last_sweep_stats();
+    let resources = steady_sweeps(&mut source, k);
+    let after = source.last_sweep_stats();
+    assert_eq!(
+        (after.containers, after.pods, after.errors, after.vanished),
+        (stats.containers, stats.pods, 0, 0),
+        "the steady sweeps read what the first found, without errors"
+    );
+    println!(
+        "{k} steady sweeps of {} cgroups ({} containers, {} pods), {resources} resources in all",
+        stats.containers + stats.pods,
+        stats.containers,
+        stats.pods
+    );
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--callgrind") {
+        callgrind(args.get(i + 1).and_then(|k| k.parse().ok()).expect("--callgrind K"));
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

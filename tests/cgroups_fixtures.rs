@@ -513,12 +513,13 @@ fn hybrid_kubelet_and_podman_with_pressure_from_unified() {
         &[("container.id", C5), ("container.runtime.name", "podman"), ("podman.pod.id", PODMAN_POD)],
     );
     let f = &CONTAINER;
-    // cpu and cpuacct mounted apart; PSI from unified/ where the cgroup exists there.
+    // cpu and cpuacct mounted apart; CPU time and PSI from unified/ where the cgroup exists
+    // there (cpu.stat user_usec 2000077, system_usec 500011; cpuacct says 2.0 and 0.5 s).
     assert_points(
         &sweep,
         cid(C3),
         Expect::default()
-            .cpu(f, 2.0, 0.5)
+            .cpu(f, 2.000077, 0.500011)
             .throttling(f, 0, 0, 0.0)
             .memory(f, 25165824, 25165824 - 2097152, 20971520, 4194304)
             .int(f.memory_oom_kills.name, 0)
@@ -528,7 +529,8 @@ fn hybrid_kubelet_and_podman_with_pressure_from_unified() {
             .psi(f.memory_pressure.name, 0.03, Some(0.015))
             .psi(f.io_pressure.name, 0.07, Some(0.05)),
     );
-    // Absent from unified/: no pressure points.
+    // Absent from unified/: CPU time from cpuacct.usage (1 s) split 3:1 by usage_user and
+    // usage_sys, no pressure points.
     assert_points(
         &sweep,
         cid(C4),
@@ -543,7 +545,7 @@ fn hybrid_kubelet_and_podman_with_pressure_from_unified() {
         &sweep,
         cid(C5),
         Expect::default()
-            .cpu(f, 0.111111111, 0.022222222)
+            .cpu(f, 0.111112, 0.022223)
             .throttling(f, 0, 0, 0.0)
             .memory(f, 1310720, 1310720 - 327680, 655360, 655360)
             .int(f.memory_limit.name, 67108864)
@@ -559,7 +561,7 @@ fn hybrid_kubelet_and_podman_with_pressure_from_unified() {
         &sweep,
         pid(UID2),
         Expect::default()
-            .cpu(p, 3.0, 1.0)
+            .cpu(p, 3.000123, 1.000045)
             .throttling(p, 0, 0, 0.0)
             .memory(p, 33554432, 33554432 - 4194304, 25165824, 8388608)
             .int(p.memory_oom_kills.name, 0)
@@ -800,4 +802,107 @@ fn files_and_the_crun_child_that_appear_later_are_picked_up_at_the_next_discover
     let r = second.resource(&cid(C1)).expect("container");
     assert!(r.points_of(CONTAINER.disk_io.name).next().is_some(), "io.stat read now: {r:#?}");
     assert_eq!(procs(&ctx), Some(dir.join("container/cgroup.procs")), "processes looked up in crun's child");
+}
+
+fn cpu_pair(sweep: &Sweep, id: &ResourceId) -> Option<(f64, f64)> {
+    let r = sweep.resource(id).expect("resource");
+    r.points_of(CONTAINER.cpu_time.name).next()?;
+    Some((cpu_of(sweep, id, "user"), cpu_of(sweep, id, "system")))
+}
+
+/// v1 CPU time comes from the best files a group has: `cpuacct.stat` (USER_HZ ticks), better
+/// `cpuacct.usage_user`/`usage_sys`, best those two splitting `cpuacct.usage`. A group that
+/// has only a lesser source is tried for a better one at every discovery (runtimes write a new
+/// cgroup's files one after the other); nothing else about the group changes.
+#[test]
+fn v1_cpu_sources_from_cpuacct_stat_up_to_the_usage_split_as_files_appear() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    copy_tree(&fixture("v1-docker"), tmp.path());
+    let dir = tmp.path().join("cpu,cpuacct/docker").join(C3);
+    for name in ["cpuacct.usage", "cpuacct.usage_user", "cpuacct.usage_sys"] {
+        std::fs::remove_file(dir.join(name)).expect("rm");
+    }
+    let cfg = CgroupsConfig { discovery_interval: Duration::ZERO, ..config(tmp.path()) };
+    let mut source = CgroupSource::new(&cfg).expect("source");
+    // cpuacct.stat: `user 4500`, `system 550` at USER_HZ 100.
+    let (_, first) = sweep_once(&mut source);
+    assert_eq!(cpu_pair(&first, &cid(C3)), Some((45.0, 5.5)));
+
+    let write = |name: &str, v: u64| std::fs::write(dir.join(name), format!("{v}\n")).expect("write");
+    write("cpuacct.usage_user", 3_000_000_000);
+    write("cpuacct.usage_sys", 1_000_000_000);
+    let (_, second) = sweep_once(&mut source);
+    assert_eq!(cpu_pair(&second, &cid(C3)), Some((3.0, 1.0)), "the pair, in ns");
+
+    write("cpuacct.usage", 6_000_000_000);
+    let (_, third) = sweep_once(&mut source);
+    assert_eq!(cpu_pair(&third, &cid(C3)), Some((4.5, 1.5)), "6 s split 3:1");
+    // The rest of the container is what the fixture says, before and after.
+    for sweep in [&first, &second, &third] {
+        assert_eq!(int_of(sweep, &cid(C3), CONTAINER.memory_usage.name), Some(52428800));
+        assert_eq!(int_of(sweep, &cid(C3), CONTAINER.pids_count.name), Some(3));
+    }
+    assert_eq!(cpu_pair(&third, &cid(C4)), Some((0.0007, 0.0003)), "the other container is untouched");
+
+    // No CPU file at all: no CPU points, the other metrics stay.
+    for name in ["cpuacct.usage", "cpuacct.usage_user", "cpuacct.usage_sys", "cpuacct.stat"] {
+        std::fs::remove_file(tmp.path().join("cpu,cpuacct/docker").join(C4).join(name)).expect("rm");
+    }
+    let mut fresh = CgroupSource::new(&cfg).expect("source");
+    let (_, none) = sweep_once(&mut fresh);
+    assert_eq!(cpu_pair(&none, &cid(C4)), None);
+    assert_eq!(int_of(&none, &cid(C4), CONTAINER.memory_usage.name), Some(2097152));
+}
+
+/// On a hybrid host CPU time comes from the unified hierarchy's core `cpu.stat` (one file
+/// instead of three, the same numbers); from cpuacct while the group is missing in `unified/`
+/// (the fixture's C3 without its unified directory: `cpuacct.usage` 2.5 s split 4:1), and from
+/// `unified/` once the directory appears, at the next discovery. Without cpuacct files the
+/// unified file is read all the same.
+#[test]
+fn hybrid_cpu_time_from_unified_cpu_stat_and_from_cpuacct_while_the_unified_group_is_missing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    copy_tree(&fixture("hybrid"), tmp.path());
+    let pod_dir = format!("kubepods/besteffort/pod{UID2}");
+    let unified = tmp.path().join("unified").join(&pod_dir).join(C3);
+    let saved = tmp.path().join("saved-unified");
+    copy_tree(&unified, &saved);
+    std::fs::remove_dir_all(&unified).expect("rm unified dir");
+    let cfg = CgroupsConfig { discovery_interval: Duration::ZERO, ..config(tmp.path()) };
+    let mut source = CgroupSource::new(&cfg).expect("source");
+    let (_, first) = sweep_once(&mut source);
+    let f = &CONTAINER;
+    assert_points(
+        &first,
+        cid(C3),
+        Expect::default()
+            .cpu(f, 2.0, 0.5)
+            .throttling(f, 0, 0, 0.0)
+            .memory(f, 25165824, 25165824 - 2097152, 20971520, 4194304)
+            .int(f.memory_oom_kills.name, 0)
+            .disk(f, "8:0", 65536, 131072, 4, 8)
+            .int(f.pids_count.name, 4),
+    );
+    copy_tree(&saved, &unified);
+    let (_, second) = sweep_once(&mut source);
+    assert_points(
+        &second,
+        cid(C3),
+        Expect::default()
+            .cpu(f, 2.000077, 0.500011)
+            .throttling(f, 0, 0, 0.0)
+            .memory(f, 25165824, 25165824 - 2097152, 20971520, 4194304)
+            .int(f.memory_oom_kills.name, 0)
+            .disk(f, "8:0", 65536, 131072, 4, 8)
+            .int(f.pids_count.name, 4)
+            .psi(f.cpu_pressure.name, 0.5, Some(0.0))
+            .psi(f.memory_pressure.name, 0.03, Some(0.015))
+            .psi(f.io_pressure.name, 0.07, Some(0.05)),
+    );
+
+    // No cpuacct directory at all: the unified file still gives the time.
+    std::fs::remove_dir_all(tmp.path().join("cpuacct").join(&pod_dir).join(C3)).expect("rm cpuacct dir");
+    let mut fresh = CgroupSource::new(&cfg).expect("source");
+    let (_, third) = sweep_once(&mut fresh);
+    assert_eq!(cpu_pair(&third, &cid(C3)), Some((2.000077, 0.500011)));
 }

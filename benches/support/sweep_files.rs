@@ -3,11 +3,10 @@
 //! with `#[path]`, so the floor and the agent-side benches can never measure different files.
 
 /// Per container on a hybrid host, as (v1 hierarchy or `unified`, file); limits are left out
-/// (read once a minute).
+/// (read once a minute). CPU time comes from the unified hierarchy's core `cpu.stat` (the
+/// cgroup exists there: runc joins it), not from the three cpuacct files.
 pub const HYBRID_FILES: &[(&str, &str)] = &[
-    ("cpuacct", "cpuacct.usage"),
-    ("cpuacct", "cpuacct.usage_user"),
-    ("cpuacct", "cpuacct.usage_sys"),
+    ("unified", "cpu.stat"),
     ("cpu", "cpu.stat"),
     ("memory", "memory.usage_in_bytes"),
     ("memory", "memory.stat"),
@@ -20,13 +19,15 @@ pub const HYBRID_FILES: &[(&str, &str)] = &[
     ("unified", "io.pressure"),
 ];
 
-/// Files read rarely (limits) or only on other hosts (v2's `cpu.stat`, v1's `cpuacct.stat`
-/// fallback): in the per-file cost table, not in the floor.
+/// Files read rarely (limits) or only for cgroups missing from `unified/` (the cpuacct files,
+/// `cpuacct.stat` on older kernels): in the per-file cost table, not in the floor.
 pub const HYBRID_RARE_FILES: &[(&str, &str)] = &[
     ("memory", "memory.limit_in_bytes"),
     ("pids", "pids.max"),
+    ("cpuacct", "cpuacct.usage"),
+    ("cpuacct", "cpuacct.usage_user"),
+    ("cpuacct", "cpuacct.usage_sys"),
     ("cpuacct", "cpuacct.stat"),
-    ("unified", "cpu.stat"),
 ];
 
 /// Per container on a cgroup v2 host.
