@@ -109,7 +109,25 @@ fn encode_point(point: &Point, time_unix_nano: u64) -> NumberDataPoint {
 /// and unit and a `Vec` per point, per resource per sweep, only to encode and drop them. The
 /// output decodes to exactly what [`encode_resource`] builds (the tests compare the two).
 pub mod wire {
-    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+    use prost::encoding::{encoded_len_varint, WireType};
+
+    /// A field key in one byte: every tag written here is below 16. prost's `encode_key` goes
+    /// through its general varint loop, the largest item in a profile of this writer.
+    #[inline]
+    fn encode_key(tag: u32, wire_type: WireType, buf: &mut Vec<u8>) {
+        debug_assert!(tag < 16, "one-byte keys only");
+        buf.push(((tag << 3) | wire_type as u32) as u8);
+    }
+
+    /// A varint written straight into the Vec (prost's goes through `BufMut` byte by byte).
+    #[inline]
+    fn encode_varint(mut v: u64, buf: &mut Vec<u8>) {
+        while v >= 0x80 {
+            buf.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        buf.push(v as u8);
+    }
 
     use super::{semconv, unix_nanos};
     use crate::model::{AttrValue, MetricDesc, MetricKind, Point, Resource, Value};
