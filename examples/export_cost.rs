@@ -4,7 +4,10 @@
 //! encode into requests, then each compression the exporter can use, with the bytes it leaves.
 //! The times are this thread's CPU time (CLOCK_THREAD_CPUTIME_ID), the median of `--reps` runs.
 //!
-//!   cargo run --release --example export_cost -- [--containers 300] [--reps 30]
+//!   cargo run --release --example export_cost -- [--containers 300] [--reps 30] [--dump FILE]
+//!
+//! `--dump FILE` writes the sweep's encoded requests (each as a little-endian u32 length and
+//! the bytes) for comparing compressors outside the agent's build.
 
 use std::io::Write;
 use std::time::{Duration, SystemTime};
@@ -40,7 +43,7 @@ fn node_sweep(containers: usize, rng: &mut Rng) -> Sweep {
     for p in 0..pods {
         let uid = format!("{:08x}-1b2d-4c6e-8f90-{:012x}", p * 7919, p);
         for c in 0..3.min(containers - p * 3) {
-            let id = format!("{:064x}", (p * 3 + c) as u64 * 0x9e37_79b9_7f4a_7c15);
+            let id = format!("{:064x}", ((p * 3 + c) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             let r = sweep.resource_mut(ResourceId::Container(id.clone()), || {
                 vec![
                     (semconv::CONTAINER_ID, id.into()),
@@ -136,14 +139,17 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     let mut containers = 300;
     let mut reps = 30;
+    let mut dump = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let v = args.next().and_then(|v| v.parse().ok());
+        let raw = args.next();
+        let v = raw.as_deref().and_then(|v| v.parse().ok());
         match (a.as_str(), v) {
             ("--containers", Some(v)) => containers = v,
             ("--reps", Some(v)) => reps = v,
+            ("--dump", _) if raw.is_some() => dump = raw,
             _ => {
-                eprintln!("usage: export_cost [--containers N] [--reps N]");
+                eprintln!("usage: export_cost [--containers N] [--reps N] [--dump FILE]");
                 std::process::exit(2);
             }
         }
@@ -161,6 +167,14 @@ fn main() {
         times.push(thread_cpu() - t);
     }
     let raw: usize = payloads.iter().map(Vec::len).sum();
+    if let Some(path) = dump {
+        let mut out = Vec::new();
+        for p in &payloads {
+            out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+            out.extend_from_slice(p);
+        }
+        std::fs::write(&path, out).expect("write the dump");
+    }
     println!(
         "{containers} containers + {} pods, {} points, {} requests",
         containers.div_ceil(3),

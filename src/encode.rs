@@ -109,7 +109,25 @@ fn encode_point(point: &Point, time_unix_nano: u64) -> NumberDataPoint {
 /// and unit and a `Vec` per point, per resource per sweep, only to encode and drop them. The
 /// output decodes to exactly what [`encode_resource`] builds (the tests compare the two).
 pub mod wire {
-    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+    use prost::encoding::{encoded_len_varint, WireType};
+
+    /// A field key in one byte: every tag written here is below 16. prost's `encode_key` goes
+    /// through its general varint loop, the largest item in a profile of this writer.
+    #[inline]
+    fn encode_key(tag: u32, wire_type: WireType, buf: &mut Vec<u8>) {
+        debug_assert!(tag < 16, "one-byte keys only");
+        buf.push(((tag << 3) | wire_type as u32) as u8);
+    }
+
+    /// A varint written straight into the Vec (prost's goes through `BufMut` byte by byte).
+    #[inline]
+    fn encode_varint(mut v: u64, buf: &mut Vec<u8>) {
+        while v >= 0x80 {
+            buf.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        buf.push(v as u8);
+    }
 
     use super::{semconv, unix_nanos};
     use crate::model::{AttrValue, MetricDesc, MetricKind, Point, Resource, Value};
@@ -225,79 +243,106 @@ pub mod wire {
         std::ptr::eq(p.metric, desc) || p.metric.name == desc.name
     }
 
-    /// `Sum` or `Gauge` body of one metric's points.
-    fn data_len(desc: &MetricDesc, points: &[Point]) -> usize {
-        let dps: usize =
-            points.iter().filter(|p| same_metric(p, desc)).map(|p| len_field(point_len(p))).sum();
-        match desc.kind {
-            // aggregation_temporality = CUMULATIVE (2), is_monotonic = true.
-            MetricKind::Counter => dps + 2 + 2,
-            MetricKind::Gauge => dps,
-        }
-    }
-
-    fn metric_len(desc: &MetricDesc, points: &[Point]) -> usize {
-        str_field(desc.name)
-            + str_field(desc.description)
-            + str_field(desc.unit)
-            + len_field(data_len(desc, points))
-    }
-
-    fn put_metric(desc: &MetricDesc, points: &[Point], time: u64, buf: &mut Vec<u8>) {
-        put_str(1, desc.name, buf);
-        put_str(2, desc.description, buf);
-        put_str(3, desc.unit, buf);
-        let tag = match desc.kind {
-            MetricKind::Counter => 7,
-            MetricKind::Gauge => 5,
-        };
-        put_len(tag, data_len(desc, points), buf);
-        for p in points.iter().filter(|p| same_metric(p, desc)) {
-            put_len(1, point_len(p), buf);
-            put_point(p, time, buf);
-        }
-        if desc.kind == MetricKind::Counter {
-            encode_key(2, WireType::Varint, buf);
-            encode_varint(2, buf);
-            encode_key(3, WireType::Varint, buf);
-            encode_varint(1, buf);
-        }
-    }
-
     fn scope_len() -> usize {
         str_field(semconv::SCOPE_NAME) + str_field(env!("CARGO_PKG_VERSION"))
     }
 
-    /// The distinct metrics of a resource in the order they first appear, as
-    /// [`super::encode_resource`] groups them. Metrics are static: compared by address, and by
-    /// name in case two descriptors share one.
-    fn metrics_in_order<'a>(points: &'a [Point], out: &mut Vec<&'a MetricDesc>) {
-        out.clear();
-        for p in points {
-            if !out.iter().any(|m| std::ptr::eq(*m, p.metric) || m.name == p.metric.name) {
-                out.push(p.metric);
-            }
-        }
+    /// One distinct metric of a resource, with the lengths its header needs.
+    struct MetricSlot<'a> {
+        desc: &'a MetricDesc,
+        /// `Sum` or `Gauge` body length.
+        data_len: usize,
+        /// `Metric` body length.
+        body_len: usize,
+        /// Its points: `order[start..start + count]`.
+        start: usize,
+        count: usize,
     }
 
-    /// Reusable scratch for [`Writer::resource_metrics`]; one per batcher call.
+    /// Reusable scratch for [`Writer::resource_metrics_len`] and
+    /// [`Writer::put_resource_metrics`]; one per batcher call.
+    ///
+    /// Every length prefix is computed once per resource, in one pass over its points, and
+    /// kept for the writing pass (nested messages need their body length before their body;
+    /// computing it at each level again cost more than writing the bytes).
     #[derive(Default)]
     pub struct Writer<'a> {
-        metrics: Vec<&'a MetricDesc>,
+        /// The distinct metrics in the order they first appear, as
+        /// [`super::encode_resource`] groups them.
+        metrics: Vec<MetricSlot<'a>>,
+        /// Per point: the index of its metric in `metrics` and its `NumberDataPoint` body
+        /// length.
+        points: Vec<(usize, usize)>,
+        /// Point indices grouped by metric, in point order within a metric.
+        order: Vec<usize>,
+        /// `Resource` body length (its attributes).
+        resource_len: usize,
+        /// `ScopeMetrics` body length.
+        scope_metrics_len: usize,
     }
 
     impl<'a> Writer<'a> {
-        /// The `ResourceMetrics` body length of `resource`.
+        /// The `ResourceMetrics` body length of `resource`; keeps the nested lengths for
+        /// [`Writer::put_resource_metrics`].
         pub fn resource_metrics_len(&mut self, resource: &'a Resource) -> usize {
-            metrics_in_order(&resource.points, &mut self.metrics);
-            self.body_len(resource)
-        }
-
-        fn body_len(&self, resource: &Resource) -> usize {
-            let res: usize = resource.attributes.iter().map(|(k, v)| len_field(kv_len(k, v))).sum();
-            let metrics: usize =
-                self.metrics.iter().map(|m| len_field(metric_len(m, &resource.points))).sum();
-            len_field(res) + len_field(len_field(scope_len()) + metrics)
+            self.metrics.clear();
+            self.points.clear();
+            let mut last = 0;
+            for p in &resource.points {
+                // Points of one metric usually come together: try the previous one first.
+                let m = match self.metrics.get(last) {
+                    Some(slot) if same_metric(p, slot.desc) => last,
+                    _ => match self.metrics.iter().position(|slot| same_metric(p, slot.desc)) {
+                        Some(m) => m,
+                        None => {
+                            self.metrics.push(MetricSlot {
+                                desc: p.metric,
+                                data_len: 0,
+                                body_len: 0,
+                                start: 0,
+                                count: 0,
+                            });
+                            self.metrics.len() - 1
+                        }
+                    },
+                };
+                last = m;
+                let len = point_len(p);
+                let slot = &mut self.metrics[m];
+                slot.data_len += len_field(len);
+                slot.count += 1;
+                self.points.push((m, len));
+            }
+            let mut start = 0;
+            let mut metrics_len = 0;
+            for slot in &mut self.metrics {
+                if slot.desc.kind == MetricKind::Counter {
+                    // aggregation_temporality = CUMULATIVE (2), is_monotonic = true.
+                    slot.data_len += 2 + 2;
+                }
+                slot.body_len = str_field(slot.desc.name)
+                    + str_field(slot.desc.description)
+                    + str_field(slot.desc.unit)
+                    + len_field(slot.data_len);
+                metrics_len += len_field(slot.body_len);
+                slot.start = start;
+                start += slot.count;
+                // From here on `count` is the next free place of this metric in `order`.
+                slot.count = slot.start;
+            }
+            self.order.clear();
+            self.order.resize(self.points.len(), 0);
+            for (i, &(m, _)) in self.points.iter().enumerate() {
+                let slot = &mut self.metrics[m];
+                self.order[slot.count] = i;
+                slot.count += 1;
+            }
+            for slot in &mut self.metrics {
+                slot.count -= slot.start;
+            }
+            self.resource_len = resource.attributes.iter().map(|(k, v)| len_field(kv_len(k, v))).sum();
+            self.scope_metrics_len = len_field(scope_len()) + metrics_len;
+            len_field(self.resource_len) + len_field(self.scope_metrics_len)
         }
 
         /// Appends `resource` as field 1 of `ExportMetricsServiceRequest` (tag, length, body);
@@ -309,23 +354,40 @@ pub mod wire {
             body_len: usize,
             buf: &mut Vec<u8>,
         ) {
+            debug_assert_eq!(self.points.len(), resource.points.len(), "lengths of this resource");
+            buf.reserve(len_field(body_len));
             put_len(1, body_len, buf);
             let body_start = buf.len();
-            let res: usize = resource.attributes.iter().map(|(k, v)| len_field(kv_len(k, v))).sum();
-            put_len(1, res, buf);
+            put_len(1, self.resource_len, buf);
             for (k, v) in &resource.attributes {
                 put_len(1, kv_len(k, v), buf);
                 put_kv(k, v, buf);
             }
-            let metrics: usize =
-                self.metrics.iter().map(|m| len_field(metric_len(m, &resource.points))).sum();
-            put_len(2, len_field(scope_len()) + metrics, buf);
+            put_len(2, self.scope_metrics_len, buf);
             put_len(1, scope_len(), buf);
             put_str(1, semconv::SCOPE_NAME, buf);
             put_str(2, env!("CARGO_PKG_VERSION"), buf);
-            for m in &self.metrics {
-                put_len(2, metric_len(m, &resource.points), buf);
-                put_metric(m, &resource.points, time, buf);
+            for slot in &self.metrics {
+                let desc = slot.desc;
+                put_len(2, slot.body_len, buf);
+                put_str(1, desc.name, buf);
+                put_str(2, desc.description, buf);
+                put_str(3, desc.unit, buf);
+                let tag = match desc.kind {
+                    MetricKind::Counter => 7,
+                    MetricKind::Gauge => 5,
+                };
+                put_len(tag, slot.data_len, buf);
+                for &i in &self.order[slot.start..slot.start + slot.count] {
+                    put_len(1, self.points[i].1, buf);
+                    put_point(&resource.points[i], time, buf);
+                }
+                if desc.kind == MetricKind::Counter {
+                    encode_key(2, WireType::Varint, buf);
+                    encode_varint(2, buf);
+                    encode_key(3, WireType::Varint, buf);
+                    encode_varint(1, buf);
+                }
             }
             debug_assert_eq!(buf.len() - body_start, body_len, "computed and written lengths agree");
         }
