@@ -546,7 +546,21 @@ fn measure_agent(args: &Args, node: &Node, receiver: &Receiver) -> anyhow::Resul
             .stdout(Stdio::null())
             .spawn()
     });
+    // BENCH_NODE_INSPECT=COMMAND: a shell command run over the measured sweeps with the agent's
+    // pid in AGENT_PID and N in NODE_N (smaps, strace, heaptrack attach); like the profile, it
+    // adds to the agent's cost, so inspection runs are not the reported ones.
+    let inspect = std::env::var_os("BENCH_NODE_INSPECT").map(|command| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .env("AGENT_PID", pid.to_string())
+            .env("NODE_N", n.to_string())
+            .spawn()
+    });
     std::thread::sleep(Duration::from_secs(args.sweeps));
+    if let Some(Ok(mut i)) = inspect {
+        let _ = i.wait();
+    }
     let (u1, s1) = process_cpu(pid)?;
     let t1 = thread_cpu(pid, |_| true);
     if let Some(Ok(mut p)) = perf {

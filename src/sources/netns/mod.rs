@@ -3,10 +3,13 @@
 //! Works from the containers the cgroup source published in [`SweepContext::containers`]:
 //!
 //! - **Which namespace.** For each container, a live pid from its `cgroup.procs` (the oldest,
-//!   cached, and checked first next sweep together with its start time so a reused pid is not
-//!   trusted); the namespace identity is the device and inode of `<proc_root>/<pid>/ns/net`
-//!   (a `stat`, nothing is opened), taken once per cached process, not every sweep. Containers
-//!   are grouped by that identity.
+//!   cached). Each sweep checks that the cached pid is still the same process with one `stat` of
+//!   `<proc_root>/<pid>`: procfs makes that directory's inode for one process and drops it when
+//!   the process is reaped, so a reused pid shows another inode; only then (or when procfs
+//!   evicted the inode) is the process's start time read from its `stat` file. The namespace
+//!   identity is the device and inode of `<proc_root>/<pid>/ns/net` (a `stat`, nothing is
+//!   opened), taken once per cached process, not every sweep. Containers are grouped by that
+//!   identity.
 //! - **Counters.** `<proc_root>/<pid>/net/dev` of one member, read once per namespace and
 //!   sweep. procfs shows the namespace of the process it belongs to, so no `setns`, no fork.
 //!   Counters are in the pod's view: receive is what the pod received.
@@ -190,6 +193,17 @@ struct CachedPid {
     start: u64,
 }
 
+/// Device and inode of `<proc_root>/<pid>`: procfs makes this inode for one process (it holds
+/// that process's `struct pid`) and never hands it to another, since the directory's dentry is
+/// dropped once its process is reaped. The same identity later is the same process, whatever
+/// became of the pid's number; a new identity is not proof of a new process (procfs may evict
+/// an idle inode and make another), so it sends the check back to the start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ProcIdent {
+    dev: u64,
+    ino: u64,
+}
+
 /// Chooses the member that owns a namespace: the one whose oldest process started first,
 /// ties to the smallest id. Returns an index into `members`.
 fn choose_owner(members: &[(&str, u64)]) -> Option<usize> {
@@ -204,8 +218,8 @@ pub struct NetnsSource {
     max_interfaces: usize,
     /// The host's network namespace, fixed for the agent's life.
     host: NsKey,
-    /// Each container's oldest live process and its namespace.
-    pids: HashMap<String, (CachedPid, NsKey)>,
+    /// Each container's oldest live process, its `<proc_root>/<pid>` identity and its namespace.
+    pids: HashMap<String, (CachedPid, ProcIdent, NsKey)>,
     /// hostNetwork containers already logged, so the debug line comes once per container.
     host_network_logged: HashSet<String>,
     peers: Option<PeerResolver>,
@@ -288,13 +302,24 @@ impl NetnsSource {
     /// The container's oldest live process and its namespace; `Ok(None)` when it has no live
     /// process left.
     fn locate(&mut self, c: &ContainerInfo) -> Result<Option<(CachedPid, NsKey)>, NetnsError> {
-        // The same process (same pid, same start time) is in the same namespace: processes of
-        // a container do not leave theirs (a `setns` of its oldest process would go unseen until
-        // it exits). So a known container costs one read of its pid's `stat`, and no `stat` of
+        // The same process is in the same namespace: processes of a container do not leave
+        // theirs (a `setns` of its oldest process would go unseen until it exits). So a known
+        // container costs one `stat` of `<proc_root>/<pid>` (see `ProcIdent`): no read of its
+        // `stat` file (five syscalls and the kernel formatting fifty fields), no `stat` of
         // `ns/net`.
-        if let Some((cached, key)) = self.pids.get(&c.id).copied() {
-            if start_time(&self.proc_root, cached.pid).ok() == Some(cached.start) {
+        if let Some((cached, ident, key)) = self.pids.get(&c.id).copied() {
+            let now = proc_ident(&self.proc_root, cached.pid).ok();
+            if now == Some(ident) {
                 return Ok(Some((cached, key)));
+            }
+            // Another inode for the same process (procfs evicted the old one): the start time
+            // decides, as it did before the inode was known. The identity was taken first, so
+            // a start time that still matches proves it is this process's.
+            if let Some(now) = now {
+                if start_time(&self.proc_root, cached.pid).ok() == Some(cached.start) {
+                    self.pids.insert(c.id.clone(), (cached, now, key));
+                    return Ok(Some((cached, key)));
+                }
             }
             self.pids.remove(&c.id);
         }
@@ -310,19 +335,23 @@ impl NetnsSource {
                 failure = Some(e);
             }
         };
-        let mut live: Vec<CachedPid> = Vec::with_capacity(pids.len());
+        let mut live: Vec<(CachedPid, ProcIdent)> = Vec::with_capacity(pids.len());
         for pid in pids {
-            match start_time(&self.proc_root, pid) {
-                Ok(start) => live.push(CachedPid { pid, start }),
+            // The identity before the start time: if the pid is reused in between, the start
+            // time will not match next sweep's check, and the cache is dropped then.
+            match proc_ident(&self.proc_root, pid)
+                .and_then(|ident| Ok((ident, start_time(&self.proc_root, pid)?)))
+            {
+                Ok((ident, start)) => live.push((CachedPid { pid, start }, ident)),
                 Err(e) => note(e),
             }
         }
-        live.sort_by_key(|p| (p.start, p.pid));
-        for candidate in live {
+        live.sort_by_key(|(p, _)| (p.start, p.pid));
+        for (candidate, ident) in live {
             // A zombie still has a stat file but no namespace: try the next one.
             match ns_key(&self.proc_root, candidate.pid) {
                 Ok(key) => {
-                    self.pids.insert(c.id.clone(), (candidate, key));
+                    self.pids.insert(c.id.clone(), (candidate, ident, key));
                     return Ok(Some((candidate, key)));
                 }
                 Err(e) => note(e),
@@ -356,6 +385,12 @@ fn ns_key(proc_root: &Path, pid: u32) -> Result<NsKey, NetnsError> {
     Ok(NsKey { dev: meta.dev(), ino: meta.ino() })
 }
 
+fn proc_ident(proc_root: &Path, pid: u32) -> Result<ProcIdent, NetnsError> {
+    let path = proc_root.join(pid.to_string());
+    let meta = std::fs::metadata(&path).map_err(|source| NetnsError::Read { path, source })?;
+    Ok(ProcIdent { dev: meta.dev(), ino: meta.ino() })
+}
+
 fn start_time(proc_root: &Path, pid: u32) -> Result<u64, NetnsError> {
     let path = proc_root.join(pid.to_string()).join("stat");
     let text =
@@ -387,14 +422,18 @@ impl Source for NetnsSource {
                 self.host_network_members(members, sweep);
                 continue;
             }
-            // The cached lookup cannot tell an exited owner (a zombie, or reaped while its
-            // container has other processes) from a live one: one check per namespace per
-            // sweep (not per container) hands the series to the next member instead.
+            // The cached lookup cannot tell an exited owner (a zombie) from a live one: one
+            // check per namespace per sweep (not per container) hands a container's series to
+            // the next member instead. A Kubernetes pod's series go to the pod whichever member
+            // owns the namespace, and `read_counters` passes over a member that has left its
+            // namespace, so pods skip the check.
+            let pod = kubernetes_pod(members).is_some();
             let owner = loop {
                 let pairs: Vec<(&str, u64)> =
                     members.iter().map(|m| (m.container.id.as_str(), m.pid.start)).collect();
                 let Some(i) = choose_owner(&pairs) else { break None };
-                if members.len() == 1
+                if pod
+                    || members.len() == 1
                     || self.proc_root.join(members[i].pid.pid.to_string()).join("ns/net").exists()
                 {
                     break Some(i);
