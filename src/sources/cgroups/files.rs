@@ -321,11 +321,50 @@ impl Out<'_> {
     }
 }
 
-/// The limits, read every `limits_interval`; between reads a sweep reports the last values.
+/// The memory limit, read every `limits_interval`; between reads a sweep reports the last value.
 #[derive(Debug, Default)]
 pub(super) struct Limits {
     pub memory: Option<u64>,
-    pub pids: Option<u64>,
+}
+
+/// `pids.current` and `pids.max`: the same names and formats in v1's pids controller and in v2.
+#[derive(Default)]
+pub(super) struct PidsFiles {
+    current: Option<Handle>,
+    max: Option<Handle>,
+    /// `pids.max` as last read (every `limits_interval`).
+    limit: Option<u64>,
+}
+
+impl PidsFiles {
+    pub(super) fn open_missing(&mut self, o: &Opener<'_>, dir: Dir) {
+        o.fill(&mut self.current, dir, "pids.current");
+        o.fill(&mut self.max, dir, "pids.max");
+    }
+
+    pub(super) fn open_files(&self) -> usize {
+        usize::from(self.current.is_some()) + usize::from(self.max.is_some())
+    }
+
+    /// Reads `pids.current`, and `pids.max` only when `read_limits`.
+    pub(super) fn read(
+        &mut self,
+        r: &mut Reader,
+        out: &mut Out<'_>,
+        read_limits: bool,
+    ) -> Result<(), Vanished> {
+        let f = out.family;
+        if let Some(count) = out.take(r.read(&self.current, parse::parse_single)?) {
+            out.push_u64(&f.pids_count, count);
+        }
+        if read_limits {
+            self.limit = out.take(r.read(&self.max, parse::parse_max_or_number)?).flatten();
+        }
+        if let Some(limit) = self.limit {
+            out.push_u64(&f.pids_limit, limit);
+        }
+        Ok(())
+    }
 }
 
 /// `cpu.pressure`, `memory.pressure`, `io.pressure` of the v2 hierarchy (hybrid: `unified/`).

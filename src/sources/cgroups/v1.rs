@@ -27,7 +27,9 @@
 
 use std::path::PathBuf;
 
-use super::files::{procs_file, Dir, Handle, Limits, Opener, Out, PressureFiles, Reader, Vanished};
+use super::files::{
+    procs_file, Dir, Handle, Limits, Opener, Out, PidsFiles, PressureFiles, Reader, Vanished,
+};
 use super::parse;
 use super::SkipFiles;
 
@@ -44,8 +46,7 @@ pub(super) struct V1Files {
     oom_control: Option<Handle>,
     blkio_bytes: Option<Handle>,
     blkio_ops: Option<Handle>,
-    pids_current: Option<Handle>,
-    pids_max: Option<Handle>,
+    pids: PidsFiles,
     /// Hybrid only: `unified/…/*.pressure`.
     pressure: PressureFiles,
     limits: Limits,
@@ -193,8 +194,7 @@ impl V1Files {
             Dir::Blkio,
             "blkio.throttle.io_serviced_recursive",
         );
-        o.fill(&mut self.pids_current, Dir::Pids, "pids.current");
-        o.fill(&mut self.pids_max, Dir::Pids, "pids.max");
+        self.pids.open_missing(o, Dir::Pids);
         self.pressure.open_missing(o);
     }
 
@@ -212,11 +212,9 @@ impl V1Files {
             &self.oom_control,
             &self.blkio_bytes,
             &self.blkio_ops,
-            &self.pids_current,
-            &self.pids_max,
         ];
         let single = single.iter().filter(|h| h.is_some()).count();
-        (self.cpu_time.open_files() + single + self.pressure.open_files()) as u64
+        (self.cpu_time.open_files() + single + self.pids.open_files() + self.pressure.open_files()) as u64
     }
 
     /// Reads every file once into `out`; limits only when `read_limits`.
@@ -254,15 +252,7 @@ impl V1Files {
             }
         }
 
-        if let Some(count) = out.take(r.read(&self.pids_current, parse::parse_single)?) {
-            out.push_u64(&f.pids_count, count);
-        }
-        if read_limits {
-            self.limits.pids = out.take(r.read(&self.pids_max, parse::parse_max_or_number)?).flatten();
-        }
-        if let Some(limit) = self.limits.pids {
-            out.push_u64(&f.pids_limit, limit);
-        }
+        self.pids.read(r, out, read_limits)?;
 
         self.pressure.read(r, out)
     }

@@ -12,7 +12,7 @@
 
 use std::path::PathBuf;
 
-use super::files::{Dir, Handle, Limits, Opener, Out, PressureFiles, Reader, Vanished};
+use super::files::{Dir, Handle, Limits, Opener, Out, PidsFiles, PressureFiles, Reader, Vanished};
 use super::parse;
 use super::SkipFiles;
 
@@ -28,8 +28,7 @@ pub(super) struct V2Files {
     memory_max: Option<Handle>,
     memory_events: Option<Handle>,
     io_stat: Option<Handle>,
-    pids_current: Option<Handle>,
-    pids_max: Option<Handle>,
+    pids: PidsFiles,
     pressure: PressureFiles,
     limits: Limits,
 }
@@ -49,8 +48,7 @@ impl V2Files {
         o.fill(&mut self.memory_max, u, "memory.max");
         o.fill(&mut self.memory_events, u, "memory.events");
         o.fill_unless_skipped(SkipFiles::BlockIo, &mut self.io_stat, u, "io.stat");
-        o.fill(&mut self.pids_current, u, "pids.current");
-        o.fill(&mut self.pids_max, u, "pids.max");
+        self.pids.open_missing(o, u);
         self.pressure.open_missing(o);
     }
 
@@ -74,10 +72,9 @@ impl V2Files {
             &self.memory_max,
             &self.memory_events,
             &self.io_stat,
-            &self.pids_current,
-            &self.pids_max,
         ];
-        (single.iter().filter(|h| h.is_some()).count() + self.pressure.open_files()) as u64
+        (single.iter().filter(|h| h.is_some()).count() + self.pids.open_files() + self.pressure.open_files())
+            as u64
     }
 
     /// Reads every file once into `out`; limits only when `read_limits`.
@@ -113,15 +110,7 @@ impl V2Files {
             out.push_device_io(&f.disk_operations, &stat.operations);
         }
 
-        if let Some(count) = out.take(r.read(&self.pids_current, parse::parse_single)?) {
-            out.push_u64(&f.pids_count, count);
-        }
-        if read_limits {
-            self.limits.pids = out.take(r.read(&self.pids_max, parse::parse_max_or_number)?).flatten();
-        }
-        if let Some(limit) = self.limits.pids {
-            out.push_u64(&f.pids_limit, limit);
-        }
+        self.pids.read(r, out, read_limits)?;
 
         self.pressure.read(r, out)
     }
