@@ -81,7 +81,8 @@ fn int_value(sweep: &Sweep, id: &ResourceId, metric: &str) -> i64 {
 /// The host's cgroups, with the test's own kubelet root (if any) added to the default layouts.
 /// With `kubelet_root`, the source reads this test's tree only: other tests and sessions create
 /// and remove containers on this host meanwhile, and a test that counts vanished groups or errors
-/// must count its own (one such count failed once in about 15 runs while a Podman test ran).
+/// must count its own (one such count failed while this binary's spoof test removed its rootless
+/// cgroups).
 fn config(discovery: Duration, kubelet_root: Option<&str>) -> CgroupsConfig {
     let layouts = match kubelet_root {
         Some(root) => Layouts {
@@ -89,8 +90,9 @@ fn config(discovery: Duration, kubelet_root: Option<&str>) -> CgroupsConfig {
             docker: Vec::new(),
             podman: Vec::new(),
             containerd: Vec::new(),
-            // Delegated subtrees are found wherever they are (the spoof test makes one).
-            rootless: true,
+            // Delegated subtrees are found wherever they are, other tests' too: only the spoof
+            // test, which makes one, turns this on.
+            rootless: false,
         },
         None => Layouts::default(),
     };
@@ -354,7 +356,9 @@ fn a_spoof_in_a_delegated_subtree_never_takes_the_victims_identity() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    let mut source = CgroupSource::new(&config(Duration::from_secs(10), Some(&kubelet))).expect("source");
+    let mut spoof_config = config(Duration::from_secs(10), Some(&kubelet));
+    spoof_config.layouts.rootless = true;
+    let mut source = CgroupSource::new(&spoof_config).expect("source");
     let (ctx, s) = sweep(&mut source);
 
     // The victim container: once in the inventory, from the anchored cgroup, with its numbers.
