@@ -444,6 +444,11 @@ fn thread_cpu(pid: u32, filter: impl Fn(&str) -> bool) -> BTreeMap<String, f64> 
     out
 }
 
+/// Threads of the process (`thread_cpu` sums by name, and two I/O threads share one).
+fn task_count(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task")).map(|tasks| tasks.count()).unwrap_or(0)
+}
+
 fn status_kib(pid: u32, key: &str) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -596,7 +601,7 @@ fn measure_agent(args: &Args, node: &Node, receiver: &Receiver) -> anyhow::Resul
         io_threads: per(delta(&|k| k == "podometer-io")),
         rss_mib: status_kib(pid, "VmRSS:") as f64 / 1024.0,
         fds: open_fds(pid),
-        threads: t1.len(),
+        threads: task_count(pid),
         bytes_per_sweep: (b1 - b0) as f64 / sweeps,
     })
 }
