@@ -38,7 +38,7 @@ pub struct Counter {
 /// Declares the counters once: the struct's fields, the log line and self-telemetry all come
 /// from this list, so adding a counter is one line here (and its increments).
 macro_rules! counters {
-    ($( $(#[$doc:meta])* $field:ident: $kind:ident $metric:literal $(($ak:literal = $av:literal))? $unit:literal $desc:literal; )*) => {
+    ($( $(#[$doc:meta])* $field:ident: $kind:ident $metric:literal $(($ak:literal = $av:literal))? $unit:literal $desc:expr; )*) => {
         #[derive(Debug, Default)]
         pub struct Telemetry {
             $( $(#[$doc])* pub $field: AtomicU64, )*
@@ -65,16 +65,24 @@ macro_rules! counters {
     (@attr) => { None };
 }
 
+// One description per metric shared by several counters (one per attribute value).
+const SOURCE_ERRORS: &str =
+    "Containers whose reading failed, by error.type (`read`: failed; `vanished`: gone mid-read).";
+const CGROUPS_DROPPED: &str =
+    "Cgroups left out at a discovery, by reason (`duplicate_identity`: another cgroup stands for the same container or pod; `over_cap`: sources.cgroups.max_groups reached).";
+const EXPORT_FAULTS: &str =
+    "OTLP/HTTP requests without a usable answer and batches the disk queue could not store, by error.type (`timeout`, `connection`, `bad_response`, `queue_write`).";
+
 counters! {
     sweeps: Counter "podometer.sweeps" "{sweep}" "Sweeps done.";
     /// Duration of the latest sweep, in microseconds (exported as the `podometer.sweep.duration` histogram).
     last_sweep_micros: LogOnly "podometer.sweep.duration" "us" "Duration of the latest sweep.";
     /// Containers whose reading failed for a reason other than vanishing.
     source_errors: Counter "podometer.source.errors" ("error.type" = "read") "{error}"
-        "Containers whose reading failed, by error.type (`read`: failed; `vanished`: gone mid-read).";
+        SOURCE_ERRORS;
     /// Containers that vanished mid-read; normal on a busy node.
     containers_vanished: Counter "podometer.source.errors" ("error.type" = "vanished") "{error}"
-        "Containers whose reading failed, by error.type (`read`: failed; `vanished`: gone mid-read).";
+        SOURCE_ERRORS;
     /// Sweeps an exporter's channel was too full to take (all exporters; per exporter in [`ExporterCounters`]).
     sweeps_dropped_by_exporter_backlog: LogOnly "podometer.exporter.sweeps.dropped" "{sweep}" "Sweeps dropped for exporters that did not keep up.";
     batches_sent: LogOnly "podometer.exporter.batches" "{batch}" "OTLP batches sent, all exporters.";
@@ -96,11 +104,11 @@ counters! {
     /// Cgroups left out because another cgroup already stood for the same container or pod
     /// (a copied id in a user's subtree, say), counted at each discovery.
     cgroups_duplicate_identity: Counter "podometer.discovery.cgroups.dropped" ("reason" = "duplicate_identity") "{cgroup}"
-        "Cgroups left out at a discovery, by reason (`duplicate_identity`: another cgroup stands for the same container or pod; `over_cap`: sources.cgroups.max_groups reached).";
+        CGROUPS_DROPPED;
     /// Container and pod cgroups left out at a discovery because `sources.cgroups.max_groups`
     /// was reached.
     cgroups_over_cap: Counter "podometer.discovery.cgroups.dropped" ("reason" = "over_cap") "{cgroup}"
-        "Cgroups left out at a discovery, by reason (`duplicate_identity`: another cgroup stands for the same container or pod; `over_cap`: sources.cgroups.max_groups reached).";
+        CGROUPS_DROPPED;
     /// Interfaces left out of a sweep because their namespace had more than
     /// `sources.netns.max_interfaces`.
     netns_interfaces_over_cap: Counter "podometer.network.interfaces.dropped" "{interface}"
@@ -113,13 +121,13 @@ counters! {
     /// answer was not HTTP; and batches that could not be written to the disk queue (a full or
     /// failing disk), which are not queued.
     export_timeouts: Counter "podometer.export.faults" ("error.type" = "timeout") "{fault}"
-        "OTLP/HTTP requests without a usable answer and batches the disk queue could not store, by error.type (`timeout`, `connection`, `bad_response`, `queue_write`).";
+        EXPORT_FAULTS;
     export_connection_errors: Counter "podometer.export.faults" ("error.type" = "connection") "{fault}"
-        "OTLP/HTTP requests without a usable answer and batches the disk queue could not store, by error.type (`timeout`, `connection`, `bad_response`, `queue_write`).";
+        EXPORT_FAULTS;
     export_bad_responses: Counter "podometer.export.faults" ("error.type" = "bad_response") "{fault}"
-        "OTLP/HTTP requests without a usable answer and batches the disk queue could not store, by error.type (`timeout`, `connection`, `bad_response`, `queue_write`).";
+        EXPORT_FAULTS;
     queue_write_errors: Counter "podometer.export.faults" ("error.type" = "queue_write") "{fault}"
-        "OTLP/HTTP requests without a usable answer and batches the disk queue could not store, by error.type (`timeout`, `connection`, `bad_response`, `queue_write`).";
+        EXPORT_FAULTS;
     /// Containers, pods, network namespaces (resources with network series) and points of the
     /// latest sweep, for self-telemetry.
     last_containers: Gauge "podometer.containers" "{container}" "Containers in the last sweep.";
