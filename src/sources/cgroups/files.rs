@@ -321,12 +321,6 @@ impl Out<'_> {
     }
 }
 
-/// The memory limit, read every `limits_interval`; between reads a sweep reports the last value.
-#[derive(Debug, Default)]
-pub(super) struct Limits {
-    pub memory: Option<u64>,
-}
-
 /// `pids.current` and `pids.max`: the same names and formats in v1's pids controller and in v2.
 #[derive(Default)]
 pub(super) struct PidsFiles {

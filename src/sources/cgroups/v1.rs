@@ -27,9 +27,7 @@
 
 use std::path::PathBuf;
 
-use super::files::{
-    procs_file, Dir, Handle, Limits, Opener, Out, PidsFiles, PressureFiles, Reader, Vanished,
-};
+use super::files::{procs_file, Dir, Handle, Opener, Out, PidsFiles, PressureFiles, Reader, Vanished};
 use super::parse;
 use super::SkipFiles;
 
@@ -49,7 +47,8 @@ pub(super) struct V1Files {
     pids: PidsFiles,
     /// Hybrid only: `unified/…/*.pressure`.
     pressure: PressureFiles,
-    limits: Limits,
+    /// `memory.limit_in_bytes` as last read (every `limits_interval`).
+    memory_limit_value: Option<u64>,
 }
 
 /// Where CPU time comes from, best first.
@@ -236,10 +235,10 @@ impl V1Files {
         let stat = out.take(r.read(&self.memory_stat, parse::parse_v1_memory_stat)?);
         out.push_memory(usage, stat);
         if read_limits {
-            self.limits.memory =
+            self.memory_limit_value =
                 out.take(r.read(&self.memory_limit, parse::parse_v1_memory_limit)?).flatten();
         }
-        if let Some(limit) = self.limits.memory {
+        if let Some(limit) = self.memory_limit_value {
             out.push_u64(&f.memory_limit, limit);
         }
         if let Some(kills) = out.take(r.read(&self.oom_control, parse::parse_oom_kills)?) {

@@ -12,7 +12,7 @@
 
 use std::path::PathBuf;
 
-use super::files::{Dir, Handle, Limits, Opener, Out, PidsFiles, PressureFiles, Reader, Vanished};
+use super::files::{Dir, Handle, Opener, Out, PidsFiles, PressureFiles, Reader, Vanished};
 use super::parse;
 use super::SkipFiles;
 
@@ -30,7 +30,8 @@ pub(super) struct V2Files {
     io_stat: Option<Handle>,
     pids: PidsFiles,
     pressure: PressureFiles,
-    limits: Limits,
+    /// `memory.max` as last read (every `limits_interval`).
+    memory_limit_value: Option<u64>,
 }
 
 impl V2Files {
@@ -96,9 +97,10 @@ impl V2Files {
         let stat = out.take(r.read(&self.memory_stat, parse::parse_v2_memory_stat)?);
         out.push_memory(usage, stat);
         if read_limits {
-            self.limits.memory = out.take(r.read(&self.memory_max, parse::parse_max_or_number)?).flatten();
+            self.memory_limit_value =
+                out.take(r.read(&self.memory_max, parse::parse_max_or_number)?).flatten();
         }
-        if let Some(limit) = self.limits.memory {
+        if let Some(limit) = self.memory_limit_value {
             out.push_u64(&f.memory_limit, limit);
         }
         if let Some(kills) = out.take(r.read(&self.memory_events, parse::parse_oom_kills)?) {
