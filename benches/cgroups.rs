@@ -155,14 +155,7 @@ fn bench(c: &mut Criterion) {
     let mut layouts = Layouts::default();
     // The live bed's kubelet tree sits under its own top directory.
     layouts.kubelet.push(format!("podometer-bench-{}/kubepods", std::process::id()));
-    let config = CgroupsConfig {
-        root: bed.root().to_owned(),
-        discovery_interval: Duration::from_secs(3600),
-        limits_interval: Duration::from_secs(3600),
-        layouts,
-        ..CgroupsConfig::default()
-    };
-    let mut source = CgroupSource::new(&config).expect("source");
+    let mut source = steady_source(&bed, layouts);
     // The first sweep walks the tree and opens the files; steady state is what follows.
     sweep(&mut source);
     let groups = source.last_sweep_stats().containers + source.last_sweep_stats().pods;
@@ -202,6 +195,19 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// A source over `bed` whose discoveries and limit reads fall outside any measurement (both
+/// once an hour): what is measured is the steady-state sweep.
+fn steady_source(bed: &Bed, layouts: Layouts) -> CgroupSource {
+    let config = CgroupsConfig {
+        root: bed.root().to_owned(),
+        discovery_interval: Duration::from_secs(3600),
+        limits_interval: Duration::from_secs(3600),
+        layouts,
+        ..CgroupsConfig::default()
+    };
+    CgroupSource::new(&config).expect("source")
+}
+
 /// The K steady-state sweeps counted under callgrind (`--toggle-collect` names this function).
 #[inline(never)]
 fn steady_sweeps(source: &mut CgroupSource, k: usize) -> usize {
@@ -223,14 +229,7 @@ fn callgrind(k: usize) {
         containerd: Vec::new(),
         rootless: false,
     };
-    let config = CgroupsConfig {
-        root: bed.root().to_owned(),
-        discovery_interval: Duration::from_secs(3600),
-        limits_interval: Duration::from_secs(3600),
-        layouts,
-        ..CgroupsConfig::default()
-    };
-    let mut source = CgroupSource::new(&config).expect("source");
+    let mut source = steady_source(&bed, layouts);
     sweep(&mut source);
     let stats = source.last_sweep_stats();
     let resources = steady_sweeps(&mut source, k);
