@@ -251,7 +251,14 @@ fn dockerd_containers_are_found_at_docker_id_with_kernel_bracketed_numbers_and_n
             })
             .collect()
     };
-    let at_start = ours(dockerd.api_calls());
+    // dockerd logs the events stream's request a moment after the agent sends it: wait for it
+    // (bounded) before comparing, rather than racing its log.
+    let logged = Instant::now() + Duration::from_secs(5);
+    let mut at_start = ours(dockerd.api_calls());
+    while at_start.len() < 3 && Instant::now() < logged {
+        std::thread::sleep(Duration::from_millis(50));
+        at_start = ours(dockerd.api_calls());
+    }
     let paths: Vec<&str> = at_start.iter().map(|c| c.split('?').next().unwrap()).collect();
     assert_eq!(paths, ["GET /version", "GET /containers/json", "GET /events"], "{at_start:#?}");
     let late_name = support::unique("podometer-dapi-docker-late");
