@@ -272,7 +272,11 @@ async fn http_handler(
 
 impl HttpServer {
     async fn start(replies: Vec<HttpReply>) -> HttpServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        HttpServer::start_on(0, replies).await
+    }
+
+    async fn start_on(port: u16, replies: Vec<HttpReply>) -> HttpServer {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let script = Arc::new(HttpScript { replies: Mutex::new(replies.into()), received: Mutex::default() });
         let app = axum::Router::new()
@@ -460,7 +464,8 @@ async fn a_hanging_receiver_never_delays_export() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_queue_bound_evicts_the_oldest_batches() {
-    let c = config(&format!("endpoint: http://127.0.0.1:{}", closed_port()));
+    // Uncompressed, so the bound below counts the encoded request's own bytes.
+    let c = config(&format!("endpoint: http://127.0.0.1:{}\ncompression: none", closed_port()));
     let mut resolved = c.resolve(|_| None).unwrap();
     // Each batch is one sweep of 40 containers; room for three and a half. The bound is
     // below what validate() accepts, so it is set after resolving.
@@ -517,6 +522,88 @@ async fn on_disk_queue_survives_a_restart_and_delivers_in_order() {
     // Everything acked: a third start sends nothing again.
     let exp = exporter(&config(&yaml));
     assert_eq!(exp.queued(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_gzip_the_queue_holds_compressed_batches() {
+    // Nothing listens: every batch stays queued, in the form it was queued in.
+    let c = config(&format!("endpoint: http://127.0.0.1:{}\ncompression_level: 1", closed_port()));
+    let mut exp = exporter(&c);
+    let stats = exp.stats();
+    let mut raw = 0;
+    for i in 0..5 {
+        let s = sweep(i, 200);
+        raw += encode_sweep(&s).encoded_len() as u64 + 8;
+        exp.export(Arc::new(s)).await.unwrap();
+    }
+    assert_eq!(exp.queued(), 5);
+    let held = get(&stats.queue_bytes);
+    eprintln!("queue holds {held} bytes for {raw} uncompressed");
+    assert!(held > 0 && held * 4 < raw, "gzip at enqueue: {held} bytes queued for {raw} uncompressed");
+    exp.shutdown(Instant::now()).await.unwrap();
+}
+
+/// A disk queue outlives its configuration: batches queued with compression on are sent by a
+/// later start with it off, and the other way round, each as the receiver is told to expect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_queue_written_under_one_compression_is_sent_under_the_other() {
+    for (before, after) in [("gzip", "none"), ("none", "gzip")] {
+        for protocol in ["grpc", "http/protobuf"] {
+            let dir = tempfile::tempdir().unwrap();
+            let port = closed_port();
+            let path = if protocol == "grpc" { "" } else { "/v1/metrics" };
+            let yaml = |compression: &str| {
+                format!(
+                    "endpoint: http://127.0.0.1:{port}{path}\nprotocol: {protocol}\ncompression: {compression}\n\
+                     queue: {{directory: {}}}",
+                    dir.path().display()
+                )
+            };
+            {
+                let mut exp = exporter(&config(&yaml(before)));
+                for i in 0..3 {
+                    exp.export(Arc::new(sweep(i, 4))).await.unwrap();
+                }
+                exp.shutdown(Instant::now() + Duration::from_millis(100)).await.unwrap();
+                assert_eq!(exp.queued(), 3, "nothing could be sent");
+            }
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+            let expected: Vec<ExportMetricsServiceRequest> =
+                (0..4).map(|i| encode_sweep(&sweep(i, 4))).collect();
+            let what = format!("{protocol}, queued with {before}, sent with {after}");
+            let mut exp;
+            let (got, encodings): (Vec<ExportMetricsServiceRequest>, Vec<bool>) = if protocol == "grpc" {
+                let server = GrpcServer::serve(listener, Vec::new());
+                exp = exporter(&config(&yaml(after)));
+                exp.export(Arc::new(sweep(3, 4))).await.unwrap();
+                let stats = exp.stats();
+                wait_for(&what, Duration::from_secs(10), || get(&stats.batches_sent) == 4).await;
+                let received = server.script.received.lock().unwrap();
+                received
+                    .iter()
+                    .map(|(_, r, m)| (r.clone(), m.get("grpc-encoding").is_some_and(|v| v == "gzip")))
+                    .unzip()
+            } else {
+                drop(listener);
+                let server = HttpServer::start_on(port, Vec::new()).await;
+                exp = exporter(&config(&yaml(after)));
+                exp.export(Arc::new(sweep(3, 4))).await.unwrap();
+                let stats = exp.stats();
+                wait_for(&what, Duration::from_secs(10), || get(&stats.batches_sent) == 4).await;
+                let received = server.script.received.lock().unwrap();
+                received
+                    .iter()
+                    .map(|a| {
+                        (a.request.clone(), a.headers.get("content-encoding").is_some_and(|v| v == "gzip"))
+                    })
+                    .unzip()
+            };
+            assert_eq!(got, expected, "{what}: every batch arrives whole, in order");
+            assert_eq!(encodings, vec![after == "gzip"; 4], "{what}: each is sent as now configured");
+            assert_eq!(get(&exp.stats().batches_dropped), 0, "{what}");
+            exp.shutdown(Instant::now() + Duration::from_secs(1)).await.unwrap();
+        }
+    }
 }
 
 // ---------- HTTP/protobuf ----------

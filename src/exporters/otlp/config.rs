@@ -158,7 +158,8 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
-    /// Bound on queued batches (encoded bytes); when full, the oldest batches are evicted.
+    /// Bound on queued batches (encoded bytes as queued: gzipped, about 9x smaller, when
+    /// `compression` is gzip); when full, the oldest batches are evicted.
     /// Default 67108864 (64 MiB).
     #[serde(default = "default_queue_max_bytes")]
     pub max_bytes: u64,

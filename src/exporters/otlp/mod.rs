@@ -1,11 +1,12 @@
 //! `otlp`: OTLP over gRPC or HTTP/protobuf with batching, retry and a bounded queue.
 //!
-//! `export()` encodes and splits the sweep ([`crate::batcher`]), appends the batches to the
-//! queue and returns; it never waits on the network. One background task per exporter sends
+//! `export()` encodes, splits and (by default) gzips the sweep ([`crate::batcher`]), appends
+//! the batches to the queue and returns; it never waits on the network. One background task per exporter sends
 //! the queue's head, one batch at a time and in order: while the head is being retried the
 //! rest wait behind it, so a receiver sees sweeps in the order they were taken.
 
 pub mod config;
+pub mod payload;
 pub mod queue;
 pub mod retry;
 pub mod transport;
@@ -26,7 +27,7 @@ use retry::{Backoff, Decision};
 use transport::{Outcome, Transport};
 
 use super::{BoxError, BoxFuture, Exporter};
-use crate::batcher::{Batcher, DEFAULT_MAX_BYTES};
+use crate::batcher::{BatchError, Batcher, DEFAULT_MAX_BYTES};
 use crate::model::Sweep;
 use crate::telemetry::Telemetry;
 
@@ -42,6 +43,8 @@ pub enum OtlpError {
     Header { name: String, reason: String },
     #[error(transparent)]
     Queue(#[from] QueueError),
+    #[error(transparent)]
+    Batch(#[from] BatchError),
     #[error("exporter {0} is shut down and takes no more sweeps")]
     ShutDown(String),
 }
@@ -162,7 +165,8 @@ impl OtlpExporter {
             closing: AtomicBool::new(false),
             stats,
         });
-        let sender = tokio::spawn(run_sender(shared.clone(), transport, config.retry.clone()));
+        let gzip = (config.compression == Compression::Gzip).then_some(config.compression_level);
+        let sender = tokio::spawn(run_sender(shared.clone(), transport, config.retry.clone(), gzip));
         tracing::info!(
             exporter = name,
             endpoint = %config::redact_url(&config.endpoint),
@@ -172,7 +176,7 @@ impl OtlpExporter {
         );
         Ok(OtlpExporter {
             shared,
-            batcher: Batcher::new(config.max_batch_points, DEFAULT_MAX_BYTES),
+            batcher: Batcher::new(config.max_batch_points, DEFAULT_MAX_BYTES).with_gzip(gzip),
             sender: Some(sender),
         })
     }
@@ -190,7 +194,7 @@ impl OtlpExporter {
         if self.shared.closing.load(Ordering::Acquire) {
             return Err(OtlpError::ShutDown(self.shared.name.clone()));
         }
-        let batches: Vec<Bytes> = self.batcher.split_encoded(sweep);
+        let batches: Vec<Bytes> = self.batcher.split_encoded(sweep)?;
         if batches.is_empty() {
             return Ok(());
         }
@@ -273,8 +277,14 @@ impl Drop for OtlpExporter {
 }
 
 /// Sends the queue's head until it is delivered or dropped, then the next; exits when the
-/// exporter is closing and the queue is empty.
-async fn run_sender(shared: Arc<Shared>, mut transport: Transport, retry: config::RetryConfig) {
+/// exporter is closing and the queue is empty. `gzip` is the configured level: a batch queued
+/// in the other form (by an earlier start, on disk) is converted before it is sent.
+async fn run_sender(
+    shared: Arc<Shared>,
+    mut transport: Transport,
+    retry: config::RetryConfig,
+    gzip: Option<u32>,
+) {
     let telemetry = Telemetry::global();
     let stats = shared.stats.clone();
     let name = shared.name.clone();
@@ -318,7 +328,22 @@ async fn run_sender(shared: Arc<Shared>, mut transport: Transport, retry: config
             }
         };
 
-        let outcome = transport.send(&head.payload).await;
+        let payload = match payload::as_sent(&head.payload, gzip) {
+            Ok(payload) => payload,
+            Err(e) => {
+                count(&telemetry.batches_dropped, &stats.batches_dropped, 1);
+                crate::warn_limited!(
+                    "otlp_queue_unpack",
+                    exporter = %name,
+                    error = %e,
+                    "A queued batch cannot be put in the configured compression; dropping it."
+                );
+                let seq = head.seq;
+                let _ = with_queue(&shared, move |q| q.ack(seq)).await;
+                continue;
+            }
+        };
+        let outcome = transport.send(&payload).await;
         let finished = match outcome {
             Outcome::Delivered { rejected, message } => {
                 count(&telemetry.batches_sent, &stats.batches_sent, 1);

@@ -10,7 +10,8 @@
 //! A directory per exporter instance holds:
 //! - segment files `<first-seq, 20 digits>.seg`, each a run of records
 //!   `[u32 LE payload length][u32 LE CRC-32 (IEEE) of the payload][payload]`, where the payload
-//!   is one `ExportMetricsServiceRequest` in protobuf encoding, uncompressed. Record `i` of a
+//!   is one `ExportMetricsServiceRequest` in protobuf encoding, gzipped when the exporter
+//!   compresses (a gzip member; [`super::payload`] tells the two apart). Record `i` of a
 //!   segment has sequence number `first-seq + i`. A new segment starts when the current one
 //!   passes [`SEGMENT_BYTES`]; a segment is deleted once all its records are acked.
 //! - `lock`: held with `flock(LOCK_EX)` while a queue is open, so two exporters or two agents

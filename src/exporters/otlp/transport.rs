@@ -1,6 +1,5 @@
 //! One attempt at delivering one encoded batch, over gRPC (tonic) or HTTP/protobuf (reqwest).
 
-use std::io::Write;
 use std::time::SystemTime;
 
 use bytes::BufMut;
@@ -107,15 +106,18 @@ impl Decoder for EncodedRequestCodec {
     }
 }
 
-/// The channel, with each request's one gRPC message gzipped at the configured level when
-/// `level` is set. tonic compresses only at gzip level 6 (not configurable in 0.14), which cost
-/// 33 µs per container and sweep against 9.4 µs at level 1 for about 15 % more bytes; so the
-/// client is built without tonic's compression and the frame is rewritten here: flag 1, the
-/// compressed length, the gzip bytes, and `grpc-encoding: gzip`, as the gRPC wire format says.
+/// The channel, marking a request whose one gRPC message is gzip as compressed. The queue
+/// holds requests already gzipped at the configured level (see [`crate::batcher`]): tonic
+/// compresses only at level 6 (not configurable in 0.14), which cost 33 µs per container and
+/// sweep against 9.4 µs at level 1, and would copy and compress the message again here. So the
+/// client is built without tonic's compression, the codec writes the gzip bytes as the message,
+/// and this layer sets the frame's flag to 1 and adds `grpc-encoding: gzip`, as the gRPC wire
+/// format says. The length prefix is already the gzip bytes' length.
 #[derive(Clone)]
 struct GzipChannel {
     inner: Channel,
-    level: Option<u32>,
+    /// The exporter compresses; without it no request is looked at.
+    gzip: bool,
 }
 
 type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
@@ -133,46 +135,44 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for GzipChannel {
         // The clone that was polled ready is the one that is called (tower's rule for clones).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let Some(level) = self.level else {
+        if !self.gzip {
             return Box::pin(async move { inner.call(request).await.map_err(Into::into) });
-        };
+        }
         Box::pin(async move {
             use http_body_util::BodyExt;
             let (mut parts, body) = request.into_parts();
             // A unary request body is one frame, already in memory: collecting it costs no wait.
             let frame = body.collect().await?.to_bytes();
-            let body = match gzip_grpc_frame(&frame, level) {
-                Some(compressed) => {
+            let body = match flag_gzip_frame(&frame) {
+                Some((header, message)) => {
                     parts.headers.insert("grpc-encoding", http::HeaderValue::from_static("gzip"));
-                    compressed
+                    // Two chunks: the 5-byte header rewritten, the message not copied.
+                    let chunks = [header, message]
+                        .map(|c| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(c)));
+                    tonic::body::Body::new(http_body_util::StreamBody::new(futures_util::stream::iter(
+                        chunks,
+                    )))
                 }
-                None => frame,
+                None => tonic::body::Body::new(http_body_util::Full::new(frame)),
             };
-            let request =
-                http::Request::from_parts(parts, tonic::body::Body::new(http_body_util::Full::new(body)));
-            inner.call(request).await.map_err(Into::into)
+            inner.call(http::Request::from_parts(parts, body)).await.map_err(Into::into)
         })
     }
 }
 
-/// The gRPC frame (`[flag 0][u32 length][message]`) with its message gzipped at `level`:
-/// `[flag 1][u32 length][gzip]`. `None` when the input is not exactly one uncompressed frame,
-/// which is then sent as it is.
-fn gzip_grpc_frame(frame: &[u8], level: u32) -> Option<Bytes> {
+/// For a gRPC frame `[flag 0][u32 length][message]` whose message is gzip: the header marked
+/// compressed, `[flag 1][u32 length]`, and the message. `None` when the input is not exactly one
+/// uncompressed frame holding gzip, which is then sent as it is.
+fn flag_gzip_frame(frame: &Bytes) -> Option<(Bytes, Bytes)> {
     let (&flag, rest) = frame.split_first()?;
     let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-    let message = &rest[4..];
-    if flag != 0 || message.len() != len {
+    let message = frame.slice(5..);
+    if flag != 0 || message.len() != len || !super::payload::is_gzip(&message) {
         return None;
     }
-    let mut out = Vec::with_capacity(5 + len / 4);
-    out.extend_from_slice(&[1, 0, 0, 0, 0]);
-    let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::new(level));
-    enc.write_all(message).ok()?;
-    let mut out = enc.finish().ok()?;
-    let compressed = u32::try_from(out.len() - 5).ok()?;
-    out[1..5].copy_from_slice(&compressed.to_be_bytes());
-    Some(Bytes::from(out))
+    let mut header = [1u8; 5];
+    header[1..].copy_from_slice(&rest[..4]);
+    Some((Bytes::copy_from_slice(&header), message))
 }
 
 pub struct GrpcTransport {
@@ -207,7 +207,7 @@ impl GrpcTransport {
         // Lazy: the agent starts while the collector is down; the queue covers the gap.
         let channel = endpoint.connect_lazy();
         let gzip = config.compression == Compression::Gzip;
-        let channel = GzipChannel { inner: channel, level: gzip.then_some(config.compression_level) };
+        let channel = GzipChannel { inner: channel, gzip };
         let mut client = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_RESPONSE_BODY);
         if gzip {
             client = client.accept_compressed(CompressionEncoding::Gzip);
@@ -217,7 +217,7 @@ impl GrpcTransport {
     }
 
     async fn send(&mut self, payload: &Bytes) -> Outcome {
-        // The bytes go out as they are (a cheap reference-counted clone).
+        // The bytes go out as they are (a cheap reference-counted clone), gzip included.
         let mut request = tonic::Request::new(payload.clone());
         *request.metadata_mut() = (*self.metadata).clone();
         if let Err(e) = self.client.ready().await {
@@ -282,8 +282,6 @@ fn count_grpc_fault(status: &tonic::Status) {
 pub struct HttpTransport {
     client: reqwest::Client,
     url: String,
-    /// The gzip level, `None` for no compression.
-    gzip: Option<u32>,
 }
 
 impl HttpTransport {
@@ -316,34 +314,17 @@ impl HttpTransport {
             }
         }
         let client = builder.build().map_err(tls_err)?;
-        Ok(HttpTransport {
-            client,
-            url: config.endpoint.clone(),
-            gzip: (config.compression == Compression::Gzip).then_some(config.compression_level),
-        })
+        Ok(HttpTransport { client, url: config.endpoint.clone() })
     }
 
     async fn send(&mut self, payload: &Bytes) -> Outcome {
         let mut request =
             self.client.post(&self.url).header(http::header::CONTENT_TYPE, "application/x-protobuf");
-        if let Some(level) = self.gzip {
-            let mut enc = flate2::write::GzEncoder::new(
-                Vec::with_capacity(payload.len() / 4),
-                flate2::Compression::new(level),
-            );
-            let body = enc.write_all(payload).and_then(|_| enc.finish());
-            match body {
-                Ok(body) => request = request.header(http::header::CONTENT_ENCODING, "gzip").body(body),
-                Err(e) => {
-                    return Outcome::Failed {
-                        decision: Decision::Retry { after: None },
-                        detail: format!("gzip failed: {e}"),
-                    }
-                }
-            }
-        } else {
-            request = request.body(payload.clone());
+        // Queued gzip (the exporter compresses) goes out as it is, labelled.
+        if super::payload::is_gzip(payload) {
+            request = request.header(http::header::CONTENT_ENCODING, "gzip");
         }
+        request = request.body(payload.clone());
         let response = match request.send().await {
             Ok(r) => r,
             // Connection refused, reset, TLS handshake, timeout: the receiver may come back.
@@ -474,7 +455,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
+    use std::io::{Read, Write};
 
     fn frame(message: &[u8]) -> Vec<u8> {
         let mut f = vec![0];
@@ -483,29 +464,36 @@ mod tests {
         f
     }
 
-    #[test]
-    fn a_gzipped_frame_carries_flag_length_and_the_message() {
-        let message: Vec<u8> = (0..20_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
-        for level in [1, 6, 9] {
-            let out = gzip_grpc_frame(&frame(&message), level).expect("one uncompressed frame");
-            assert_eq!(out[0], 1, "compressed flag");
-            let len = u32::from_be_bytes(out[1..5].try_into().unwrap()) as usize;
-            assert_eq!(len, out.len() - 5, "length prefix is the compressed length");
-            let mut back = Vec::new();
-            flate2::read::GzDecoder::new(&out[5..]).read_to_end(&mut back).expect("gzip decodes");
-            assert_eq!(back, message, "level {level}");
-        }
+    fn gzip(message: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(1));
+        enc.write_all(message).unwrap();
+        enc.finish().unwrap()
     }
 
     #[test]
-    fn what_is_not_one_uncompressed_frame_is_left_alone() {
-        assert!(gzip_grpc_frame(&[], 1).is_none());
-        assert!(gzip_grpc_frame(&[0, 0, 0], 1).is_none(), "short header");
-        let mut compressed = frame(b"abc");
-        compressed[0] = 1;
-        assert!(gzip_grpc_frame(&compressed, 1).is_none(), "already compressed");
-        let mut two = frame(b"abc");
-        two.extend_from_slice(&frame(b"def"));
-        assert!(gzip_grpc_frame(&two, 1).is_none(), "two frames");
+    fn a_frame_holding_gzip_is_flagged_compressed_with_its_length_kept() {
+        let message: Vec<u8> = (0..20_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let packed = gzip(&message);
+        let (header, body) = flag_gzip_frame(&Bytes::from(frame(&packed))).expect("one frame of gzip");
+        assert_eq!(header[0], 1, "compressed flag");
+        assert_eq!(u32::from_be_bytes(header[1..5].try_into().unwrap()) as usize, packed.len());
+        assert_eq!(body, packed, "the message is passed on unchanged");
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut back).expect("gzip decodes");
+        assert_eq!(back, message);
+    }
+
+    #[test]
+    fn what_is_not_one_uncompressed_frame_of_gzip_is_left_alone() {
+        let f = |v: Vec<u8>| flag_gzip_frame(&Bytes::from(v));
+        assert!(f(vec![]).is_none());
+        assert!(f(vec![0, 0, 0]).is_none(), "short header");
+        assert!(f(frame(b"\x0a\x03abc")).is_none(), "a protobuf message");
+        let mut flagged = frame(&gzip(b"abc"));
+        flagged[0] = 1;
+        assert!(f(flagged).is_none(), "already flagged");
+        let mut two = frame(&gzip(b"abc"));
+        two.extend_from_slice(&frame(&gzip(b"def")));
+        assert!(f(two).is_none(), "two frames");
     }
 }
