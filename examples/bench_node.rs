@@ -42,7 +42,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
-use sweep_files::{HYBRID_FILES, HYBRID_RARE_FILES};
+use sweep_files::{HYBRID_FILES, HYBRID_LEAN_FILES, HYBRID_RARE_FILES};
 use tonic::codec::CompressionEncoding;
 
 const HIERARCHIES: &[&str] = &["cpu", "cpuacct", "memory", "blkio", "pids", "cpuset", "systemd", "unified"];
@@ -57,6 +57,9 @@ struct Args {
     label: String,
     /// `--agent-env K=V`: more environment for the agent (e.g. its OTLP compression).
     agent_env: Vec<(String, String)>,
+    /// `--lean-config FILE`: also measure the agent with this config (the lean profile,
+    /// `config/lean.yaml`) at every N, on the same node.
+    lean_config: Option<PathBuf>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -69,6 +72,7 @@ fn parse_args() -> anyhow::Result<Args> {
         agent: PathBuf::from("target/release/podometer"),
         label: String::new(),
         agent_env: Vec::new(),
+        lean_config: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -82,6 +86,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--no-netdata" => a.netdata = false,
             "--out" => a.out = value()?.into(),
             "--agent" => a.agent = value()?.into(),
+            "--lean-config" => a.lean_config = Some(value()?.into()),
             "--label" => a.label = value()?,
             "--agent-env" => {
                 let kv = value()?;
@@ -116,10 +121,35 @@ fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         let node = Node::build(n)?;
         eprintln!("bench_node: N={n}: {} pods built in {:.1?}", node.pods.len(), started.elapsed());
-        let agent = measure_agent(&args, &node, &receiver)?;
+        let agent = measure_agent(&args, &node, &receiver, None)?;
         eprintln!("bench_node: N={n}: agent {:.1} µs per container-sweep", agent.per_container_sweep);
+        let lean_agent = match &args.lean_config {
+            Some(config) => {
+                let lean = measure_agent(&args, &node, &receiver, Some(config))?;
+                eprintln!(
+                    "bench_node: N={n}: lean agent {:.1} µs per container-sweep",
+                    lean.per_container_sweep
+                );
+                Some(lean)
+            }
+            None => None,
+        };
         let floor_cost = measure_reader(&node, args.sweeps, ReadMode::Pread)?;
         let floor = floor_cost.per_container_sweep;
+        // The lean profile's floor: the same reads, only of the files it keeps.
+        let lean = lean_agent.map(|agent| {
+            let floor: f64 = floor_cost
+                .per_file
+                .iter()
+                .filter(|(label, _, _)| {
+                    label.starts_with("/proc/")
+                        || HYBRID_LEAN_FILES.iter().any(|(h, f)| *label == format!("{h}/{f}"))
+                })
+                .map(|(_, per_read, copies)| per_read * *copies as f64)
+                .sum::<f64>()
+                / node.containers() as f64;
+            (agent, floor)
+        });
         let naive = measure_reader(&node, args.sweeps, ReadMode::OpenReadClose)?.per_container_sweep;
         per_file.push((n, floor_cost.per_file));
         eprintln!("bench_node: N={n}: floor {floor:.1} µs, naive {naive:.1} µs per container-sweep");
@@ -132,7 +162,7 @@ fn main() -> anyhow::Result<()> {
         if let Some(nd) = &netdata {
             eprintln!("bench_node: N={n}: netdata {:.1} µs per container-sample ({} cgroups)", nd.0, nd.1);
         }
-        rows.push(Row { n, agent, floor, naive, netdata });
+        rows.push(Row { n, agent, floor, naive, netdata, lean });
         drop(node);
     }
     let podman = if args.podman > 0 { Some(measure_podman(&args)?) } else { None };
@@ -495,11 +525,19 @@ struct AgentResult {
     bytes_per_sweep: f64,
 }
 
-fn measure_agent(args: &Args, node: &Node, receiver: &Receiver) -> anyhow::Result<AgentResult> {
+/// The agent over `args.sweeps` sweeps of `node`, with its built-in configuration or `config`.
+fn measure_agent(
+    args: &Args,
+    node: &Node,
+    receiver: &Receiver,
+    config: Option<&Path>,
+) -> anyhow::Result<AgentResult> {
     let n = node.containers();
-    let log = args.out.join(format!("agent-{n}{}.log", args.label));
+    let kind = if config.is_some() { "-lean" } else { "" };
+    let log = args.out.join(format!("agent-{n}{kind}{}.log", args.label));
     let child = Command::new(&args.agent)
         .arg("run")
+        .args(config.map(|c| [Path::new("-c"), c]).into_iter().flatten())
         .env("PODOMETER_INTERVAL", "1s")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", receiver.port))
         .env("NO_COLOR", "1")
@@ -850,6 +888,8 @@ struct Row {
     floor: f64,
     naive: f64,
     netdata: Option<(f64, usize)>,
+    /// The agent with the lean config, and the pread floor of the files it reads.
+    lean: Option<(AgentResult, f64)>,
 }
 
 fn machine() -> String {
@@ -889,9 +929,9 @@ fn write_results(args: &Args, machine: &str, rows: &[Row], podman: Option<f64>) 
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut csv = String::from(
-        "n,agent_containers,floor_us,naive_us,agent_us,agent_user_us,agent_system_us,sweep_thread_us,io_threads_us,netdata_us,netdata_cgroups,podman_us,rss_mib,fds,threads,bytes_per_sweep\n",
+        "n,agent_containers,floor_us,naive_us,agent_us,agent_user_us,agent_system_us,sweep_thread_us,io_threads_us,netdata_us,netdata_cgroups,podman_us,rss_mib,fds,threads,bytes_per_sweep,lean_us,lean_floor_us,lean_rss_mib\n",
     );
-    let mut dat = String::from("# n floor naive podometer netdata podman\n");
+    let mut dat = String::from("# n floor naive podometer netdata podman podometer-lean\n");
     for r in rows {
         let a = &r.agent;
         let nd = r.netdata.map(|(v, c)| format!("{v:.1} ({c} cgroups)")).unwrap_or_else(|| "-".into());
@@ -917,7 +957,7 @@ fn write_results(args: &Args, machine: &str, rows: &[Row], podman: Option<f64>) 
         let opt = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "NaN".into());
         let _ = writeln!(
             csv,
-            "{},{},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{},{},{},{:.1},{},{},{:.0}",
+            "{},{},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{},{},{},{:.1},{},{},{:.0},{},{},{}",
             r.n,
             a.containers,
             r.floor,
@@ -933,17 +973,21 @@ fn write_results(args: &Args, machine: &str, rows: &[Row], podman: Option<f64>) 
             a.rss_mib,
             a.fds,
             a.threads,
-            a.bytes_per_sweep
+            a.bytes_per_sweep,
+            opt(r.lean.as_ref().map(|l| l.0.per_container_sweep)),
+            opt(r.lean.as_ref().map(|l| l.1)),
+            opt(r.lean.as_ref().map(|l| l.0.rss_mib)),
         );
         let _ = writeln!(
             dat,
-            "{} {:.2} {:.2} {:.2} {} {}",
+            "{} {:.2} {:.2} {:.2} {} {} {}",
             r.n,
             r.floor,
             r.naive,
             a.per_container_sweep,
             opt(r.netdata.map(|x| x.0)),
-            opt(podman)
+            opt(podman),
+            opt(r.lean.as_ref().map(|l| l.0.per_container_sweep)),
         );
     }
     if let Some(p) = podman {
@@ -952,6 +996,36 @@ fn write_results(args: &Args, machine: &str, rows: &[Row], podman: Option<f64>) 
             "\n`podman stats --interval 1` streaming over {} Podman containers: {p:.1} µs per container-sample.",
             args.podman
         );
+    }
+    if rows.iter().any(|r| r.lean.is_some()) {
+        let config = args.lean_config.as_deref().unwrap_or(Path::new("?")).display().to_string();
+        let _ = writeln!(
+            md,
+            "\nLean profile (`{config}`: the same agent, `skip` leaving pressure, block I/O, `memory.stat` and throttling unread), on the same node in the same run; its floor is the pread floor of the files it still reads.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| N | lean floor | podometer lean | ratio | sweep thread | I/O threads | RSS MiB | netdata ÷ lean | podman ÷ lean |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+        for r in rows {
+            let Some((l, floor)) = &r.lean else { continue };
+            let times = |other: Option<f64>| {
+                other.map(|v| format!("{:.2}×", v / l.per_container_sweep)).unwrap_or_else(|| "-".into())
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {floor:.1} | {:.1} | {:.2}× | {:.1} | {:.1} | {:.1} | {} | {} |",
+                r.n,
+                l.per_container_sweep,
+                l.per_container_sweep / floor,
+                l.sweep_thread,
+                l.io_threads,
+                l.rss_mib,
+                times(r.netdata.map(|x| x.0)),
+                times(podman),
+            );
+        }
     }
     if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
         let _ = writeln!(

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The node benchmark (issue 10): the whole agent at 1 s over a synthetic kubelet-style node of
 # N containers, beside the pread floor, a naive reader, Netdata's cgroups plugin and
-# `podman stats`; writes bench/results/node.{md,csv,dat,png}. Root only.
+# `podman stats`, and the agent again with the lean profile (config/lean.yaml); writes
+# bench/results/node.{md,csv,dat,png}. Root only.
 #
 #   scripts/bench-node.sh                 # N = 100, 500, 1000; 20 sweeps; 40 Podman containers
 #   scripts/bench-node.sh --smoke         # CI: N = 12, 30; 3 sweeps; no Podman, no Netdata;
 #                                         # debug build, results in a temp dir
 #   scripts/bench-node.sh --label -run2   # results as node-run2.*
 # Extra arguments go to the harness (examples/bench_node.rs): --sizes, --sweeps, --podman N,
-# --no-netdata, --out DIR, --label SUFFIX.
+# --no-netdata, --out DIR, --label SUFFIX, --lean-config FILE (given here as config/lean.yaml).
 # Installs what it needs (Debian: netdata, gnuplot-nox; and what scripts/testbed.sh installs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,13 +39,14 @@ if [ "$smoke" = 1 ]; then
   out=$(mktemp -d)
   trap 'rm -rf "$out"' EXIT
   target/debug/examples/bench_node --agent target/debug/podometer --sizes 12,30 --sweeps 3 \
-    --podman 0 --no-netdata --out "$out" "${args[@]}"
+    --podman 0 --no-netdata --lean-config config/lean.yaml --out "$out" "${args[@]}"
   results="$out"
 else
   eval "$(bash scripts/testbed.sh)"   # podman, runc and the local busybox images
   cargo build -q --release --bin podometer --example bench_node
   results=bench/results
-  target/release/examples/bench_node --agent target/release/podometer --out "$results" "${args[@]}"
+  target/release/examples/bench_node --agent target/release/podometer --lean-config config/lean.yaml \
+    --out "$results" "${args[@]}"
 fi
 
 label=""
@@ -66,6 +68,7 @@ set datafile missing "NaN"
 plot "$dat" using 1:2 with linespoints title "pread floor", \
      "$dat" using 1:3 with linespoints title "naive open+read+close", \
      "$dat" using 1:4 with linespoints lw 2 title "podometer (whole agent)", \
+     "$dat" using 1:7 with linespoints lw 2 dashtype 3 title "podometer, lean profile", \
      "$dat" using 1:5 with linespoints title "Netdata cgroups plugin", \
      "$dat" using 1:6 with lines dashtype 2 title "podman stats (40 containers)"
 PLOT

@@ -19,6 +19,16 @@ pub const HYBRID_FILES: &[(&str, &str)] = &[
     ("unified", "io.pressure"),
 ];
 
+/// What the lean profile (`config/lean.yaml`: `skip: [pressure, block_io, memory_stat,
+/// throttling]`) still reads per container on a hybrid host: `HYBRID_FILES` without the
+/// skipped groups' files.
+pub const HYBRID_LEAN_FILES: &[(&str, &str)] = &[
+    ("unified", "cpu.stat"),
+    ("memory", "memory.usage_in_bytes"),
+    ("memory", "memory.oom_control"),
+    ("pids", "pids.current"),
+];
+
 /// Files read rarely (limits) or only for cgroups missing from `unified/` (the cpuacct files,
 /// `cpuacct.stat` on older kernels): in the per-file cost table, not in the floor.
 pub const HYBRID_RARE_FILES: &[(&str, &str)] = &[
