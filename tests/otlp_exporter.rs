@@ -571,33 +571,35 @@ async fn a_disk_queue_written_under_one_compression_is_sent_under_the_other() {
             let expected: Vec<ExportMetricsServiceRequest> =
                 (0..4).map(|i| encode_sweep(&sweep(i, 4))).collect();
             let what = format!("{protocol}, queued with {before}, sent with {after}");
-            let mut exp;
-            let (got, encodings): (Vec<ExportMetricsServiceRequest>, Vec<bool>) = if protocol == "grpc" {
+            // Each request the receiver got, and whether it came gzipped.
+            type Seen = Box<dyn Fn() -> Vec<(ExportMetricsServiceRequest, bool)>>;
+            let (_server, seen): (Box<dyn std::any::Any>, Seen) = if protocol == "grpc" {
                 let server = GrpcServer::serve(listener, Vec::new());
-                exp = exporter(&config(&yaml(after)));
-                exp.export(Arc::new(sweep(3, 4))).await.unwrap();
-                let stats = exp.stats();
-                wait_for(&what, Duration::from_secs(10), || get(&stats.batches_sent) == 4).await;
-                let received = server.script.received.lock().unwrap();
-                received
-                    .iter()
-                    .map(|(_, r, m)| (r.clone(), m.get("grpc-encoding").is_some_and(|v| v == "gzip")))
-                    .unzip()
+                let script = server.script.clone();
+                let seen = move || {
+                    let received = script.received.lock().unwrap();
+                    let gzip = |m: &tonic::metadata::MetadataMap| {
+                        m.get("grpc-encoding").is_some_and(|v| v == "gzip")
+                    };
+                    received.iter().map(|(_, r, m)| (r.clone(), gzip(m))).collect()
+                };
+                (Box::new(server), Box::new(seen))
             } else {
                 drop(listener);
                 let server = HttpServer::start_on(port, Vec::new()).await;
-                exp = exporter(&config(&yaml(after)));
-                exp.export(Arc::new(sweep(3, 4))).await.unwrap();
-                let stats = exp.stats();
-                wait_for(&what, Duration::from_secs(10), || get(&stats.batches_sent) == 4).await;
-                let received = server.script.received.lock().unwrap();
-                received
-                    .iter()
-                    .map(|a| {
-                        (a.request.clone(), a.headers.get("content-encoding").is_some_and(|v| v == "gzip"))
-                    })
-                    .unzip()
+                let script = server.script.clone();
+                let seen = move || {
+                    let received = script.received.lock().unwrap();
+                    let gzip = |h: &http::HeaderMap| h.get("content-encoding").is_some_and(|v| v == "gzip");
+                    received.iter().map(|a| (a.request.clone(), gzip(&a.headers))).collect()
+                };
+                (Box::new(server), Box::new(seen))
             };
+            let mut exp = exporter(&config(&yaml(after)));
+            exp.export(Arc::new(sweep(3, 4))).await.unwrap();
+            let stats = exp.stats();
+            wait_for(&what, Duration::from_secs(10), || get(&stats.batches_sent) == 4).await;
+            let (got, encodings): (Vec<ExportMetricsServiceRequest>, Vec<bool>) = seen().into_iter().unzip();
             assert_eq!(got, expected, "{what}: every batch arrives whole, in order");
             assert_eq!(encodings, vec![after == "gzip"; 4], "{what}: each is sent as now configured");
             assert_eq!(get(&exp.stats().batches_dropped), 0, "{what}");
