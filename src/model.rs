@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// How a metric behaves over time; decides its OTLP shape.
@@ -55,23 +56,154 @@ pub enum ResourceId {
     Pod(String),
 }
 
+/// A string attribute value. Sources build their points anew every sweep, and most values
+/// are constants (`cpu.mode` "user", a direction) or repeat on every point of a resource (an
+/// interface name on its eight points): a constant is kept as a `&'static str` and anything
+/// else in one shared allocation, so building or cloning a value allocates nothing.
+/// Equality, ordering and hashing are those of the text, whichever form holds it.
+#[derive(Clone)]
+pub enum AttrStr {
+    /// A constant (a semantic-convention value, a runtime name).
+    Static(&'static str),
+    /// Text known only at run time; clones share it.
+    Shared(Arc<str>),
+}
+
+impl AttrStr {
+    pub fn as_str(&self) -> &str {
+        match self {
+            AttrStr::Static(s) => s,
+            AttrStr::Shared(s) => s,
+        }
+    }
+}
+
+impl std::ops::Deref for AttrStr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for AttrStr {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for AttrStr {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for AttrStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for AttrStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq for AttrStr {
+    fn eq(&self, other: &AttrStr) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+impl Eq for AttrStr {}
+
+impl std::hash::Hash for AttrStr {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+
+impl PartialEq<str> for AttrStr {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+impl PartialEq<&str> for AttrStr {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+impl PartialEq<String> for AttrStr {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+impl PartialEq<AttrStr> for str {
+    fn eq(&self, other: &AttrStr) -> bool {
+        self == other.as_str()
+    }
+}
+impl PartialEq<AttrStr> for &str {
+    fn eq(&self, other: &AttrStr) -> bool {
+        *self == other.as_str()
+    }
+}
+impl PartialEq<AttrStr> for String {
+    fn eq(&self, other: &AttrStr) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl From<&str> for AttrStr {
+    fn from(s: &str) -> Self {
+        AttrStr::Shared(Arc::from(s))
+    }
+}
+impl From<String> for AttrStr {
+    fn from(s: String) -> Self {
+        AttrStr::Shared(Arc::from(s))
+    }
+}
+impl From<Arc<str>> for AttrStr {
+    fn from(s: Arc<str>) -> Self {
+        AttrStr::Shared(s)
+    }
+}
+
 /// Attribute values the agent emits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttrValue {
-    Str(String),
+    Str(AttrStr),
     Int(i64),
     Bool(bool),
     /// An array of strings (`container.image.tags`).
     StrArray(Vec<String>),
 }
 
+impl AttrValue {
+    /// A constant string value, kept without copying (`From<&str>` copies, since it cannot
+    /// tell a constant from borrowed text).
+    pub const fn constant(s: &'static str) -> AttrValue {
+        AttrValue::Str(AttrStr::Static(s))
+    }
+
+    /// A string value copied from borrowed text into a shared allocation.
+    pub fn text(s: &str) -> AttrValue {
+        AttrValue::Str(AttrStr::Shared(Arc::from(s)))
+    }
+}
+
 impl From<&str> for AttrValue {
     fn from(s: &str) -> Self {
-        AttrValue::Str(s.to_owned())
+        AttrValue::text(s)
     }
 }
 impl From<String> for AttrValue {
     fn from(s: String) -> Self {
+        AttrValue::Str(s.into())
+    }
+}
+impl From<AttrStr> for AttrValue {
+    fn from(s: AttrStr) -> Self {
         AttrValue::Str(s)
     }
 }

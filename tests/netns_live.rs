@@ -57,7 +57,7 @@ fn interfaces_of(sweep: &Sweep, id: &ResourceId) -> Vec<String> {
             r.points
                 .iter()
                 .filter_map(|p| match p.attribute(semconv::NETWORK_INTERFACE_NAME) {
-                    Some(AttrValue::Str(s)) => Some(s.clone()),
+                    Some(AttrValue::Str(s)) => Some(s.to_string()),
                     _ => None,
                 })
                 .collect()

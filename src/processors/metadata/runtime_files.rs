@@ -382,7 +382,7 @@ fn to_meta(names: &Names, info: &ContainerInfo) -> (ContainerMeta, Option<(Strin
     if let Some(image) = &names.image {
         let (name, tag) = split_image(image);
         if !name.is_empty() {
-            attributes.push((semconv::CONTAINER_IMAGE_NAME, name.into()));
+            attributes.push((semconv::CONTAINER_IMAGE_NAME, AttrValue::text(name)));
         }
         if let Some(tag) = tag {
             attributes.push((semconv::CONTAINER_IMAGE_TAGS, AttrValue::StrArray(vec![tag.to_owned()])));

@@ -63,7 +63,9 @@ use thiserror::Error;
 use tracing::debug;
 
 use crate::glob::Glob;
-use crate::model::{Attributes, ContainerInfo, PodRef, Point, ResourceId, Sweep, SweepContext, Value};
+use crate::model::{
+    AttrValue, Attributes, ContainerInfo, PodRef, Point, ResourceId, Sweep, SweepContext, Value,
+};
 use crate::semconv::{self, NetworkFamily};
 use crate::sources::{container_attributes, is_vanished, pod_attributes, BoxError, Source};
 use crate::telemetry::Telemetry;
@@ -654,10 +656,11 @@ impl NetnsSource {
         let Target { id, attributes, family, .. } = target;
         let resource = sweep.resource_mut(id, || attributes);
         for iface in wanted {
-            let peer = peers.and_then(|p| p.get(&iface.name));
+            // One shared value per interface, cloned onto its eight points without allocating.
+            let peer = peers.and_then(|p| p.get(&iface.name)).map(|p| AttrValue::text(p));
             for mut point in interface_points(family, iface) {
-                if let Some(peer) = peer {
-                    point = point.with(semconv::NETWORK_INTERFACE_HOST_PEER, peer.as_str());
+                if let Some(peer) = &peer {
+                    point = point.with(semconv::NETWORK_INTERFACE_HOST_PEER, peer.clone());
                 }
                 point.start_time = Some(origin);
                 resource.points.push(point);
@@ -680,9 +683,11 @@ pub(crate) fn interface_points<'a>(
     family: &'static NetworkFamily,
     iface: &'a InterfaceCounters,
 ) -> impl Iterator<Item = Point> + 'a {
+    let name = AttrValue::text(&iface.name);
     [(semconv::DIRECTION_RECEIVE, &iface.receive), (semconv::DIRECTION_TRANSMIT, &iface.transmit)]
         .into_iter()
         .flat_map(move |(direction, c)| {
+            let name = name.clone();
             [
                 (&family.io, c.bytes),
                 (&family.errors, c.errors),
@@ -692,8 +697,8 @@ pub(crate) fn interface_points<'a>(
             .into_iter()
             .map(move |(metric, value)| {
                 Point::new(metric, Value::from_u64(value))
-                    .with(semconv::NETWORK_INTERFACE_NAME, iface.name.as_str())
-                    .with(semconv::NETWORK_IO_DIRECTION, direction)
+                    .with(semconv::NETWORK_INTERFACE_NAME, name.clone())
+                    .with(semconv::NETWORK_IO_DIRECTION, AttrValue::constant(direction))
             })
         })
 }
