@@ -435,7 +435,7 @@ impl Source for PodNetworkSource {
         for iface in
             interfaces.iter().filter(|i| !self.config.exclude_interfaces.iter().any(|g| g.matches(&i.name)))
         {
-            resource.points.extend(interface_points(family, iface));
+            resource.points.extend(interface_points(family, iface, None));
         }
         Ok(())
     }

@@ -312,11 +312,10 @@ impl Out<'_> {
         for d in devices {
             for (direction, value) in [(semconv::DIRECTION_READ, d.read), (semconv::DIRECTION_WRITE, d.write)]
             {
-                self.points.push(
-                    Point::new(metric, Value::from_u64(value))
-                        .with(semconv::DISK_IO_DIRECTION, AttrValue::constant(direction))
-                        .with(semconv::SYSTEM_DEVICE, AttrValue::text(&d.device)),
-                );
+                self.points.push(Point::new(metric, Value::from_u64(value)).with_all([
+                    (semconv::DISK_IO_DIRECTION, AttrValue::constant(direction)),
+                    (semconv::SYSTEM_DEVICE, AttrValue::text(&d.device)),
+                ]));
             }
         }
     }

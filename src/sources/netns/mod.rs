@@ -658,10 +658,7 @@ impl NetnsSource {
         for iface in wanted {
             // One shared value per interface, cloned onto its eight points without allocating.
             let peer = peers.and_then(|p| p.get(&iface.name)).map(|p| AttrValue::text(p));
-            for mut point in interface_points(family, iface) {
-                if let Some(peer) = &peer {
-                    point = point.with(semconv::NETWORK_INTERFACE_HOST_PEER, peer.clone());
-                }
+            for mut point in interface_points(family, iface, peer.as_ref()) {
                 point.start_time = Some(origin);
                 resource.points.push(point);
             }
@@ -677,11 +674,13 @@ fn lists_an_interface(text: &str) -> bool {
 }
 
 /// The eight points of one interface (bytes, errors, packets and drops, each received and
-/// transmitted), named by `family` and carrying the interface's name and the direction; the
-/// one shape of network series for both the netns source and the sidecar's `pod_network`.
+/// transmitted), named by `family` and carrying the interface's name, the direction and, when
+/// known, the host peer; the one shape of network series for both the netns source and the
+/// sidecar's `pod_network`.
 pub(crate) fn interface_points<'a>(
     family: &'static NetworkFamily,
     iface: &'a InterfaceCounters,
+    peer: Option<&'a AttrValue>,
 ) -> impl Iterator<Item = Point> + 'a {
     let name = AttrValue::text(&iface.name);
     [(semconv::DIRECTION_RECEIVE, &iface.receive), (semconv::DIRECTION_TRANSMIT, &iface.transmit)]
@@ -696,9 +695,17 @@ pub(crate) fn interface_points<'a>(
             ]
             .into_iter()
             .map(move |(metric, value)| {
-                Point::new(metric, Value::from_u64(value))
-                    .with(semconv::NETWORK_INTERFACE_NAME, name.clone())
-                    .with(semconv::NETWORK_IO_DIRECTION, AttrValue::constant(direction))
+                let point = Point::new(metric, Value::from_u64(value));
+                let name = (semconv::NETWORK_INTERFACE_NAME, name.clone());
+                let direction = (semconv::NETWORK_IO_DIRECTION, AttrValue::constant(direction));
+                match peer {
+                    Some(peer) => point.with_all([
+                        name,
+                        direction,
+                        (semconv::NETWORK_INTERFACE_HOST_PEER, peer.clone()),
+                    ]),
+                    None => point.with_all([name, direction]),
+                }
             })
         })
 }
