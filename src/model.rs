@@ -238,10 +238,11 @@ impl Point {
     pub fn with(mut self, key: &'static str, value: impl Into<AttrValue>) -> Point {
         // Most points carry one attribute: size it exactly (a first `push` would make room
         // for four, 192 bytes, on every point of every sweep).
-        if self.attributes.capacity() == 0 {
-            self.attributes.reserve_exact(1);
+        if self.attributes.is_empty() {
+            self.attributes = vec![(key, value.into())];
+        } else {
+            self.attributes.push((key, value.into()));
         }
-        self.attributes.push((key, value.into()));
         self
     }
 

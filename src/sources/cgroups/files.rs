@@ -314,7 +314,7 @@ impl Out<'_> {
             {
                 self.points.push(Point::new(metric, Value::from_u64(value)).with_all([
                     (semconv::DISK_IO_DIRECTION, AttrValue::constant(direction)),
-                    (semconv::SYSTEM_DEVICE, AttrValue::text(&d.device)),
+                    (semconv::SYSTEM_DEVICE, AttrValue::Str(d.device.clone().into())),
                 ]));
             }
         }
