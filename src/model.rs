@@ -4,7 +4,7 @@
 //! one per pod), each with points that name a static [`MetricDesc`]. The encoder turns a sweep
 //! into an `ExportMetricsServiceRequest`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -170,7 +170,7 @@ impl From<Arc<str>> for AttrStr {
 }
 
 /// Attribute values the agent emits.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum AttrValue {
     Str(AttrStr),
     Int(i64),
@@ -394,41 +394,36 @@ impl SweepContext {
     }
 }
 
-/// One counter series of a resource, as [`StartTimes`] remembers it.
+/// The attribute set of a point, shared by every series that has it.
+type AttributeSet = Arc<[(&'static str, AttrValue)]>;
+
+/// One counter series of a resource, as [`StartTimes`] remembers it. There is one per counter
+/// point of every resource, so it is kept small: the attributes are an interned set (most are
+/// the same on every resource, `cpu.mode` "user", an interface and direction), and the time of
+/// the last sighting is the previous sweep's for every series (a series missing from a sweep
+/// is forgotten), so it is kept once in [`StartTimes`].
 #[derive(Debug, Clone)]
 struct Series {
     metric: &'static str,
-    /// The point's attributes, exactly sized; string values are shared with the points
-    /// (see [`AttrStr`]), so this copy holds no text of its own.
-    attributes: Box<[(&'static str, AttrValue)]>,
+    attributes: AttributeSet,
     start: SystemTime,
     last: f64,
-    last_time: SystemTime,
     /// The `StartTimes::generation` of the last sweep that had this series.
     seen: u64,
     /// The origin the source gave with the point (see [`StartTimes`]).
     origin: Option<SystemTime>,
 }
 
-/// Gives every counter point its start time.
-///
-/// A series starts when it is first seen. A series missing from a sweep is forgotten, so a
-/// container id, interface or device that comes back is a new series. A counter that goes
-/// backwards was reset between the previous sweep and this one; its new start is the previous
-/// sweep's time, the latest instant known to precede the reset.
-///
-/// A source that knows its counters were replaced (a pod's new network namespace starts from
-/// zero, and may already be past the old values) says so by setting a point's `start_time` to
-/// the origin of its counters, e.g. when it first saw that namespace; when a series' origin
-/// changes, the series restarts as after a reset. The stamped `start_time` replaces it.
-///
-/// This runs for every point of every sweep, so lookups allocate nothing: series are kept per
-/// resource in the order the source emits them, and the next point is checked against the
-/// next remembered series before any search.
 #[derive(Debug, Default)]
 pub struct StartTimes {
     resources: HashMap<ResourceId, Vec<Series>>,
+    /// Every attribute set some series has: a series holds a reference, not a copy. Series
+    /// are matched by comparing the point's attributes with the set itself, never by a hash
+    /// alone, so two series cannot be merged.
+    attribute_sets: HashSet<AttributeSet>,
     generation: u64,
+    /// The previous sweep's time: when every remembered series was last seen.
+    previous: Option<SystemTime>,
 }
 
 impl StartTimes {
@@ -440,6 +435,8 @@ impl StartTimes {
         self.generation += 1;
         let generation = self.generation;
         let now = sweep.time;
+        let previous = self.previous.unwrap_or(now);
+        let attribute_sets = &mut self.attribute_sets;
         for resource in &mut sweep.resources {
             let series = match self.resources.get_mut(&resource.id) {
                 Some(series) => series,
@@ -468,21 +465,27 @@ impl StartTimes {
                         let s = &mut series[i];
                         let replaced = origin.is_some() && s.origin.is_some() && origin != s.origin;
                         if value < s.last || replaced {
-                            s.start = s.last_time;
+                            s.start = previous;
                         }
                         s.origin = origin;
                         s.last = value;
-                        s.last_time = now;
                         s.seen = generation;
                         i
                     }
                     None => {
+                        let attributes = match attribute_sets.get(point.attributes.as_slice()) {
+                            Some(set) => set.clone(),
+                            None => {
+                                let set: AttributeSet = point.attributes.as_slice().into();
+                                attribute_sets.insert(set.clone());
+                                set
+                            }
+                        };
                         series.push(Series {
                             metric: point.metric.name,
-                            attributes: point.attributes.as_slice().into(),
+                            attributes,
                             start: now,
                             last: value,
-                            last_time: now,
                             seen: generation,
                             origin,
                         });
@@ -497,6 +500,9 @@ impl StartTimes {
             series.retain(|s| s.seen == generation);
             !series.is_empty()
         });
+        // A set no series refers to any more is dropped.
+        self.attribute_sets.retain(|set| Arc::strong_count(set) > 1);
+        self.previous = Some(now);
     }
 
     /// How many series are remembered.
@@ -615,6 +621,40 @@ mod tests {
         let mut s4 = at(130, 950, 120);
         st.apply(&mut s4);
         assert_eq!(start_of(&s4), t(110), "and kept while the origin stays");
+    }
+
+    #[test]
+    fn attribute_sets_are_shared_across_resources_and_dropped_with_their_last_series() {
+        let t = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let point = |device: &str, v: i64| {
+            Point::new(&semconv::CONTAINER.disk_io, Value::Int(v))
+                .with(semconv::SYSTEM_DEVICE, device.to_owned())
+        };
+        let mut st = StartTimes::new();
+        let mut s1 = Sweep::new(t(100));
+        for id in ["a", "b"] {
+            s1.resource_mut(ResourceId::Container(id.into()), Vec::new)
+                .points
+                .extend([point("8:0", 5), point("8:16", 7)]);
+        }
+        st.apply(&mut s1);
+        assert_eq!(st.len(), 4, "one series per resource and device");
+        assert_eq!(st.attribute_sets.len(), 2, "one set per device, shared by both resources");
+        // "b" goes away and "a" loses 8:16: only 8:0's set is still referred to.
+        let mut s2 = Sweep::new(t(110));
+        s2.resource_mut(ResourceId::Container("a".into()), Vec::new).points.push(point("8:0", 6));
+        st.apply(&mut s2);
+        assert_eq!((st.len(), st.attribute_sets.len()), (1, 1));
+        assert_eq!(s2.resources[0].points[0].start_time, Some(t(100)));
+        // 8:16 comes back on "a": a new series, whose set is made again.
+        let mut s3 = Sweep::new(t(120));
+        s3.resource_mut(ResourceId::Container("a".into()), Vec::new)
+            .points
+            .extend([point("8:0", 1), point("8:16", 9)]);
+        st.apply(&mut s3);
+        let starts: Vec<_> = s3.resources[0].points.iter().map(|p| p.start_time.unwrap()).collect();
+        assert_eq!(starts, [t(110), t(120)], "8:0 reset after the previous sweep; 8:16 starts now");
+        assert_eq!((st.len(), st.attribute_sets.len()), (2, 2));
     }
 
     #[test]
