@@ -385,7 +385,9 @@ impl ContainerInfo {
 #[derive(Debug)]
 pub struct SweepContext {
     pub time: SystemTime,
-    pub containers: Vec<ContainerInfo>,
+    /// Shared with the cgroup source, which keeps them from one discovery to the next: handing
+    /// them over costs a reference count, not four strings, per container and sweep.
+    pub containers: Vec<Arc<ContainerInfo>>,
 }
 
 impl SweepContext {

@@ -165,8 +165,8 @@ fn k8s(uid: &str, qos: &str) -> Option<PodRef> {
     Some(PodRef::Kubernetes { uid: uid.to_owned(), qos: qos.to_owned() })
 }
 
-fn info(id: &str, runtime: Runtime, pod: Option<PodRef>, procs: PathBuf) -> ContainerInfo {
-    ContainerInfo { id: id.to_owned(), runtime, pod, procs_file: procs }
+fn info(id: &str, runtime: Runtime, pod: Option<PodRef>, procs: PathBuf) -> std::sync::Arc<ContainerInfo> {
+    std::sync::Arc::new(ContainerInfo { id: id.to_owned(), runtime, pod, procs_file: procs })
 }
 
 fn stats(containers: usize, pods: usize, errors: usize) -> SweepStats {

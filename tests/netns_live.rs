@@ -20,7 +20,7 @@ const PORT: u16 = 8080;
 fn sweep(source: &mut NetnsSource, containers: &[ContainerInfo]) -> Sweep {
     let now = SystemTime::now();
     let mut ctx = SweepContext::new(now);
-    ctx.containers = containers.to_vec();
+    ctx.containers = containers.iter().cloned().map(std::sync::Arc::new).collect();
     let mut sweep = Sweep::new(now);
     source.collect(&mut ctx, &mut sweep).expect("collect");
     sweep

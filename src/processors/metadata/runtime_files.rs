@@ -47,6 +47,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Deserializer};
@@ -599,7 +600,7 @@ impl RuntimeFiles {
     }
 
     /// Reads the files of containers not seen before and forgets those that are gone.
-    fn update(&mut self, containers: &[ContainerInfo]) {
+    fn update(&mut self, containers: &[Arc<ContainerInfo>]) {
         self.generation += 1;
         let now = Instant::now();
         for info in containers {

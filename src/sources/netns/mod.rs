@@ -56,6 +56,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Deserialize;
@@ -524,7 +525,10 @@ impl NetnsSource {
     /// Each container's namespace, containers grouped by it, oldest namespace first (by its
     /// oldest process), so that when a pod shows in two namespaces (its sandbox being replaced)
     /// the one it has been using keeps the series. Forgets containers no longer listed.
-    fn group_by_namespace<'c>(&mut self, containers: &'c [ContainerInfo]) -> Vec<(NsKey, Vec<Member<'c>>)> {
+    fn group_by_namespace<'c>(
+        &mut self,
+        containers: &'c [Arc<ContainerInfo>],
+    ) -> Vec<(NsKey, Vec<Member<'c>>)> {
         let telemetry = Telemetry::global();
         let mut groups: BTreeMap<NsKey, Vec<Member<'c>>> = BTreeMap::new();
         let mut seen: HashSet<&str> = HashSet::with_capacity(containers.len());
