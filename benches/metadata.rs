@@ -48,12 +48,12 @@ fn node() -> Node {
         let path = state.join("io.containerd.runtime.v2.task/k8s.io").join(&id);
         std::fs::create_dir_all(&path).expect("bundle dir");
         std::fs::write(path.join("config.json"), bundle).expect("bundle");
-        ctx.containers.push(ContainerInfo {
+        ctx.containers.push(std::sync::Arc::new(ContainerInfo {
             id: id.clone(),
             runtime: Runtime::Containerd,
             pod: Some(PodRef::Kubernetes { uid: uid.clone(), qos: "burstable".into() }),
             procs_file: PathBuf::from("/nonexistent"),
-        });
+        }));
         let r = sweep.resource_mut(ResourceId::Container(id.clone()), || {
             vec![
                 (semconv::CONTAINER_ID, id.into()),

@@ -23,7 +23,7 @@ pub fn unix_nanos(t: SystemTime) -> u64 {
 
 pub fn key_value(key: &str, value: &AttrValue) -> KeyValue {
     let value = match value {
-        AttrValue::Str(s) => any_value::Value::StringValue(s.clone()),
+        AttrValue::Str(s) => any_value::Value::StringValue(s.to_string()),
         AttrValue::Int(i) => any_value::Value::IntValue(*i),
         AttrValue::Bool(b) => any_value::Value::BoolValue(*b),
         AttrValue::StrArray(items) => any_value::Value::ArrayValue(ArrayValue {
@@ -464,7 +464,7 @@ mod tests {
                 (semconv::CONTAINER_ID, "c1".into()),
                 ("k.int", AttrValue::Int(-7)),
                 ("k.bool", AttrValue::Bool(true)),
-                ("k.empty", AttrValue::Str(String::new())),
+                ("k.empty", AttrValue::from(String::new())),
                 ("k.tags", AttrValue::StrArray(vec!["a".into(), String::new(), "ccc".into()])),
             ]
         });

@@ -4,8 +4,9 @@
 //! one per pod), each with points that name a static [`MetricDesc`]. The encoder turns a sweep
 //! into an `ExportMetricsServiceRequest`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// How a metric behaves over time; decides its OTLP shape.
@@ -55,23 +56,154 @@ pub enum ResourceId {
     Pod(String),
 }
 
+/// A string attribute value. Sources build their points anew every sweep, and most values
+/// are constants (`cpu.mode` "user", a direction) or repeat on every point of a resource (an
+/// interface name on its eight points): a constant is kept as a `&'static str` and anything
+/// else in one shared allocation, so building or cloning a value allocates nothing.
+/// Equality, ordering and hashing are those of the text, whichever form holds it.
+#[derive(Clone)]
+pub enum AttrStr {
+    /// A constant (a semantic-convention value, a runtime name).
+    Static(&'static str),
+    /// Text known only at run time; clones share it.
+    Shared(Arc<str>),
+}
+
+impl AttrStr {
+    pub fn as_str(&self) -> &str {
+        match self {
+            AttrStr::Static(s) => s,
+            AttrStr::Shared(s) => s,
+        }
+    }
+}
+
+impl std::ops::Deref for AttrStr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for AttrStr {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for AttrStr {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for AttrStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for AttrStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq for AttrStr {
+    fn eq(&self, other: &AttrStr) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+impl Eq for AttrStr {}
+
+impl std::hash::Hash for AttrStr {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+
+impl PartialEq<str> for AttrStr {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+impl PartialEq<&str> for AttrStr {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+impl PartialEq<String> for AttrStr {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+impl PartialEq<AttrStr> for str {
+    fn eq(&self, other: &AttrStr) -> bool {
+        self == other.as_str()
+    }
+}
+impl PartialEq<AttrStr> for &str {
+    fn eq(&self, other: &AttrStr) -> bool {
+        *self == other.as_str()
+    }
+}
+impl PartialEq<AttrStr> for String {
+    fn eq(&self, other: &AttrStr) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl From<&str> for AttrStr {
+    fn from(s: &str) -> Self {
+        AttrStr::Shared(Arc::from(s))
+    }
+}
+impl From<String> for AttrStr {
+    fn from(s: String) -> Self {
+        AttrStr::Shared(Arc::from(s))
+    }
+}
+impl From<Arc<str>> for AttrStr {
+    fn from(s: Arc<str>) -> Self {
+        AttrStr::Shared(s)
+    }
+}
+
 /// Attribute values the agent emits.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum AttrValue {
-    Str(String),
+    Str(AttrStr),
     Int(i64),
     Bool(bool),
     /// An array of strings (`container.image.tags`).
     StrArray(Vec<String>),
 }
 
+impl AttrValue {
+    /// A constant string value, kept without copying (`From<&str>` copies, since it cannot
+    /// tell a constant from borrowed text).
+    pub const fn constant(s: &'static str) -> AttrValue {
+        AttrValue::Str(AttrStr::Static(s))
+    }
+
+    /// A string value copied from borrowed text into a shared allocation.
+    pub fn text(s: &str) -> AttrValue {
+        AttrValue::Str(AttrStr::Shared(Arc::from(s)))
+    }
+}
+
 impl From<&str> for AttrValue {
     fn from(s: &str) -> Self {
-        AttrValue::Str(s.to_owned())
+        AttrValue::text(s)
     }
 }
 impl From<String> for AttrValue {
     fn from(s: String) -> Self {
+        AttrValue::Str(s.into())
+    }
+}
+impl From<AttrStr> for AttrValue {
+    fn from(s: AttrStr) -> Self {
         AttrValue::Str(s)
     }
 }
@@ -104,7 +236,24 @@ impl Point {
     }
 
     pub fn with(mut self, key: &'static str, value: impl Into<AttrValue>) -> Point {
-        self.attributes.push((key, value.into()));
+        // Most points carry one attribute: size it exactly (a first `push` would make room
+        // for four, 192 bytes, on every point of every sweep).
+        if self.attributes.is_empty() {
+            self.attributes = vec![(key, value.into())];
+        } else {
+            self.attributes.push((key, value.into()));
+        }
+        self
+    }
+
+    /// The point with these attributes added, in one allocation of the exact size when it
+    /// had none.
+    pub fn with_all<const N: usize>(mut self, attributes: [(&'static str, AttrValue); N]) -> Point {
+        if self.attributes.is_empty() {
+            self.attributes = Vec::from(attributes);
+        } else {
+            self.attributes.extend(attributes);
+        }
         self
     }
 
@@ -236,7 +385,9 @@ impl ContainerInfo {
 #[derive(Debug)]
 pub struct SweepContext {
     pub time: SystemTime,
-    pub containers: Vec<ContainerInfo>,
+    /// Shared with the cgroup source, which keeps them from one discovery to the next: handing
+    /// them over costs a reference count, not four strings, per container and sweep.
+    pub containers: Vec<Arc<ContainerInfo>>,
 }
 
 impl SweepContext {
@@ -245,39 +396,36 @@ impl SweepContext {
     }
 }
 
-/// One counter series of a resource, as [`StartTimes`] remembers it.
+/// The attribute set of a point, shared by every series that has it.
+type AttributeSet = Arc<[(&'static str, AttrValue)]>;
+
+/// One counter series of a resource, as [`StartTimes`] remembers it. There is one per counter
+/// point of every resource, so it is kept small: the attributes are an interned set (most are
+/// the same on every resource, `cpu.mode` "user", an interface and direction), and the time of
+/// the last sighting is the previous sweep's for every series (a series missing from a sweep
+/// is forgotten), so it is kept once in [`StartTimes`].
 #[derive(Debug, Clone)]
 struct Series {
     metric: &'static str,
-    attributes: Attributes,
+    attributes: AttributeSet,
     start: SystemTime,
     last: f64,
-    last_time: SystemTime,
     /// The `StartTimes::generation` of the last sweep that had this series.
     seen: u64,
     /// The origin the source gave with the point (see [`StartTimes`]).
     origin: Option<SystemTime>,
 }
 
-/// Gives every counter point its start time.
-///
-/// A series starts when it is first seen. A series missing from a sweep is forgotten, so a
-/// container id, interface or device that comes back is a new series. A counter that goes
-/// backwards was reset between the previous sweep and this one; its new start is the previous
-/// sweep's time, the latest instant known to precede the reset.
-///
-/// A source that knows its counters were replaced (a pod's new network namespace starts from
-/// zero, and may already be past the old values) says so by setting a point's `start_time` to
-/// the origin of its counters, e.g. when it first saw that namespace; when a series' origin
-/// changes, the series restarts as after a reset. The stamped `start_time` replaces it.
-///
-/// This runs for every point of every sweep, so lookups allocate nothing: series are kept per
-/// resource in the order the source emits them, and the next point is checked against the
-/// next remembered series before any search.
 #[derive(Debug, Default)]
 pub struct StartTimes {
     resources: HashMap<ResourceId, Vec<Series>>,
+    /// Every attribute set some series has: a series holds a reference, not a copy. Series
+    /// are matched by comparing the point's attributes with the set itself, never by a hash
+    /// alone, so two series cannot be merged.
+    attribute_sets: HashSet<AttributeSet>,
     generation: u64,
+    /// The previous sweep's time: when every remembered series was last seen.
+    previous: Option<SystemTime>,
 }
 
 impl StartTimes {
@@ -289,10 +437,18 @@ impl StartTimes {
         self.generation += 1;
         let generation = self.generation;
         let now = sweep.time;
+        let previous = self.previous.unwrap_or(now);
+        let attribute_sets = &mut self.attribute_sets;
         for resource in &mut sweep.resources {
             let series = match self.resources.get_mut(&resource.id) {
                 Some(series) => series,
-                None => self.resources.entry(resource.id.clone()).or_default(),
+                None => {
+                    // Sized once for the counters of its first sweep: a resource's series
+                    // rarely change, and growth by doubling would keep up to half unused.
+                    let counters =
+                        resource.points.iter().filter(|p| p.metric.kind == MetricKind::Counter).count();
+                    self.resources.entry(resource.id.clone()).or_insert_with(|| Vec::with_capacity(counters))
+                }
             };
             let mut hint = 0;
             for point in &mut resource.points {
@@ -301,7 +457,7 @@ impl StartTimes {
                 }
                 let value = point.value.as_f64();
                 let origin = point.start_time;
-                let same = |s: &Series| s.metric == point.metric.name && s.attributes == point.attributes;
+                let same = |s: &Series| s.metric == point.metric.name && *s.attributes == *point.attributes;
                 let found = match series.get(hint) {
                     Some(s) if same(s) => Some(hint),
                     _ => series.iter().position(same),
@@ -311,21 +467,27 @@ impl StartTimes {
                         let s = &mut series[i];
                         let replaced = origin.is_some() && s.origin.is_some() && origin != s.origin;
                         if value < s.last || replaced {
-                            s.start = s.last_time;
+                            s.start = previous;
                         }
                         s.origin = origin;
                         s.last = value;
-                        s.last_time = now;
                         s.seen = generation;
                         i
                     }
                     None => {
+                        let attributes = match attribute_sets.get(point.attributes.as_slice()) {
+                            Some(set) => set.clone(),
+                            None => {
+                                let set: AttributeSet = point.attributes.as_slice().into();
+                                attribute_sets.insert(set.clone());
+                                set
+                            }
+                        };
                         series.push(Series {
                             metric: point.metric.name,
-                            attributes: point.attributes.clone(),
+                            attributes,
                             start: now,
                             last: value,
-                            last_time: now,
                             seen: generation,
                             origin,
                         });
@@ -340,6 +502,9 @@ impl StartTimes {
             series.retain(|s| s.seen == generation);
             !series.is_empty()
         });
+        // A set no series refers to any more is dropped.
+        self.attribute_sets.retain(|set| Arc::strong_count(set) > 1);
+        self.previous = Some(now);
     }
 
     /// How many series are remembered.
@@ -458,6 +623,40 @@ mod tests {
         let mut s4 = at(130, 950, 120);
         st.apply(&mut s4);
         assert_eq!(start_of(&s4), t(110), "and kept while the origin stays");
+    }
+
+    #[test]
+    fn attribute_sets_are_shared_across_resources_and_dropped_with_their_last_series() {
+        let t = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let point = |device: &str, v: i64| {
+            Point::new(&semconv::CONTAINER.disk_io, Value::Int(v))
+                .with(semconv::SYSTEM_DEVICE, device.to_owned())
+        };
+        let mut st = StartTimes::new();
+        let mut s1 = Sweep::new(t(100));
+        for id in ["a", "b"] {
+            s1.resource_mut(ResourceId::Container(id.into()), Vec::new)
+                .points
+                .extend([point("8:0", 5), point("8:16", 7)]);
+        }
+        st.apply(&mut s1);
+        assert_eq!(st.len(), 4, "one series per resource and device");
+        assert_eq!(st.attribute_sets.len(), 2, "one set per device, shared by both resources");
+        // "b" goes away and "a" loses 8:16: only 8:0's set is still referred to.
+        let mut s2 = Sweep::new(t(110));
+        s2.resource_mut(ResourceId::Container("a".into()), Vec::new).points.push(point("8:0", 6));
+        st.apply(&mut s2);
+        assert_eq!((st.len(), st.attribute_sets.len()), (1, 1));
+        assert_eq!(s2.resources[0].points[0].start_time, Some(t(100)));
+        // 8:16 comes back on "a": a new series, whose set is made again.
+        let mut s3 = Sweep::new(t(120));
+        s3.resource_mut(ResourceId::Container("a".into()), Vec::new)
+            .points
+            .extend([point("8:0", 1), point("8:16", 9)]);
+        st.apply(&mut s3);
+        let starts: Vec<_> = s3.resources[0].points.iter().map(|p| p.start_time.unwrap()).collect();
+        assert_eq!(starts, [t(110), t(120)], "8:0 reset after the previous sweep; 8:16 starts now");
+        assert_eq!((st.len(), st.attribute_sets.len()), (2, 2));
     }
 
     #[test]

@@ -120,7 +120,7 @@ fn actual(sweep: &Sweep, id: &ResourceId) -> BTreeMap<Key, Value> {
             .attributes
             .iter()
             .map(|(k, v)| match v {
-                AttrValue::Str(s) => ((*k).to_owned(), s.clone()),
+                AttrValue::Str(s) => ((*k).to_owned(), s.to_string()),
                 other => ((*k).to_owned(), format!("{other:?}")),
             })
             .collect();
@@ -142,7 +142,9 @@ fn assert_attrs(sweep: &Sweep, id: ResourceId, expected: &[(&str, &str)]) {
     let mut got: Vec<(String, String)> = resource
         .attributes
         .iter()
-        .map(|(k, v)| ((*k).to_owned(), if let AttrValue::Str(s) = v { s.clone() } else { format!("{v:?}") }))
+        .map(|(k, v)| {
+            ((*k).to_owned(), if let AttrValue::Str(s) = v { s.to_string() } else { format!("{v:?}") })
+        })
         .collect();
     got.sort();
     let mut want: Vec<(String, String)> =
@@ -163,8 +165,8 @@ fn k8s(uid: &str, qos: &str) -> Option<PodRef> {
     Some(PodRef::Kubernetes { uid: uid.to_owned(), qos: qos.to_owned() })
 }
 
-fn info(id: &str, runtime: Runtime, pod: Option<PodRef>, procs: PathBuf) -> ContainerInfo {
-    ContainerInfo { id: id.to_owned(), runtime, pod, procs_file: procs }
+fn info(id: &str, runtime: Runtime, pod: Option<PodRef>, procs: PathBuf) -> std::sync::Arc<ContainerInfo> {
+    std::sync::Arc::new(ContainerInfo { id: id.to_owned(), runtime, pod, procs_file: procs })
 }
 
 fn stats(containers: usize, pods: usize, errors: usize) -> SweepStats {

@@ -46,7 +46,7 @@ fn agent_with(socket: &Path, extra: &str, cgroups_extra: &str) -> Pipeline {
 
 fn str_attr(sweep: &Sweep, id: &str, key: &str) -> Option<String> {
     match sweep.resource(&ResourceId::Container(id.to_owned()))?.attribute(key)? {
-        AttrValue::Str(s) => Some(s.clone()),
+        AttrValue::Str(s) => Some(s.to_string()),
         other => panic!("{key} of {id} is not a string: {other:?}"),
     }
 }

@@ -85,7 +85,7 @@ fn k8s(id: &str, runtime: Runtime, uid: &str) -> ContainerInfo {
 fn sweep_of(containers: &[ContainerInfo]) -> (SweepContext, Sweep) {
     let now = SystemTime::now();
     let mut ctx = SweepContext::new(now);
-    ctx.containers = containers.to_vec();
+    ctx.containers = containers.iter().cloned().map(std::sync::Arc::new).collect();
     let mut sweep = Sweep::new(now);
     for c in containers {
         let mut attrs = vec![

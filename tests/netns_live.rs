@@ -20,7 +20,7 @@ const PORT: u16 = 8080;
 fn sweep(source: &mut NetnsSource, containers: &[ContainerInfo]) -> Sweep {
     let now = SystemTime::now();
     let mut ctx = SweepContext::new(now);
-    ctx.containers = containers.to_vec();
+    ctx.containers = containers.iter().cloned().map(std::sync::Arc::new).collect();
     let mut sweep = Sweep::new(now);
     source.collect(&mut ctx, &mut sweep).expect("collect");
     sweep
@@ -57,7 +57,7 @@ fn interfaces_of(sweep: &Sweep, id: &ResourceId) -> Vec<String> {
             r.points
                 .iter()
                 .filter_map(|p| match p.attribute(semconv::NETWORK_INTERFACE_NAME) {
-                    Some(AttrValue::Str(s)) => Some(s.clone()),
+                    Some(AttrValue::Str(s)) => Some(s.to_string()),
                     _ => None,
                 })
                 .collect()

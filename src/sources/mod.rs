@@ -50,12 +50,12 @@ pub trait Source: Send {
 /// `k8s.pod.qos_class`, or `podman.pod.id`).
 pub fn container_attributes(id: &str, runtime: Runtime, pod: Option<&PodRef>) -> Attributes {
     let mut attrs: Attributes = vec![
-        (semconv::CONTAINER_ID, AttrValue::from(id)),
-        (semconv::CONTAINER_RUNTIME_NAME, AttrValue::from(runtime.as_str())),
+        (semconv::CONTAINER_ID, AttrValue::text(id)),
+        (semconv::CONTAINER_RUNTIME_NAME, AttrValue::constant(runtime.as_str())),
     ];
     match pod {
         Some(PodRef::Kubernetes { uid, qos }) => attrs.extend(pod_attributes(uid, qos)),
-        Some(PodRef::Podman { id }) => attrs.push((semconv::PODMAN_POD_ID, AttrValue::from(id.as_str()))),
+        Some(PodRef::Podman { id }) => attrs.push((semconv::PODMAN_POD_ID, AttrValue::text(id))),
         None => {}
     }
     attrs
@@ -63,7 +63,7 @@ pub fn container_attributes(id: &str, runtime: Runtime, pod: Option<&PodRef>) ->
 
 /// The resource attributes of a Kubernetes pod: `k8s.pod.uid` and `k8s.pod.qos_class`.
 pub fn pod_attributes(uid: &str, qos: &str) -> Attributes {
-    vec![(semconv::K8S_POD_UID, AttrValue::from(uid)), (semconv::K8S_POD_QOS_CLASS, AttrValue::from(qos))]
+    vec![(semconv::K8S_POD_UID, AttrValue::text(uid)), (semconv::K8S_POD_QOS_CLASS, AttrValue::text(qos))]
 }
 
 /// Whether a failed read means the process, cgroup or namespace went away meanwhile: normal on

@@ -360,17 +360,18 @@ impl Source for ProcessesSource {
         let f = &semconv::CONTAINER_PROCESSES;
         for (key, g) in groups {
             let (id, attributes) = match container_id_of(&key) {
-                Some(cid) => (cid.to_owned(), vec![(semconv::CONTAINER_ID, AttrValue::from(cid))]),
-                None => (key.clone(), vec![(semconv::PODOMETER_CGROUP_PATH, AttrValue::from(key.as_str()))]),
+                Some(cid) => (cid.to_owned(), vec![(semconv::CONTAINER_ID, AttrValue::text(cid))]),
+                None => (key.clone(), vec![(semconv::PODOMETER_CGROUP_PATH, AttrValue::text(&key))]),
             };
             let resource = sweep.resource_mut(ResourceId::Container(id), || attributes);
             let secs = |ticks: u64| Value::Double(ticks as f64 / self.ticks_per_second);
             resource.points.push(
-                Point::new(&f.cpu_time, secs(g.ticks_user)).with(semconv::CPU_MODE, semconv::CPU_MODE_USER),
+                Point::new(&f.cpu_time, secs(g.ticks_user))
+                    .with(semconv::CPU_MODE, AttrValue::constant(semconv::CPU_MODE_USER)),
             );
             resource.points.push(
                 Point::new(&f.cpu_time, secs(g.ticks_system))
-                    .with(semconv::CPU_MODE, semconv::CPU_MODE_SYSTEM),
+                    .with(semconv::CPU_MODE, AttrValue::constant(semconv::CPU_MODE_SYSTEM)),
             );
             resource.points.push(Point::new(&f.memory_rss, Value::from_u64(g.rss)));
             resource.points.push(Point::new(&f.count, Value::from_u64(g.processes)));
@@ -383,11 +384,11 @@ impl Source for ProcessesSource {
                     let resource = sweep.resource_mut(ResourceId::Container(id), Vec::new);
                     resource.points.push(
                         Point::new(&c.cpu_time, Value::Double(user))
-                            .with(semconv::CPU_MODE, semconv::CPU_MODE_USER),
+                            .with(semconv::CPU_MODE, AttrValue::constant(semconv::CPU_MODE_USER)),
                     );
                     resource.points.push(
                         Point::new(&c.cpu_time, Value::Double(system))
-                            .with(semconv::CPU_MODE, semconv::CPU_MODE_SYSTEM),
+                            .with(semconv::CPU_MODE, AttrValue::constant(semconv::CPU_MODE_SYSTEM)),
                     );
                     resource.points.push(Point::new(&c.memory_usage, Value::from_u64(usage)));
                     resource.points.push(Point::new(&c.memory_working_set, Value::from_u64(working_set)));
@@ -427,14 +428,14 @@ impl Source for PodNetworkSource {
             if uid.is_empty() {
                 Vec::new()
             } else {
-                vec![(semconv::K8S_POD_UID, AttrValue::from(uid.as_str()))]
+                vec![(semconv::K8S_POD_UID, AttrValue::text(&uid))]
             }
         });
         let family = &semconv::POD_NETWORK;
         for iface in
             interfaces.iter().filter(|i| !self.config.exclude_interfaces.iter().any(|g| g.matches(&i.name)))
         {
-            resource.points.extend(interface_points(family, iface));
+            resource.points.extend(interface_points(family, iface, None));
         }
         Ok(())
     }

@@ -202,10 +202,10 @@ fn container_attributes(summary: &ContainerSummary, labels: &[(String, &'static 
     let name =
         summary.names.iter().flatten().map(|n| n.strip_prefix('/').unwrap_or(n)).find(|n| !n.contains('/'));
     if let Some(name) = name.filter(|n| fits(n)) {
-        attributes.push((semconv::CONTAINER_NAME, name.into()));
+        attributes.push((semconv::CONTAINER_NAME, AttrValue::text(name)));
     }
     if let Some(image) = summary.image.as_deref().filter(|i| fits(i)).and_then(parse_image_reference) {
-        attributes.push((semconv::CONTAINER_IMAGE_NAME, image.name.into()));
+        attributes.push((semconv::CONTAINER_IMAGE_NAME, AttrValue::text(image.name)));
         if let Some(tag) = image.tag {
             attributes.push((semconv::CONTAINER_IMAGE_TAGS, AttrValue::StrArray(vec![tag.to_owned()])));
         }
@@ -213,7 +213,7 @@ fn container_attributes(summary: &ContainerSummary, labels: &[(String, &'static 
     if let Some(values) = &summary.labels {
         for (key, attribute) in labels {
             if let Some(value) = values.get(key).filter(|v| v.len() <= MAX_VALUE_LEN) {
-                attributes.push((attribute, value.as_str().into()));
+                attributes.push((attribute, AttrValue::text(value)));
             }
         }
     }
@@ -280,7 +280,9 @@ impl Cache {
             if !entry.pod_name.is_empty() {
                 self.pods.insert(
                     entry.pod.clone(),
-                    PodMeta { attributes: vec![(semconv::PODMAN_POD_NAME, entry.pod_name.as_str().into())] },
+                    PodMeta {
+                        attributes: vec![(semconv::PODMAN_POD_NAME, AttrValue::text(&entry.pod_name))],
+                    },
                 );
             }
         }

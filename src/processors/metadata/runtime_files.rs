@@ -47,6 +47,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Deserializer};
@@ -382,7 +383,7 @@ fn to_meta(names: &Names, info: &ContainerInfo) -> (ContainerMeta, Option<(Strin
     if let Some(image) = &names.image {
         let (name, tag) = split_image(image);
         if !name.is_empty() {
-            attributes.push((semconv::CONTAINER_IMAGE_NAME, name.into()));
+            attributes.push((semconv::CONTAINER_IMAGE_NAME, AttrValue::text(name)));
         }
         if let Some(tag) = tag {
             attributes.push((semconv::CONTAINER_IMAGE_TAGS, AttrValue::StrArray(vec![tag.to_owned()])));
@@ -599,7 +600,7 @@ impl RuntimeFiles {
     }
 
     /// Reads the files of containers not seen before and forgets those that are gone.
-    fn update(&mut self, containers: &[ContainerInfo]) {
+    fn update(&mut self, containers: &[Arc<ContainerInfo>]) {
         self.generation += 1;
         let now = Instant::now();
         for info in containers {

@@ -13,7 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::fdlimit;
-use crate::model::{MetricDesc, Point, Value};
+use crate::model::{AttrValue, MetricDesc, Point, Value};
 use crate::semconv::{self, CgroupFamily};
 use crate::sources::is_vanished;
 use crate::telemetry::Telemetry;
@@ -277,11 +277,12 @@ impl Out<'_> {
     pub(super) fn push_cpu_time(&mut self, t: parse::CpuTime) {
         let f = self.family;
         self.points.push(
-            Point::new(&f.cpu_time, Value::Double(t.user)).with(semconv::CPU_MODE, semconv::CPU_MODE_USER),
+            Point::new(&f.cpu_time, Value::Double(t.user))
+                .with(semconv::CPU_MODE, AttrValue::constant(semconv::CPU_MODE_USER)),
         );
         self.points.push(
             Point::new(&f.cpu_time, Value::Double(t.system))
-                .with(semconv::CPU_MODE, semconv::CPU_MODE_SYSTEM),
+                .with(semconv::CPU_MODE, AttrValue::constant(semconv::CPU_MODE_SYSTEM)),
         );
     }
 
@@ -311,11 +312,10 @@ impl Out<'_> {
         for d in devices {
             for (direction, value) in [(semconv::DIRECTION_READ, d.read), (semconv::DIRECTION_WRITE, d.write)]
             {
-                self.points.push(
-                    Point::new(metric, Value::from_u64(value))
-                        .with(semconv::DISK_IO_DIRECTION, direction)
-                        .with(semconv::SYSTEM_DEVICE, d.device.as_str()),
-                );
+                self.points.push(Point::new(metric, Value::from_u64(value)).with_all([
+                    (semconv::DISK_IO_DIRECTION, AttrValue::constant(direction)),
+                    (semconv::SYSTEM_DEVICE, AttrValue::Str(d.device.clone().into())),
+                ]));
             }
         }
     }
@@ -383,11 +383,13 @@ impl PressureFiles {
         for (handle, metric) in self.0.iter().zip([&f.cpu_pressure, &f.memory_pressure, &f.io_pressure]) {
             if let Some(p) = out.take(r.read(handle, parse::parse_pressure)?) {
                 out.points.push(
-                    Point::new(metric, Value::Double(p.some)).with(semconv::PRESSURE_STALL_TYPE, "some"),
+                    Point::new(metric, Value::Double(p.some))
+                        .with(semconv::PRESSURE_STALL_TYPE, AttrValue::constant("some")),
                 );
                 if let Some(full) = p.full {
                     out.points.push(
-                        Point::new(metric, Value::Double(full)).with(semconv::PRESSURE_STALL_TYPE, "full"),
+                        Point::new(metric, Value::Double(full))
+                            .with(semconv::PRESSURE_STALL_TYPE, AttrValue::constant("full")),
                     );
                 }
             }

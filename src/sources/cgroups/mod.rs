@@ -26,6 +26,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -584,7 +585,7 @@ struct Group {
     /// again at every discovery); `None` for pods, and for rootless containers, whose id and
     /// names are their user's word: no network or metadata lookup is made for them (see
     /// `classify`).
-    info: Option<ContainerInfo>,
+    info: Option<Arc<ContainerInfo>>,
     files: Files,
     limits_read: Option<Instant>,
     /// Points of the last sweep, to size the next sweep's vector.
@@ -606,11 +607,13 @@ impl Group {
                     attributes.push((semconv::PODOMETER_CONTAINER_ROOTLESS, AttrValue::Bool(true)));
                     attributes.push((semconv::USER_ID, AttrValue::from(uid.to_string())));
                 }
-                let info = rootless.is_none().then(|| ContainerInfo {
-                    id: id.clone(),
-                    runtime: *runtime,
-                    pod: pod.clone(),
-                    procs_file: PathBuf::new(),
+                let info = rootless.is_none().then(|| {
+                    Arc::new(ContainerInfo {
+                        id: id.clone(),
+                        runtime: *runtime,
+                        pod: pod.clone(),
+                        procs_file: PathBuf::new(),
+                    })
                 });
                 (attributes, info)
             }
@@ -640,7 +643,7 @@ impl Group {
         let o = Opener::new(h, rel, skip);
         self.files.open_missing(&o);
         if let Some(info) = &mut self.info {
-            info.procs_file = self.files.procs_file(&o);
+            Arc::make_mut(info).procs_file = self.files.procs_file(&o);
         }
         !o.starved()
     }

@@ -1,6 +1,8 @@
 //! Pure parsers of cgroup control files. Each takes the file's text and returns values in the
 //! units the agent emits (seconds, bytes), so every conversion is tested on literal strings.
 
+use std::sync::Arc;
+
 pub use crate::sources::ParseError;
 
 fn number(key: &str, text: &str) -> Result<u64, ParseError> {
@@ -231,7 +233,8 @@ pub fn parse_oom_kills(text: &str) -> Result<u64, ParseError> {
 /// Read and write counters of one block device (`MAJ:MIN`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceIo {
-    pub device: String,
+    /// Shared: it becomes the `system.device` attribute of two points (read and write).
+    pub device: Arc<str>,
     pub read: u64,
     pub write: u64,
 }
@@ -261,10 +264,10 @@ pub fn parse_v1_blkio(text: &str) -> Result<Vec<DeviceIo>, ParseError> {
             _ => continue,
         };
         let value = number(op, value)?;
-        let entry = match out.iter_mut().position(|d| d.device == device) {
+        let entry = match out.iter_mut().position(|d| &*d.device == device) {
             Some(i) => &mut out[i],
             None => {
-                out.push(DeviceIo { device: device.to_owned(), read: 0, write: 0 });
+                out.push(DeviceIo { device: Arc::from(device), read: 0, write: 0 });
                 out.last_mut().ok_or(ParseError::Empty)?
             }
         };
@@ -315,7 +318,7 @@ pub fn parse_v2_io_stat(text: &str) -> Result<IoStat, ParseError> {
             };
             *slot = Some(number(k, v)?);
         }
-        let device = device.to_owned();
+        let device: Arc<str> = Arc::from(device);
         out.bytes.push(DeviceIo {
             device: device.clone(),
             read: rbytes.ok_or(ParseError::MissingKey("rbytes"))?,

@@ -56,6 +56,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Deserialize;
@@ -63,7 +64,9 @@ use thiserror::Error;
 use tracing::debug;
 
 use crate::glob::Glob;
-use crate::model::{Attributes, ContainerInfo, PodRef, Point, ResourceId, Sweep, SweepContext, Value};
+use crate::model::{
+    AttrValue, Attributes, ContainerInfo, PodRef, Point, ResourceId, Sweep, SweepContext, Value,
+};
 use crate::semconv::{self, NetworkFamily};
 use crate::sources::{container_attributes, is_vanished, pod_attributes, BoxError, Source};
 use crate::telemetry::Telemetry;
@@ -522,7 +525,10 @@ impl NetnsSource {
     /// Each container's namespace, containers grouped by it, oldest namespace first (by its
     /// oldest process), so that when a pod shows in two namespaces (its sandbox being replaced)
     /// the one it has been using keeps the series. Forgets containers no longer listed.
-    fn group_by_namespace<'c>(&mut self, containers: &'c [ContainerInfo]) -> Vec<(NsKey, Vec<Member<'c>>)> {
+    fn group_by_namespace<'c>(
+        &mut self,
+        containers: &'c [Arc<ContainerInfo>],
+    ) -> Vec<(NsKey, Vec<Member<'c>>)> {
         let telemetry = Telemetry::global();
         let mut groups: BTreeMap<NsKey, Vec<Member<'c>>> = BTreeMap::new();
         let mut seen: HashSet<&str> = HashSet::with_capacity(containers.len());
@@ -654,11 +660,9 @@ impl NetnsSource {
         let Target { id, attributes, family, .. } = target;
         let resource = sweep.resource_mut(id, || attributes);
         for iface in wanted {
-            let peer = peers.and_then(|p| p.get(&iface.name));
-            for mut point in interface_points(family, iface) {
-                if let Some(peer) = peer {
-                    point = point.with(semconv::NETWORK_INTERFACE_HOST_PEER, peer.as_str());
-                }
+            // One shared value per interface, cloned onto its eight points without allocating.
+            let peer = peers.and_then(|p| p.get(&iface.name)).map(|p| AttrValue::text(p));
+            for mut point in interface_points(family, iface, peer.as_ref()) {
                 point.start_time = Some(origin);
                 resource.points.push(point);
             }
@@ -674,15 +678,19 @@ fn lists_an_interface(text: &str) -> bool {
 }
 
 /// The eight points of one interface (bytes, errors, packets and drops, each received and
-/// transmitted), named by `family` and carrying the interface's name and the direction; the
-/// one shape of network series for both the netns source and the sidecar's `pod_network`.
+/// transmitted), named by `family` and carrying the interface's name, the direction and, when
+/// known, the host peer; the one shape of network series for both the netns source and the
+/// sidecar's `pod_network`.
 pub(crate) fn interface_points<'a>(
     family: &'static NetworkFamily,
     iface: &'a InterfaceCounters,
+    peer: Option<&'a AttrValue>,
 ) -> impl Iterator<Item = Point> + 'a {
+    let name = AttrValue::text(&iface.name);
     [(semconv::DIRECTION_RECEIVE, &iface.receive), (semconv::DIRECTION_TRANSMIT, &iface.transmit)]
         .into_iter()
         .flat_map(move |(direction, c)| {
+            let name = name.clone();
             [
                 (&family.io, c.bytes),
                 (&family.errors, c.errors),
@@ -691,9 +699,17 @@ pub(crate) fn interface_points<'a>(
             ]
             .into_iter()
             .map(move |(metric, value)| {
-                Point::new(metric, Value::from_u64(value))
-                    .with(semconv::NETWORK_INTERFACE_NAME, iface.name.as_str())
-                    .with(semconv::NETWORK_IO_DIRECTION, direction)
+                let point = Point::new(metric, Value::from_u64(value));
+                let name = (semconv::NETWORK_INTERFACE_NAME, name.clone());
+                let direction = (semconv::NETWORK_IO_DIRECTION, AttrValue::constant(direction));
+                match peer {
+                    Some(peer) => point.with_all([
+                        name,
+                        direction,
+                        (semconv::NETWORK_INTERFACE_HOST_PEER, peer.clone()),
+                    ]),
+                    None => point.with_all([name, direction]),
+                }
             })
         })
 }
