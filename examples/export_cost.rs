@@ -156,7 +156,7 @@ fn main() {
     }
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let sweep = node_sweep(containers, &mut rng);
-    let batcher = Batcher::default();
+    let mut batcher = Batcher::default();
     let per = |secs: f64| secs * 1e6 / containers as f64;
 
     let mut times = Vec::new();
@@ -202,7 +202,7 @@ fn main() {
     );
     // What the OTLP exporter does at enqueue with the default gzip level: each request is
     // compressed as it is written, in chunks, never whole.
-    let streaming = batcher.clone().with_gzip(Some(1));
+    let mut streaming = batcher.clone().with_gzip(Some(1));
     let mut times = Vec::new();
     let mut bytes = 0;
     for _ in 0..reps {

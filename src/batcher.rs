@@ -41,24 +41,89 @@ pub enum BatchError {
 pub struct Batcher {
     max_points: usize,
     max_bytes: usize,
-    /// The gzip level [`Batcher::split_encoded`] compresses at; `None` leaves requests as
-    /// they are.
-    gzip: Option<u32>,
+    /// What [`Batcher::split_encoded`] compresses with; `None` leaves requests as they are.
+    gzip: Option<Gzip>,
+}
+
+/// RFC 1952's member header: magic, deflate, no flags, no modification time, no extra flags,
+/// operating system unknown.
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+
+/// A gzip writer kept for the batcher's life and reset between requests. zlib-rs allocates
+/// its deflate state (about 300 KB, zeroed) when one is made: made per request, that was a
+/// third of the I/O thread's CPU at a dozen containers (page faults, `memset`, `munmap`), most
+/// of its fixed cost per sweep. The gzip header and trailer are written here around the raw
+/// deflate stream, since flate2's gzip writer cannot be reset.
+struct Gzip {
+    level: u32,
+    /// Made at the first request, then only reset.
+    deflate: Option<flate2::write::DeflateEncoder<Vec<u8>>>,
+    crc: flate2::Crc,
+}
+
+impl Gzip {
+    fn new(level: u32) -> Gzip {
+        Gzip { level, deflate: None, crc: flate2::Crc::new() }
+    }
+
+    /// Starts a member written into `out`.
+    fn begin(&mut self, mut out: Vec<u8>) {
+        out.extend_from_slice(&GZIP_HEADER);
+        self.crc.reset();
+        match &mut self.deflate {
+            Some(deflate) => *deflate.get_mut() = out,
+            None => {
+                let level = flate2::Compression::new(self.level);
+                self.deflate = Some(flate2::write::DeflateEncoder::new(out, level));
+            }
+        }
+    }
+
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.crc.update(data);
+        match &mut self.deflate {
+            Some(deflate) => deflate.write_all(data),
+            None => Err(std::io::Error::other("gzip member written before it was begun")),
+        }
+    }
+
+    /// Ends the member and hands it over; the deflate state is reset for the next one.
+    fn finish(&mut self) -> std::io::Result<Vec<u8>> {
+        let Some(deflate) = &mut self.deflate else {
+            return Err(std::io::Error::other("gzip member finished before it was begun"));
+        };
+        let mut out = deflate.reset(Vec::new())?;
+        out.extend_from_slice(&self.crc.sum().to_le_bytes());
+        out.extend_from_slice(&self.crc.amount().to_le_bytes());
+        Ok(out)
+    }
+}
+
+impl Clone for Gzip {
+    /// The same level; the state is made afresh at the clone's first request.
+    fn clone(&self) -> Gzip {
+        Gzip::new(self.level)
+    }
+}
+
+impl std::fmt::Debug for Gzip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gzip").field("level", &self.level).finish_non_exhaustive()
+    }
 }
 
 /// One request being written, and what it holds so far (uncompressed `bytes`).
-struct RequestBuf {
-    gzip: Option<u32>,
-    /// The request (without gzip), or its bytes not yet handed to `stream`.
+struct RequestBuf<'g> {
+    gzip: Option<&'g mut Gzip>,
+    /// The request (without gzip), or its bytes not yet handed to `gzip`.
     buf: Vec<u8>,
-    stream: Option<flate2::write::GzEncoder<Vec<u8>>>,
     points: usize,
     bytes: usize,
 }
 
-impl RequestBuf {
-    fn new(gzip: Option<u32>) -> RequestBuf {
-        RequestBuf { gzip, buf: Vec::new(), stream: None, points: 0, bytes: 0 }
+impl<'g> RequestBuf<'g> {
+    fn new(gzip: Option<&'g mut Gzip>) -> RequestBuf<'g> {
+        RequestBuf { gzip, buf: Vec::new(), points: 0, bytes: 0 }
     }
 
     fn is_empty(&self) -> bool {
@@ -67,14 +132,13 @@ impl RequestBuf {
 
     /// Starts a request expected to hold about `estimate` uncompressed bytes.
     fn begin(&mut self, estimate: usize) {
-        match self.gzip {
+        match &mut self.gzip {
             None => self.buf.reserve(estimate),
-            Some(level) => {
+            Some(gzip) => {
                 // gzip level 1 gives 8-10x on these requests (README, performance section);
                 // a short guess only costs a `realloc`, which moves a large block's pages
                 // without copying them.
-                let out = Vec::with_capacity(estimate / 8);
-                self.stream = Some(flate2::write::GzEncoder::new(out, flate2::Compression::new(level)));
+                gzip.begin(Vec::with_capacity(estimate / 8));
                 // Room for a full chunk and the resource that overfills it.
                 self.buf.reserve((2 * GZIP_CHUNK).min(estimate));
             }
@@ -91,8 +155,8 @@ impl RequestBuf {
         self.points += points;
         self.bytes += bytes;
         if self.buf.len() >= GZIP_CHUNK {
-            if let Some(stream) = &mut self.stream {
-                stream.write_all(&self.buf)?;
+            if let Some(gzip) = &mut self.gzip {
+                gzip.write(&self.buf)?;
                 self.buf.clear();
             }
         }
@@ -103,12 +167,12 @@ impl RequestBuf {
     fn finish(&mut self) -> Result<bytes::Bytes, BatchError> {
         self.points = 0;
         self.bytes = 0;
-        let Some(mut stream) = self.stream.take() else {
+        let Some(gzip) = &mut self.gzip else {
             return Ok(bytes::Bytes::from(std::mem::take(&mut self.buf)));
         };
-        stream.write_all(&self.buf)?;
+        gzip.write(&self.buf)?;
         self.buf.clear();
-        Ok(bytes::Bytes::from(stream.finish()?))
+        Ok(bytes::Bytes::from(gzip.finish()?))
     }
 }
 
@@ -151,7 +215,7 @@ impl Batcher {
 
     /// Makes [`Batcher::split_encoded`] gzip each request at `level` (1 to 9).
     pub fn with_gzip(mut self, level: Option<u32>) -> Batcher {
-        self.gzip = level;
+        self.gzip = level.map(Gzip::new);
         self
     }
 
@@ -188,11 +252,14 @@ impl Batcher {
     /// byte what `split` + `encode_to_vec` would decode to (after gunzip when the batcher
     /// gzips). Only a resource too large for one request takes `split`'s halving path. The
     /// limits apply to the uncompressed request, which is what a receiver's limit bounds.
-    pub fn split_encoded(&self, sweep: &Sweep) -> Result<Vec<bytes::Bytes>, BatchError> {
+    pub fn split_encoded(&mut self, sweep: &Sweep) -> Result<Vec<bytes::Bytes>, BatchError> {
         let time = crate::encode::unix_nanos(sweep.time);
         let mut writer = crate::encode::wire::Writer::default();
         let mut requests = Vec::new();
-        let mut current = RequestBuf::new(self.gzip);
+        let (max_points, max_bytes) = (self.max_points, self.max_bytes);
+        // The limits alone, for the halving path, while `current` holds the gzip writer.
+        let limits = Batcher { max_points, max_bytes, gzip: None };
+        let mut current = RequestBuf::new(self.gzip.as_mut());
         for (index, resource) in sweep.resources.iter().enumerate() {
             if resource.points.is_empty() {
                 continue;
@@ -200,28 +267,26 @@ impl Batcher {
             let n = resource.points.len();
             let body = writer.resource_metrics_len(resource);
             let framed = 1 + prost::encoding::encoded_len_varint(body as u64) + body;
-            if n <= self.max_points && framed <= self.max_bytes {
+            if n <= max_points && framed <= max_bytes {
                 if !current.is_empty()
-                    && (current.points + n > self.max_points || current.bytes + framed > self.max_bytes)
+                    && (current.points + n > max_points || current.bytes + framed > max_bytes)
                 {
                     requests.push(current.finish()?);
                 }
                 if current.is_empty() {
                     // Sized once per request from this resource, as if the ones that follow
                     // were alike: growing by doubling copied each request about twice over.
-                    let alike = (sweep.resources.len() - index).min((self.max_points / n).max(1));
-                    current.begin(framed.saturating_mul(alike).min(self.max_bytes));
+                    let alike = (sweep.resources.len() - index).min((max_points / n).max(1));
+                    current.begin(framed.saturating_mul(alike).min(max_bytes));
                 }
                 writer.put_resource_metrics(resource, time, body, current.buf());
                 current.wrote(n, framed)?;
                 continue;
             }
             let mut pieces = Vec::new();
-            self.encode_fitting(resource, sweep, &mut pieces);
+            limits.encode_fitting(resource, sweep, &mut pieces);
             for (rm, p, b) in pieces {
-                if !current.is_empty()
-                    && (current.points + p > self.max_points || current.bytes + b > self.max_bytes)
-                {
+                if !current.is_empty() && (current.points + p > max_points || current.bytes + b > max_bytes) {
                     requests.push(current.finish()?);
                 }
                 if current.is_empty() {
@@ -389,8 +454,10 @@ mod tests {
                 let plain = Batcher::new(max_points, max_bytes);
                 let expected: Vec<Vec<u8>> = plain.split(sweep).iter().map(|r| r.encode_to_vec()).collect();
                 for gzip in [None, Some(1), Some(9)] {
-                    let batcher = plain.clone().with_gzip(gzip);
+                    let mut batcher = plain.clone().with_gzip(gzip);
+                    // Twice: the second reuses the gzip state the first made.
                     let got = batcher.split_encoded(sweep).expect("encodes");
+                    assert_eq!(batcher.split_encoded(sweep).expect("encodes again"), got, "{batcher:?}");
                     assert_eq!(got.len(), expected.len(), "{batcher:?}");
                     for (g, e) in got.iter().zip(&expected) {
                         let g = match gzip {

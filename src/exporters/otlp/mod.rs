@@ -190,7 +190,7 @@ impl OtlpExporter {
         self.shared.len.load(Ordering::Relaxed)
     }
 
-    async fn enqueue(&self, sweep: &Sweep) -> Result<(), OtlpError> {
+    async fn enqueue(&mut self, sweep: &Sweep) -> Result<(), OtlpError> {
         if self.shared.closing.load(Ordering::Acquire) {
             return Err(OtlpError::ShutDown(self.shared.name.clone()));
         }
