@@ -11,10 +11,10 @@
 //! is 1.6 MB, which glibc maps fresh, faults in and unmaps every sweep (see `bound_malloc` in
 //! `main.rs`), against about 260 KB compressed. The queue then holds the compressed bytes.
 
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::metrics::v1::{metric, ResourceMetrics};
 use std::io::Write;
 
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::metrics::v1::{metric, ResourceMetrics};
 use prost::Message;
 
 use crate::encode::encode_resource;
@@ -59,18 +59,26 @@ struct Gzip {
     /// Made at the first request, then only reset.
     deflate: Option<flate2::write::DeflateEncoder<Vec<u8>>>,
     crc: flate2::Crc,
+    /// A member was begun and not finished (an error cut its request short): its deflate
+    /// state must not carry into the next.
+    open: bool,
 }
 
 impl Gzip {
     fn new(level: u32) -> Gzip {
-        Gzip { level, deflate: None, crc: flate2::Crc::new() }
+        Gzip { level, deflate: None, crc: flate2::Crc::new(), open: false }
     }
 
     /// Starts a member written into `out`.
     fn begin(&mut self, mut out: Vec<u8>) {
         out.extend_from_slice(&GZIP_HEADER);
         self.crc.reset();
+        let abandoned = std::mem::replace(&mut self.open, true);
         match &mut self.deflate {
+            Some(deflate) if abandoned => {
+                // A fresh state: rare (only after an error), and it cannot fail as a reset could.
+                *deflate = flate2::write::DeflateEncoder::new(out, flate2::Compression::new(self.level));
+            }
             Some(deflate) => *deflate.get_mut() = out,
             None => {
                 let level = flate2::Compression::new(self.level);
@@ -93,6 +101,7 @@ impl Gzip {
             return Err(std::io::Error::other("gzip member finished before it was begun"));
         };
         let mut out = deflate.reset(Vec::new())?;
+        self.open = false;
         out.extend_from_slice(&self.crc.sum().to_le_bytes());
         out.extend_from_slice(&self.crc.amount().to_le_bytes());
         Ok(out)
@@ -477,6 +486,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_gzip_member_cut_short_does_not_leak_into_the_next() {
+        use std::io::Read;
+        let mut gzip = Gzip::new(1);
+        gzip.begin(Vec::new());
+        gzip.write(b"abandoned by an error").unwrap();
+        gzip.begin(Vec::new());
+        gzip.write(b"the next request").unwrap();
+        let member = gzip.finish().unwrap();
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(&member[..]).read_to_end(&mut back).expect("a valid member");
+        assert_eq!(back, b"the next request");
+        // And the state is reused cleanly after a finished member.
+        gzip.begin(Vec::new());
+        gzip.write(b"third").unwrap();
+        let member = gzip.finish().unwrap();
+        back.clear();
+        flate2::read::GzDecoder::new(&member[..]).read_to_end(&mut back).expect("a valid member");
+        assert_eq!(back, b"third");
     }
 
     /// `n` resources of `points` points each, with distinct values and interface names.
