@@ -416,6 +416,21 @@ struct Series {
     origin: Option<SystemTime>,
 }
 
+/// Gives every counter point its start time.
+///
+/// A series starts when it is first seen. A series missing from a sweep is forgotten, so a
+/// container id, interface or device that comes back is a new series. A counter that goes
+/// backwards was reset between the previous sweep and this one; its new start is the previous
+/// sweep's time, the latest instant known to precede the reset.
+///
+/// A source that knows its counters were replaced (a pod's new network namespace starts from
+/// zero, and may already be past the old values) says so by setting a point's `start_time` to
+/// the origin of its counters, e.g. when it first saw that namespace; when a series' origin
+/// changes, the series restarts as after a reset. The stamped `start_time` replaces it.
+///
+/// This runs for every point of every sweep, so lookups allocate nothing: series are kept per
+/// resource in the order the source emits them, and the next point is checked against the
+/// next remembered series before any search.
 #[derive(Debug, Default)]
 pub struct StartTimes {
     resources: HashMap<ResourceId, Vec<Series>>,

@@ -1,9 +1,10 @@
 //! `otlp`: OTLP over gRPC or HTTP/protobuf with batching, retry and a bounded queue.
 //!
 //! `export()` encodes, splits and (by default) gzips the sweep ([`crate::batcher`]), appends
-//! the batches to the queue and returns; it never waits on the network. One background task per exporter sends
-//! the queue's head, one batch at a time and in order: while the head is being retried the
-//! rest wait behind it, so a receiver sees sweeps in the order they were taken.
+//! the batches to the queue and returns; it never waits on the network. One background task
+//! per exporter sends the queue's head, one batch at a time and in order: while the head is
+//! being retried the rest wait behind it, so a receiver sees sweeps in the order they were
+//! taken.
 
 pub mod config;
 pub mod payload;
