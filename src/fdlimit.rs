@@ -63,9 +63,18 @@ pub fn raise_soft_to_hard() -> Result<(Limits, Limits), FdLimitError> {
     Ok((before, current()?))
 }
 
-/// How many descriptors this process has open, from `/proc/self/fd` (`None` when it cannot be
-/// listed, e.g. for lack of a descriptor to list it with).
+/// How many descriptors this process has open (`None` when it cannot be told, e.g. for lack of
+/// a descriptor to list `/proc/self/fd` with).
 pub fn open_count() -> Option<u64> {
+    // Since Linux 6.2 the size `stat` gives for `/proc/<pid>/fd` is the number of open
+    // descriptors: one system call, where listing the directory walks every descriptor (17,700 at
+    // 1,000 containers) and makes a dentry for each. Older kernels give 0: list it then. A
+    // process always has a descriptor open while it runs this, so 0 is never a real count.
+    if let Ok(meta) = std::fs::metadata("/proc/self/fd") {
+        if meta.len() > 0 {
+            return Some(meta.len());
+        }
+    }
     let entries = std::fs::read_dir("/proc/self/fd").ok()?;
     // The directory's own descriptor is listed too.
     Some((entries.count() as u64).saturating_sub(1))

@@ -284,7 +284,8 @@ fn register(provider: &SdkMeterProvider) {
         .with_unit("{file_descriptor}")
         .with_description("Open file descriptors of the agent process.")
         .with_callback(|o| {
-            if let Ok(n) = procfs::process::Process::myself().and_then(|p| p.fd_count()) {
+            // Not `procfs`'s `fd_count`, which lists the directory: see `open_count`.
+            if let Some(n) = crate::fdlimit::open_count() {
                 o.observe(n as i64, &[]);
             }
         })
