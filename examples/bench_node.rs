@@ -3,15 +3,17 @@
 //!
 //! For each size N it builds, on the real cgroupfs and network stack, N containers in the kubelet
 //! layout (`kubepods/besteffort/pod<uid>/<64 hex>`: pods of a sandbox and two containers, a live
-//! `sleep` in each, one network namespace with a veth per pod), then measures one after another
-//! on the same containers:
+//! `sleep` in each, one network namespace with a veth per pod), then measures on the same
+//! containers:
 //! - `podometer run` (the binary given, its built-in default config: cgroups + netns sources,
 //!   OTLP gRPC with the default compression) at 1 s to an OTLP gRPC receiver in this process: CPU
 //!   (utime+stime of all threads from `/proc/<pid>/stat`, and per thread), RSS, open fds;
-//! - the kernel floor: `pread` of the files the agent reads every sweep, kept open, plus one
-//!   `/proc/<pid>/net/dev` per pod (kept open too), no parsing;
-//! - a naive reader: open + read + close of the same files;
-//! - Netdata (Debian's, only its cgroups plugin, at 1 s): CPU of its `PLUGIN[cgroups]` threads;
+//! - at the same time, between the agent's sweeps, the kernel floor: `pread` of the files the
+//!   agent reads every sweep, kept open, plus one `/proc/<pid>/net/dev` per pod (kept open too),
+//!   no parsing, at the agent's 1 s cadence;
+//! - then, one after another: the agent again with `--lean-config`, if given; a naive reader
+//!   (open + read + close of the same files); Netdata (Debian's, only its cgroups plugin, at
+//!   1 s): CPU of its `PLUGIN[cgroups]` threads;
 //!
 //! and once, over `--podman` Podman containers (it cannot see synthetic cgroups), the CPU of
 //! `podman stats --interval 1` streaming. It writes `node.md` (table), `node.csv` and `node.dat`
@@ -121,11 +123,12 @@ fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         let node = Node::build(n)?;
         eprintln!("bench_node: N={n}: {} pods built in {:.1?}", node.pods.len(), started.elapsed());
-        let agent = measure_agent(&args, &node, &receiver, None)?;
+        let (agent, floor_cost) = measure_agent(&args, &node, &receiver, None, true)?;
+        let floor_cost = floor_cost.context("the floor is measured with the agent")?;
         eprintln!("bench_node: N={n}: agent {:.1} µs per container-sweep", agent.per_container_sweep);
         let lean_agent = match &args.lean_config {
             Some(config) => {
-                let lean = measure_agent(&args, &node, &receiver, Some(config))?;
+                let (lean, _) = measure_agent(&args, &node, &receiver, Some(config), false)?;
                 eprintln!(
                     "bench_node: N={n}: lean agent {:.1} µs per container-sweep",
                     lean.per_container_sweep
@@ -134,7 +137,6 @@ fn main() -> anyhow::Result<()> {
             }
             None => None,
         };
-        let floor_cost = measure_reader(&node, args.sweeps, ReadMode::Pread)?;
         let floor = floor_cost.per_container_sweep;
         // The lean profile's floor: the same reads, only of the files it keeps.
         let lean = lean_agent.map(|agent| {
@@ -150,7 +152,7 @@ fn main() -> anyhow::Result<()> {
                 / node.containers() as f64;
             (agent, floor)
         });
-        let naive = measure_reader(&node, args.sweeps, ReadMode::OpenReadClose)?.per_container_sweep;
+        let naive = measure_reader(&node, args.sweeps, ReadMode::OpenReadClose, None)?.per_container_sweep;
         per_file.push((n, floor_cost.per_file));
         eprintln!("bench_node: N={n}: floor {floor:.1} µs, naive {naive:.1} µs per container-sweep");
         // A Netdata that charts nothing is reported as missing, not a reason to lose the run.
@@ -526,12 +528,16 @@ struct AgentResult {
 }
 
 /// The agent over `args.sweeps` sweeps of `node`, with its built-in configuration or `config`.
+/// With `floor`, the pread floor is measured over the same window, between the agent's sweeps
+/// (see [`measure_reader`]): agent and floor see the same machine, so their ratio does not move
+/// with what the rest of the machine did between two measurements.
 fn measure_agent(
     args: &Args,
     node: &Node,
     receiver: &Receiver,
     config: Option<&Path>,
-) -> anyhow::Result<AgentResult> {
+    floor: bool,
+) -> anyhow::Result<(AgentResult, Option<ReaderCost>)> {
     let n = node.containers();
     let kind = if config.is_some() { "-lean" } else { "" };
     let log = args.out.join(format!("agent-{n}{kind}{}.log", args.label));
@@ -600,7 +606,23 @@ fn measure_agent(
             .env("NODE_N", n.to_string())
             .spawn()
     });
-    std::thread::sleep(Duration::from_secs(args.sweeps));
+    let floor = std::thread::scope(|scope| {
+        // Two sweeps fewer than the window, so that the reader is done within it.
+        let reader = floor.then(|| {
+            scope.spawn(|| {
+                measure_reader(
+                    node,
+                    args.sweeps.saturating_sub(2).max(1),
+                    ReadMode::Pread,
+                    Some(&receiver.requests),
+                )
+            })
+        });
+        std::thread::sleep(Duration::from_secs(args.sweeps));
+        reader
+            .map(|r| r.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the floor reader panicked"))))
+            .transpose()
+    })?;
     if let Some(Ok(mut i)) = inspect {
         let _ = i.wait();
     }
@@ -630,7 +652,7 @@ fn measure_agent(
     let threads_total = delta(&|_| true);
     let stat_total = (u1 - u0) + (s1 - s0);
     let total = if threads_total + 0.02 >= stat_total { threads_total } else { stat_total };
-    Ok(AgentResult {
+    let result = AgentResult {
         containers: read,
         per_container_sweep: per(total),
         user: per(u1 - u0),
@@ -641,7 +663,8 @@ fn measure_agent(
         fds: open_fds(pid),
         threads: task_count(pid),
         bytes_per_sweep: (b1 - b0) as f64 / sweeps,
-    })
+    };
+    Ok((result, floor))
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -660,7 +683,16 @@ struct ReaderCost {
 /// (file, µs per read, copies read per sweep).
 type PerFile = Vec<(String, f64, usize)>;
 
-fn measure_reader(node: &Node, sweeps: u64, mode: ReadMode) -> anyhow::Result<ReaderCost> {
+/// `paced_by`: the receiver's request count while the agent runs; each sweep then starts 400 ms
+/// after one of the agent's requests arrives, so that the reader works in the agent's idle half
+/// of each second, at its cadence, under the same load from the rest of the machine. Without it
+/// (the naive reader, run on its own) sweeps are 200 ms apart.
+fn measure_reader(
+    node: &Node,
+    sweeps: u64,
+    mode: ReadMode,
+    paced_by: Option<&AtomicU64>,
+) -> anyhow::Result<ReaderCost> {
     // Grouped by file so that one clock reading covers all the cgroups' copies of a file.
     // The extra files would take the floor past a 20,000 descriptor limit at N = 1,000.
     let extra = mode == ReadMode::Pread && node.containers() <= 500;
@@ -675,7 +707,16 @@ fn measure_reader(node: &Node, sweeps: u64, mode: ReadMode) -> anyhow::Result<Re
     let agent_set: std::collections::BTreeSet<String> =
         node.sweep_files(false).into_iter().map(|(l, _)| l).collect();
     let mut buf = vec![0u8; 64 * 1024];
+    let mut last_request = paced_by.map(|r| r.load(Ordering::Relaxed));
     for _ in 0..sweeps {
+        if let (Some(requests), Some(last)) = (paced_by, last_request.as_mut()) {
+            let deadline = Instant::now() + Duration::from_millis(2500);
+            while requests.load(Ordering::Relaxed) == *last && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            *last = requests.load(Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(400));
+        }
         for (_, (paths, files, spent)) in groups.iter_mut() {
             let start = thread_cpu_now();
             match mode {
@@ -693,8 +734,10 @@ fn measure_reader(node: &Node, sweeps: u64, mode: ReadMode) -> anyhow::Result<Re
             }
             *spent += thread_cpu_now() - start;
         }
-        // Between sweeps, like the agent: caches cool down a little.
-        std::thread::sleep(Duration::from_millis(200));
+        if paced_by.is_none() {
+            // Between sweeps, like the agent: caches cool down a little.
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
     let total: f64 = groups.iter().filter(|(l, _)| agent_set.contains(*l)).map(|(_, g)| g.2).sum();
     let per_file = groups
@@ -907,7 +950,21 @@ fn machine() -> String {
     } else {
         "cgroup v1"
     };
-    format!("{cpu}, {cores} cores, kernel {kernel}, {mode}")
+    // The agent's discovery walks this whole tree, the host's own cgroups too: part of its
+    // fixed cost per sweep, so the table says how many there were.
+    let walked = if mode == "hybrid cgroups" { "/sys/fs/cgroup/unified" } else { "/sys/fs/cgroup" };
+    format!("{cpu}, {cores} cores, kernel {kernel}, {mode}; {} cgroups of the host's own in the tree the agent walks", count_dirs(Path::new(walked)))
+}
+
+/// Directories under `dir` (not counting it), not following symlinks.
+fn count_dirs(dir: &Path) -> usize {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| 1 + count_dirs(&e.path()))
+        .sum()
 }
 
 /// The 1, 5 and 15 minute load averages: how busy the shared machine was.

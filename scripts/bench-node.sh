@@ -43,9 +43,12 @@ if [ "$smoke" = 1 ]; then
   results="$out"
 else
   eval "$(bash scripts/testbed.sh)"   # podman, runc and the local busybox images
-  cargo build -q --release --bin podometer --example bench_node
+  # The agent measured is the shipped binary (the image's: static, LTO, stripped); the harness
+  # is a plain release build.
+  agent=$(bash scripts/build-dist.sh)
+  cargo build -q --release --example bench_node
   results=bench/results
-  target/release/examples/bench_node --agent target/release/podometer --lean-config config/lean.yaml \
+  target/release/examples/bench_node --agent "$agent" --lean-config config/lean.yaml \
     --out "$results" "${args[@]}"
 fi
 

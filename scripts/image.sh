@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the container image localhost/podometer:<version> with Podman, offline: a static
-# release binary (glibc, crt-static) copied into an empty image (see Containerfile).
+# Builds the container image localhost/podometer:<version> with Podman, offline: the shipped
+# binary (static glibc, LTO, stripped: scripts/build-dist.sh) copied into an empty image (see
+# Containerfile).
 # Reproducible: the binary is built with --locked and stripped, the image's timestamps are the
 # last commit's time. Prints the image reference on stdout.
 # Usage: scripts/image.sh            (CONTAINERS_CONF from scripts/testbed.sh when set)
@@ -10,21 +11,10 @@ cd "$repo"
 
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
 image="localhost/podometer:$version"
-target=x86_64-unknown-linux-gnu
 log() { echo "image: $*" >&2; }
 
 start=$(date +%s)
-# --target keeps crt-static away from build scripts and proc macros (they must stay dynamic).
-# Whole-program LTO in one codegen unit: the image's binary is about a third smaller (and no
-# slower) than the plain release build, which keeps the image under its 20 MiB target.
-RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_DEBUG=0 \
-  CARGO_PROFILE_RELEASE_STRIP=symbols CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
-  cargo build --release --locked --quiet --target "$target" --bin podometer >&2
-bin="target/$target/release/podometer"
-if ! ldd "$bin" 2>&1 | grep -Eq 'statically linked|not a dynamic executable'; then
-  echo "image: $bin is not static" >&2
-  exit 1
-fi
+bin=$(bash scripts/build-dist.sh)
 built=$(date +%s)
 
 ctx=$(mktemp -d)
