@@ -29,7 +29,7 @@ const PAYLOAD: usize = 250_000;
 struct PodGuard(String);
 impl Drop for PodGuard {
     fn drop(&mut self) {
-        let _ = podman().args(["pod", "rm", "-f", "-t", "0", &self.0]).output();
+        support::podman::remove_pod(&self.0);
     }
 }
 
