@@ -39,8 +39,7 @@ pub enum BatchError {
 
 #[derive(Debug, Clone)]
 pub struct Batcher {
-    max_points: usize,
-    max_bytes: usize,
+    limits: Limits,
     /// What [`Batcher::split_encoded`] compresses with; `None` leaves requests as they are.
     gzip: Option<Gzip>,
 }
@@ -216,99 +215,19 @@ pub fn request_point_count(request: &ExportMetricsServiceRequest) -> usize {
     request.resource_metrics.iter().map(point_count).sum()
 }
 
-impl Batcher {
-    /// Limits below one point or a few bytes are raised to the smallest workable values.
-    pub fn new(max_points: usize, max_bytes: usize) -> Batcher {
-        Batcher { max_points: max_points.max(1), max_bytes: max_bytes.max(64), gzip: None }
-    }
+/// What one request may hold. Apart from the batcher's gzip writer, so that the halving path
+/// can use it while a request being written holds the writer.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_points: usize,
+    max_bytes: usize,
+}
 
-    /// Makes [`Batcher::split_encoded`] gzip each request at `level` (1 to 9).
-    pub fn with_gzip(mut self, level: Option<u32>) -> Batcher {
-        self.gzip = level.map(Gzip::new);
-        self
-    }
-
-    pub fn split(&self, sweep: &Sweep) -> Vec<ExportMetricsServiceRequest> {
-        let mut requests = Vec::new();
-        let mut current: Vec<ResourceMetrics> = Vec::new();
-        let (mut points, mut bytes) = (0usize, 0usize);
-        for resource in &sweep.resources {
-            if resource.points.is_empty() {
-                continue;
-            }
-            let mut pieces = Vec::new();
-            self.encode_fitting(resource, sweep, &mut pieces);
-            for (rm, p, b) in pieces {
-                if !current.is_empty() && (points + p > self.max_points || bytes + b > self.max_bytes) {
-                    requests
-                        .push(ExportMetricsServiceRequest { resource_metrics: std::mem::take(&mut current) });
-                    points = 0;
-                    bytes = 0;
-                }
-                points += p;
-                bytes += b;
-                current.push(rm);
-            }
-        }
-        if !current.is_empty() {
-            requests.push(ExportMetricsServiceRequest { resource_metrics: current });
-        }
-        requests
-    }
-
-    /// [`Batcher::split`] straight to encoded requests, written from the model by
-    /// [`crate::encode::wire`] without building prost messages; the same requests, byte for
-    /// byte what `split` + `encode_to_vec` would decode to (after gunzip when the batcher
-    /// gzips). Only a resource too large for one request takes `split`'s halving path. The
-    /// limits apply to the uncompressed request, which is what a receiver's limit bounds.
-    pub fn split_encoded(&mut self, sweep: &Sweep) -> Result<Vec<bytes::Bytes>, BatchError> {
-        let time = crate::encode::unix_nanos(sweep.time);
-        let mut writer = crate::encode::wire::Writer::default();
-        let mut requests = Vec::new();
-        let (max_points, max_bytes) = (self.max_points, self.max_bytes);
-        // The limits alone, for the halving path, while `current` holds the gzip writer.
-        let limits = Batcher { max_points, max_bytes, gzip: None };
-        let mut current = RequestBuf::new(self.gzip.as_mut());
-        for (index, resource) in sweep.resources.iter().enumerate() {
-            if resource.points.is_empty() {
-                continue;
-            }
-            let n = resource.points.len();
-            let body = writer.resource_metrics_len(resource);
-            let framed = 1 + prost::encoding::encoded_len_varint(body as u64) + body;
-            if n <= max_points && framed <= max_bytes {
-                if !current.is_empty()
-                    && (current.points + n > max_points || current.bytes + framed > max_bytes)
-                {
-                    requests.push(current.finish()?);
-                }
-                if current.is_empty() {
-                    // Sized once per request from this resource, as if the ones that follow
-                    // were alike: growing by doubling copied each request about twice over.
-                    let alike = (sweep.resources.len() - index).min((max_points / n).max(1));
-                    current.begin(framed.saturating_mul(alike).min(max_bytes));
-                }
-                writer.put_resource_metrics(resource, time, body, current.buf());
-                current.wrote(n, framed)?;
-                continue;
-            }
-            let mut pieces = Vec::new();
-            limits.encode_fitting(resource, sweep, &mut pieces);
-            for (rm, p, b) in pieces {
-                if !current.is_empty() && (current.points + p > max_points || current.bytes + b > max_bytes) {
-                    requests.push(current.finish()?);
-                }
-                if current.is_empty() {
-                    current.begin(b);
-                }
-                prost::encoding::message::encode(1, &rm, current.buf());
-                current.wrote(p, b)?;
-            }
-        }
-        if !current.is_empty() {
-            requests.push(current.finish()?);
-        }
-        Ok(requests)
+impl Limits {
+    /// Whether a request holding `held` (points, bytes) goes over a limit with `points` and
+    /// `bytes` more.
+    fn exceeded(&self, held: (usize, usize), points: usize, bytes: usize) -> bool {
+        held.0 + points > self.max_points || held.1 + bytes > self.max_bytes
     }
 
     /// Encodes `resource` as one `ResourceMetrics` when it fits the limits, else halves its
@@ -346,6 +265,98 @@ impl Batcher {
             };
             self.encode_fitting(&part, sweep, out);
         }
+    }
+}
+
+impl Batcher {
+    /// Limits below one point or a few bytes are raised to the smallest workable values.
+    pub fn new(max_points: usize, max_bytes: usize) -> Batcher {
+        Batcher { limits: Limits { max_points: max_points.max(1), max_bytes: max_bytes.max(64) }, gzip: None }
+    }
+
+    /// Makes [`Batcher::split_encoded`] gzip each request at `level` (1 to 9).
+    pub fn with_gzip(mut self, level: Option<u32>) -> Batcher {
+        self.gzip = level.map(Gzip::new);
+        self
+    }
+
+    pub fn split(&self, sweep: &Sweep) -> Vec<ExportMetricsServiceRequest> {
+        let mut requests = Vec::new();
+        let mut current: Vec<ResourceMetrics> = Vec::new();
+        let (mut points, mut bytes) = (0usize, 0usize);
+        for resource in &sweep.resources {
+            if resource.points.is_empty() {
+                continue;
+            }
+            let mut pieces = Vec::new();
+            self.limits.encode_fitting(resource, sweep, &mut pieces);
+            for (rm, p, b) in pieces {
+                if !current.is_empty() && self.limits.exceeded((points, bytes), p, b) {
+                    requests
+                        .push(ExportMetricsServiceRequest { resource_metrics: std::mem::take(&mut current) });
+                    points = 0;
+                    bytes = 0;
+                }
+                points += p;
+                bytes += b;
+                current.push(rm);
+            }
+        }
+        if !current.is_empty() {
+            requests.push(ExportMetricsServiceRequest { resource_metrics: current });
+        }
+        requests
+    }
+
+    /// [`Batcher::split`] straight to encoded requests, written from the model by
+    /// [`crate::encode::wire`] without building prost messages; the same requests, byte for
+    /// byte what `split` + `encode_to_vec` would decode to (after gunzip when the batcher
+    /// gzips). Only a resource too large for one request takes `split`'s halving path. The
+    /// limits apply to the uncompressed request, which is what a receiver's limit bounds.
+    pub fn split_encoded(&mut self, sweep: &Sweep) -> Result<Vec<bytes::Bytes>, BatchError> {
+        let time = crate::encode::unix_nanos(sweep.time);
+        let mut writer = crate::encode::wire::Writer::default();
+        let mut requests = Vec::new();
+        let limits = self.limits;
+        let mut current = RequestBuf::new(self.gzip.as_mut());
+        for (index, resource) in sweep.resources.iter().enumerate() {
+            if resource.points.is_empty() {
+                continue;
+            }
+            let n = resource.points.len();
+            let body = writer.resource_metrics_len(resource);
+            let framed = 1 + prost::encoding::encoded_len_varint(body as u64) + body;
+            if n <= limits.max_points && framed <= limits.max_bytes {
+                if !current.is_empty() && limits.exceeded((current.points, current.bytes), n, framed) {
+                    requests.push(current.finish()?);
+                }
+                if current.is_empty() {
+                    // Sized once per request from this resource, as if the ones that follow
+                    // were alike: growing by doubling copied each request about twice over.
+                    let alike = (sweep.resources.len() - index).min((limits.max_points / n).max(1));
+                    current.begin(framed.saturating_mul(alike).min(limits.max_bytes));
+                }
+                writer.put_resource_metrics(resource, time, body, current.buf());
+                current.wrote(n, framed)?;
+                continue;
+            }
+            let mut pieces = Vec::new();
+            limits.encode_fitting(resource, sweep, &mut pieces);
+            for (rm, p, b) in pieces {
+                if !current.is_empty() && limits.exceeded((current.points, current.bytes), p, b) {
+                    requests.push(current.finish()?);
+                }
+                if current.is_empty() {
+                    current.begin(b);
+                }
+                prost::encoding::message::encode(1, &rm, current.buf());
+                current.wrote(p, b)?;
+            }
+        }
+        if !current.is_empty() {
+            requests.push(current.finish()?);
+        }
+        Ok(requests)
     }
 }
 
