@@ -129,6 +129,20 @@ pub struct Dockerd {
     pub socket: PathBuf,
     dir: tempfile::TempDir,
     wrote_key: bool,
+    /// The `/docker` parent cgroups that did not exist before this daemon: dockerd makes them
+    /// for its first container and leaves them, empty, when it stops.
+    parent_cgroups: Vec<PathBuf>,
+}
+
+/// `<hierarchy>/docker` in every mounted hierarchy (v1 controllers, `unified`, `systemd`).
+fn docker_parent_cgroups() -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else { return Vec::new() };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|h| h.join("cgroup.procs").exists())
+        .map(|h| h.join("docker"))
+        .collect()
 }
 
 impl Dockerd {
@@ -136,6 +150,7 @@ impl Dockerd {
         let dir = tempfile::Builder::new().prefix("podometer-dockerd").tempdir().expect("tempdir");
         let socket = dir.path().join("docker.sock");
         let wrote_key = !Path::new(KEY_JSON).exists();
+        let parent_cgroups = docker_parent_cgroups().into_iter().filter(|d| !d.exists()).collect();
         let log = std::fs::File::create(dir.path().join("dockerd.log")).expect("log file");
         let mut child = Command::new("dockerd")
             .arg("--data-root")
@@ -156,7 +171,7 @@ impl Dockerd {
             .spawn()
             .expect("start dockerd");
         wait_for_socket(&socket, &mut child, "dockerd");
-        let dockerd = Dockerd { child, socket, dir, wrote_key };
+        let dockerd = Dockerd { child, socket, dir, wrote_key, parent_cgroups };
         let tar = bb_docker_tar().expect("checked by dockerd_available");
         run(dockerd.docker().arg("load").arg("-q").arg("-i").arg(tar));
         dockerd
@@ -237,6 +252,10 @@ impl Drop for Dockerd {
             for mount in ours {
                 let _ = Command::new("umount").arg("-l").arg(mount).status();
             }
+        }
+        // Only an empty cgroup can go: another test's daemon still using it keeps it.
+        for parent in &self.parent_cgroups {
+            let _ = std::fs::remove_dir(parent);
         }
         if self.wrote_key {
             let _ = std::fs::remove_file(KEY_JSON);

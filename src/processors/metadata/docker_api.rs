@@ -194,6 +194,12 @@ const MAX_VALUE_LEN: usize = 1024;
 const MAX_CONTAINERS: usize = 65_536;
 
 /// The attributes of one container from its list entry.
+/// A container's own name (after its leading `/`): not a link alias (`other/alias`), and
+/// short enough to keep.
+fn own_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_VALUE_LEN && !name.contains('/')
+}
+
 fn container_attributes(summary: &ContainerSummary, labels: &[(String, &'static str)]) -> Attributes {
     let mut attributes: Attributes = Vec::new();
     let fits = |s: &str| !s.is_empty() && s.len() <= MAX_VALUE_LEN;
@@ -201,7 +207,7 @@ fn container_attributes(summary: &ContainerSummary, labels: &[(String, &'static 
     // without a second `/` is the container's own.
     let name =
         summary.names.iter().flatten().map(|n| n.strip_prefix('/').unwrap_or(n)).find(|n| !n.contains('/'));
-    if let Some(name) = name.filter(|n| fits(n)) {
+    if let Some(name) = name.filter(|n| own_name(n)) {
         attributes.push((semconv::CONTAINER_NAME, AttrValue::text(name)));
     }
     if let Some(image) = summary.image.as_deref().filter(|i| fits(i)).and_then(parse_image_reference) {
@@ -266,6 +272,22 @@ impl Cache {
         let pod = self.containers.get(id).and_then(|m| m.pod.clone());
         self.containers
             .insert(id.to_owned(), ContainerMeta { pod, attributes: container_attributes(summary, labels) });
+    }
+
+    fn forget(&mut self, id: &str) {
+        self.containers.remove(id);
+        self.prune_pods();
+    }
+
+    /// Replaces a cached container's `container.name` (callers check the name with
+    /// [`own_name`]).
+    fn rename(&mut self, id: &str, name: &str) {
+        let Some(meta) = self.containers.get_mut(id) else { return };
+        let value = AttrValue::text(name);
+        match meta.attributes.iter_mut().find(|(key, _)| *key == semconv::CONTAINER_NAME) {
+            Some((_, old)) => *old = value,
+            None => meta.attributes.insert(0, (semconv::CONTAINER_NAME, value)),
+        }
     }
 
     fn put_podman_pods(&mut self, entries: &[LibpodContainer]) {
@@ -561,32 +583,66 @@ async fn session(
     Err(client.error("GET /events", "the daemon closed the events stream"))
 }
 
+/// What one event asks of the cache; shared by the task and the fuzz replay.
+#[derive(Debug, PartialEq)]
+enum EventAction<'a> {
+    /// The container is gone: forget it (and pods left without containers).
+    Forget(&'a str),
+    /// Read this one container from the API.
+    Read(&'a str),
+    /// The container got this name (a `rename` event, whose `name` attribute is the new one).
+    Rename(&'a str, &'a str),
+    /// Nothing to do, no request.
+    Nothing,
+}
+
+fn event_action<'a>(cache: &Cache, event: &'a EventMessage) -> EventAction<'a> {
+    if event.typ.is_some_and(|t| t != EventMessageTypeEnum::CONTAINER) {
+        return EventAction::Nothing;
+    }
+    let Some(id) = valid_id(event.actor.as_ref().and_then(|a| a.id.as_deref())) else {
+        return EventAction::Nothing;
+    };
+    match event.action.as_deref().unwrap_or_default() {
+        "destroy" | "remove" => EventAction::Forget(id),
+        // Names stay while the container exists: a stopped container's cgroup lingers for
+        // its last sweep.
+        "die" | "died" => EventAction::Nothing,
+        // Name, image and labels are fixed at create (only a rename changes the name): a create
+        // or start of a container already read (the list, or the replay of the second before
+        // it) costs nothing.
+        "create" | "start" if cache.containers.contains_key(id) => EventAction::Nothing,
+        // The event names the new name; the list is no witness: dockerd 20.10 can list a
+        // container under both its old and new names when the event arrives (seen once in
+        // 59 renames), and nothing says which is which. Read the container only when the
+        // event carries no usable name or the container is not cached.
+        "rename" if cache.containers.contains_key(id) => {
+            let name = event
+                .actor
+                .as_ref()
+                .and_then(|a| a.attributes.as_ref())
+                .and_then(|a| a.get("name"))
+                .map(|n| n.strip_prefix('/').unwrap_or(n))
+                .filter(|n| own_name(n));
+            name.map_or(EventAction::Read(id), |name| EventAction::Rename(id, name))
+        }
+        // create, rename, or a start of a container created before the list: read this one.
+        "create" | "start" | "rename" => EventAction::Read(id),
+        // Anything else (the filter asks for none) costs no request.
+        _ => EventAction::Nothing,
+    }
+}
+
 async fn apply_event(
     client: &Client,
     cache: &mut Cache,
     podman: bool,
     event: &EventMessage,
 ) -> Result<(), ApiError> {
-    if event.typ.is_some_and(|t| t != EventMessageTypeEnum::CONTAINER) {
-        return Ok(());
-    }
-    let Some(id) = valid_id(event.actor.as_ref().and_then(|a| a.id.as_deref())) else {
-        return Ok(());
-    };
-    match event.action.as_deref().unwrap_or_default() {
-        "destroy" | "remove" => {
-            cache.containers.remove(id);
-            cache.prune_pods();
-        }
-        // Names stay while the container exists: a stopped container's cgroup lingers for
-        // its last sweep.
-        "die" | "died" => {}
-        // Name, image and labels are fixed at create (only a rename changes the name): a create
-        // or start of a container already read (the list, or the replay of the second before
-        // it) costs nothing.
-        "create" | "start" if cache.containers.contains_key(id) => {}
-        // create, rename, or a start of a container created before the list: read this one.
-        "create" | "start" | "rename" => {
+    match event_action(cache, event) {
+        EventAction::Forget(id) => cache.forget(id),
+        EventAction::Rename(id, name) => cache.rename(id, name),
+        EventAction::Read(id) => {
             for summary in client.list(Some(id)).await? {
                 cache.put(&summary, &client.labels);
             }
@@ -594,8 +650,7 @@ async fn apply_event(
                 client.podman_pods(cache, Some(id)).await;
             }
         }
-        // Anything else (the filter asks for none) costs no request.
-        _ => {}
+        EventAction::Nothing => {}
     }
     Ok(())
 }
@@ -646,17 +701,10 @@ pub fn replay_answers(
     }
     for line in events.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         let Ok(event) = serde_json::from_slice::<EventMessage>(line) else { continue };
-        if event.typ.is_some_and(|t| t != EventMessageTypeEnum::CONTAINER) {
-            continue;
-        }
-        let Some(id) = valid_id(event.actor.as_ref().and_then(|a| a.id.as_deref())) else { continue };
-        match event.action.as_deref().unwrap_or_default() {
-            "destroy" | "remove" => {
-                cache.containers.remove(id);
-                cache.prune_pods();
-            }
-            "create" | "start" if cache.containers.contains_key(id) => {}
-            "create" | "start" | "rename" => {
+        match event_action(&cache, &event) {
+            EventAction::Forget(id) => cache.forget(id),
+            EventAction::Rename(id, name) => cache.rename(id, name),
+            EventAction::Read(id) => {
                 for summary in listed.iter().filter(|s| s.id.as_deref() == Some(id)) {
                     cache.put(summary, &labels);
                 }
@@ -666,7 +714,7 @@ pub fn replay_answers(
                     }
                 }
             }
-            _ => {}
+            EventAction::Nothing => {}
         }
     }
     cache.snapshot()
@@ -846,5 +894,42 @@ mod tests {
         cache.containers.remove(&id);
         cache.prune_pods();
         assert!(cache.pods.is_empty());
+    }
+
+    #[test]
+    fn a_rename_takes_the_name_the_event_carries_not_the_list_that_races_it() {
+        let id = "e".repeat(64);
+        let name_of = |list: &str, events: &str| {
+            let version = br#"{"Components":[{"Name":"Engine"}]}"#;
+            let snapshot = replay_answers(version, list.as_bytes(), b"[]", events.as_bytes(), &[]);
+            let attrs = snapshot.containers.get(&id).map(|m| m.attributes.clone()).unwrap_or_default();
+            attrs.into_iter().find(|(k, _)| *k == semconv::CONTAINER_NAME).map(|(_, v)| v)
+        };
+        let rename = |attributes: &str| {
+            format!(
+                r#"{{"Type":"container","Action":"rename","Actor":{{"ID":"{id}","Attributes":{attributes}}}}}"#
+            )
+        };
+        // What dockerd 20.10 answered once in 59 renames, right after the rename event.
+        let both = format!(r#"[{{"Id":"{id}","Names":["/old","/new"],"Image":"bb:1"}}]"#);
+        assert_eq!(name_of(&both, ""), Some("old".into()), "the list alone cannot tell");
+        let event = rename(r#"{"name":"new","oldName":"/old"}"#);
+        assert_eq!(name_of(&both, &event), Some("new".into()));
+        // No usable name in the event: the container is read again (here: the list's entry).
+        let listed = format!(r#"[{{"Id":"{id}","Names":["/listed"]}}]"#);
+        for attributes in [r#"{}"#, r#"{"name":""}"#, r#"{"name":"other/alias"}"#] {
+            let long = format!(r#"{{"name":"{}"}}"#, "n".repeat(MAX_VALUE_LEN + 1));
+            for attributes in [attributes, long.as_str()] {
+                assert_eq!(name_of(&listed, &rename(attributes)), Some("listed".into()), "{attributes}");
+            }
+        }
+        // A rename of a container not cached reads it, and costs a request.
+        let mut cache = Cache::default();
+        let event: EventMessage = serde_json::from_str(&event).unwrap();
+        assert_eq!(event_action(&cache, &event), EventAction::Read(&id));
+        let summary: ContainerSummary =
+            serde_json::from_str(&both).map(|v: Vec<_>| v.into_iter().next().unwrap()).unwrap();
+        cache.put(&summary, &[]);
+        assert_eq!(event_action(&cache, &event), EventAction::Rename(&id, "new"));
     }
 }
