@@ -132,6 +132,22 @@ fn a_container_started_after_the_agent_has_its_names_one_sweep_after_its_start()
     assert_eq!(str_attr(&s, &late.id, &format!("container.label.{PROJECT}")).as_deref(), Some("late"));
     let named_after = named_after.expect("named within one 1 s sweep interval of its start");
     eprintln!("late container named {} ms after `podman run -d` returned", named_after.as_millis());
+
+    // The agent takes a rename's new name from the event (see the dockerd test): Podman's
+    // compatible events must carry the new name, not the old one.
+    let renamed = support::unique("podometer-dapi-late-renamed");
+    run(support::podman::podman().args(["rename", &late.id, &renamed]));
+    let renamed_at = Instant::now();
+    while str_attr(&agent.sweep(SystemTime::now()), &late.id, semconv::CONTAINER_NAME).as_deref()
+        != Some(renamed.as_str())
+    {
+        assert!(
+            renamed_at.elapsed() < Duration::from_secs(3),
+            "the rename did not reach the sweeps within 3 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("podman: rename seen {} ms after `podman rename` returned", renamed_at.elapsed().as_millis());
 }
 
 #[test]

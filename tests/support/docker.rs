@@ -100,7 +100,8 @@ impl PodmanContainer {
 
 impl Drop for PodmanContainer {
     fn drop(&mut self) {
-        let _ = podman().args(["rm", "-f", "-t", "0", &self.name]).output();
+        // By id: a test may have renamed it.
+        let _ = podman().args(["rm", "-f", "-t", "0", &self.id]).output();
     }
 }
 
