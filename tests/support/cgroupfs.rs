@@ -1,12 +1,25 @@
 //! Real cgroups made by a test in every v1 controller and in the v2 `unified` hierarchy of
 //! this (hybrid) machine, removed on drop after their processes are killed.
 
+use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub const V1_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "memory", "blkio", "pids", "cpuset", "systemd"];
+
+/// Every directory a `TestCgroup` of this test process created and not yet removed. Tests
+/// run in parallel and share parents (`docker/`, `kubepods/`): the parent is created by
+/// whichever test comes first, and cannot go while another test's cgroup is below it, so the
+/// last test out removes it. Directories that existed before the tests are never in here.
+static CREATED: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+
+fn created_set<T>(f: impl FnOnce(&mut HashSet<PathBuf>) -> T) -> T {
+    let mut guard = CREATED.lock().unwrap_or_else(|e| e.into_inner());
+    f(guard.get_or_insert_with(HashSet::new))
+}
 
 /// One cgroup path (relative to the root, e.g. `kubepods/burstable/pod<uid>/<id>`), created in
 /// every hierarchy that is mounted, parents included. Processes started with `spawn` join it.
@@ -36,6 +49,7 @@ impl TestCgroup {
                         inherit_cpuset(&dir);
                     }
                     cg.created.push(dir.clone());
+                    created_set(|set| set.insert(dir.clone()));
                 }
             }
         }
@@ -137,11 +151,31 @@ impl Drop for TestCgroup {
             std::thread::sleep(Duration::from_millis(20));
         }
         // Processes leave a cgroup asynchronously after exit; rmdir fails with EBUSY until then.
+        // A cgroup with a child cgroup (another test's, below a shared parent) stays busy: it is
+        // left to the ancestors' pass below.
+        let has_child =
+            |dir: &Path| fs::read_dir(dir).is_ok_and(|mut e| e.any(|e| e.is_ok_and(|e| e.path().is_dir())));
         for dir in self.created.iter().rev() {
             let deadline = Instant::now() + Duration::from_secs(5);
-            while fs::remove_dir(dir).is_err() && dir.exists() && Instant::now() < deadline {
+            while fs::remove_dir(dir).is_err() && dir.exists() && !has_child(dir) && Instant::now() < deadline
+            {
                 std::thread::sleep(Duration::from_millis(20));
             }
+            if !dir.exists() {
+                created_set(|set| set.remove(dir));
+            }
         }
+        // Parents any test of this process created: removed by the last test below them.
+        created_set(|set| {
+            for hierarchy in self.hierarchies() {
+                let mut dir = hierarchy.join(&self.relative);
+                while dir.pop() && dir != hierarchy {
+                    if !set.contains(&dir) || fs::remove_dir(&dir).is_err() {
+                        break;
+                    }
+                    set.remove(&dir);
+                }
+            }
+        });
     }
 }

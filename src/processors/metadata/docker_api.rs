@@ -193,13 +193,13 @@ const MAX_VALUE_LEN: usize = 1024;
 /// Most containers the cache holds; past it new containers are exported with ids only.
 const MAX_CONTAINERS: usize = 65_536;
 
-/// The attributes of one container from its list entry.
 /// A container's own name (after its leading `/`): not a link alias (`other/alias`), and
 /// short enough to keep.
 fn own_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= MAX_VALUE_LEN && !name.contains('/')
 }
 
+/// The attributes of one container from its list entry.
 fn container_attributes(summary: &ContainerSummary, labels: &[(String, &'static str)]) -> Attributes {
     let mut attributes: Attributes = Vec::new();
     let fits = |s: &str| !s.is_empty() && s.len() <= MAX_VALUE_LEN;
@@ -915,21 +915,25 @@ mod tests {
         assert_eq!(name_of(&both, ""), Some("old".into()), "the list alone cannot tell");
         let event = rename(r#"{"name":"new","oldName":"/old"}"#);
         assert_eq!(name_of(&both, &event), Some("new".into()));
-        // No usable name in the event: the container is read again (here: the list's entry).
-        let listed = format!(r#"[{{"Id":"{id}","Names":["/listed"]}}]"#);
-        for attributes in [r#"{}"#, r#"{"name":""}"#, r#"{"name":"other/alias"}"#] {
-            let long = format!(r#"{{"name":"{}"}}"#, "n".repeat(MAX_VALUE_LEN + 1));
-            for attributes in [attributes, long.as_str()] {
-                assert_eq!(name_of(&listed, &rename(attributes)), Some("listed".into()), "{attributes}");
-            }
-        }
-        // A rename of a container not cached reads it, and costs a request.
+        // A rename of a container not cached reads it.
         let mut cache = Cache::default();
-        let event: EventMessage = serde_json::from_str(&event).unwrap();
-        assert_eq!(event_action(&cache, &event), EventAction::Read(&id));
+        let parse = |text: &str| serde_json::from_str::<EventMessage>(text).unwrap();
+        assert_eq!(event_action(&cache, &parse(&event)), EventAction::Read(&id));
         let summary: ContainerSummary =
             serde_json::from_str(&both).map(|v: Vec<_>| v.into_iter().next().unwrap()).unwrap();
         cache.put(&summary, &[]);
-        assert_eq!(event_action(&cache, &event), EventAction::Rename(&id, "new"));
+        // A cached one takes the event's name, with or without the leading `/`.
+        assert_eq!(event_action(&cache, &parse(&event)), EventAction::Rename(&id, "new"));
+        let slashed = rename(r#"{"name":"/new"}"#);
+        assert_eq!(event_action(&cache, &parse(&slashed)), EventAction::Rename(&id, "new"));
+        // No usable name in the event: the container is read again.
+        let long = format!(r#"{{"name":"{}"}}"#, "n".repeat(MAX_VALUE_LEN + 1));
+        for attributes in [r#"{}"#, r#"{"name":""}"#, r#"{"name":"other/alias"}"#, long.as_str()] {
+            assert_eq!(
+                event_action(&cache, &parse(&rename(attributes))),
+                EventAction::Read(&id),
+                "{attributes}"
+            );
+        }
     }
 }
