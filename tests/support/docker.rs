@@ -84,7 +84,6 @@ impl Drop for PodmanService {
 
 /// A plain Podman container (no pod), removed on drop.
 pub struct PodmanContainer {
-    pub name: String,
     pub id: String,
 }
 
@@ -94,7 +93,7 @@ impl PodmanContainer {
         let mut cmd = podman();
         cmd.args(["run", "-d", "--name", name]).args(extra).args(["localhost/bb:1", "sh", "-c", script]);
         let id = run(&mut cmd).trim().to_owned();
-        PodmanContainer { name: name.to_owned(), id }
+        PodmanContainer { id }
     }
 }
 
