@@ -47,6 +47,9 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use sweep_files::{HYBRID_FILES, HYBRID_LEAN_FILES, HYBRID_RARE_FILES};
 use tonic::codec::CompressionEncoding;
 
+/// The files of the TCP/UDP counters the agent reads by default, once per pod and sweep.
+const PROTOCOL_FILES: [&str; 3] = ["net/snmp", "net/netstat", "net/snmp6"];
+
 const HIERARCHIES: &[&str] = &["cpu", "cpuacct", "memory", "blkio", "pids", "cpuset", "systemd", "unified"];
 
 struct Args {
@@ -62,6 +65,10 @@ struct Args {
     /// `--lean-config FILE`: also measure the agent with this config (the lean profile,
     /// `config/lean.yaml`) at every N, on the same node.
     lean_config: Option<PathBuf>,
+    /// `--protocols-off-config FILE`: also measure the agent with this config (the default one
+    /// with the TCP/UDP counters off, `bench/no-protocols.yaml`): the difference is what the
+    /// counters add, set beside the pread floor of their files.
+    protocols_off_config: Option<PathBuf>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -75,6 +82,7 @@ fn parse_args() -> anyhow::Result<Args> {
         label: String::new(),
         agent_env: Vec::new(),
         lean_config: None,
+        protocols_off_config: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -89,6 +97,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--out" => a.out = value()?.into(),
             "--agent" => a.agent = value()?.into(),
             "--lean-config" => a.lean_config = Some(value()?.into()),
+            "--protocols-off-config" => a.protocols_off_config = Some(value()?.into()),
             "--label" => a.label = value()?,
             "--agent-env" => {
                 let kv = value()?;
@@ -152,6 +161,32 @@ fn main() -> anyhow::Result<()> {
                 / node.containers() as f64;
             (agent, floor)
         });
+        // The TCP/UDP counters: the agent without them, on the same node; what they add per pod
+        // and sweep against the pread floor of their files (per read, times one per pod).
+        let protocols = match &args.protocols_off_config {
+            Some(config) => {
+                let (off, _) = measure_agent(&args, &node, &receiver, Some(config), false)?;
+                let per_pod =
+                    |per_container: f64| per_container * node.containers() as f64 / node.pods.len() as f64;
+                let floor: f64 = floor_cost
+                    .per_file
+                    .iter()
+                    .filter(|(label, _, _)| PROTOCOL_FILES.iter().any(|f| label.contains(f)))
+                    .map(|(_, per_read, _)| per_read)
+                    .sum();
+                let added = Added {
+                    whole: per_pod(agent.per_container_sweep - off.per_container_sweep),
+                    sweep_thread: per_pod(agent.sweep_thread - off.sweep_thread),
+                    floor,
+                };
+                eprintln!(
+                    "bench_node: N={n}: TCP/UDP counters add {:.1} µs per pod-sweep ({:.1} on the sweep thread); their files' floor {floor:.1} µs",
+                    added.whole, added.sweep_thread
+                );
+                Some(added)
+            }
+            None => None,
+        };
         let naive = measure_reader(&node, args.sweeps, ReadMode::OpenReadClose, None)?.per_container_sweep;
         per_file.push((n, floor_cost.per_file));
         eprintln!("bench_node: N={n}: floor {floor:.1} µs, naive {naive:.1} µs per container-sweep");
@@ -164,7 +199,7 @@ fn main() -> anyhow::Result<()> {
         if let Some(nd) = &netdata {
             eprintln!("bench_node: N={n}: netdata {:.1} µs per container-sample ({} cgroups)", nd.0, nd.1);
         }
-        rows.push(Row { n, agent, floor, naive, netdata, lean });
+        rows.push(Row { n, agent, floor, naive, netdata, lean, protocols });
         drop(node);
     }
     let podman = if args.podman > 0 { Some(measure_podman(&args)?) } else { None };
@@ -323,10 +358,12 @@ impl Node {
                     }
                 }
             }
-            out.push((
-                "/proc/<pid>/net/dev (per pod)".to_owned(),
-                PathBuf::from(format!("/proc/{}/net/dev", pod.sandbox_pid)),
-            ));
+            for file in std::iter::once("net/dev").chain(PROTOCOL_FILES) {
+                out.push((
+                    format!("/proc/<pid>/{file} (per pod)"),
+                    PathBuf::from(format!("/proc/{}/{file}", pod.sandbox_pid)),
+                ));
+            }
         }
         out
     }
@@ -539,7 +576,8 @@ fn measure_agent(
     floor: bool,
 ) -> anyhow::Result<(AgentResult, Option<ReaderCost>)> {
     let n = node.containers();
-    let kind = if config.is_some() { "-lean" } else { "" };
+    let kind =
+        config.and_then(|c| c.file_stem()).map(|s| format!("-{}", s.to_string_lossy())).unwrap_or_default();
     let log = args.out.join(format!("agent-{n}{kind}{}.log", args.label));
     let child = Command::new(&args.agent)
         .arg("run")
@@ -933,6 +971,15 @@ struct Row {
     netdata: Option<(f64, usize)>,
     /// The agent with the lean config, and the pread floor of the files it reads.
     lean: Option<(AgentResult, f64)>,
+    protocols: Option<Added>,
+}
+
+/// What the TCP/UDP counters add per pod and sweep (µs): the whole agent's and the sweep
+/// thread's difference to the agent without them, and the pread floor of their files.
+struct Added {
+    whole: f64,
+    sweep_thread: f64,
+    floor: f64,
 }
 
 fn machine() -> String {
@@ -1081,6 +1128,33 @@ fn write_results(args: &Args, machine: &str, rows: &[Row], podman: Option<f64>) 
                 l.rss_mib,
                 times(r.netdata.map(|x| x.0)),
                 times(podman),
+            );
+        }
+    }
+    if rows.iter().any(|r| r.protocols.is_some()) {
+        let config = args.protocols_off_config.as_deref().unwrap_or(Path::new("?")).display().to_string();
+        let _ = writeln!(
+            md,
+            "\nTCP/UDP counters (default set: `{}` once per pod): what they add per pod-sweep (µs), the agent with them (the default) minus the agent without them (`{config}`) on the same node in the same run, beside the pread floor of those files measured with the agent.\n",
+            PROTOCOL_FILES.join("`, `")
+        );
+        let _ = writeln!(
+            md,
+            "| N | pods | floor of the files | added, whole agent | ratio | added, sweep thread | ratio |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+        for r in rows {
+            let Some(p) = &r.protocols else { continue };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.1} | {:.1} | {:.2}× | {:.1} | {:.2}× |",
+                r.n,
+                r.n.div_ceil(3),
+                p.floor,
+                p.whole,
+                p.whole / p.floor,
+                p.sweep_thread,
+                p.sweep_thread / p.floor
             );
         }
     }

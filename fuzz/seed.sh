@@ -27,6 +27,15 @@ for file in $(find $f -name memory.stat -type f | sort | sed -n 1,4p); do seed_c
 { printf '\x01'; cat /proc/self/stat; } > $c/proc_file/seed-stat
 { printf '\x01'; echo '4242 (a) b) c) S 1 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 123456 0 0'; } > $c/proc_file/seed-stat-paren
 { printf '\x02'; printf '1\n42\n4242\n'; } > $c/proc_file/seed-procs
+# net_protocols: 0 snmp, 1 netstat, 2 snmp6, 3 sockstat, 4 sockstat6; the recorded kernels' files.
+mkdir -p $c/net_protocols
+i=0
+for file in snmp netstat snmp6 sockstat sockstat6; do
+    for k in ../fixtures/net_protocols/*/; do
+        if [ -f "$k$file" ]; then { printf "\\x0$i"; cat "$k$file"; } > "$c/net_protocols/seed-$file-$(basename "$k")"; fi
+    done
+    i=$((i + 1))
+done
 # netlink: each captured RTM_NEWLINK message of the test data, sequence number set to 1.
 i=0
 grep -v '^#' ../src/sources/netns/testdata/rtnl_links.txt | while read -r _ _ hex; do

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The node benchmark (issue 10): the whole agent at 1 s over a synthetic kubelet-style node of
 # N containers, beside the pread floor, a naive reader, Netdata's cgroups plugin and
-# `podman stats`, and the agent again with the lean profile (config/lean.yaml); writes
+# `podman stats`, the agent again with the lean profile (config/lean.yaml) and without its
+# TCP/UDP counters (bench/no-protocols.yaml, for what they add per pod); writes
 # bench/results/node.{md,csv,dat,png}. Root only.
 #
 #   scripts/bench-node.sh                 # N = 100, 500, 1000; 20 sweeps; 40 Podman containers
@@ -39,7 +40,8 @@ if [ "$smoke" = 1 ]; then
   out=$(mktemp -d)
   trap 'rm -rf "$out"' EXIT
   target/debug/examples/bench_node --agent target/debug/podometer --sizes 12,30 --sweeps 3 \
-    --podman 0 --no-netdata --lean-config config/lean.yaml --out "$out" "${args[@]}"
+    --podman 0 --no-netdata --lean-config config/lean.yaml --protocols-off-config bench/no-protocols.yaml \
+    --out "$out" "${args[@]}"
   results="$out"
 else
   eval "$(bash scripts/testbed.sh)"   # podman, runc and the local busybox images
@@ -49,6 +51,7 @@ else
   cargo build -q --release --example bench_node
   results=bench/results
   target/release/examples/bench_node --agent "$agent" --lean-config config/lean.yaml \
+    --protocols-off-config bench/no-protocols.yaml \
     --out "$results" "${args[@]}"
 fi
 

@@ -29,6 +29,7 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("otlp_response", otlp_response),
     ("bundle_config", bundle_config),
     ("docker_api", docker_api),
+    ("net_protocols", net_protocols),
 ];
 
 /// The first byte picks the cgroup file format, the rest is the file's text (cgroup files are
@@ -72,6 +73,23 @@ pub fn proc_file(data: &[u8]) {
         0 => drop(procfs::parse_net_dev(text)),
         1 => drop(procfs::parse_stat_starttime(text)),
         _ => drop(procfs::parse_procs(text)),
+    }
+}
+
+/// The first byte picks `net/snmp`, `net/netstat`, `net/snmp6`, `net/sockstat` or
+/// `net/sockstat6`; the counters parsed are turned into points as a sweep would.
+pub fn net_protocols(data: &[u8]) {
+    use crate::sources::netns::protocols::{
+        ProtocolCounters, ProtocolFile, ProtocolMetricsConfig, ProtocolSelection,
+    };
+    let Some((&which, rest)) = data.split_first() else { return };
+    let Ok(text) = std::str::from_utf8(rest) else { return };
+    let kind = ProtocolFile::ALL[usize::from(which) % ProtocolFile::ALL.len()];
+    let mut counters = ProtocolCounters::default();
+    if kind.parse(text, &mut counters).is_ok() {
+        let all = ProtocolMetricsConfig { include: vec![crate::glob::Glob::new("*")], exclude: Vec::new() };
+        let mut points = Vec::new();
+        ProtocolSelection::new(&all).points(&crate::semconv::POD_NETWORK.protocols, &counters, &mut points);
     }
 }
 

@@ -52,6 +52,12 @@ pub const NETWORK_INTERFACE_NAME: &str = "network.interface.name";
 pub const NETWORK_INTERFACE_HOST_PEER: &str = "network.interface.host_peer";
 /// Not in the conventions: `some` or `full`, as in the kernel's PSI files.
 pub const PRESSURE_STALL_TYPE: &str = "pressure.stall.type";
+/// `ipv4` or `ipv6`: which of the kernel's MIBs a UDP counter or a socket count comes from.
+pub const NETWORK_TYPE: &str = "network.type";
+/// `tcp` or `udp`.
+pub const NETWORK_TRANSPORT: &str = "network.transport";
+/// `established` or `time_wait`, as `system.network.connection.count` uses it.
+pub const NETWORK_CONNECTION_STATE: &str = "network.connection.state";
 
 pub const CPU_MODE_USER: &str = "user";
 pub const CPU_MODE_SYSTEM: &str = "system";
@@ -59,6 +65,12 @@ pub const DIRECTION_READ: &str = "read";
 pub const DIRECTION_WRITE: &str = "write";
 pub const DIRECTION_RECEIVE: &str = "receive";
 pub const DIRECTION_TRANSMIT: &str = "transmit";
+pub const NETWORK_TYPE_IPV4: &str = "ipv4";
+pub const NETWORK_TYPE_IPV6: &str = "ipv6";
+pub const TRANSPORT_TCP: &str = "tcp";
+pub const TRANSPORT_UDP: &str = "udp";
+pub const CONNECTION_ESTABLISHED: &str = "established";
+pub const CONNECTION_TIME_WAIT: &str = "time_wait";
 
 /// The scope name on every OTLP request.
 pub const SCOPE_NAME: &str = "podometer";
@@ -101,6 +113,8 @@ pub struct NetworkFamily {
     pub errors: MetricDesc,
     pub packets: MetricDesc,
     pub dropped: MetricDesc,
+    /// The namespace's TCP and UDP counters, on the same Resource.
+    pub protocols: ProtocolFamily,
 }
 
 macro_rules! cgroup_family {
@@ -184,6 +198,144 @@ macro_rules! cgroup_family {
     };
 }
 
+/// TCP and UDP health of one network namespace (`/proc/<pid>/net/{snmp,netstat,snmp6,sockstat,
+/// sockstat6}`), on the same Resource as its network I/O. The conventions name none of these per
+/// container or pod: the names extend `<prefix>.network.*` the way `system.network.*` does, and
+/// the gauges mirror `system.network.connection.count`. Each doc comment names the kernel
+/// counter; `docs/metrics.md` lists them with their files.
+#[derive(Debug)]
+pub struct ProtocolFamily {
+    /// `Tcp: InSegs` (receive), `Tcp: OutSegs` (transmit).
+    pub tcp_segments: MetricDesc,
+    /// `Tcp: RetransSegs`.
+    pub tcp_retransmitted: MetricDesc,
+    /// `Tcp: InErrs`.
+    pub tcp_errors: MetricDesc,
+    /// `Tcp: OutRsts` (transmit), `Tcp: EstabResets` (receive: what `netstat -s` calls
+    /// "connection resets received"; the kernel keeps no count of RST segments received).
+    pub tcp_resets: MetricDesc,
+    /// `Tcp: ActiveOpens`.
+    pub tcp_active_opens: MetricDesc,
+    /// `Tcp: PassiveOpens`.
+    pub tcp_passive_opens: MetricDesc,
+    /// `Tcp: AttemptFails`.
+    pub tcp_failed_opens: MetricDesc,
+    /// `TcpExt: ListenOverflows`.
+    pub tcp_listen_overflows: MetricDesc,
+    /// `TcpExt: ListenDrops`.
+    pub tcp_listen_drops: MetricDesc,
+    /// `TcpExt: TCPSynRetrans`.
+    pub tcp_syn_retransmitted: MetricDesc,
+    /// `TcpExt: TCPTimeouts`.
+    pub tcp_timeouts: MetricDesc,
+    /// `Udp: InDatagrams`/`OutDatagrams` (`network.type` ipv4), `Udp6InDatagrams`/
+    /// `Udp6OutDatagrams` (ipv6).
+    pub udp_datagrams: MetricDesc,
+    /// `Udp: NoPorts`, `Udp6NoPorts`.
+    pub udp_no_port: MetricDesc,
+    /// `Udp: InErrors`, `Udp6InErrors`.
+    pub udp_errors: MetricDesc,
+    /// `Udp: RcvbufErrors` (receive), `SndbufErrors` (transmit), and their `Udp6` twins.
+    pub udp_buffer_errors: MetricDesc,
+    /// `Tcp: CurrEstab` (`established`: ESTABLISHED and CLOSE-WAIT, as RFC 1213 counts them),
+    /// sockstat's `tw` (`time_wait`).
+    pub connections: MetricDesc,
+    /// sockstat's and sockstat6's `inuse`, by `network.transport` and `network.type`.
+    pub sockets: MetricDesc,
+}
+
+macro_rules! protocol_family {
+    ($prefix:literal) => {
+        ProtocolFamily {
+            tcp_segments: counter(
+                concat!($prefix, ".network.tcp.segment.count"),
+                "{segment}",
+                "TCP segments received and sent (retransmissions excluded from sent), by direction.",
+            ),
+            tcp_retransmitted: counter(
+                concat!($prefix, ".network.tcp.segment.retransmitted"),
+                "{segment}",
+                "TCP segments retransmitted.",
+            ),
+            tcp_errors: counter(
+                concat!($prefix, ".network.tcp.segment.errors"),
+                "{segment}",
+                "TCP segments received in error (bad checksum and the like).",
+            ),
+            tcp_resets: counter(
+                concat!($prefix, ".network.tcp.reset.count"),
+                "{reset}",
+                "TCP resets sent (transmit) and connections reset from ESTABLISHED or CLOSE-WAIT (receive).",
+            ),
+            tcp_active_opens: counter(
+                concat!($prefix, ".network.tcp.open.active"),
+                "{connection}",
+                "TCP connections opened by this namespace (SYN sent).",
+            ),
+            tcp_passive_opens: counter(
+                concat!($prefix, ".network.tcp.open.passive"),
+                "{connection}",
+                "TCP connections accepted by a listener (SYN received).",
+            ),
+            tcp_failed_opens: counter(
+                concat!($prefix, ".network.tcp.open.failed"),
+                "{connection}",
+                "TCP connection attempts that failed.",
+            ),
+            tcp_listen_overflows: counter(
+                concat!($prefix, ".network.tcp.listen.overflows"),
+                "{connection}",
+                "Connections dropped because a listener's accept queue was full.",
+            ),
+            tcp_listen_drops: counter(
+                concat!($prefix, ".network.tcp.listen.drops"),
+                "{connection}",
+                "Connection requests a listener dropped for any reason, overflows included.",
+            ),
+            tcp_syn_retransmitted: counter(
+                concat!($prefix, ".network.tcp.syn.retransmitted"),
+                "{segment}",
+                "SYN and SYN-ACK segments retransmitted.",
+            ),
+            tcp_timeouts: counter(
+                concat!($prefix, ".network.tcp.timeouts"),
+                "{timeout}",
+                "TCP retransmission timer expiries.",
+            ),
+            udp_datagrams: counter(
+                concat!($prefix, ".network.udp.datagram.count"),
+                "{datagram}",
+                "UDP datagrams delivered and sent, by direction and network.type.",
+            ),
+            udp_no_port: counter(
+                concat!($prefix, ".network.udp.no_port"),
+                "{datagram}",
+                "UDP datagrams received for a port nobody listens on.",
+            ),
+            udp_errors: counter(
+                concat!($prefix, ".network.udp.errors"),
+                "{datagram}",
+                "UDP datagrams received that could not be delivered, buffer errors included.",
+            ),
+            udp_buffer_errors: counter(
+                concat!($prefix, ".network.udp.buffer_errors"),
+                "{datagram}",
+                "UDP datagrams dropped because a socket's receive buffer was full (receive) or its send buffer could not take them (transmit).",
+            ),
+            connections: gauge(
+                concat!($prefix, ".network.connection.count"),
+                "{connection}",
+                "TCP connections by state (mirrors system.network.connection.count).",
+            ),
+            sockets: gauge(
+                concat!($prefix, ".network.socket.count"),
+                "{socket}",
+                "Sockets in use, by network.transport and network.type.",
+            ),
+        }
+    };
+}
+
 macro_rules! network_family {
     ($prefix:literal) => {
         NetworkFamily {
@@ -208,6 +360,7 @@ macro_rules! network_family {
                 "{packet}",
                 "Packets dropped, by interface.",
             ),
+            protocols: protocol_family!($prefix),
         }
     };
 }

@@ -76,6 +76,8 @@ pub struct Stats {
     pub pids: Option<f64>,
     pub net_rx: Option<f64>,
     pub net_tx: Option<f64>,
+    /// TCP segments retransmitted per second, in the resource's network namespace.
+    pub retransmits: Option<f64>,
     pub disk_read: Option<f64>,
     pub disk_write: Option<f64>,
 }
@@ -101,6 +103,11 @@ pub fn stats(r: &Resource, before: Option<&Resource>, seconds: f64) -> Stats {
         pids: value(Some(r), cg.pids_count.name),
         net_rx: counter_rate(net.io.name, semconv::NETWORK_IO_DIRECTION, semconv::DIRECTION_RECEIVE),
         net_tx: counter_rate(net.io.name, semconv::NETWORK_IO_DIRECTION, semconv::DIRECTION_TRANSMIT),
+        retransmits: rate(
+            value(before, net.protocols.tcp_retransmitted.name),
+            value(Some(r), net.protocols.tcp_retransmitted.name),
+            seconds,
+        ),
         disk_read: counter_rate(cg.disk_io.name, semconv::DISK_IO_DIRECTION, semconv::DIRECTION_READ),
         disk_write: counter_rate(cg.disk_io.name, semconv::DISK_IO_DIRECTION, semconv::DIRECTION_WRITE),
     }

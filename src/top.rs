@@ -95,6 +95,7 @@ pub fn build(prev: &Sweep, cur: &Sweep) -> Vec<Group> {
                         pids: None,
                         net_rx: None,
                         net_tx: None,
+                        retransmits: None,
                         disk_read: None,
                         disk_write: None,
                     },
@@ -123,10 +124,11 @@ pub fn build(prev: &Sweep, cur: &Sweep) -> Vec<Group> {
                 g.pids = add(g.pids, st.pids);
                 g.net_rx = add(g.net_rx, st.net_rx);
                 g.net_tx = add(g.net_tx, st.net_tx);
+                g.retransmits = add(g.retransmits, st.retransmits);
                 g.disk_read = add(g.disk_read, st.disk_read);
                 g.disk_write = add(g.disk_write, st.disk_write);
                 // Network is shown once, on the pod.
-                let stats = Stats { net_rx: None, net_tx: None, ..st };
+                let stats = Stats { net_rx: None, net_tx: None, retransmits: None, ..st };
                 group.members.push(Member { label: container_name(r, id), id: id.clone(), stats });
             }
         }
@@ -191,7 +193,7 @@ fn compact(b: f64) -> String {
     scaled_bytes(b, ["B", "K", "M", "G", "T"])
 }
 
-fn cells(label: String, st: &Stats) -> [String; 8] {
+fn cells(label: String, st: &Stats) -> [String; 9] {
     let dash = || "-".to_owned();
     let bytes = |v: Option<f64>| v.map(compact).unwrap_or_else(dash);
     [
@@ -203,16 +205,20 @@ fn cells(label: String, st: &Stats) -> [String; 8] {
         bytes(st.net_tx),
         bytes(st.disk_read),
         bytes(st.disk_write),
+        st.retransmits
+            .map(|r| if r < 10.0 { format!("{r:.1}") } else { format!("{r:.0}") })
+            .unwrap_or_else(dash),
     ]
 }
 
-pub const HEADER: [&str; 8] =
-    ["POD / CONTAINER", "CPU%", "MEM", "PIDS", "NET RX/s", "NET TX/s", "DISK R/s", "DISK W/s"];
+/// `RETR/s`: TCP segments the pod's network namespace retransmitted per second.
+pub const HEADER: [&str; 9] =
+    ["POD / CONTAINER", "CPU%", "MEM", "PIDS", "NET RX/s", "NET TX/s", "DSK R/s", "DSK W/s", "RETR/s"];
 /// Fits 80 columns with one space between columns.
-const WIDTHS: [u16; 8] = [23, 6, 7, 5, 8, 8, 8, 8];
+const WIDTHS: [u16; 9] = [18, 6, 7, 5, 8, 8, 7, 7, 6];
 
 /// The rows as text cells, pods first and their containers indented under them.
-pub fn rows(groups: &[Group]) -> Vec<(bool, [String; 8])> {
+pub fn rows(groups: &[Group]) -> Vec<(bool, [String; 9])> {
     let mut out = Vec::new();
     for g in groups {
         out.push((true, cells(g.label.clone(), &g.stats)));
@@ -727,6 +733,23 @@ mod tests {
         assert!(pod.members.iter().all(|m| m.stats.net_rx.is_none()), "network only on the pod row");
         assert_eq!(groups[1].label, "alone0000000");
         assert!(groups[1].members.is_empty());
+    }
+
+    #[test]
+    fn the_pod_row_shows_the_namespace_retransmit_rate() {
+        let (mut a, mut b) = sweeps();
+        // The infra container owns the Podman pod's namespace: 10 then 16 segments over 2 s.
+        for (s, n) in [(&mut a, 10), (&mut b, 16)] {
+            let r = s.resource_mut(ResourceId::Container("infra000000000".into()), Vec::new);
+            r.points.push(Point::new(&semconv::CONTAINER_NETWORK.protocols.tcp_retransmitted, Value::Int(n)));
+        }
+        let groups = arrange(build(&a, &b), SortKey::Cpu, "");
+        assert_eq!(groups[0].stats.retransmits, Some(3.0));
+        assert!(groups[0].members.iter().all(|m| m.stats.retransmits.is_none()), "only on the pod row");
+        assert_eq!(groups[1].stats.retransmits, None, "no counter, no rate");
+        let cells = rows(&groups);
+        assert_eq!(cells[0].1[8], "3.0");
+        assert_eq!(cells.last().unwrap().1[8], "-");
     }
 
     #[test]

@@ -6,25 +6,15 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use podometer::model::{AttrValue, ContainerInfo, PodRef, ResourceId, Runtime, Sweep, SweepContext};
+use podometer::model::{AttrValue, ContainerInfo, PodRef, ResourceId, Runtime, Sweep};
 use podometer::semconv;
 use podometer::sources::netns::{HostNetwork, NetnsConfig, NetnsSource};
-use podometer::sources::Source;
-use support::cgroupfs::TestCgroup;
+use support::kube_pod::{hex_id, sweep, KubePod};
 use support::netns::{podman_net_bytes, send_tcp, tcp_sink_in, TestNetns};
 
 const PORT: u16 = 8080;
-
-fn sweep(source: &mut NetnsSource, containers: &[ContainerInfo]) -> Sweep {
-    let now = SystemTime::now();
-    let mut ctx = SweepContext::new(now);
-    ctx.containers = containers.iter().cloned().map(std::sync::Arc::new).collect();
-    let mut sweep = Sweep::new(now);
-    source.collect(&mut ctx, &mut sweep).expect("collect");
-    sweep
-}
 
 /// The one point of `metric` for `iface` and `direction` on `id`; panics if there are several.
 fn value(sweep: &Sweep, id: &ResourceId, metric: &str, iface: &str, direction: &str) -> i64 {
@@ -41,12 +31,16 @@ fn value(sweep: &Sweep, id: &ResourceId, metric: &str, iface: &str, direction: &
     }
 }
 
+/// Points of the interface series (`net/dev`); the namespace's TCP/UDP counters are counted
+/// apart (`tests/netns_protocols_live.rs`).
 fn network_point_count(sweep: &Sweep) -> usize {
     sweep
         .resources
         .iter()
         .flat_map(|r| r.points.iter())
-        .filter(|p| p.metric.name.contains(".network."))
+        .filter(|p| {
+            p.metric.name.contains(".network.") && p.attribute(semconv::NETWORK_INTERFACE_NAME).is_some()
+        })
         .count()
 }
 
@@ -66,87 +60,6 @@ fn interfaces_of(sweep: &Sweep, id: &ResourceId) -> Vec<String> {
     names.sort();
     names.dedup();
     names
-}
-
-/// Waits until `pid` has exec'ed `comm`, i.e. `ip netns exec` has switched namespaces.
-fn wait_for_comm(pid: u32, comm: &str) {
-    for _ in 0..250 {
-        if std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim() == comm).unwrap_or(false) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("pid {pid} never became {comm}");
-}
-
-fn hex_id(seed: &str) -> String {
-    use std::hash::{Hash, Hasher};
-    // 64 hex chars, different for every unique() seed.
-    (0..4u8)
-        .map(|salt| {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (seed, salt).hash(&mut h);
-            format!("{:016x}", h.finish())
-        })
-        .collect()
-}
-
-/// A kubelet-shaped pod: `<base>/kubepods/burstable/pod<uid>/<id>` per container.
-struct KubePod {
-    uid: String,
-    /// Container 0 (the sandbox) created the shared parent cgroups, so it is dropped last.
-    containers: Vec<(String, TestCgroup)>,
-}
-
-impl KubePod {
-    fn new(n_containers: usize) -> KubePod {
-        let base = support::unique("podometer-netns");
-        let n = std::process::id();
-        let seq = base.rsplit('-').next().unwrap_or("0").parse::<u64>().unwrap_or(0);
-        let uid = format!("{n:08x}-0000-4000-8000-{seq:012x}");
-        let mut containers = Vec::new();
-        for i in 0..n_containers {
-            let id = hex_id(&format!("{base}-{i}"));
-            let cg = TestCgroup::create(
-                Path::new("/sys/fs/cgroup"),
-                &format!("{base}/kubepods/burstable/pod{uid}/{id}"),
-            );
-            containers.push((id, cg));
-        }
-        KubePod { uid, containers }
-    }
-
-    /// Starts `script` in container `i` and waits until it runs `comm`.
-    fn start(&mut self, i: usize, script: &str, comm: &str) -> u32 {
-        let pid = self.containers[i].1.spawn(script);
-        wait_for_comm(pid, comm);
-        pid
-    }
-
-    fn infos(&self) -> Vec<ContainerInfo> {
-        self.containers
-            .iter()
-            .map(|(id, cg)| ContainerInfo {
-                id: id.clone(),
-                runtime: Runtime::Containerd,
-                pod: Some(PodRef::Kubernetes { uid: self.uid.clone(), qos: "burstable".into() }),
-                procs_file: cg.dir("memory").join("cgroup.procs"),
-            })
-            .collect()
-    }
-
-    fn resource_id(&self) -> ResourceId {
-        ResourceId::Pod(self.uid.clone())
-    }
-}
-
-impl Drop for KubePod {
-    fn drop(&mut self) {
-        // Deepest-created last: drop the later containers first, the one that made the parents last.
-        while let Some((_, cg)) = self.containers.pop() {
-            drop(cg);
-        }
-    }
 }
 
 fn live() -> bool {
@@ -198,7 +111,10 @@ fn two_container_pod_reports_once_with_exact_bytes_and_its_host_veth() {
         assert_eq!(s.resources[0].attribute(semconv::K8S_POD_UID), Some(&AttrValue::from(pod.uid.as_str())));
         assert_eq!(s.resources[0].attribute(semconv::K8S_POD_QOS_CLASS), Some(&AttrValue::from("burstable")));
     }
-    for p in &after.resources[0].points {
+    // Every interface point; the namespace's TCP/UDP counters have no interface.
+    for p in
+        after.resources[0].points.iter().filter(|p| p.attribute(semconv::NETWORK_INTERFACE_NAME).is_some())
+    {
         assert_eq!(
             p.attribute(semconv::NETWORK_INTERFACE_HOST_PEER),
             Some(&AttrValue::from(ns.host_if.as_str())),
@@ -433,7 +349,7 @@ fn podman_pod_reports_once_on_the_infra_container_like_podman_stats() {
         let r = s.resource(&infra).expect("infra resource");
         assert_eq!(r.attribute(semconv::CONTAINER_ID), Some(&AttrValue::from(pod.infra_id.as_str())));
         assert_eq!(r.attribute(semconv::CONTAINER_RUNTIME_NAME), Some(&AttrValue::from("podman")));
-        for p in &r.points {
+        for p in r.points.iter().filter(|p| p.attribute(semconv::NETWORK_INTERFACE_NAME).is_some()) {
             assert_eq!(
                 p.attribute(semconv::NETWORK_INTERFACE_HOST_PEER),
                 Some(&AttrValue::from(host_veth.as_str()))
@@ -538,10 +454,12 @@ fn many_pods_cost_no_netlink_work_in_steady_state() {
         assert_eq!(network_point_count(s), 8 * PODS, "one set of series per pod");
         for (pod, ns) in pods.iter().zip(&namespaces) {
             let r = s.resource(&pod.resource_id()).expect("pod resource");
-            assert!(r.points.iter().all(|p| {
-                p.attribute(semconv::NETWORK_INTERFACE_HOST_PEER)
-                    == Some(&AttrValue::from(ns.host_if.as_str()))
-            }));
+            assert!(r.points.iter().filter(|p| p.attribute(semconv::NETWORK_INTERFACE_NAME).is_some()).all(
+                |p| {
+                    p.attribute(semconv::NETWORK_INTERFACE_HOST_PEER)
+                        == Some(&AttrValue::from(ns.host_if.as_str()))
+                }
+            ));
         }
     }
 }
@@ -668,6 +586,12 @@ fn a_replaced_sandbox_namespace_starts_new_series() {
     let new = value(&s3, &id, "k8s.pod.network.io", "eth0", "receive");
     assert!(new > old, "the new namespace's counter ({new}) is above the old one's ({old})");
     assert_eq!(start_of(&s3), s2.time, "new series, started at the previous sweep");
+    // The namespace's TCP/UDP counters restart with it: they are the new namespace's.
+    let retransmitted = s3
+        .resource(&id)
+        .and_then(|r| r.points_of("k8s.pod.network.tcp.segment.retransmitted").next())
+        .expect("the default protocol counters");
+    assert_eq!(retransmitted.start_time, Some(s2.time), "protocol counters start anew too");
     assert!(replaced() > replaced_before, "counted");
     let s4 = stamped(&mut source);
     assert_eq!(start_of(&s4), s2.time, "and it goes on from there");

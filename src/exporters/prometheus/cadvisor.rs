@@ -8,6 +8,15 @@
 //! container name), `image`, `id` (container id, or the pod UID for pod totals), and
 //! `interface` / `device` where cAdvisor has them. Pod totals carry `container=""`, as the
 //! kubelet's pod cgroup does. Resources marked `podometer.host_network` get no network series.
+//!
+//! TCP counters map to cAdvisor's `container_network_advance_tcp_stats_total{tcp_state=...}`
+//! (its `advtcp` metrics, read from the same `net/snmp` and `net/netstat`), the counter's name
+//! in lower case as the state, a gauge as cAdvisor types it. cAdvisor's
+//! `container_network_{tcp,tcp6,udp,udp6}_usage_total` count the sockets of `/proc/net/tcp`
+//! and `udp` one by one (connections per state, queued bytes, per-socket drops): podometer
+//! does not read those tables (their cost grows with every socket) and has no exact
+//! equivalent, so it does not fill those names; its UDP counters and socket gauges are under
+//! `naming: otel` only.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +37,8 @@ struct Rule {
     help: &'static str,
     /// A point attribute copied as this label (`interface`, `device`).
     label: Option<(&'static str, &'static str)>,
+    /// A constant label: several rules then feed one family (`tcp_state="retranssegs"`).
+    fixed: Option<(&'static str, &'static str)>,
 }
 
 const fn rule(
@@ -38,7 +49,25 @@ const fn rule(
     help: &'static str,
     label: Option<(&'static str, &'static str)>,
 ) -> Rule {
-    Rule { metric, only, name, kind, help, label }
+    Rule { metric, only, name, kind, help, label, fixed: None }
+}
+
+/// cAdvisor's `advtcp` family: one series per counter of `net/snmp`'s `Tcp` and `net/netstat`'s
+/// `TcpExt`, the counter's name in lower case as `tcp_state`, typed gauge as cAdvisor types it.
+const fn advanced_tcp(
+    metric: &'static str,
+    only: Option<(&'static str, &'static str)>,
+    state: &'static str,
+) -> Rule {
+    Rule {
+        metric,
+        only,
+        name: "container_network_advance_tcp_stats_total",
+        kind: Gauge,
+        help: "advance tcp connections statistic for container",
+        label: None,
+        fixed: Some(("tcp_state", state)),
+    }
 }
 
 use FamilyKind::{Counter, Gauge};
@@ -50,6 +79,8 @@ const SOME: Option<(&str, &str)> = Some((semconv::PRESSURE_STALL_TYPE, "some"));
 const FULL: Option<(&str, &str)> = Some((semconv::PRESSURE_STALL_TYPE, "full"));
 const IFACE: Option<(&str, &str)> = Some((semconv::NETWORK_INTERFACE_NAME, "interface"));
 const DEVICE: Option<(&str, &str)> = Some((semconv::SYSTEM_DEVICE, "device"));
+const ESTABLISHED: Option<(&str, &str)> =
+    Some((semconv::NETWORK_CONNECTION_STATE, semconv::CONNECTION_ESTABLISHED));
 
 /// The sum of both CPU modes: written separately, it is not one point.
 pub const CPU_USAGE: &str = "container_cpu_usage_seconds_total";
@@ -283,6 +314,20 @@ static RULES: &[Rule] = &[
         "Cumulative count of errors encountered while transmitting.",
         IFACE,
     ),
+    advanced_tcp("network.tcp.open.active", None, "activeopens"),
+    advanced_tcp("network.tcp.open.passive", None, "passiveopens"),
+    advanced_tcp("network.tcp.open.failed", None, "attemptfails"),
+    advanced_tcp("network.tcp.reset.count", RX, "estabresets"),
+    advanced_tcp("network.connection.count", ESTABLISHED, "currestab"),
+    advanced_tcp("network.tcp.segment.count", RX, "insegs"),
+    advanced_tcp("network.tcp.segment.count", TX, "outsegs"),
+    advanced_tcp("network.tcp.segment.retransmitted", None, "retranssegs"),
+    advanced_tcp("network.tcp.segment.errors", None, "inerrs"),
+    advanced_tcp("network.tcp.reset.count", TX, "outrsts"),
+    advanced_tcp("network.tcp.timeouts", None, "tcptimeouts"),
+    advanced_tcp("network.tcp.listen.overflows", None, "listenoverflows"),
+    advanced_tcp("network.tcp.listen.drops", None, "listendrops"),
+    advanced_tcp("network.tcp.syn.retransmitted", None, "tcpsynretrans"),
 ];
 
 /// `(podometer metric, attribute filter, cAdvisor name)` of every rule, for the README and tests.
@@ -425,15 +470,22 @@ pub fn render(sweeps: &[Arc<Sweep>], format: Format, timestamps: bool) -> String
             w.end_sample(Value::Double(total));
         }
     }
+    // Rules of one family are next to each other in RULES: its header goes before the first.
+    let mut family = None;
     for (rule, members) in RULES.iter().zip(&members) {
         if members.is_empty() {
             continue;
         }
-        w.family(rule.name, rule.kind, rule.help);
+        if family != Some(rule.name) {
+            w.family(rule.name, rule.kind, rule.help);
+            family = Some(rule.name);
+        }
         for &(ri, pi) in members {
             let point = &resources[ri].points[pi];
-            let value =
-                rule.label.and_then(|(key, label)| point.attribute(key).map(|v| (label, attr_text(v))));
+            let value = rule
+                .label
+                .and_then(|(key, label)| point.attribute(key).map(|v| (label, attr_text(v))))
+                .or(rule.fixed.map(|(label, v)| (label, std::borrow::Cow::Borrowed(v))));
             w.start_sample(rule.name);
             write_labels(&mut w, ri, value.as_ref().map(|(label, v)| (*label, v.as_ref())));
             w.end_sample(point.value);
@@ -493,6 +545,34 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("container_fs_writes_bytes_total{"), "{text}");
+    }
+
+    #[test]
+    fn tcp_counters_share_cadvisors_advanced_tcp_family_and_udp_has_no_cadvisor_name() {
+        let mut sweep = Sweep::new(SystemTime::UNIX_EPOCH);
+        let r = resource(&mut sweep, ResourceId::Pod("p1".into()), vec![(semconv::K8S_POD_UID, "p1".into())]);
+        let family = &semconv::POD_NETWORK.protocols;
+        r.points.push(Point::new(&family.tcp_retransmitted, Value::Int(7)));
+        r.points.push(
+            Point::new(&family.tcp_resets, Value::Int(3)).with(semconv::NETWORK_IO_DIRECTION, "transmit"),
+        );
+        r.points.push(
+            Point::new(&family.tcp_resets, Value::Int(2)).with(semconv::NETWORK_IO_DIRECTION, "receive"),
+        );
+        r.points.push(Point::new(&family.tcp_listen_overflows, Value::Int(5)));
+        r.points.push(
+            Point::new(&family.udp_buffer_errors, Value::Int(9))
+                .with(semconv::NETWORK_IO_DIRECTION, "receive")
+                .with(semconv::NETWORK_TYPE, "ipv4"),
+        );
+        let text = render(&[Arc::new(sweep)], Format::Text, false);
+        let family_name = "container_network_advance_tcp_stats_total";
+        assert_eq!(text.matches(&format!("# TYPE {family_name} gauge\n")).count(), 1, "one header: {text}");
+        for (state, v) in [("retranssegs", 7), ("outrsts", 3), ("estabresets", 2), ("listenoverflows", 5)] {
+            let line = format!("{family_name}{{id=\"p1\",tcp_state=\"{state}\"}} {v}\n");
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+        assert!(!text.contains("udp"), "{text}");
     }
 
     #[test]

@@ -45,11 +45,14 @@
 // Crate-visible for the fuzz entry points in `crate::fuzzing`.
 pub(crate) mod peer;
 pub mod procfs;
+mod protocol_files;
+pub mod protocols;
 
 pub use peer::{match_host_peers, LinkRecord};
 pub use procfs::{
     parse_net_dev, parse_procs, parse_stat_starttime, DirectionCounters, InterfaceCounters, ParseError,
 };
+pub use protocols::{ProtocolMetricsConfig, ProtocolSelection};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -73,6 +76,7 @@ use crate::telemetry::Telemetry;
 use crate::warn_limited;
 
 use peer::{LinkEvents, Rtnl};
+use protocol_files::ProtocolReader;
 
 /// Reads network counters once per network namespace.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -109,6 +113,13 @@ pub struct NetnsConfig {
     /// Default: `64`.
     #[serde(default = "default_max_interfaces")]
     pub max_interfaces: usize,
+    /// The namespace's TCP and UDP counters (retransmits, resets, listen overflows, UDP buffer
+    /// errors, ...) from its `net/snmp`, `net/netstat`, `net/snmp6`, `net/sockstat` and
+    /// `net/sockstat6`, read once per namespace and sweep through the member `net/dev` is read
+    /// through, on the same Resource. See [`ProtocolMetricsConfig`] for the names and the
+    /// default set; `include: []` turns them off.
+    #[serde(default)]
+    pub protocol_metrics: ProtocolMetricsConfig,
 }
 
 /// Handling of containers that share the host's network namespace.
@@ -141,11 +152,11 @@ fn default_max_interfaces() -> usize {
 impl NetnsConfig {
     /// Problems as (key, reason), for the config check.
     pub fn validate(&self) -> Vec<(String, String)> {
+        let mut out = self.protocol_metrics.validate();
         if self.max_interfaces == 0 {
-            vec![("max_interfaces".into(), "must be at least 1".into())]
-        } else {
-            Vec::new()
+            out.push(("max_interfaces".into(), "must be at least 1".into()));
         }
+        out
     }
 }
 
@@ -158,6 +169,7 @@ impl Default for NetnsConfig {
             host_network: HostNetwork::default(),
             resolve_host_peer: true,
             max_interfaces: default_max_interfaces(),
+            protocol_metrics: ProtocolMetricsConfig::default(),
         }
     }
 }
@@ -235,10 +247,12 @@ pub struct NetnsSource {
     /// it there: the origin given to [`crate::model::StartTimes`], so that a pod whose sandbox
     /// namespace is replaced starts new series instead of continuing the old ones.
     origins: HashMap<ResourceId, (NsKey, SystemTime)>,
+    /// Each namespace's TCP/UDP counter files, kept open like `dev_files`.
+    protocols: ProtocolReader,
 }
 
 /// Reads a kept-open procfs file whole from offset 0 into `buf`.
-fn pread_text<'b>(file: &File, buf: &'b mut Vec<u8>) -> io::Result<&'b str> {
+pub(super) fn pread_text<'b>(file: &File, buf: &'b mut Vec<u8>) -> io::Result<&'b str> {
     let mut len = 0;
     loop {
         if len == buf.len() {
@@ -289,6 +303,7 @@ impl NetnsSource {
             dev_files: HashMap::new(),
             dev_buf: vec![0; 4096],
             origins: HashMap::new(),
+            protocols: ProtocolReader::new(ProtocolSelection::new(&config.protocol_metrics)),
         })
     }
 
@@ -458,8 +473,14 @@ impl Source for NetnsSource {
                 }
             }
             live_namespaces.insert(*key);
+            let protocols = if self.protocols.enabled() {
+                let keep = may_keep_open(self.dev_files.len() + self.protocols.open_count());
+                self.protocols.read(*key, &self.proc_root, reader_pid, keep)
+            } else {
+                None
+            };
             let origin = note_origin(&mut self.origins, &mut touched, &target.id, *key, sweep.time);
-            self.emit(*key, reader_pid, &counters, target, origin, sweep);
+            self.emit(*key, reader_pid, &counters, protocols.as_ref(), target, origin, sweep);
         }
         if let Some(peers) = &mut self.peers {
             peers.end_sweep(&live_namespaces);
@@ -468,6 +489,7 @@ impl Source for NetnsSource {
         // Close the files of namespaces without members: an open file would keep a dead
         // namespace alive.
         self.dev_files.retain(|key, _| live_namespaces.contains(key));
+        self.protocols.retain(&live_namespaces);
         Ok(())
     }
 }
@@ -637,7 +659,7 @@ impl NetnsSource {
                 // the file holds the headers only. Another member may still read it.
                 Ok((text, _)) if !lists_an_interface(&text) => continue,
                 Ok((text, file)) => {
-                    if may_keep_open(self.dev_files.len()) {
+                    if may_keep_open(self.dev_files.len() + self.protocols.open_count()) {
                         self.dev_files.insert(key, file);
                     }
                     read = Some((reader.pid.pid, text));
@@ -672,12 +694,15 @@ impl NetnsSource {
     }
 
     /// The wanted interfaces of a namespace (filters, then `max_interfaces`), with their host
-    /// peers, as points on the target resource, stamped with the namespace's origin.
+    /// peers, and its protocol counters, as points on the target resource; counters stamped
+    /// with the namespace's origin.
+    #[allow(clippy::too_many_arguments)]
     fn emit(
         &mut self,
         key: NsKey,
         reader_pid: u32,
         counters: &[InterfaceCounters],
+        protocols: Option<&protocols::ProtocolCounters>,
         target: Target<'_, '_>,
         origin: SystemTime,
         sweep: &mut Sweep,
@@ -699,13 +724,13 @@ impl NetnsSource {
                 "A network namespace has more interfaces than sources.netns.max_interfaces; the rest are not reported."
             );
         }
-        if wanted.is_empty() {
+        if wanted.is_empty() && protocols.is_none() {
             return;
         }
         let names: Vec<&str> = wanted.iter().map(|c| c.name.as_str()).collect();
         let peers = match &mut self.peers {
-            Some(p) => p.peers_of(key, &self.proc_root, reader_pid, &names),
-            None => None,
+            Some(p) if !names.is_empty() => p.peers_of(key, &self.proc_root, reader_pid, &names),
+            _ => None,
         };
         let Target { id, attributes, family, .. } = target;
         let resource = sweep.resource_mut(id, || attributes);
@@ -715,6 +740,15 @@ impl NetnsSource {
             for mut point in interface_points(family, iface, peer.as_ref()) {
                 point.start_time = Some(origin);
                 resource.points.push(point);
+            }
+        }
+        if let Some(counters) = protocols {
+            let first = resource.points.len();
+            self.protocols.selection().points(&family.protocols, counters, &mut resource.points);
+            for point in &mut resource.points[first..] {
+                if point.metric.kind == crate::model::MetricKind::Counter {
+                    point.start_time = Some(origin);
+                }
             }
         }
     }
