@@ -17,6 +17,8 @@ command -v podman >/dev/null || need_apt+=(podman)
 command -v runc >/dev/null || need_apt+=(runc)
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx nc || need_apt+=(busybox-static)
 command -v ip >/dev/null || need_apt+=(iproute2)
+# Packet loss inside test namespaces (no netem in this kernel) for the TCP retransmit test.
+command -v nft >/dev/null || need_apt+=(nftables)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
 # A kubelet-style node for the metadata tests: containerd's CRI plugin, CNI plugins, and
 # protoc for the k8s-cri crate the tests' CRI client is built from.

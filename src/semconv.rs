@@ -202,7 +202,7 @@ macro_rules! cgroup_family {
 /// sockstat6}`), on the same Resource as its network I/O. The conventions name none of these per
 /// container or pod: the names extend `<prefix>.network.*` the way `system.network.*` does, and
 /// the gauges mirror `system.network.connection.count`. Each doc comment names the kernel
-/// counter; `docs/metrics.md` lists them with their files.
+/// counter; `docs/network-health.md` lists them with their files.
 #[derive(Debug)]
 pub struct ProtocolFamily {
     /// `Tcp: InSegs` (receive), `Tcp: OutSegs` (transmit).

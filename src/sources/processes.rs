@@ -34,6 +34,7 @@ use crate::semconv;
 use crate::sources::cgroups::classify::is_hex64;
 use crate::sources::netns::interface_points;
 use crate::sources::netns::procfs::parse_net_dev;
+use crate::sources::netns::protocols::{ProtocolCounters, ProtocolMetricsConfig, ProtocolSelection};
 use crate::sources::{BoxError, Source};
 
 /// `processes:` in the config.
@@ -80,6 +81,10 @@ pub struct PodNetworkConfig {
     /// Interfaces never reported, as globs. Default: `["lo"]`.
     #[serde(default = "default_exclude")]
     pub exclude_interfaces: Vec<Glob>,
+    /// The pod's TCP/UDP counters from `<proc_root>/self/net/{snmp,netstat,...}`, chosen as in
+    /// the netns source (`sources.netns.protocol_metrics`); `include: []` turns them off.
+    #[serde(default)]
+    pub protocol_metrics: ProtocolMetricsConfig,
 }
 
 impl Default for PodNetworkConfig {
@@ -88,6 +93,7 @@ impl Default for PodNetworkConfig {
             proc_root: default_proc_root(),
             pod_uid: String::new(),
             exclude_interfaces: default_exclude(),
+            protocol_metrics: ProtocolMetricsConfig::default(),
         }
     }
 }
@@ -406,6 +412,7 @@ impl Source for ProcessesSource {
 pub struct PodNetworkSource {
     config: PodNetworkConfig,
     path: PathBuf,
+    protocols: ProtocolSelection,
 }
 
 impl PodNetworkSource {
@@ -413,7 +420,8 @@ impl PodNetworkSource {
         let path = config.proc_root.join("self/net/dev");
         std::fs::read_to_string(&path)
             .map_err(|source| ProcessesError::Read { path: path.clone(), source })?;
-        Ok(PodNetworkSource { config: config.clone(), path })
+        let protocols = ProtocolSelection::new(&config.protocol_metrics);
+        Ok(PodNetworkSource { config: config.clone(), path, protocols })
     }
 }
 
@@ -437,6 +445,20 @@ impl Source for PodNetworkSource {
         {
             resource.points.extend(interface_points(family, iface, None));
         }
+        // The pod's own MIBs: read whole each sweep (one pod, a few files; the node view keeps
+        // them open instead).
+        let mut counters = ProtocolCounters::default();
+        for kind in self.protocols.files() {
+            let path = self.config.proc_root.join("self").join(kind.path());
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && kind.optional() => continue,
+                Err(source) => return Err(ProcessesError::Read { path, source }.into()),
+            };
+            kind.parse(&text, &mut counters)
+                .map_err(|e| ProcessesError::Parse { path: path.clone(), message: e.to_string() })?;
+        }
+        self.protocols.points(&family.protocols, &counters, &mut resource.points);
         Ok(())
     }
 }
@@ -492,5 +514,40 @@ mod tests {
             .sum();
         // This test process is one of them; the kernel counts many more on any host.
         assert!(total >= 1, "no process counted");
+    }
+
+    #[test]
+    fn the_sidecars_pod_network_carries_the_pods_tcp_and_udp_counters() {
+        // A procfs of one process: net/dev of one interface and the 3.x-era snmp and netstat
+        // fixtures; no snmp6 (IPv6 off), which leaves the IPv6 points out without an error.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let net = dir.path().join("self/net");
+        std::fs::create_dir_all(&net).expect("mkdir");
+        std::fs::write(
+            net.join("dev"),
+            "Inter-|   Receive |  Transmit\n face |bytes packets|bytes packets\n  eth0: 10 1 0 0 0 0 0 0 20 2 0 0 0 0 0 0\n",
+        )
+        .expect("dev");
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/net_protocols/older-3.x");
+        for f in ["snmp", "netstat"] {
+            std::fs::copy(fixtures.join(f), net.join(f)).expect("copy fixture");
+        }
+        let config = PodNetworkConfig {
+            proc_root: dir.path().to_owned(),
+            pod_uid: "u1".into(),
+            ..PodNetworkConfig::default()
+        };
+        let mut source = PodNetworkSource::new(&config).expect("source");
+        let now = std::time::SystemTime::now();
+        let mut sweep = Sweep::new(now);
+        source.collect(&mut SweepContext::new(now), &mut sweep).expect("collect");
+        let pod = sweep.resource(&ResourceId::Pod("u1".into())).expect("pod");
+        let value = |name: &str| pod.points_of(name).map(|p| p.value.as_f64()).sum::<f64>();
+        assert_eq!(value("k8s.pod.network.tcp.segment.retransmitted"), 227.0);
+        assert_eq!(value("k8s.pod.network.tcp.reset.count"), 1003.0 + 161.0);
+        assert_eq!(value("k8s.pod.network.udp.buffer_errors"), 0.0);
+        assert_eq!(pod.points_of("k8s.pod.network.udp.buffer_errors").count(), 2, "IPv4 only");
+        assert_eq!(pod.points_of("k8s.pod.network.tcp.listen.overflows").count(), 1);
+        assert_eq!(pod.points_of("k8s.pod.network.io").count(), 2);
     }
 }

@@ -16,7 +16,7 @@
 //! Not the `procfs` crate's `Snmp`: it requires every field of the 4.x layout (a kernel
 //! without `Icmp: InCsumErrors` fails), reads no `netstat` or `sockstat`, and builds a
 //! `HashMap` of owned strings per read; the by-name scan here allocates nothing (the numbers
-//! from the bench in `benches/netns_protocols.rs` are in `docs/performance.md`).
+//! from the bench in `benches/netns_protocols.rs` are in `docs/network-health.md`).
 
 use serde::Deserialize;
 
