@@ -115,9 +115,7 @@ fn retransmits_under_random_loss_equal_the_kernels_count_of_the_pods_namespace()
     peer.ns.exec(&["nft", "add table inet loss"]);
     peer.ns.exec(&["nft", "add chain inet loss in { type filter hook input priority 0 ; }"]);
     peer.ns.exec(&["nft", "add rule inet loss in tcp dport 9100 numgen random mod 5 == 0 drop"]);
-    let mut pod = KubePod::new(2);
-    pod.start(0, &format!("exec ip netns exec {} sleep 300", ns.name), "sleep");
-    pod.start(1, &format!("exec ip netns exec {} sleep 300", ns.name), "sleep");
+    let pod = KubePod::in_netns(&ns.name, 2);
     let containers = pod.infos();
     let id = pod.resource_id();
     let mut source = NetnsSource::new(&NetnsConfig::default()).expect("source");
@@ -161,8 +159,7 @@ fn a_listener_that_never_accepts_overflows_exactly_as_the_kernel_counts() {
         return;
     }
     let ns = TestNetns::create();
-    let mut pod = KubePod::new(1);
-    pod.start(0, &format!("exec ip netns exec {} sleep 300", ns.name), "sleep");
+    let pod = KubePod::in_netns(&ns.name, 1);
     let containers = pod.infos();
     let id = pod.resource_id();
     let mut source = NetnsSource::new(&NetnsConfig::default()).expect("source");
@@ -216,8 +213,7 @@ fn a_udp_socket_that_never_reads_drops_exactly_as_the_kernel_counts() {
         return;
     }
     let ns = TestNetns::create();
-    let mut pod = KubePod::new(1);
-    pod.start(0, &format!("exec ip netns exec {} sleep 300", ns.name), "sleep");
+    let pod = KubePod::in_netns(&ns.name, 1);
     let containers = pod.infos();
     let id = pod.resource_id();
     let mut source = NetnsSource::new(&NetnsConfig::default()).expect("source");
@@ -270,8 +266,7 @@ fn a_host_network_pod_gets_no_protocol_counters_and_all_can_be_chosen() {
         return;
     }
     let ns = TestNetns::create();
-    let mut normal = KubePod::new(1);
-    normal.start(0, &format!("exec ip netns exec {} sleep 300", ns.name), "sleep");
+    let normal = KubePod::in_netns(&ns.name, 1);
     let mut host_pod = KubePod::new(1);
     host_pod.start(0, "exec sleep 300", "sleep");
     let mut containers = normal.infos();

@@ -69,6 +69,16 @@ impl KubePod {
         KubePod { uid, containers }
     }
 
+    /// A pod of `n` containers, each a `sleep` in the network namespace `netns`
+    /// (`/run/netns/<netns>`), as a sandbox and the containers that join it.
+    pub fn in_netns(netns: &str, n: usize) -> KubePod {
+        let mut pod = KubePod::new(n);
+        for i in 0..n {
+            pod.start(i, &format!("exec ip netns exec {netns} sleep 300"), "sleep");
+        }
+        pod
+    }
+
     /// Starts `script` in container `i` and waits until it runs `comm`.
     pub fn start(&mut self, i: usize, script: &str, comm: &str) -> u32 {
         let pid = self.containers[i].1.spawn(script);

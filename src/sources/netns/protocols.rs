@@ -73,7 +73,7 @@ pub struct Sockets {
 /// `net/snmp`: the `Tcp` and `Udp` sections.
 pub fn parse_snmp(text: &str) -> Result<(Tcp, Udp), ParseError> {
     let (mut tcp, mut udp) = (Tcp::default(), Udp::default());
-    header_value_pairs(text, |section, name, value| {
+    header_value_pairs(text, &["Tcp", "Udp"], |section, name, value| {
         let slot = match (section, name) {
             ("Tcp", "ActiveOpens") => &mut tcp.active_opens,
             ("Tcp", "PassiveOpens") => &mut tcp.passive_opens,
@@ -87,12 +87,12 @@ pub fn parse_snmp(text: &str) -> Result<(Tcp, Udp), ParseError> {
             ("Tcp", "OutRsts") => &mut tcp.out_rsts,
             ("Udp", name) => match udp_slot(&mut udp, name) {
                 Some(slot) => slot,
-                None => return Ok(()),
+                None => return Ok(Walk::On),
             },
-            _ => return Ok(()),
+            _ => return Ok(Walk::On),
         };
         *slot = Some(number(name, value)?);
-        Ok(())
+        Ok(Walk::On)
     })?;
     Ok((tcp, udp))
 }
@@ -100,42 +100,47 @@ pub fn parse_snmp(text: &str) -> Result<(Tcp, Udp), ParseError> {
 /// `net/netstat`: the `TcpExt` counters podometer reports.
 pub fn parse_netstat(text: &str) -> Result<TcpExt, ParseError> {
     let mut ext = TcpExt::default();
-    header_value_pairs(text, |section, name, value| {
-        let slot = match (section, name) {
-            ("TcpExt", "ListenOverflows") => &mut ext.listen_overflows,
-            ("TcpExt", "ListenDrops") => &mut ext.listen_drops,
-            ("TcpExt", "TCPSynRetrans") => &mut ext.syn_retrans,
-            ("TcpExt", "TCPTimeouts") => &mut ext.timeouts,
-            _ => return Ok(()),
+    let mut found = 0;
+    header_value_pairs(text, &["TcpExt"], |_, name, value| {
+        let slot = match name {
+            "ListenOverflows" => &mut ext.listen_overflows,
+            "ListenDrops" => &mut ext.listen_drops,
+            "TCPSynRetrans" => &mut ext.syn_retrans,
+            "TCPTimeouts" => &mut ext.timeouts,
+            _ => return Ok(Walk::On),
         };
         *slot = Some(number(name, value)?);
-        Ok(())
+        found += 1;
+        // The other 130-odd TcpExt fields, and IpExt and MPTcpExt after them, are not needed.
+        Ok(if found == 4 { Walk::Stop } else { Walk::On })
     })?;
     Ok(ext)
 }
 
-/// `net/snmp6`: one `Name value` pair per line; the `Udp6*` ones.
+/// `net/snmp6`: one `Name value` pair per line; the `Udp6*` ones, which the kernel prints
+/// together. The ~90 `Ip6`/`Icmp6` lines before them are skipped in one substring search, not
+/// split: splitting them cost as much as reading the file (`benches/netns_protocols.rs`).
 pub fn parse_snmp6(text: &str) -> Result<Udp, ParseError> {
+    if text.trim().is_empty() {
+        return Err(ParseError::Empty);
+    }
     let mut udp = Udp::default();
-    let mut any = false;
-    for (i, line) in text.lines().enumerate() {
+    let start = if text.starts_with("Udp6") { Some(0) } else { text.find("\nUdp6").map(|i| i + 1) };
+    let Some(start) = start else { return Ok(udp) };
+    let first_line = text[..start].matches('\n').count() + 1;
+    for (i, line) in text[start..].lines().enumerate() {
+        if !line.starts_with("Udp6") {
+            break;
+        }
         let mut fields = line.split_whitespace();
         let (Some(name), Some(value), None) = (fields.next(), fields.next(), fields.next()) else {
-            if line.trim().is_empty() {
-                continue;
-            }
-            return Err(ParseError::at_line(i + 1, format!("not `name value`: `{line}`")));
+            return Err(ParseError::at_line(first_line + i, format!("not `name value`: `{line}`")));
         };
-        any = true;
-        if let Some(slot) = name.strip_prefix("Udp6").and_then(|n| udp_slot(&mut udp, n)) {
+        if let Some(slot) = udp_slot(&mut udp, &name["Udp6".len()..]) {
             *slot = Some(number(name, value)?);
         }
     }
-    if any {
-        Ok(udp)
-    } else {
-        Err(ParseError::Empty)
-    }
+    Ok(udp)
 }
 
 /// `net/sockstat` or `net/sockstat6`: `PROTO: key value key value ...` per line.
@@ -187,13 +192,23 @@ fn number(key: &str, text: &str) -> Result<u64, ParseError> {
     text.parse().map_err(|_| ParseError::BadNumber { key: key.to_owned(), text: text.to_owned() })
 }
 
+/// Whether [`header_value_pairs`] goes on after a field.
+enum Walk {
+    On,
+    /// Everything wanted was found: the rest of the text is not looked at.
+    Stop,
+}
+
 /// Walks `Section: name name ...` / `Section: value value ...` line pairs (`net/snmp`,
-/// `net/netstat`), calling `each(section, name, value)` for every field. A header without its
-/// values line, a values line of another section or with another count of fields is an error:
-/// the pairing is what says which number is which.
+/// `net/netstat`), calling `each(section, name, value)` for every field of the `wanted`
+/// sections; the others are passed over without splitting their fields (`TcpExt` alone has
+/// 136). A header without its values line, a values line of another section or, in a wanted
+/// section, another count of values than names is an error: the pairing is what says which
+/// number is which.
 fn header_value_pairs<'t>(
     text: &'t str,
-    mut each: impl FnMut(&'t str, &'t str, &'t str) -> Result<(), ParseError>,
+    wanted: &[&str],
+    mut each: impl FnMut(&'t str, &'t str, &'t str) -> Result<Walk, ParseError>,
 ) -> Result<(), ParseError> {
     let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
     let mut any = false;
@@ -214,10 +229,17 @@ fn header_value_pairs<'t>(
                 format!("values of `{again}` after the header of `{section}`"),
             ));
         }
+        if !wanted.contains(&section) {
+            continue;
+        }
         let (mut names, mut numbers) = (names.split_whitespace(), numbers.split_whitespace());
         loop {
             match (names.next(), numbers.next()) {
-                (Some(name), Some(value)) => each(section, name, value)?,
+                (Some(name), Some(value)) => {
+                    if let Walk::Stop = each(section, name, value)? {
+                        return Ok(());
+                    }
+                }
                 (None, None) => break,
                 _ => {
                     return Err(ParseError::at_line(
