@@ -530,7 +530,10 @@ fn forbidden_and_non_json_answers_are_logged_once_counted_and_ids_still_exported
     let log = agent.log();
     let forbidden: Vec<&str> = log.lines().filter(|l| l.contains("403 Forbidden")).collect();
     assert_eq!(forbidden.len(), 1, "one line for several refusals:\n{log}");
-    for needle in ["ERROR", "refused to list pods", "ClusterRole", "get, list and watch", "`pods`", &node] {
+    let overlay = podometer::processors::metadata::k8s_api::RBAC_OVERLAY;
+    for needle in
+        ["ERROR", "refused to list pods", "ClusterRole", "get, list and watch", "`pods`", &node, overlay]
+    {
         assert!(forbidden[0].contains(needle), "`{needle}` missing from: {}", forbidden[0]);
     }
     assert!(log.contains("has not synced yet"), "start-up said it gave up waiting:\n{log}");

@@ -8,7 +8,7 @@
 //! required in the config: `k8s_api: {}` works given the top-level `node_name`.
 //!
 //! The API needs: a ClusterRole with `get`, `list`, `watch` on `pods`, bound to the agent's
-//! service account.
+//! service account ([`RBAC_OVERLAY`]).
 
 pub mod cache;
 pub mod pods;
@@ -27,6 +27,11 @@ use crate::processors::Processor;
 use crate::telemetry::Telemetry;
 use cache::PodCache;
 use pods::Allowlist;
+
+/// The kustomize overlay (relative to the repository) that binds that ClusterRole to the
+/// DaemonSet's service account, in the DaemonSet's namespace, and turns `k8s_api` on. The
+/// 403 error names it.
+pub const RBAC_OVERLAY: &str = "deploy/kubernetes/overlays/k8s-api";
 
 /// Settings of the `k8s_api` processor; every one has a default.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

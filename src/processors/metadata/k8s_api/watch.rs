@@ -134,12 +134,14 @@ impl Watch {
         let verb = verb.as_str();
         let scope = self.scope();
         let server = &self.server;
+        let overlay = super::RBAC_OVERLAY;
         match failure {
             Failure::Forbidden => error!(
                 suppressed, %error, %server,
                 "The Kubernetes API refused to {verb} pods {scope} (403 Forbidden). Bind the agent's service \
                  account to a ClusterRole that allows the verbs get, list and watch on the resource `pods` \
-                 (apiGroups: [\"\"]), e.g. the ClusterRole `podometer` in deploy/k8s-api-rbac.yaml. Exporting with ids only; retrying."
+                 (apiGroups: [\"\"]), as the ClusterRole `podometer` of {overlay} does. Exporting with ids only; \
+                 retrying."
             ),
             Failure::Unauthorized => error!(
                 suppressed, %error, %server,
