@@ -64,13 +64,10 @@ impl Agent {
     }
 }
 
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[test]
 fn passwords_and_header_values_never_reach_the_log() {
     let dir = tempfile::tempdir().unwrap();
+    let closed = support::ClosedPort::new();
     let config = dir.path().join("agent.yaml");
     std::fs::write(
         &config,
@@ -82,7 +79,7 @@ fn passwords_and_header_values_never_reach_the_log() {
              retry: {{initial_interval: 50ms, max_interval: 100ms}}\n\
              pipelines:\n  p: {{sources: [cgroups], exporters: [otlp]}}\n",
             root = fixture_root().display(),
-            port = closed_port()
+            port = closed.port()
         ),
     )
     .unwrap();

@@ -620,8 +620,9 @@ fn an_unreachable_api_is_logged_once_counted_and_ids_still_exported() {
     );
     let cgroups = make_cgroups(&support::unique("podometer-k8stest"), &[&p]);
     let id = id_of(&p.containers[0]).to_owned();
-    // A loopback port nobody listens on: bound by the OS, then released.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // A loopback port nobody listens on, held for the whole test.
+    let closed = support::ClosedPort::new();
+    let port = closed.port();
     let mut agent = Agent::start_with(
         &format!("http://127.0.0.1:{port}"),
         &node,
