@@ -549,6 +549,15 @@ fn forbidden_and_non_json_answers_are_logged_once_counted_and_ids_still_exported
         || agent.log(),
     );
     assert_eq!(agent.log().lines().filter(|l| l.contains("not a Kubernetes JSON answer")).count(), 1);
+    // Every WARN line of the log, not only the agent's own: kube's client logs each answer it
+    // cannot decode at WARN with the whole body, and must stay quiet.
+    let log = agent.log();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ")).collect();
+    for line in &warnings {
+        assert!(line.contains(" WARN podometer"), "a WARN line not from the agent: {line}");
+        assert!(!line.contains("It works!"), "an answer's body in the log: {line}");
+    }
+    assert!(warnings.len() <= 3, "WARN lines are rate-limited: {warnings:#?}");
     assert_eq!(agent.log().lines().filter(|l| l.contains("403 Forbidden")).count(), 1, "still rate-limited");
     agent.wait_for("ids still exported after the HTML answers", Duration::from_secs(60), |seen| {
         latest_container(seen, &id)
