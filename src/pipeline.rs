@@ -459,9 +459,23 @@ pub async fn run(
     let _ = stop_tx.send(());
     let deadline = Instant::now() + config.shutdown_timeout;
     // The sweeper finishes its last sweep and drops the senders, which ends the exporter loops.
-    let joined = tokio::task::spawn_blocking(move || sweeper.join()).await;
+    // A sweep thread that hangs (a read stuck in the kernel) is waited for until the shutdown
+    // deadline only: joined on a thread of its own (a blocking-pool task would hold up the
+    // runtime's drop as long as the hang), and left behind when the process exits.
+    let (joined_tx, joined_rx) = tokio::sync::oneshot::channel();
+    let joiner = std::thread::Builder::new().name("podometer-join".into()).spawn(move || {
+        let _ = joined_tx.send(sweeper.join());
+    });
+    let joined = match joiner {
+        Ok(_) => tokio::time::timeout_at(deadline.into(), joined_rx).await.ok().and_then(Result::ok),
+        Err(_) => None,
+    };
     let died_because = match joined {
-        Ok(Err(panic)) => Some(panic_message(panic.as_ref())),
+        None => Some(format!(
+            "it did not finish its last sweep within shutdown_timeout ({})",
+            humantime::format_duration(config.shutdown_timeout)
+        )),
+        Some(Err(panic)) => Some(panic_message(panic.as_ref())),
         _ if sweeper_died => Some("it returned without being asked to stop".to_owned()),
         _ => None,
     };
