@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need when missing (scripts/testbed.sh), then runs
 # the format check, clippy and every test. `.ci/run` calls exactly this.
-# Live tests need root; under CI=true a live test whose prerequisites are missing fails.
+# Live tests need root; a live test whose prerequisites are missing fails (PODOMETER_ALLOW_SKIP=1
+# skips it instead, except under CI=true).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

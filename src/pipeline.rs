@@ -12,6 +12,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, ExporterConfig, ProcessorConfig, SourceConfig};
 use crate::exporters::file::FileExporter;
+use crate::exporters::otlp::config::redact_url;
 use crate::exporters::otlp::OtlpExporter;
 use crate::exporters::prometheus::PrometheusExporter;
 use crate::exporters::Exporter;
@@ -272,29 +273,24 @@ pub fn self_telemetry_target(config: &Config) -> Option<crate::self_telemetry::T
     }
     if let Some(endpoint) = &st.endpoint {
         let client = st.tls.cert_file.clone().zip(st.tls.key_file.clone());
-        return Some(Target { endpoint: endpoint.clone(), ca_file: st.tls.ca_file.clone(), client });
+        let headers = st.headers.iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect();
+        return Some(Target { endpoint: endpoint.clone(), ca_file: st.tls.ca_file.clone(), client, headers });
     }
     config.exporters.entries.values().find_map(|(_, e)| match e {
         ExporterConfig::Otlp(c) => c
             .resolve(|name| std::env::var(name).ok())
             .ok()
             .filter(|r| r.protocol == crate::exporters::otlp::Protocol::Grpc)
-            .map(|r| match r.security {
-                Security::Tls { ca_file, client } => Target { endpoint: r.endpoint, ca_file, client },
-                Security::Plaintext => Target::plain(&r.endpoint),
+            .map(|r| {
+                let (ca_file, client) = match r.security {
+                    Security::Tls { ca_file, client } => (ca_file, client),
+                    Security::Plaintext => (None, None),
+                };
+                // The exporter's collector authenticates self-telemetry as it does the exporter.
+                Target { endpoint: r.endpoint, ca_file, client, headers: r.headers }
             }),
         _ => None,
     })
-}
-
-/// A URL without the `user:password@` part, for logs.
-fn without_credentials(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
-        None => url.to_owned(),
-    }
 }
 
 /// Where each exporter sends, for the start-up line: `id -> endpoint`, never headers or
@@ -313,7 +309,7 @@ pub fn exporter_summary(config: &Config) -> Vec<String> {
                         crate::exporters::otlp::Protocol::Grpc => "grpc",
                         crate::exporters::otlp::Protocol::HttpProtobuf => "http/protobuf",
                     };
-                    format!("{id} -> {protocol} {}", without_credentials(&r.endpoint))
+                    format!("{id} -> {protocol} {}", redact_url(&r.endpoint))
                 }
                 Err(_) => format!("{id} -> (unresolved)"),
             },
@@ -463,9 +459,23 @@ pub async fn run(
     let _ = stop_tx.send(());
     let deadline = Instant::now() + config.shutdown_timeout;
     // The sweeper finishes its last sweep and drops the senders, which ends the exporter loops.
-    let joined = tokio::task::spawn_blocking(move || sweeper.join()).await;
+    // A sweep thread that hangs (a read stuck in the kernel) is waited for until the shutdown
+    // deadline only: joined on a thread of its own (a blocking-pool task would hold up the
+    // runtime's drop as long as the hang), and left behind when the process exits.
+    let (joined_tx, joined_rx) = tokio::sync::oneshot::channel();
+    let joiner = std::thread::Builder::new().name("podometer-join".into()).spawn(move || {
+        let _ = joined_tx.send(sweeper.join());
+    });
+    let joined = match joiner {
+        Ok(_) => tokio::time::timeout_at(deadline.into(), joined_rx).await.ok().and_then(Result::ok),
+        Err(_) => None,
+    };
     let died_because = match joined {
-        Ok(Err(panic)) => Some(panic_message(panic.as_ref())),
+        None => Some(format!(
+            "it did not finish its last sweep within shutdown_timeout ({})",
+            humantime::format_duration(config.shutdown_timeout)
+        )),
+        Some(Err(panic)) => Some(panic_message(panic.as_ref())),
         _ if sweeper_died => Some("it returned without being asked to stop".to_owned()),
         _ => None,
     };
@@ -674,15 +684,5 @@ mod tests {
     fn the_hostname_is_the_kernels() {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
         assert_eq!(kernel_hostname().as_deref(), Some(kernel.trim_end_matches('\n')));
-    }
-
-    #[test]
-    fn credentials_are_cut_from_endpoints() {
-        assert_eq!(
-            without_credentials("https://user:secret@otel.example:4317/x"),
-            "https://otel.example:4317/x"
-        );
-        assert_eq!(without_credentials("http://h:4318/v1/metrics?a=b@c"), "http://h:4318/v1/metrics?a=b@c");
-        assert_eq!(without_credentials("h:4317"), "h:4317");
     }
 }

@@ -6,6 +6,7 @@
 //! the sweep pays nothing for them but one histogram record per sweep. Process numbers come
 //! from `/proc/self` through the `procfs` crate at the same moment.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
@@ -19,12 +20,12 @@ use opentelemetry_sdk::Resource;
 use serde::Deserialize;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
-use crate::exporters::otlp::config::TlsConfig;
+use crate::exporters::otlp::config::{header_map, redact_url, RedactedHeaders, TlsConfig};
 use crate::semconv;
 use crate::telemetry::{Counter, Kind, Telemetry, COUNTERS, EXPORTER_COUNTERS};
 
 /// Where and how often the agent sends its own metrics.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SelfTelemetryConfig {
     /// Send the agent's own metrics (default `true`; nothing is sent without an endpoint).
@@ -39,6 +40,10 @@ pub struct SelfTelemetryConfig {
     /// TLS settings are used together.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// Request metadata for `endpoint` (`authorization: Bearer ...`). Without `endpoint`, the
+    /// `otlp` exporter's headers are sent, as an authenticating collector expects.
+    #[serde(default)]
+    pub headers: Option<BTreeMap<String, String>>,
     /// How often the metrics are collected and sent.
     #[serde(
         default = "default_interval",
@@ -60,8 +65,22 @@ impl Default for SelfTelemetryConfig {
             enabled: true,
             endpoint: None,
             tls: TlsConfig::default(),
+            headers: None,
             interval: default_interval(),
         }
+    }
+}
+
+/// The endpoint redacted and header values left out, as everywhere an endpoint is shown.
+impl std::fmt::Debug for SelfTelemetryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SelfTelemetryConfig")
+            .field("enabled", &self.enabled)
+            .field("endpoint", &self.endpoint.as_deref().map(redact_url))
+            .field("tls", &self.tls)
+            .field("headers", &self.headers.as_ref().map(|h| RedactedHeaders(h.keys().map(String::as_str))))
+            .field("interval", &self.interval)
+            .finish()
     }
 }
 
@@ -94,24 +113,56 @@ impl SelfTelemetryConfig {
                 "not used here: the scheme decides (http:// plaintext, https:// TLS)".to_owned(),
             ));
         }
+        if let Some(headers) = &self.headers {
+            if self.endpoint.is_none() {
+                problems.push((
+                    "headers".to_owned(),
+                    "without `endpoint` the otlp exporter's headers are used; set `endpoint` to set headers here"
+                        .to_owned(),
+                ));
+            }
+            let pairs: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            if let Err((name, reason)) = header_map(&pairs) {
+                problems.push((format!("headers.{name}"), reason));
+            }
+        }
         problems
     }
 }
 
-/// Where self-telemetry goes: the endpoint and, for `https://`, how to verify the server and
-/// who we are.
-#[derive(Debug, Clone, PartialEq)]
+/// Where self-telemetry goes: the endpoint, the request metadata and, for `https://`, how to
+/// verify the server and who we are.
+#[derive(Clone, PartialEq)]
 pub struct Target {
     pub endpoint: String,
     /// CA certificate(s) instead of the system roots.
     pub ca_file: Option<PathBuf>,
     /// Client certificate and key for mutual TLS.
     pub client: Option<(PathBuf, PathBuf)>,
+    /// Sent with every export (gRPC metadata), e.g. `authorization`.
+    pub headers: Vec<(String, String)>,
+}
+
+/// The endpoint redacted and header values left out.
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("endpoint", &redact_url(&self.endpoint))
+            .field("ca_file", &self.ca_file)
+            .field("client", &self.client)
+            .field("headers", &RedactedHeaders(self.headers.iter().map(|(k, _)| k.as_str())))
+            .finish()
+    }
 }
 
 impl Target {
     pub fn plain(endpoint: &str) -> Target {
-        Target { endpoint: endpoint.to_owned(), ca_file: None, client: None }
+        Target { endpoint: endpoint.to_owned(), ca_file: None, client: None, headers: Vec::new() }
+    }
+
+    /// What errors show of the endpoint.
+    fn shown(&self) -> String {
+        redact_url(&self.endpoint).into_owned()
     }
 
     /// tonic's TLS settings for an `https://` endpoint (None for `http://`).
@@ -121,7 +172,7 @@ impl Target {
         }
         let read = |path: &PathBuf| {
             std::fs::read(path).map_err(|e| SelfTelemetryError::Exporter {
-                endpoint: self.endpoint.clone(),
+                endpoint: self.shown(),
                 reason: format!("{}: {e}", path.display()),
             })
         };
@@ -172,18 +223,23 @@ pub fn start(
     interval: Duration,
     resource: Resource,
 ) -> Result<SdkMeterProvider, SelfTelemetryError> {
-    let endpoint = target.endpoint.as_str();
+    let fail = |reason: String| SelfTelemetryError::Exporter { endpoint: target.shown(), reason };
+    let metadata =
+        header_map(&target.headers).map_err(|(name, reason)| fail(format!("header {name}: {reason}")))?;
     let mut builder = opentelemetry_otlp::MetricExporter::builder()
         .with_tonic()
-        .with_endpoint(endpoint)
+        .with_endpoint(target.endpoint.as_str())
+        .with_metadata(tonic::metadata::MetadataMap::from_headers(metadata))
         .with_timeout(Duration::from_secs(10))
         .with_compression(opentelemetry_otlp::Compression::Gzip);
     if let Some(tls) = target.tls()? {
         builder = builder.with_tls_config(tls);
     }
-    let exporter = builder
-        .build()
-        .map_err(|e| SelfTelemetryError::Exporter { endpoint: endpoint.to_owned(), reason: e.to_string() })?;
+    // The SDK's error may quote the endpoint it was given: redacted like everything else.
+    let exporter = builder.build().map_err(|e| {
+        let reason = e.to_string().replace(&target.endpoint, &target.shown());
+        fail(reason)
+    })?;
     let reader = PeriodicReader::builder(exporter).with_interval(interval).build();
     let provider = SdkMeterProvider::builder()
         .with_reader(reader)

@@ -257,6 +257,28 @@ impl Telemetry {
     }
 }
 
+/// Log targets of dependencies kept at `error` unless the filter names them: kube's client logs
+/// every answer it cannot decode at WARN with the whole response body, unthrottled, while the
+/// agent reports the same failure itself, once a minute (`k8s_api`).
+pub const QUIET_TARGETS: &[&str] = &["kube_client", "kube_core", "kube_runtime"];
+
+/// The log filter the agent runs with: `filter` (the `--log` value or `RUST_LOG`) plus an
+/// `error` directive for each of [`QUIET_TARGETS`] the filter does not name itself.
+pub fn log_filter(filter: &str) -> String {
+    let mut out = filter.trim().to_owned();
+    for target in QUIET_TARGETS {
+        let named = out.split(',').any(|d| d.trim().split(['=', '[', ':']).next() == Some(*target));
+        if !named {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(target);
+            out.push_str("=error");
+        }
+    }
+    out
+}
+
 /// Lets one message per key through per interval and says how many were held back, so a
 /// failure that repeats every sweep costs one log line a minute, not one per container.
 #[derive(Debug)]
@@ -311,6 +333,16 @@ macro_rules! warn_limited {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dependencies_are_quiet_unless_the_filter_names_them() {
+        assert_eq!(log_filter("info"), "info,kube_client=error,kube_core=error,kube_runtime=error");
+        assert_eq!(
+            log_filter("debug,kube_client=debug"),
+            "debug,kube_client=debug,kube_core=error,kube_runtime=error"
+        );
+        assert_eq!(log_filter(""), "kube_client=error,kube_core=error,kube_runtime=error");
+    }
+
     use super::*;
 
     #[test]

@@ -776,6 +776,101 @@ fn max_groups_caps_the_groups_and_prefers_anchored_ones_over_rootless() {
     assert!(err.to_string().contains("max_groups"), "{err}");
 }
 
+/// A rootless cgroup (a user's delegated subtree) that names a Docker container's id is not
+/// reported beside it: one container id, one resource, the runtime-owned cgroup's. The copy is
+/// dropped, counted in the stats and the telemetry counter, and logged (checked through the
+/// binary's `collect`), even when the copy was read before the real container appeared.
+#[test]
+fn a_rootless_cgroup_claiming_a_runtime_containers_id_is_dropped_counted_and_logged() {
+    use std::sync::atomic::Ordering;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    copy_tree(&fixture("v1-docker"), tmp.path());
+    let hierarchies = ["memory", "cpu,cpuacct", "blkio", "pids"];
+    let copy_of = |id: &str, to: &str| {
+        for hierarchy in hierarchies {
+            let dir = tmp
+                .path()
+                .join(hierarchy)
+                .join(format!("user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{to}.scope"));
+            copy_tree(&tmp.path().join(hierarchy).join("docker").join(id), &dir);
+        }
+    };
+    // The user names a scope after C4 (a Docker container's id) with C3's numbers.
+    copy_of(C3, C4);
+    let claims_c4 = |s: &Sweep| -> Vec<ResourceId> {
+        s.resources
+            .iter()
+            .filter(|r| r.attribute(semconv::CONTAINER_ID) == Some(&AttrValue::from(C4)))
+            .map(|r| r.id.clone())
+            .collect()
+    };
+    let dropped =
+        || podometer::telemetry::Telemetry::global().cgroups_duplicate_identity.load(Ordering::Relaxed);
+
+    let before = dropped();
+    let mut source = CgroupSource::new(&config(tmp.path())).expect("source");
+    let (ctx, s) = sweep_once(&mut source);
+    assert_eq!(claims_c4(&s), [cid(C4)], "one container id, one resource");
+    let r = s.resource(&cid(C4)).unwrap();
+    assert_eq!(r.attribute("podometer.container.rootless"), None);
+    assert_eq!(ctx.containers.iter().filter(|c| c.id == C4).count(), 1);
+    let stats = source.last_sweep_stats();
+    assert_eq!((stats.containers, stats.duplicates), (2, 1), "{stats:?}");
+    assert!(dropped() > before, "podometer.discovery.cgroups.dropped not counted");
+
+    // The copy known first: the real container, found later, still wins.
+    let late = tempfile::tempdir().expect("tempdir");
+    copy_tree(&fixture("v1-docker"), late.path());
+    let c4_dirs: Vec<PathBuf> =
+        hierarchies.iter().map(|h| late.path().join(h).join("docker").join(C4)).collect();
+    for (hierarchy, dir) in hierarchies.iter().zip(&c4_dirs) {
+        let copy = late
+            .path()
+            .join(hierarchy)
+            .join(format!("user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{C4}.scope"));
+        copy_tree(dir, &copy);
+        std::fs::rename(dir, late.path().join(format!("{C4}.{hierarchy}.aside"))).unwrap();
+    }
+    let mut source =
+        CgroupSource::new(&CgroupsConfig { discovery_interval: Duration::ZERO, ..config(late.path()) })
+            .expect("source");
+    let (_, first) = sweep_once(&mut source);
+    let rootless = ResourceId::Container(format!("{C4}@user-1000"));
+    assert_eq!(claims_c4(&first), [rootless], "alone, the rootless container is reported");
+    for (hierarchy, dir) in hierarchies.iter().zip(&c4_dirs) {
+        std::fs::rename(late.path().join(format!("{C4}.{hierarchy}.aside")), dir).unwrap();
+    }
+    let (_, second) = sweep_once(&mut source);
+    assert_eq!(claims_c4(&second), [cid(C4)], "the runtime's container displaces the known copy");
+
+    // Logged: the binary over the same tree says which cgroup it dropped and which it kept.
+    let config_file = tmp.path().join("agent.yaml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "sources:\n  cgroups: {{root: {}}}\nexporters:\n  file: {{path: /dev/null}}\n\
+             pipelines:\n  p: {{sources: [cgroups], exporters: [file]}}\n",
+            tmp.path().display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_podometer"))
+        .args(["collect", "-c"])
+        .arg(&config_file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("claim the same container id"))
+        .unwrap_or_else(|| panic!("no log line for the dropped copy:\n{stderr}"));
+    assert!(line.contains("WARN") && line.contains(&format!("libpod-{C4}.scope")), "{line}");
+    assert!(line.contains(&format!("docker/{C4}")), "{line}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains(&format!("{C4}@user-1000")), "the copy was exported");
+}
+
 /// A controller enabled after the container was found (v2: `io.stat` appears when `io` is
 /// written to the parent's `cgroup.subtree_control`; crun's `container/` child appears when the
 /// container starts systemd): picked up at the next discovery, not never.

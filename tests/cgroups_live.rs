@@ -317,7 +317,8 @@ fn podman_pod_containers_are_found_and_agree_with_podman_stats() {
 
 /// A user with a delegated subtree (`user@<n>.service`, which rootless Podman uses) copies a real
 /// pod's kubelet path and a real container's id into it. Only the anchored cgroup may speak for
-/// the victim; the rootless copy is reported as the user's, once, and its double is dropped.
+/// the victim: one container id, one resource. The rootless copies are dropped and counted,
+/// while a rootless container with an id of its own is still reported as the user's.
 #[test]
 fn a_spoof_in_a_delegated_subtree_never_takes_the_victims_identity() {
     if !support::live_cgroups_available() {
@@ -340,11 +341,14 @@ fn a_spoof_in_a_delegated_subtree_never_takes_the_victims_identity() {
     );
     spoof.spawn(&once_inside(&victim_id, "exec sleep 1000"));
     spoof.spawn(&once_inside(&victim_id, "exec sleep 1000"));
-    // A rootless Podman scope with the victim's id, twice.
+    // A rootless Podman scope with the victim's id, twice, and one with an id of its own.
     let _rootless_a =
         TestCgroup::create(Path::new(ROOT), &format!("{user}/user.slice/libpod-{victim_id}.scope"));
     let _rootless_b =
         TestCgroup::create(Path::new(ROOT), &format!("{user}/app.slice/libpod-{victim_id}.scope"));
+    let own_id = random_hex64();
+    let _rootless_own =
+        TestCgroup::create(Path::new(ROOT), &format!("{user}/user.slice/libpod-{own_id}.scope"));
     // Same shape outside any configured root, by root itself: not a container either.
     let top = kubelet.trim_end_matches("/kubepods");
     let _stray =
@@ -382,16 +386,28 @@ fn a_spoof_in_a_delegated_subtree_never_takes_the_victims_identity() {
     expected.sort();
     assert_eq!(claiming, expected);
 
-    // The rootless copies: one resource, the user's, keyed by owner and id.
-    let rootless_id = ResourceId::Container(format!("{victim_id}@user-{n}"));
+    // One container id, one resource: nothing else carries the victim's container.id.
+    let with_victims_id: Vec<_> = s
+        .resources
+        .iter()
+        .filter(|r| r.attribute("container.id") == Some(&victim_id.as_str().into()))
+        .map(|r| r.id.clone())
+        .collect();
+    assert_eq!(
+        with_victims_id,
+        std::slice::from_ref(&cid),
+        "the rootless copies are reported beside the victim"
+    );
+    let stats = source.last_sweep_stats();
+    assert!(stats.duplicates >= 2, "both rootless copies are dropped and counted: {stats:?}");
+
+    // A rootless container with an id of its own: the user's, keyed by owner and id.
+    let rootless_id = ResourceId::Container(format!("{own_id}@user-{n}"));
     let rootless = s.resource(&rootless_id).unwrap_or_else(|| panic!("rootless container: {s:#?}"));
     assert_eq!(rootless.attribute("podometer.container.rootless"), Some(&true.into()));
     assert_eq!(rootless.attribute("user.id"), Some(&n.to_string().as_str().into()));
-    assert_eq!(rootless.attribute("container.id"), Some(&victim_id.as_str().into()));
+    assert_eq!(rootless.attribute("container.id"), Some(&own_id.as_str().into()));
     assert_eq!(rootless.attribute("k8s.pod.uid"), None);
-    assert_eq!(s.resources.iter().filter(|r| r.id == rootless_id).count(), 1);
-    let stats = source.last_sweep_stats();
-    assert!(stats.duplicates >= 1, "the second rootless copy is dropped and counted: {stats:?}");
     eprintln!("spoof: victim {victim_id} reported once from the anchored cgroup; {stats:?}");
 }
 

@@ -64,35 +64,47 @@ impl Agent {
     }
 }
 
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
+/// At debug level, on both protocols: the exporter's endpoint and self-telemetry's (whose setup
+/// fails here, for a CA file that does not exist, and says so with the endpoint) are shown
+/// through the one redactor, and no password or header value reaches the log.
 #[test]
 fn passwords_and_header_values_never_reach_the_log() {
     let dir = tempfile::tempdir().unwrap();
+    let closed = support::ClosedPort::new();
     let config = dir.path().join("agent.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "interval: 100ms\nshutdown_timeout: 500ms\nsources:\n  cgroups: {{root: {root}}}\n\
-             exporters:\n  otlp:\n    protocol: http/protobuf\n    \
-             endpoint: http://agent:pa55word@127.0.0.1:{port}/v1/metrics\n    \
-             headers: {{authorization: Bearer t0psecret}}\n    \
-             retry: {{initial_interval: 50ms, max_interval: 100ms}}\n\
-             pipelines:\n  p: {{sources: [cgroups], exporters: [otlp]}}\n",
-            root = fixture_root().display(),
-            port = closed_port()
-        ),
-    )
-    .unwrap();
-    let agent = Agent::start(&config, &[]);
-    std::thread::sleep(Duration::from_millis(1500));
-    let (_, log) = agent.stop();
-    assert!(log.contains("OTLP exporter started"), "{log}");
-    assert!(log.contains("agent:***@127.0.0.1"), "the endpoint is logged without its password:\n{log}");
-    assert!(log.contains("retrying"), "the connection errors were logged:\n{log}");
-    assert!(!log.contains("pa55word") && !log.contains("t0psecret"), "a secret in the log:\n{log}");
+    for (protocol, path) in [("grpc", ""), ("http/protobuf", "/v1/metrics")] {
+        std::fs::write(
+            &config,
+            format!(
+                "interval: 100ms\nshutdown_timeout: 500ms\nsources:\n  cgroups: {{root: {root}}}\n\
+                 self_telemetry:\n  endpoint: https://self:pa55word@127.0.0.1:{port}\n  \
+                 tls: {{ca_file: {missing}}}\n  headers: {{authorization: Bearer t0psecret}}\n\
+                 exporters:\n  otlp:\n    protocol: {protocol}\n    \
+                 endpoint: http://agent:pa55word@127.0.0.1:{port}{path}\n    \
+                 headers: {{authorization: Bearer t0psecret}}\n    \
+                 retry: {{initial_interval: 50ms, max_interval: 100ms}}\n\
+                 pipelines:\n  p: {{sources: [cgroups], exporters: [otlp]}}\n",
+                root = fixture_root().display(),
+                port = closed.port(),
+                missing = dir.path().join("no-such-ca.pem").display(),
+            ),
+        )
+        .unwrap();
+        let agent = Agent::start(&config, &[]);
+        std::thread::sleep(Duration::from_millis(1500));
+        let (_, log) = agent.stop();
+        assert!(log.contains("OTLP exporter started"), "{protocol}: {log}");
+        assert!(log.contains("agent:***@127.0.0.1"), "{protocol}: the endpoint without its password:\n{log}");
+        let off =
+            log.lines().find(|l| l.contains("Self-telemetry is off")).unwrap_or_else(|| panic!("{log}"));
+        assert!(off.contains("self:***@127.0.0.1"), "{protocol}: self-telemetry's endpoint redacted: {off}");
+        assert!(log.contains("retrying"), "{protocol}: the connection errors were logged:\n{log}");
+        assert!(log.contains("DEBUG"), "{protocol}: not at debug level:\n{log}");
+        assert!(
+            !log.contains("pa55word") && !log.contains("t0psecret"),
+            "{protocol}: a secret in the log:\n{log}"
+        );
+    }
 
     // A malformed OTEL_EXPORTER_OTLP_HEADERS stops the agent with an error naming the variable
     // and the entry, not echoing it.

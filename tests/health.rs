@@ -19,7 +19,8 @@ fn agent(dir: &std::path::Path, port: u16, fault: Option<&str>) -> ChildGuard {
     std::fs::write(
         &config,
         format!(
-            "interval: 200ms\nhealth:\n  endpoint: 127.0.0.1:{port}\n  stale_intervals: 3\nsources:\n  cgroups: {{}}\n\
+            "interval: 200ms\nshutdown_timeout: 1s\nhealth:\n  endpoint: 127.0.0.1:{port}\n  stale_intervals: 3\n\
+             sources:\n  cgroups: {{}}\n\
              exporters:\n  file: {{path: {}}}\npipelines:\n  main: {{sources: [cgroups], exporters: [file]}}\n",
             dir.join("out.jsonl").display()
         ),
@@ -91,6 +92,21 @@ fn hung_sweep_thread_fails_healthz_and_readyz() {
         agent.0.try_wait().unwrap().is_none(),
         "a hung sweep thread does not end the process: the probe must"
     );
+    // SIGTERM: the last sweep never comes; the agent waits for it until shutdown_timeout (1 s),
+    // then exits with an error saying so.
+    // SAFETY: kill with the pid of a child this test spawned.
+    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
+    let asked = Instant::now();
+    assert!(
+        agent.wait_exit(Duration::from_secs(10)),
+        "the agent waited for its hung sweep thread without limit"
+    );
+    let took = asked.elapsed();
+    assert!(took >= Duration::from_millis(900), "it did not wait for the last sweep ({took:?})");
+    assert_eq!(agent.0.wait().unwrap().code(), Some(1), "a shutdown without the last sweep is an error");
+    let mut stderr = String::new();
+    agent.0.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(stderr.contains("did not finish its last sweep within shutdown_timeout (1s)"), "{stderr}");
 }
 
 #[test]

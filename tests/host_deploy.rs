@@ -34,12 +34,28 @@ fn readme_capabilities() -> BTreeSet<String> {
         .collect()
 }
 
+/// The README's capabilities without the opt-in ones: CAP_NET_ADMIN (host peers) is granted
+/// only when asked for.
+fn default_capabilities() -> BTreeSet<String> {
+    let mut caps = readme_capabilities();
+    assert!(caps.remove("CAP_NET_ADMIN"), "the README's table lists CAP_NET_ADMIN for host peers");
+    caps
+}
+
 #[test]
-fn unit_is_hardened_and_grants_only_the_readme_capabilities() {
+fn unit_is_hardened_and_grants_only_the_default_capabilities() {
     let unit = unit();
     let caps: BTreeSet<String> =
         directive(&unit, "CapabilityBoundingSet")[0].split_whitespace().map(str::to_owned).collect();
-    assert_eq!(caps, readme_capabilities(), "CapabilityBoundingSet vs the README's privilege table");
+    assert_eq!(caps, default_capabilities(), "CapabilityBoundingSet: CAP_NET_ADMIN is opt-in");
+    // The opt-in the unit's comment documents grants exactly the README's set.
+    let opt_in = unit
+        .lines()
+        .find_map(|l| l.split('`').find(|part| part.starts_with("CapabilityBoundingSet=")))
+        .expect("the unit documents the CAP_NET_ADMIN drop-in");
+    let opted: BTreeSet<String> =
+        opt_in.trim_start_matches("CapabilityBoundingSet=").split_whitespace().map(str::to_owned).collect();
+    assert_eq!(opted, readme_capabilities());
     assert_eq!(directive(&unit, "ProtectSystem"), ["strict"]);
     assert_eq!(directive(&unit, "NoNewPrivileges"), ["yes"]);
     assert!(directive(&unit, "ProtectProc").is_empty(), "the agent must see every process");
@@ -73,14 +89,28 @@ fn systemd_analyze_verifies_the_unit() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("ProtectSystm"), "a typo went unnoticed");
 }
 
+/// The arguments deploy/systemd/podman-run.sh passes to `podman`, got by running the script
+/// with a `podman` on PATH that prints them, with `env` set.
+fn podman_run_args(env: &[(&str, &str)]) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let stub = dir.path().join("podman");
+    std::fs::write(&stub, "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done\n").unwrap();
+    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
+    let mut cmd = Command::new("sh");
+    cmd.arg(format!("{ROOT}/deploy/systemd/podman-run.sh"))
+        .env("PATH", path)
+        .env_remove("PODOMETER_HOST_PEERS");
+    cmd.envs(env.iter().copied());
+    support::run(&mut cmd).lines().map(str::to_owned).collect()
+}
+
 /// The flags of deploy/systemd/podman-run.sh, without the detach/name/replace options and the
-/// environment (collect exports nothing).
-fn podman_run_flags() -> Vec<String> {
-    let script = std::fs::read_to_string(format!("{ROOT}/deploy/systemd/podman-run.sh")).unwrap();
-    let joined =
-        script.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join(" ").replace('\\', " ");
-    let after = joined.split("exec podman run").nth(1).expect("exec podman run");
-    let mut words = after.split_whitespace().map(str::to_owned);
+/// environment (collect exports nothing), up to the image.
+fn podman_run_flags(env: &[(&str, &str)]) -> Vec<String> {
+    let args = podman_run_args(env);
+    assert_eq!(args[0], "run", "{args:?}");
+    let mut words = args.into_iter().skip(1);
     let mut flags = Vec::new();
     while let Some(w) = words.next() {
         match w.as_str() {
@@ -94,6 +124,78 @@ fn podman_run_flags() -> Vec<String> {
         }
     }
     flags
+}
+
+fn added_capabilities(flags: &[String]) -> BTreeSet<String> {
+    flags.iter().filter_map(|f| f.strip_prefix("--cap-add=")).map(|c| format!("CAP_{c}")).collect()
+}
+
+/// The `-v` flags: no host root, every mount read-only, and every mount below the cgroup
+/// filesystem read-only too (`ro` is not recursive). Run for real with the busybox image: every
+/// write into what is mounted fails, and `/host` holds only proc and the cgroup filesystem.
+#[test]
+fn podman_run_line_mounts_read_only_only_what_the_config_reads_and_net_admin_is_opt_in() {
+    let flags = podman_run_flags(&[]);
+    assert_eq!(added_capabilities(&flags), default_capabilities(), "{flags:?}");
+    assert!(flags.contains(&"--cap-drop=ALL".to_owned()), "{flags:?}");
+    let host_peers = podman_run_flags(&[("PODOMETER_HOST_PEERS", "1")]);
+    assert_eq!(added_capabilities(&host_peers), readme_capabilities(), "{host_peers:?}");
+
+    let mounts: Vec<(String, String, String)> = flags
+        .iter()
+        .filter_map(|f| f.strip_prefix("-v="))
+        .map(|v| {
+            let parts: Vec<&str> = v.split(':').collect();
+            assert_eq!(parts.len(), 3, "{v}: source:destination:options");
+            (parts[0].to_owned(), parts[1].to_owned(), parts[2].to_owned())
+        })
+        .collect();
+    for (source, destination, options) in &mounts {
+        assert_ne!(source.trim_end_matches('/'), "", "the host's root is mounted");
+        assert!(options.split(',').any(|o| o == "ro"), "{source}:{destination} is not read-only");
+        assert!(
+            ["/proc", "/sys/fs/cgroup", "/var/lib/containers/storage/overlay-containers"]
+                .iter()
+                .any(|read| source == read || source.starts_with(&format!("{read}/"))),
+            "{source} is not read by the built-in config"
+        );
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for below in
+        mountinfo.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with("/sys/fs/cgroup/"))
+    {
+        assert!(
+            mounts.iter().any(|(s, d, _)| s == below && *d == format!("/host{below}")),
+            "{below} (a mount below the cgroup filesystem) has no read-only mount of its own"
+        );
+    }
+
+    if !support::podman::podman_available() {
+        return;
+    }
+    let run_flags: Vec<&String> = flags.iter().filter(|f| !f.starts_with("--ulimit=")).collect();
+    let name = support::unique("podometer-probe");
+    let probe = format!(
+        "for d in /host/sys/fs/cgroup/* /host/sys/fs/cgroup; do mkdir $d/{name} && echo WROTE $d; done; \
+         ls /host; touch /host/proc/sys/kernel/hostname && echo WROTE proc; \
+         touch /var/lib/containers/storage/overlay-containers/{name} && echo WROTE store; true"
+    );
+    let out = support::podman::podman()
+        .args(["run", "--rm"])
+        .args(&run_flags)
+        .args(["localhost/bb:1", "sh", "-c", &probe])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // What a failing run may have created on the host goes again.
+    for entry in std::fs::read_dir("/sys/fs/cgroup").unwrap().filter_map(Result::ok) {
+        let _ = std::fs::remove_dir(entry.path().join(&name));
+    }
+    let _ = std::fs::remove_file(format!("/var/lib/containers/storage/overlay-containers/{name}"));
+    assert!(out.status.success(), "{flags:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!stdout.contains("WROTE"), "writable through the mounts:\n{stdout}");
+    let listed: BTreeSet<&str> = stdout.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(listed, BTreeSet::from(["proc", "sys"]), "/host holds more than proc and sys");
 }
 
 #[test]
@@ -112,17 +214,14 @@ fn podman_run_line_collects_in_the_node_view() {
     ) {
         return;
     }
-    let mut flags = podman_run_flags();
+    let mut flags = podman_run_flags(&[]);
     // This sandbox forbids runc to set any rlimit (nofile above the hard 20000, and then
     // nproc, which Podman adds with any --ulimit): the flag is checked, then left out here.
     let ulimit = flags.iter().position(|f| f.starts_with("--ulimit=nofile=")).expect("--ulimit nofile");
     let wanted: u64 = flags[ulimit].rsplit(':').next().unwrap().parse().unwrap();
     assert!(wanted >= 65536, "{}", flags[ulimit]);
     flags.remove(ulimit);
-    let caps: BTreeSet<String> =
-        flags.iter().filter_map(|f| f.strip_prefix("--cap-add=")).map(|c| format!("CAP_{c}")).collect();
-    assert_eq!(caps, readme_capabilities());
-    assert!(flags.contains(&"--cap-drop=ALL".to_owned()), "{flags:?}");
+    assert_eq!(added_capabilities(&flags), default_capabilities());
     let pod = support::podman::PodmanPod::start("podometer-hostrun", &["exec sleep 600"]);
     let out = support::podman::podman()
         .args(["run", "--rm"])

@@ -141,6 +141,47 @@ impl Drop for RmOnDrop {
     }
 }
 
+/// The resource attributes of a container in one `collect` output.
+fn resource_attributes(json: &Json, id: &str) -> Option<std::collections::BTreeMap<String, Json>> {
+    json["resourceMetrics"].as_array()?.iter().find_map(|rm| {
+        let attributes = rm["resource"]["attributes"].as_array()?;
+        attributes.iter().any(|kv| kv["key"] == "container.id" && kv["value"]["stringValue"] == id).then(
+            || {
+                attributes
+                    .iter()
+                    .map(|kv| (kv["key"].as_str().unwrap().to_owned(), kv["value"].clone()))
+                    .collect()
+            },
+        )
+    })
+}
+
+/// The DaemonSet's host paths as `podman run -v` flags (`host:container:ro`), rendered by
+/// `kubectl kustomize`; a `DirectoryOrCreate` path this host does not have is left out (the
+/// kubelet would create it empty).
+fn daemonset_host_mounts() -> Vec<String> {
+    let text =
+        support::run(Command::new("kubectl").args(["kustomize", &format!("{ROOT}/deploy/kubernetes")]));
+    let docs: Vec<Json> = serde_saphyr::from_multiple(&text).expect("kustomize output is YAML");
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").expect("the DaemonSet");
+    let spec = &ds["spec"]["template"]["spec"];
+    let mut flags = Vec::new();
+    for v in spec["volumes"].as_array().unwrap() {
+        let Some(host) = v["hostPath"]["path"].as_str() else { continue };
+        if v["hostPath"]["type"] == "DirectoryOrCreate" && !std::path::Path::new(host).exists() {
+            continue;
+        }
+        for m in spec["containers"][0]["volumeMounts"].as_array().unwrap() {
+            if m["name"] == v["name"] {
+                assert_eq!(m["readOnly"], true, "{m}");
+                flags.push(format!("-v={host}:{}:ro", m["mountPath"].as_str().unwrap()));
+            }
+        }
+    }
+    assert!(!flags.is_empty(), "the DaemonSet mounts no host path");
+    flags
+}
+
 /// (cpu seconds user+system, receive bytes on eth0) of a container in one `collect` output.
 fn numbers(json: &Json, id: &str) -> Option<(f64, Option<u64>)> {
     let rm = json["resourceMetrics"].as_array()?.iter().find(|rm| {
@@ -188,14 +229,19 @@ fn host_collect(config: &std::path::Path) -> Json {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// The DaemonSet's pod as Podman runs it: the image, `--pid=host`, the host root read-only at
-/// /host, user 0 with every capability dropped but SYS_PTRACE, read-only root filesystem, no
-/// privilege escalation, the ConfigMap's config. Compared with the agent on the host run just
-/// before and just after: the same containers, CPU within the two host sweeps' bracket, and
-/// the pod's received bytes equal (the pod is quiet while the three sweeps run).
+/// The DaemonSet's pod as Podman runs it: the image, `--pid=host`, the DaemonSet's host paths
+/// read-only where it mounts them, user 0 with every capability dropped but SYS_PTRACE,
+/// read-only root filesystem, no privilege escalation, the ConfigMap's config, a hostname that
+/// is not the node's. Compared with the agent on the host run just before and just after: the
+/// same containers with the same resource attributes (names from the bundle files read through
+/// the narrow mounts; `host.name` the node's name from NODE_NAME, not the pod's hostname), CPU
+/// within the two host sweeps' bracket, and the pod's received bytes equal (the pod is quiet
+/// while the three sweeps run).
 #[test]
 fn daemonset_pod_under_podman_matches_the_host_agent() {
-    if !image_available() {
+    if !image_available()
+        || !support::prerequisite(support::have_command("kubectl"), "kubectl (1.32, with kustomize) on PATH")
+    {
         return;
     }
     let pod = PodmanPod::start(
@@ -217,28 +263,27 @@ fn daemonset_pod_under_podman_matches_the_host_agent() {
     // The host agent reads the same config with the roots at / instead of /host.
     let host_config = config_dir.path().join("host.yaml");
     let text = std::fs::read_to_string(config_dir.path().join("podometer.yaml")).unwrap();
-    std::fs::write(
-        &host_config,
-        text.replace("/host/sys/fs/cgroup", "/sys/fs/cgroup").replace("/host/proc", "/proc"),
-    )
-    .unwrap();
+    std::fs::write(&host_config, text.replace("/host/", "/")).unwrap();
+    let mounts = daemonset_host_mounts();
 
     let before = host_collect(&host_config);
     let mount = format!("{}:/etc/podometer:ro", config_dir.path().display());
-    let out = run_image(
-        &[
-            "--pid=host",
-            "--user=0",
-            "--cap-drop=ALL",
-            "--cap-add=SYS_PTRACE",
-            "--read-only",
-            "--security-opt=no-new-privileges",
-            "-v=/:/host:ro,rslave",
-            &format!("-v={mount}"),
-            "-e=NODE_NAME=node-1",
-        ],
-        &["collect", "-c", "/etc/podometer/podometer.yaml"],
-    );
+    let mut options: Vec<String> = [
+        "--pid=host",
+        "--user=0",
+        "--cap-drop=ALL",
+        "--cap-add=SYS_PTRACE",
+        "--read-only",
+        "--security-opt=no-new-privileges",
+        "--hostname=podometer-ds-pod",
+        "-e=NODE_NAME=node-1",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    options.extend(mounts);
+    options.push(format!("-v={mount}"));
+    let options: Vec<&str> = options.iter().map(String::as_str).collect();
+    let out = run_image(&options, &["collect", "-c", "/etc/podometer/podometer.yaml"]);
     let after = host_collect(&host_config);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -252,6 +297,18 @@ fn daemonset_pod_under_podman_matches_the_host_agent() {
         eprintln!("{}: cpu {c0:.3} <= {c1:.3} <= {c2:.3} s; eth0 rx {r0:?} {r1:?} {r2:?}", &id[..12]);
         assert!(c0 <= c1 + 1e-9 && c1 <= c2 + 1e-9, "cpu of {id} outside the host bracket: {c0} {c1} {c2}");
         assert_eq!(r0.is_some(), r1.is_some(), "network series of {id} differ");
+        let attributes = resource_attributes(&inside, &id).unwrap();
+        assert_eq!(
+            attributes.get("host.name"),
+            Some(&serde_json::json!({"stringValue": "node-1"})),
+            "host.name of {id} is not the node's name"
+        );
+        assert_eq!(
+            resource_attributes(&before, &id).as_ref(),
+            Some(&attributes),
+            "resource attributes of {id}"
+        );
+        assert!(attributes.contains_key("container.name"), "no name read through the mounts: {attributes:?}");
         if let (Some(r0), Some(r1), Some(r2)) = (r0, r1, r2) {
             assert!(r0 <= r1 && r1 <= r2, "rx of {id} outside the bracket: {r0} {r1} {r2}");
             assert!(r1 >= 100_000, "the pod received 100000 bytes, the agent says {r1}");

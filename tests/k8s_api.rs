@@ -530,7 +530,10 @@ fn forbidden_and_non_json_answers_are_logged_once_counted_and_ids_still_exported
     let log = agent.log();
     let forbidden: Vec<&str> = log.lines().filter(|l| l.contains("403 Forbidden")).collect();
     assert_eq!(forbidden.len(), 1, "one line for several refusals:\n{log}");
-    for needle in ["ERROR", "refused to list pods", "ClusterRole", "get, list and watch", "`pods`", &node] {
+    let overlay = podometer::processors::metadata::k8s_api::RBAC_OVERLAY;
+    for needle in
+        ["ERROR", "refused to list pods", "ClusterRole", "get, list and watch", "`pods`", &node, overlay]
+    {
         assert!(forbidden[0].contains(needle), "`{needle}` missing from: {}", forbidden[0]);
     }
     assert!(log.contains("has not synced yet"), "start-up said it gave up waiting:\n{log}");
@@ -546,6 +549,15 @@ fn forbidden_and_non_json_answers_are_logged_once_counted_and_ids_still_exported
         || agent.log(),
     );
     assert_eq!(agent.log().lines().filter(|l| l.contains("not a Kubernetes JSON answer")).count(), 1);
+    // Every WARN line of the log, not only the agent's own: kube's client logs each answer it
+    // cannot decode at WARN with the whole body, and must stay quiet.
+    let log = agent.log();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ")).collect();
+    for line in &warnings {
+        assert!(line.contains(" WARN podometer"), "a WARN line not from the agent: {line}");
+        assert!(!line.contains("It works!"), "an answer's body in the log: {line}");
+    }
+    assert!(warnings.len() <= 3, "WARN lines are rate-limited: {warnings:#?}");
     assert_eq!(agent.log().lines().filter(|l| l.contains("403 Forbidden")).count(), 1, "still rate-limited");
     agent.wait_for("ids still exported after the HTML answers", Duration::from_secs(60), |seen| {
         latest_container(seen, &id)
@@ -617,8 +629,9 @@ fn an_unreachable_api_is_logged_once_counted_and_ids_still_exported() {
     );
     let cgroups = make_cgroups(&support::unique("podometer-k8stest"), &[&p]);
     let id = id_of(&p.containers[0]).to_owned();
-    // A loopback port nobody listens on: bound by the OS, then released.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // A loopback port nobody listens on, held for the whole test.
+    let closed = support::ClosedPort::new();
+    let port = closed.port();
     let mut agent = Agent::start_with(
         &format!("http://127.0.0.1:{port}"),
         &node,
@@ -641,4 +654,98 @@ fn an_unreachable_api_is_logged_once_counted_and_ids_still_exported() {
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("Cannot reach the Kubernetes API")).collect();
     assert_eq!(lines.len(), 1, "one line for several failures:\n{log}");
     assert!(lines[0].contains(&format!("127.0.0.1:{port}")), "names the server: {}", lines[0]);
+}
+
+/// A pod with an annotation of `bytes` bytes (not allowlisted: it only makes the answers big).
+fn padded(p: &TestPod, bytes: usize) -> k8s_openapi::api::core::v1::Pod {
+    let mut p = p.clone();
+    p.annotations.push(("example.com/padding".into(), "x".repeat(bytes)));
+    pod(&p)
+}
+
+/// Answers larger than the bounds are not read whole: a list page over `max_list_bytes` fails
+/// (counted, logged once naming the bound, ids still exported) until the pod that made it big is
+/// gone; a watch event over `max_event_bytes` ends the watch, and the relist (under the page's
+/// bound) brings the pod's names without a restart.
+#[test]
+fn list_pages_and_watch_events_past_their_bounds_are_not_read_whole() {
+    if !support::live_cgroups_available() {
+        return;
+    }
+    let node = support::unique("node");
+    let small = test_pod(
+        "web-1",
+        "shop",
+        &node,
+        Owner::Deployment { name: "web".into(), hash: "7d4b9c8f5".into() },
+        vec![container("nginx", "nginx:1.25.3", 0)],
+    );
+    let huge = test_pod(
+        "huge-0",
+        "shop",
+        &node,
+        Owner::StatefulSet("huge".into()),
+        vec![container("app", "app:1", 0)],
+    );
+    let late = test_pod(
+        "late-0",
+        "shop",
+        &node,
+        Owner::StatefulSet("late".into()),
+        vec![container("app", "app:1", 0)],
+    );
+    let cgroups = make_cgroups(&support::unique("podometer-k8stest"), &[&small, &huge, &late]);
+    let (small_id, late_id) = (id_of(&small.containers[0]).to_owned(), id_of(&late.containers[0]).to_owned());
+    let api = KubeApi::start();
+    api.apply(&pod(&small));
+    // 2 MiB in one pod: the list page is over a 1 MiB bound.
+    api.apply(&padded(&huge, 2 << 20));
+    let mut agent = Agent::start(
+        &api,
+        &node,
+        "{initial_sync_timeout: 500ms, max_list_bytes: 1048576, max_event_bytes: 262144}",
+        &cgroups,
+    );
+    agent.wait_for("ids exported while the list is over its bound", Duration::from_secs(20), |seen| {
+        latest_container(seen, &small_id).is_some()
+    });
+    support::wait_until(
+        "2 counted failures",
+        Duration::from_secs(20),
+        || agent.metadata_errors() >= 2,
+        || agent.log(),
+    );
+    let s = latest_container(&agent.output(), &small_id).unwrap();
+    assert_eq!(s.str("k8s.pod.name"), None, "a list over its bound was read");
+    let log = agent.log();
+    let bound: Vec<&str> = log.lines().filter(|l| l.contains("passed its bound")).collect();
+    assert_eq!(bound.len(), 1, "one line however many attempts:\n{log}");
+    assert!(
+        bound[0].contains("max_list_bytes (1048576 bytes)") && bound[0].contains("list pods"),
+        "{}",
+        bound[0]
+    );
+
+    // The big pod goes: the next list is read and names arrive.
+    api.delete(&huge.uid);
+    agent.wait_for("names once the list fits", Duration::from_secs(45), |seen| {
+        latest_container(seen, &small_id).is_some_and(|s| s.str("k8s.pod.name") == Some("web-1"))
+    });
+
+    // A watch event over its bound (512 KiB against 256 KiB) but a page under the list's: the
+    // watch stops, the relist reads the pod.
+    let errors = agent.metadata_errors();
+    api.apply(&padded(&late, 512 << 10));
+    agent.wait_for("the late pod named through the relist", Duration::from_secs(60), |seen| {
+        latest_container(seen, &late_id).is_some_and(|s| s.str("k8s.pod.name") == Some("late-0"))
+    });
+    support::wait_until(
+        "the event over its bound counted",
+        Duration::from_secs(10),
+        || agent.metadata_errors() > errors,
+        || agent.log(),
+    );
+    let watch_list = api.requests().iter().filter(|r| !r.is_watch()).count();
+    assert!(watch_list >= 2, "no relist after the event over its bound");
+    assert!(agent.log().contains("max_event_bytes (262144 bytes)"), "{}", agent.log());
 }

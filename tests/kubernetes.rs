@@ -1,8 +1,11 @@
-//! The Kubernetes manifests: the kustomize base and its host-peers overlay rendered by the
-//! real `kubectl kustomize`, every object parsed with its `k8s-openapi` type, and the checks a
-//! typo would break (a mount naming no volume, an env var the config reads but nobody sets,
-//! a config that fails `check-config`, RBAC beyond pods, a probe on the wrong port). The
-//! sidecar example is checked for what makes it a sidecar: no host access, no privilege.
+//! The Kubernetes manifests: the kustomize base and its host-peers and k8s-api overlays rendered
+//! by the real `kubectl kustomize`, every object parsed with its `k8s-openapi` type, and the
+//! checks a typo would break (a mount naming no volume, an env var the config reads but nobody
+//! sets, a config that fails `check-config`, RBAC beyond pods or in another namespace, a probe
+//! on the wrong port), and least privilege: host paths only where the config reads, all
+//! read-only and recursively so, no API token without the overlay that uses it, `host.name`
+//! the node's name. The sidecar example is checked for what makes it a sidecar: no host
+//! access, no privilege.
 //! No API server can run here, so "applies" means "renders and parses into the API types".
 mod support;
 
@@ -20,8 +23,8 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 struct Rendered {
     namespace: Namespace,
     service_account: ServiceAccount,
-    role: ClusterRole,
-    binding: ClusterRoleBinding,
+    role: Option<ClusterRole>,
+    binding: Option<ClusterRoleBinding>,
     priority: PriorityClass,
     config_map: ConfigMap,
     daemon_set: DaemonSet,
@@ -34,27 +37,36 @@ fn kubectl_available() -> bool {
 fn render(dir: &str) -> Rendered {
     let text = support::run(Command::new("kubectl").args(["kustomize", &format!("{ROOT}/{dir}")]));
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).expect("kustomize output is YAML");
-    let mut kinds = Vec::new();
-    let mut pick = |kind: &str| -> serde_json::Value {
+    let known = [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "PriorityClass",
+        "ConfigMap",
+        "DaemonSet",
+    ];
+    for d in &docs {
+        assert!(known.contains(&d["kind"].as_str().unwrap_or("")), "{dir}: unexpected object: {d}");
+    }
+    let pick = |kind: &str| -> Option<serde_json::Value> {
         let found: Vec<&serde_json::Value> = docs.iter().filter(|d| d["kind"] == kind).collect();
-        assert_eq!(found.len(), 1, "{dir}: expected one {kind}, found {}", found.len());
-        kinds.push(kind.to_owned());
-        found[0].clone()
+        assert!(found.len() <= 1, "{dir}: expected at most one {kind}, found {}", found.len());
+        found.first().map(|v| (*v).clone())
     };
+    let one = |kind: &str| pick(kind).unwrap_or_else(|| panic!("{dir}: no {kind}"));
     fn typed<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
         serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{e}: {v}"))
     }
-    let rendered = Rendered {
-        namespace: typed(pick("Namespace")),
-        service_account: typed(pick("ServiceAccount")),
-        role: typed(pick("ClusterRole")),
-        binding: typed(pick("ClusterRoleBinding")),
-        priority: typed(pick("PriorityClass")),
-        config_map: typed(pick("ConfigMap")),
-        daemon_set: typed(pick("DaemonSet")),
-    };
-    assert_eq!(docs.len(), kinds.len(), "{dir}: unexpected extra objects: {docs:?}");
-    rendered
+    Rendered {
+        namespace: typed(one("Namespace")),
+        service_account: typed(one("ServiceAccount")),
+        role: pick("ClusterRole").map(typed),
+        binding: pick("ClusterRoleBinding").map(typed),
+        priority: typed(one("PriorityClass")),
+        config_map: typed(one("ConfigMap")),
+        daemon_set: typed(one("DaemonSet")),
+    }
 }
 
 fn pod_spec(ds: &DaemonSet) -> &PodSpec {
@@ -82,7 +94,7 @@ fn required_env(config: &str) -> BTreeSet<String> {
     names
 }
 
-fn check_daemon_set(r: &Rendered, expected_caps: &[&str], host_network: bool) {
+fn check_daemon_set(r: &Rendered, expected_caps: &[&str], host_network: bool, token: bool) {
     let ns = r.namespace.metadata.name.as_deref().unwrap();
     let spec = pod_spec(&r.daemon_set);
     assert_eq!(r.daemon_set.metadata.namespace.as_deref(), Some(ns));
@@ -119,10 +131,9 @@ fn check_daemon_set(r: &Rendered, expected_caps: &[&str], host_network: bool) {
             m.name
         );
     }
-    let host = mounts.iter().find(|m| m.mount_path == "/host").expect("host root at /host");
-    assert_eq!(host.read_only, Some(true));
-    let host_volume = spec.volumes.as_ref().unwrap().iter().find(|v| v.name == host.name).unwrap();
-    assert_eq!(host_volume.host_path.as_ref().map(|h| h.path.as_str()), Some("/"));
+
+    // An API token only where the config calls the API (the k8s-api overlay).
+    assert_eq!(spec.automount_service_account_token, Some(token), "automountServiceAccountToken");
 
     // The config the agent is told to read is the ConfigMap's key, mounted where args say.
     let args = c.args.as_ref().expect("args");
@@ -139,8 +150,21 @@ fn check_daemon_set(r: &Rendered, expected_caps: &[&str], host_network: bool) {
     let config =
         r.config_map.data.as_ref().unwrap().get(key).unwrap_or_else(|| panic!("ConfigMap has no key {key}"));
 
+    let parsed: serde_json::Value = serde_saphyr::from_str(config).expect("the config is YAML");
+    check_host_paths(spec, c, &parsed);
+
     // Every variable the config needs is set, and with them it passes check-config.
     let env = c.env.as_ref().expect("env");
+    // host.name is the node's name (the pod's own hostname is its pod name).
+    let host_name = parsed["host_name"].as_str().expect("host_name set in the config");
+    let variable = host_name
+        .strip_prefix("${env:")
+        .and_then(|v| v.strip_suffix('}'))
+        .unwrap_or_else(|| panic!("host_name `{host_name}` is not one variable"));
+    let from = env.iter().find(|e| e.name == variable).unwrap_or_else(|| panic!("{variable} not set"));
+    let field = from.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).expect("from the downward API");
+    assert_eq!(field.field_path, "spec.nodeName", "host.name from {variable}");
+    assert_eq!(token, pipeline_processors(&parsed).contains(&"k8s_api".to_owned()), "k8s_api iff a token");
     let set: BTreeSet<&str> = env.iter().map(|e| e.name.as_str()).collect();
     for name in required_env(config) {
         assert!(
@@ -196,30 +220,85 @@ fn check_daemon_set(r: &Rendered, expected_caps: &[&str], host_network: bool) {
     }
 }
 
+fn pipeline_processors(config: &serde_json::Value) -> Vec<String> {
+    let pipelines = config["pipelines"].as_object().expect("pipelines");
+    pipelines
+        .values()
+        .flat_map(|p| p["processors"].as_array().cloned().unwrap_or_default())
+        .map(|p| p.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Host paths: never the host's root; only the trees the config reads, each mounted at `/host`
+/// plus its host path, read-only, recursively read-only where the kubelet and runtime can,
+/// without mount propagation (which recursive read-only rules out).
+fn check_host_paths(spec: &PodSpec, c: &Container, config: &serde_json::Value) {
+    let path = |v: &serde_json::Value, what: &str| -> String {
+        v.as_str().unwrap_or_else(|| panic!("{what} not set in the config")).to_owned()
+    };
+    let cgroups = path(&config["sources"]["cgroups"]["root"], "cgroups.root");
+    let proc_root = path(&config["sources"]["netns"]["proc_root"], "netns.proc_root");
+    let files = &config["processors"]["runtime_files"];
+    // What the runtime_files processor opens below its roots (the overlay driver's directory).
+    let bundles = [
+        format!("{}/io.containerd.runtime.v2.task", path(&files["containerd_state"], "containerd_state")),
+        format!("{}/overlay-containers", path(&files["storage_root"], "storage_root")),
+    ];
+    let read: Vec<String> =
+        [cgroups.clone(), proc_root.clone()].into_iter().chain(bundles.iter().cloned()).collect();
+
+    let volumes = spec.volumes.as_ref().unwrap();
+    let mounts = c.volume_mounts.as_ref().unwrap();
+    let mut host_mounts = Vec::new();
+    for v in volumes {
+        let Some(host) = &v.host_path else { continue };
+        assert_ne!(host.path.trim_end_matches('/'), "", "the host's root is mounted ({})", v.name);
+        let on: Vec<_> = mounts.iter().filter(|m| m.name == v.name).collect();
+        assert_eq!(on.len(), 1, "host path {} mounted {} times", host.path, on.len());
+        let m = on[0];
+        assert_eq!(m.mount_path, format!("/host{}", host.path), "{} not at /host plus its host path", v.name);
+        assert_eq!(m.read_only, Some(true), "{} is writable", m.mount_path);
+        assert!(
+            matches!(m.recursive_read_only.as_deref(), Some("IfPossible" | "Enabled")),
+            "{}: mounts below it stay writable without recursiveReadOnly",
+            m.mount_path
+        );
+        assert!(
+            m.mount_propagation.as_deref().unwrap_or("None") == "None",
+            "{}: propagation rules out recursive read-only",
+            m.mount_path
+        );
+        assert!(m.sub_path.is_none() && m.sub_path_expr.is_none());
+        assert!(
+            read.iter()
+                .any(|r| Path::new(r).starts_with(&m.mount_path) || Path::new(&m.mount_path).starts_with(r)),
+            "{} is mounted but the config reads nothing there (it reads {read:?})",
+            m.mount_path
+        );
+        host_mounts.push(m.mount_path.clone());
+    }
+    // Everything the config reads is mounted, cgroups and proc as whole trees.
+    for whole in [&cgroups, &proc_root] {
+        assert!(host_mounts.contains(whole), "{whole} is not a mount of its own: {host_mounts:?}");
+    }
+    for r in &bundles {
+        assert!(
+            host_mounts.iter().any(|m| Path::new(r).starts_with(m)),
+            "{r} (read by runtime_files) is not mounted: {host_mounts:?}"
+        );
+    }
+}
+
 #[test]
 fn base_renders_and_holds_together() {
     if !kubectl_available() {
         return;
     }
     let r = render("deploy/kubernetes");
-    check_daemon_set(&r, &["SYS_PTRACE"], false);
-
-    // RBAC: pods get/list/watch, nothing else, bound to the agent's account.
-    let rules = r.role.rules.as_ref().expect("rules");
-    assert_eq!(rules.len(), 1, "{rules:?}");
-    let rule = &rules[0];
-    assert_eq!(rule.api_groups.as_deref(), Some(&[String::new()][..]));
-    assert_eq!(rule.resources.as_deref(), Some(&["pods".to_owned()][..]));
-    assert_eq!(rule.verbs, ["get", "list", "watch"]);
-    assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
-    assert!(r.role.aggregation_rule.is_none());
-    assert_eq!(r.binding.role_ref.kind, "ClusterRole");
-    assert_eq!(Some(&r.binding.role_ref.name), r.role.metadata.name.as_ref());
-    let subjects = r.binding.subjects.as_ref().unwrap();
-    assert_eq!(subjects.len(), 1);
-    assert_eq!(subjects[0].kind, "ServiceAccount");
-    assert_eq!(Some(&subjects[0].name), r.service_account.metadata.name.as_ref());
-    assert_eq!(subjects[0].namespace, r.namespace.metadata.name);
+    check_daemon_set(&r, &["SYS_PTRACE"], false, false);
+    // No API access: the config reads files only.
+    assert!(r.role.is_none() && r.binding.is_none(), "the base binds a role it never uses");
+    assert_eq!(r.service_account.automount_service_account_token, Some(false));
     let value = r.priority.value.unwrap_or(0);
     assert!(value > 0 && value < 1_000_000_000, "below the system-*-critical classes");
 }
@@ -230,7 +309,8 @@ fn host_peers_overlay_adds_net_admin_and_host_network_only() {
         return;
     }
     let r = render("deploy/kubernetes/overlays/host-peers");
-    check_daemon_set(&r, &["SYS_PTRACE", "NET_ADMIN"], true);
+    check_daemon_set(&r, &["SYS_PTRACE", "NET_ADMIN"], true, false);
+    assert!(r.role.is_none());
     // The capabilities are exactly the README's privilege table.
     let readme = std::fs::read_to_string(format!("{ROOT}/README.md")).unwrap();
     let table = readme.split("| capability |").nth(1).expect("the README's privilege table");
@@ -242,6 +322,36 @@ fn host_peers_overlay_adds_net_admin_and_host_network_only() {
         .collect();
     assert_eq!(listed, BTreeSet::from(["CAP_SYS_PTRACE", "CAP_NET_ADMIN"]));
     assert_eq!(pod_spec(&r.daemon_set).dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+}
+
+/// The overlay the 403 error names: RBAC limited to pods, bound to the DaemonSet's account in
+/// the DaemonSet's namespace, the token mounted and `k8s_api` in the config.
+#[test]
+fn k8s_api_overlay_binds_pods_to_the_agents_account_in_its_namespace() {
+    if !kubectl_available() {
+        return;
+    }
+    let r = render(podometer::processors::metadata::k8s_api::RBAC_OVERLAY);
+    check_daemon_set(&r, &["SYS_PTRACE"], false, true);
+    let role = r.role.as_ref().expect("a ClusterRole");
+    let binding = r.binding.as_ref().expect("a ClusterRoleBinding");
+    let rules = role.rules.as_ref().expect("rules");
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    let rule = &rules[0];
+    assert_eq!(rule.api_groups.as_deref(), Some(&[String::new()][..]));
+    assert_eq!(rule.resources.as_deref(), Some(&["pods".to_owned()][..]));
+    assert_eq!(rule.verbs, ["get", "list", "watch"]);
+    assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
+    assert!(role.aggregation_rule.is_none());
+    assert_eq!(binding.role_ref.kind, "ClusterRole");
+    assert_eq!(Some(&binding.role_ref.name), role.metadata.name.as_ref());
+    let subjects = binding.subjects.as_ref().unwrap();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].kind, "ServiceAccount");
+    assert_eq!(Some(&subjects[0].name), r.service_account.metadata.name.as_ref());
+    assert_eq!(subjects[0].namespace, r.service_account.metadata.namespace, "bound in another namespace");
+    assert_eq!(subjects[0].namespace, r.daemon_set.metadata.namespace);
+    assert_eq!(subjects[0].namespace, r.namespace.metadata.name);
 }
 
 #[test]

@@ -22,6 +22,9 @@ use podometer::model::{Point, ResourceId, Sweep, Value};
 use podometer::semconv;
 use prost::Message;
 use support::tls::{openssl_available, serve_grpc_mutual_tls, TestPki};
+// A local port nobody listens on, held for the whole test so that no server of a test running
+// in parallel can be given it.
+use support::ClosedPort;
 use tonic::codec::CompressionEncoding;
 
 // ---------- sweeps ----------
@@ -272,11 +275,11 @@ async fn http_handler(
 
 impl HttpServer {
     async fn start(replies: Vec<HttpReply>) -> HttpServer {
-        HttpServer::start_on(0, replies).await
+        HttpServer::serve(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), replies)
     }
 
-    async fn start_on(port: u16, replies: Vec<HttpReply>) -> HttpServer {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    /// Serves on a listener the test already holds.
+    fn serve(listener: tokio::net::TcpListener, replies: Vec<HttpReply>) -> HttpServer {
         let addr = listener.local_addr().unwrap();
         let script = Arc::new(HttpScript { replies: Mutex::new(replies.into()), received: Mutex::default() });
         let app = axum::Router::new()
@@ -296,11 +299,6 @@ impl HttpServer {
     fn attempts(&self) -> usize {
         self.script.received.lock().unwrap().len()
     }
-}
-
-/// A local port nobody listens on (bound, then released).
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 // ---------- gRPC ----------
@@ -465,7 +463,8 @@ async fn a_hanging_receiver_never_delays_export() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_queue_bound_evicts_the_oldest_batches() {
     // Uncompressed, so the bound below counts the encoded request's own bytes.
-    let c = config(&format!("endpoint: http://127.0.0.1:{}\ncompression: none", closed_port()));
+    let closed = ClosedPort::new();
+    let c = config(&format!("endpoint: http://127.0.0.1:{}\ncompression: none", closed.port()));
     let mut resolved = c.resolve(|_| None).unwrap();
     // Each batch is one sweep of 40 containers; room for three and a half. The bound is
     // below what validate() accepts, so it is set after resolving.
@@ -498,7 +497,8 @@ async fn shutdown_flushes_the_queue_before_the_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_disk_queue_survives_a_restart_and_delivers_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let port = closed_port();
+    let closed = ClosedPort::new();
+    let port = closed.port();
     let yaml = format!("endpoint: http://127.0.0.1:{port}\nqueue: {{directory: {}}}", dir.path().display());
     {
         let mut exp = exporter(&config(&yaml));
@@ -508,7 +508,7 @@ async fn on_disk_queue_survives_a_restart_and_delivers_in_order() {
         exp.shutdown(Instant::now() + Duration::from_millis(100)).await.unwrap();
         assert_eq!(exp.queued(), 6, "nothing could be sent");
     }
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let listener = tokio::net::TcpListener::from_std(closed.listen()).unwrap();
     let server = GrpcServer::serve(listener, Vec::new());
     let mut exp = exporter(&config(&yaml));
     let stats = exp.stats();
@@ -527,7 +527,8 @@ async fn on_disk_queue_survives_a_restart_and_delivers_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_gzip_the_queue_holds_compressed_batches() {
     // Nothing listens: every batch stays queued, in the form it was queued in.
-    let c = config(&format!("endpoint: http://127.0.0.1:{}\ncompression_level: 1", closed_port()));
+    let closed = ClosedPort::new();
+    let c = config(&format!("endpoint: http://127.0.0.1:{}\ncompression_level: 1", closed.port()));
     let mut exp = exporter(&c);
     let stats = exp.stats();
     let mut raw = 0;
@@ -550,7 +551,8 @@ async fn a_disk_queue_written_under_one_compression_is_sent_under_the_other() {
     for (before, after) in [("gzip", "none"), ("none", "gzip")] {
         for protocol in ["grpc", "http/protobuf"] {
             let dir = tempfile::tempdir().unwrap();
-            let port = closed_port();
+            let closed = ClosedPort::new();
+            let port = closed.port();
             let path = if protocol == "grpc" { "" } else { "/v1/metrics" };
             let yaml = |compression: &str| {
                 format!(
@@ -567,7 +569,7 @@ async fn a_disk_queue_written_under_one_compression_is_sent_under_the_other() {
                 exp.shutdown(Instant::now() + Duration::from_millis(100)).await.unwrap();
                 assert_eq!(exp.queued(), 3, "nothing could be sent");
             }
-            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+            let listener = tokio::net::TcpListener::from_std(closed.listen()).unwrap();
             let expected: Vec<ExportMetricsServiceRequest> =
                 (0..4).map(|i| encode_sweep(&sweep(i, 4))).collect();
             let what = format!("{protocol}, queued with {before}, sent with {after}");
@@ -585,8 +587,7 @@ async fn a_disk_queue_written_under_one_compression_is_sent_under_the_other() {
                 };
                 (Box::new(server), Box::new(seen))
             } else {
-                drop(listener);
-                let server = HttpServer::start_on(port, Vec::new()).await;
+                let server = HttpServer::serve(listener, Vec::new());
                 let script = server.script.clone();
                 let seen = move || {
                     let received = script.received.lock().unwrap();
@@ -696,9 +697,10 @@ async fn big_sweeps_are_split_and_arrive_complete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_http_receiver_is_retried() {
+    let closed = ClosedPort::new();
     let mut exp = exporter(&config(&format!(
         "protocol: http/protobuf\nendpoint: http://127.0.0.1:{}/v1/metrics",
-        closed_port()
+        closed.port()
     )));
     let stats = exp.stats();
     exp.export(Arc::new(sweep(1, 1))).await.unwrap();

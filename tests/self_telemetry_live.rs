@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::cgroupfs::TestCgroup;
-use support::receivers::{free_port, rotel_available, victoria_available, Rotel, Series, VictoriaMetrics};
+use support::receivers::{rotel_available, victoria_available, Rotel, Series, VictoriaMetrics};
 
 fn counters(log: &str) -> BTreeMap<String, u64> {
     let line = log.lines().rev().find(|l| l.contains("Agent counters.")).expect("final counters line");
@@ -204,7 +204,8 @@ fn a_receiver_outage_shows_on_its_exporter_only() {
     let rotel = Rotel::start(&vm);
     // Nothing listens there: every attempt fails and is retried (soon: short backoff); batches
     // pile up.
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    let closed = support::ClosedPort::new();
+    let dead = format!("http://127.0.0.1:{}", closed.port());
     let expect: Expect = &[
         ("podometer.exporter.batches", Some(("outcome", "retried")), "batches_retried"),
         ("podometer.exporter.batches", Some(("outcome", "sent")), "batches_sent"),

@@ -74,12 +74,18 @@ async fn self_telemetry_over_mutual_tls_delivers_only_to_the_right_server() {
         endpoint: endpoint.clone(),
         ca_file: Some(path("other-ca.pem")),
         client: Some((path("client.pem"), path("client.key"))),
+        headers: Vec::new(),
     };
     assert!(!flush_once(wrong_ca).await, "a flush to an unverified server must fail");
     assert_eq!(count(), 0, "nothing reached the server");
 
     // Without the client certificate the server refuses the handshake.
-    let no_client = Target { endpoint: endpoint.clone(), ca_file: Some(path("ca.pem")), client: None };
+    let no_client = Target {
+        endpoint: endpoint.clone(),
+        ca_file: Some(path("ca.pem")),
+        client: None,
+        headers: Vec::new(),
+    };
     assert!(!flush_once(no_client).await, "mutual TLS refuses a client without a certificate");
     assert_eq!(count(), 0, "nothing reached the server");
 
@@ -87,6 +93,7 @@ async fn self_telemetry_over_mutual_tls_delivers_only_to_the_right_server() {
         endpoint: endpoint.clone(),
         ca_file: Some(path("ca.pem")),
         client: Some((path("client.pem"), path("client.key"))),
+        headers: Vec::new(),
     };
     assert!(flush_once(good).await, "flush over mutual TLS");
     let requests = received.0.lock().unwrap().clone();

@@ -27,10 +27,7 @@ pub fn rotel_available() -> bool {
     prerequisite(binary(ROTEL_ENV).is_some(), "rotel-agent binary in $PODOMETER_ROTEL")
 }
 
-/// A loopback port free at the time of the call.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().expect("addr").port()
-}
+pub use super::free_port;
 
 /// Minimal HTTP/1.0 GET on loopback; the tests need no more, and it keeps them synchronous.
 /// Returns (status, body).

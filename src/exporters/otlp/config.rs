@@ -322,7 +322,7 @@ impl std::fmt::Debug for OtlpExporterConfig {
 }
 
 /// Header names with every value shown as `<redacted>`.
-struct RedactedHeaders<'a, I: Iterator<Item = &'a str> + Clone>(I);
+pub struct RedactedHeaders<'a, I: Iterator<Item = &'a str> + Clone>(pub I);
 
 impl<'a, I: Iterator<Item = &'a str> + Clone> std::fmt::Debug for RedactedHeaders<'a, I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -1,7 +1,8 @@
 //! `otlp`: OTLP over gRPC or HTTP/protobuf with batching, retry and a bounded queue.
 //!
-//! `export()` encodes, splits and (by default) gzips the sweep ([`crate::batcher`]), appends
-//! the batches to the queue and returns; it never waits on the network. One background task
+//! `export()` encodes, splits and (by default) gzips the sweep ([`crate::batcher`]) on tokio's
+//! blocking pool, off the two async workers that also serve `/healthz` and the other
+//! exporters, appends the batches to the queue and returns; it never waits on the network. One background task
 //! per exporter sends the queue's head, one batch at a time and in order: while the head is
 //! being retried the rest wait behind it, so a receiver sees sweeps in the order they were
 //! taken.
@@ -48,6 +49,8 @@ pub enum OtlpError {
     Batch(#[from] BatchError),
     #[error("exporter {0} is shut down and takes no more sweeps")]
     ShutDown(String),
+    #[error("exporter {0} could not encode the sweep: the runtime is shutting down")]
+    Cancelled(String),
 }
 
 fn describe(problems: &[config::ConfigProblem]) -> String {
@@ -119,7 +122,8 @@ fn count(global: &AtomicU64, local: &AtomicU64, n: u64) {
 
 pub struct OtlpExporter {
     shared: Arc<Shared>,
-    batcher: Batcher,
+    /// Lent to the blocking pool while a sweep is encoded (`None` only then).
+    batcher: Option<Batcher>,
     sender: Option<JoinHandle<()>>,
 }
 
@@ -177,7 +181,7 @@ impl OtlpExporter {
         );
         Ok(OtlpExporter {
             shared,
-            batcher: Batcher::new(config.max_batch_points, DEFAULT_MAX_BYTES).with_gzip(gzip),
+            batcher: Some(Batcher::new(config.max_batch_points, DEFAULT_MAX_BYTES).with_gzip(gzip)),
             sender: Some(sender),
         })
     }
@@ -191,11 +195,27 @@ impl OtlpExporter {
         self.shared.len.load(Ordering::Relaxed)
     }
 
-    async fn enqueue(&mut self, sweep: &Sweep) -> Result<(), OtlpError> {
+    async fn enqueue(&mut self, sweep: Arc<Sweep>) -> Result<(), OtlpError> {
         if self.shared.closing.load(Ordering::Acquire) {
             return Err(OtlpError::ShutDown(self.shared.name.clone()));
         }
-        let batches: Vec<Bytes> = self.batcher.split_encoded(sweep)?;
+        // Encoding and gzip are CPU work (milliseconds at a thousand containers): on the
+        // blocking pool, so that the async workers keep answering probes and sending.
+        let mut batcher =
+            self.batcher.take().ok_or_else(|| OtlpError::Cancelled(self.shared.name.clone()))?;
+        let encoded = tokio::task::spawn_blocking(move || {
+            let batches = batcher.split_encoded(&sweep);
+            (batcher, batches)
+        })
+        .await;
+        let batches: Vec<Bytes> = match encoded {
+            Ok((batcher, batches)) => {
+                self.batcher = Some(batcher);
+                batches?
+            }
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => return Err(OtlpError::Cancelled(self.shared.name.clone())),
+        };
         if batches.is_empty() {
             return Ok(());
         }
@@ -235,7 +255,7 @@ fn push_all(shared: &Shared, queue: &mut Queue, batches: Vec<Bytes>) -> Result<(
 
 impl Exporter for OtlpExporter {
     fn export(&mut self, sweep: Arc<Sweep>) -> BoxFuture<'_, Result<(), BoxError>> {
-        Box::pin(async move { self.enqueue(&sweep).await.map_err(Into::into) })
+        Box::pin(async move { self.enqueue(sweep).await.map_err(Into::into) })
     }
 
     fn shutdown(&mut self, deadline: Instant) -> BoxFuture<'_, Result<(), BoxError>> {

@@ -2,10 +2,12 @@
 //! naming or in cAdvisor's.
 //!
 //! `export()` only stores the sweep (an `Arc`, no copy); a scrape renders the latest sweep on
-//! the blocking pool, once per sweep and format (later scrapes of the same sweep get the cached
-//! text), so scrapes never delay sweeps and sweeps never wait for scrapes. The HTTP server is
-//! a task on the agent's tokio runtime, bound when the exporter is built so a taken port fails
-//! start-up.
+//! the blocking pool, once per sweep and format: scrapes that arrive while it renders wait for
+//! that text instead of rendering their own, and later scrapes of the same sweep get it cached,
+//! all sharing one buffer. At most [`MAX_CONCURRENT_SCRAPES`] scrapes are handled at once; more
+//! are answered 503 at once (as node_exporter's `--web.max-requests`). Scrapes never delay
+//! sweeps and sweeps never wait for scrapes. The HTTP server is a task on the agent's tokio
+//! runtime, bound when the exporter is built so a taken port fails start-up.
 //!
 //! Samples carry the sweep's time as their timestamp (`timestamps: true`, the default), as
 //! cAdvisor's do: a rate over two scrapes is then the rate between two readings, whatever the
@@ -17,6 +19,7 @@ pub mod otel;
 pub mod text;
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -136,12 +139,32 @@ struct Latest {
     cache: [Option<(u64, Bytes)>; 2],
 }
 
+/// Scrapes handled at once; one more is answered `503 Service Unavailable` at once.
+pub const MAX_CONCURRENT_SCRAPES: usize = 40;
+
 struct Shared {
     config: PrometheusExporterConfig,
     latest: Mutex<Latest>,
+    /// Held while a text is rendered: a scrape that finds no text for the latest sweeps waits
+    /// here, and finds the text the scrape before it rendered.
+    rendering: tokio::sync::Mutex<()>,
+    /// Permits for the scrapes being handled.
+    scrapes: Arc<tokio::sync::Semaphore>,
+    /// Texts rendered so far.
+    renders: AtomicU64,
 }
 
 impl Shared {
+    fn new(config: &PrometheusExporterConfig) -> Shared {
+        Shared {
+            config: config.clone(),
+            latest: Mutex::new(Latest::default()),
+            rendering: tokio::sync::Mutex::new(()),
+            scrapes: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_SCRAPES)),
+            renders: AtomicU64::new(0),
+        }
+    }
+
     fn store(&self, sweep: Arc<Sweep>) {
         let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
         // Pipelines sweep at the same instant; a newer instant replaces them all.
@@ -152,24 +175,38 @@ impl Shared {
         latest.generation += 1;
     }
 
-    /// The text of the latest sweeps, rendered at most once per sweep and format.
-    fn rendered(&self, format: Format) -> Bytes {
-        let slot = format as usize;
-        let (sweeps, generation) = {
-            let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((g, text)) = &latest.cache[slot] {
-                if *g == latest.generation {
-                    return text.clone();
-                }
-            }
-            (latest.sweeps.clone(), latest.generation)
+    /// The cached text of the latest sweeps, or what to render it from.
+    fn cached(&self, format: Format) -> Result<Bytes, (Vec<Arc<Sweep>>, u64)> {
+        let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        match &latest.cache[format as usize] {
+            Some((g, text)) if *g == latest.generation => Ok(text.clone()),
+            _ => Err((latest.sweeps.clone(), latest.generation)),
+        }
+    }
+
+    /// The text of the latest sweeps, rendered at most once per sweep and format however many
+    /// scrapes ask at once.
+    async fn rendered(self: &Arc<Self>, format: Format) -> Option<Bytes> {
+        if let Ok(text) = self.cached(format) {
+            return Some(text);
+        }
+        let _one_at_a_time = self.rendering.lock().await;
+        let (sweeps, generation) = match self.cached(format) {
+            Ok(text) => return Some(text),
+            Err(source) => source,
         };
-        let text = Bytes::from(render(&self.config, &sweeps, format));
+        let shared = Arc::clone(self);
+        let text = tokio::task::spawn_blocking(move || {
+            shared.renders.fetch_add(1, Ordering::Relaxed);
+            Bytes::from(render(&shared.config, &sweeps, format))
+        })
+        .await
+        .ok()?;
         let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
         if latest.generation == generation {
-            latest.cache[slot] = Some((generation, text.clone()));
+            latest.cache[format as usize] = Some((generation, text.clone()));
         }
-        text
+        Some(text)
     }
 }
 
@@ -210,7 +247,7 @@ impl PrometheusExporter {
         std_listener.set_nonblocking(true).map_err(bind)?;
         let local_addr = std_listener.local_addr().map_err(bind)?;
         let listener = tokio::net::TcpListener::from_std(std_listener).map_err(bind)?;
-        let shared = Arc::new(Shared { config: config.clone(), latest: Mutex::new(Latest::default()) });
+        let shared = Arc::new(Shared::new(config));
         let app = axum::Router::new()
             .route("/metrics", axum::routing::get(scrape))
             .route("/", axum::routing::get(|| async { "podometer: metrics at /metrics\n" }))
@@ -232,14 +269,27 @@ impl PrometheusExporter {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
+
+    /// How many texts scrapes have rendered so far (one per sweep and format scraped).
+    pub fn renders(&self) -> u64 {
+        self.shared.renders.load(Ordering::Relaxed)
+    }
 }
 
 async fn scrape(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let Ok(_permit) = Arc::clone(&shared.scrapes).try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "too many concurrent scrapes\n",
+        )
+            .into_response();
+    };
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = Format::from_accept(accept);
-    match tokio::task::spawn_blocking(move || shared.rendered(format)).await {
-        Ok(text) => ([(header::CONTENT_TYPE, format.content_type())], text).into_response(),
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "rendering failed\n").into_response(),
+    match shared.rendered(format).await {
+        Some(text) => ([(header::CONTENT_TYPE, format.content_type())], text).into_response(),
+        None => (StatusCode::INTERNAL_SERVER_ERROR, "rendering failed\n").into_response(),
     }
 }
 
@@ -256,5 +306,28 @@ impl Exporter for PrometheusExporter {
             let _ = stop.send(());
         }
         Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Past MAX_CONCURRENT_SCRAPES scrapes in progress, one more is answered 503 at once; a
+    /// freed permit lets the next one through.
+    #[tokio::test]
+    async fn scrapes_beyond_the_limit_are_refused_at_once() {
+        let shared = Arc::new(Shared::new(&PrometheusExporterConfig::default()));
+        shared.store(Arc::new(Sweep::new(std::time::SystemTime::UNIX_EPOCH)));
+        let held: Vec<_> = (0..MAX_CONCURRENT_SCRAPES)
+            .map(|_| Arc::clone(&shared.scrapes).try_acquire_owned().unwrap())
+            .collect();
+        let refused = scrape(State(Arc::clone(&shared)), HeaderMap::new()).await;
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(shared.renders.load(Ordering::Relaxed), 0, "a refused scrape renders nothing");
+        drop(held);
+        let served = scrape(State(Arc::clone(&shared)), HeaderMap::new()).await;
+        assert_eq!(served.status(), StatusCode::OK);
+        assert_eq!(shared.renders.load(Ordering::Relaxed), 1);
     }
 }

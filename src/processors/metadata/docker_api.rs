@@ -232,7 +232,7 @@ fn valid_id(id: Option<&str>) -> Option<&str> {
 }
 
 /// One entry of Podman's `/libpod/containers/json`: only what the pod name needs.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 struct LibpodContainer {
     #[serde(rename = "Id")]
     id: String,
@@ -242,80 +242,216 @@ struct LibpodContainer {
     pod_name: String,
 }
 
-/// The task's cache, published whole as a [`Snapshot`] after every change.
+/// One change to the names, kept so that it can be applied to the cache's second copy too.
+#[derive(Debug, Clone)]
+enum Change {
+    /// A container as the list gave it (id checked, attributes built).
+    Put { id: String, attributes: Attributes },
+    /// The container is gone (and pods left without containers with it).
+    Forget(String),
+    /// A cached container's new name.
+    Rename { id: String, name: String },
+    /// Podman's pods of listed containers: (container id, pod id, pod name).
+    PodmanPods(Vec<(String, String, String)>),
+}
+
+/// Applies one change; `report` is false when it is applied again to the second copy, so that
+/// a rejected entry is counted and logged once.
+fn apply_change(snapshot: &mut Snapshot, change: &Change, report: bool) {
+    match change {
+        Change::Put { id, attributes } => {
+            if snapshot.containers.len() >= MAX_CONTAINERS && !snapshot.containers.contains_key(id) {
+                if report {
+                    count_error();
+                    warn_limited!(
+                        "docker-api-full",
+                        limit = MAX_CONTAINERS,
+                        "The docker_api cache is full; new containers are exported with ids only."
+                    );
+                }
+                return;
+            }
+            let pod = snapshot.containers.get(id).and_then(|m| m.pod.clone());
+            snapshot.containers.insert(id.clone(), ContainerMeta { pod, attributes: attributes.clone() });
+        }
+        Change::Forget(id) => {
+            if let Some(gone) = snapshot.containers.remove(id) {
+                if gone.pod.is_some() {
+                    prune_pods(snapshot);
+                }
+            }
+        }
+        Change::Rename { id, name } => {
+            let Some(meta) = snapshot.containers.get_mut(id) else { return };
+            let value = AttrValue::text(name);
+            match meta.attributes.iter_mut().find(|(key, _)| *key == semconv::CONTAINER_NAME) {
+                Some((_, old)) => *old = value,
+                None => meta.attributes.insert(0, (semconv::CONTAINER_NAME, value)),
+            }
+        }
+        Change::PodmanPods(entries) => {
+            let mut moved = false;
+            for (id, pod, pod_name) in entries {
+                // Only a pod a cached container names is kept: the pods are never more than
+                // the containers, which MAX_CONTAINERS bounds.
+                let Some(meta) = snapshot.containers.get_mut(id) else { continue };
+                moved |= meta.pod.as_ref().is_some_and(|old| old != pod);
+                meta.pod = Some(pod.clone());
+                if !pod_name.is_empty() {
+                    snapshot.pods.insert(
+                        pod.clone(),
+                        PodMeta { attributes: vec![(semconv::PODMAN_POD_NAME, AttrValue::text(pod_name))] },
+                    );
+                }
+            }
+            if moved {
+                prune_pods(snapshot);
+            }
+        }
+    }
+}
+
+/// Drops pods no cached container belongs to any more.
+fn prune_pods(snapshot: &mut Snapshot) {
+    let live: std::collections::HashSet<&str> =
+        snapshot.containers.values().filter_map(|m| m.pod.as_deref()).collect();
+    snapshot.pods.retain(|k, _| live.contains(k.as_str()));
+}
+
+/// The task's names in two copies, so that publishing a batch of events copies nothing: the
+/// sweep thread reads `front` (through the [`SharedSnapshot`]); changes go to `back`, which is
+/// then published and becomes `front`, and the old front, no longer published, gets the same
+/// changes before the next batch (by then no sweep holds it, so it is changed in place).
 #[derive(Default)]
 struct Cache {
-    containers: HashMap<String, ContainerMeta>,
-    pods: HashMap<String, PodMeta>,
+    /// The copy published last.
+    front: Arc<Snapshot>,
+    /// The copy changes are applied to.
+    back: Arc<Snapshot>,
+    /// Changes `back` has not had yet: the batch published last.
+    behind: Vec<Change>,
+    /// Changes in `back` and not yet published.
+    pending: Vec<Change>,
 }
 
 impl Cache {
-    fn snapshot(&self) -> Snapshot {
-        Snapshot { containers: self.containers.clone(), pods: self.pods.clone() }
-    }
-
-    fn put(&mut self, summary: &ContainerSummary, labels: &[(String, &'static str)]) {
-        let Some(id) = valid_id(summary.id.as_deref()) else {
-            count_error();
-            warn_limited!("docker-api-bad-id", id = ?summary.id, "The Docker API listed a container without a valid 64-hex id; ignored.");
-            return;
-        };
-        if self.containers.len() >= MAX_CONTAINERS && !self.containers.contains_key(id) {
-            count_error();
-            warn_limited!(
-                "docker-api-full",
-                limit = MAX_CONTAINERS,
-                "The docker_api cache is full; new containers are exported with ids only."
-            );
+    /// Brings `back` up to date: copied only if a sweep still holds it from two publications
+    /// ago.
+    fn catch_up(&mut self) {
+        if self.behind.is_empty() {
             return;
         }
-        let pod = self.containers.get(id).and_then(|m| m.pod.clone());
-        self.containers
-            .insert(id.to_owned(), ContainerMeta { pod, attributes: container_attributes(summary, labels) });
-    }
-
-    fn forget(&mut self, id: &str) {
-        self.containers.remove(id);
-        self.prune_pods();
-    }
-
-    /// Replaces a cached container's `container.name` (callers check the name with
-    /// [`own_name`]).
-    fn rename(&mut self, id: &str, name: &str) {
-        let Some(meta) = self.containers.get_mut(id) else { return };
-        let value = AttrValue::text(name);
-        match meta.attributes.iter_mut().find(|(key, _)| *key == semconv::CONTAINER_NAME) {
-            Some((_, old)) => *old = value,
-            None => meta.attributes.insert(0, (semconv::CONTAINER_NAME, value)),
+        let back = Arc::make_mut(&mut self.back);
+        for change in self.behind.drain(..) {
+            apply_change(back, &change, false);
         }
     }
 
-    fn put_podman_pods(&mut self, entries: &[LibpodContainer]) {
-        for entry in entries {
-            if entry.pod.is_empty() || entry.pod.len() > MAX_VALUE_LEN || entry.pod_name.len() > MAX_VALUE_LEN
-            {
-                continue;
-            }
-            if let Some(meta) = self.containers.get_mut(&entry.id) {
-                meta.pod = Some(entry.pod.clone());
-            }
-            if !entry.pod_name.is_empty() {
-                self.pods.insert(
-                    entry.pod.clone(),
-                    PodMeta {
-                        attributes: vec![(semconv::PODMAN_POD_NAME, AttrValue::text(&entry.pod_name))],
-                    },
-                );
-            }
-        }
+    /// The names as they are now, published or not.
+    fn view(&mut self) -> &Snapshot {
+        self.catch_up();
+        &self.back
     }
 
-    /// Drops pods no cached container belongs to any more.
-    fn prune_pods(&mut self) {
-        let live: std::collections::HashSet<&str> =
-            self.containers.values().filter_map(|m| m.pod.as_deref()).collect();
-        self.pods.retain(|k, _| live.contains(k.as_str()));
+    fn change(&mut self, change: Change) {
+        self.catch_up();
+        apply_change(Arc::make_mut(&mut self.back), &change, true);
+        self.pending.push(change);
     }
+
+    /// Publishes what changed since the last publication, if anything did.
+    fn publish(&mut self, shared: &SharedSnapshot) {
+        if self.pending.is_empty() {
+            return;
+        }
+        shared.store_arc(Arc::clone(&self.back));
+        std::mem::swap(&mut self.front, &mut self.back);
+        self.behind = std::mem::take(&mut self.pending);
+    }
+
+    /// Replaces everything (a fresh list) and publishes it.
+    fn reset(&mut self, snapshot: Snapshot, shared: &SharedSnapshot) {
+        self.front = Arc::new(snapshot);
+        self.back = Arc::clone(&self.front);
+        self.behind.clear();
+        self.pending.clear();
+        shared.store_arc(Arc::clone(&self.front));
+    }
+
+    /// Whether both copies hold the same names once `back` has caught up (for the fuzz target).
+    fn in_step(&mut self) -> bool {
+        self.catch_up();
+        self.pending.is_empty() && self.front == self.back
+    }
+
+    fn contains(&mut self, id: &str) -> bool {
+        self.view().containers.contains_key(id)
+    }
+}
+
+/// The change a list entry makes, or `None` (counted and logged) without a valid id.
+fn put(summary: &ContainerSummary, labels: &[(String, &'static str)]) -> Option<Change> {
+    let Some(id) = valid_id(summary.id.as_deref()) else {
+        count_error();
+        warn_limited!("docker-api-bad-id", id = ?summary.id, "The Docker API listed a container without a valid 64-hex id; ignored.");
+        return None;
+    };
+    Some(Change::Put { id: id.to_owned(), attributes: container_attributes(summary, labels) })
+}
+
+/// The change Podman's list makes: pod ids and names of well-formed entries.
+fn podman_pods(entries: &[LibpodContainer]) -> Change {
+    Change::PodmanPods(
+        entries
+            .iter()
+            .filter(|e| {
+                valid_id(Some(&e.id)).is_some()
+                    && !e.pod.is_empty()
+                    && e.pod.len() <= MAX_VALUE_LEN
+                    && e.pod_name.len() <= MAX_VALUE_LEN
+            })
+            .map(|e| (e.id.clone(), e.pod.clone(), e.pod_name.clone()))
+            .collect(),
+    )
+}
+
+/// Where the task's answers come from: the daemon over its socket, or recorded answers (the
+/// fuzz target), so that both go through the same code.
+trait Answers {
+    fn labels(&self) -> &[(String, &'static str)];
+    /// `/containers/json`, every container or one.
+    async fn list(&self, id: Option<&str>) -> Result<Vec<ContainerSummary>, ApiError>;
+    /// Podman's `/libpod/containers/json`, every container or one.
+    async fn list_libpod(&self, id: Option<&str>) -> Result<Vec<LibpodContainer>, ApiError>;
+}
+
+/// Pod ids and names from Podman's own list. A failure costs only the pod names (counted and
+/// logged), not the names the Docker-compatible list gave.
+async fn read_podman_pods(api: &impl Answers, id: Option<&str>) -> Option<Change> {
+    match api.list_libpod(id).await {
+        Ok(entries) => Some(podman_pods(&entries)),
+        Err(error) => {
+            count_error();
+            warn_limited!("docker-api-libpod", %error, "docker_api: Podman's libpod list failed; containers keep their names, without podman.pod.name.");
+            None
+        }
+    }
+}
+
+/// Every container (and with Podman, its pod), as a fresh snapshot.
+async fn list_all(api: &impl Answers, podman: bool) -> Result<Snapshot, ApiError> {
+    let mut fresh = Snapshot::default();
+    for summary in &api.list(None).await? {
+        if let Some(change) = put(summary, api.labels()) {
+            apply_change(&mut fresh, &change, true);
+        }
+    }
+    if podman {
+        if let Some(change) = read_podman_pods(api, None).await {
+            apply_change(&mut fresh, &change, true);
+        }
+    }
+    Ok(fresh)
 }
 
 fn count_error() {
@@ -485,34 +621,6 @@ impl Client {
         Ok(version.components.iter().flatten().any(|c| c.name.to_ascii_lowercase().contains("podman")))
     }
 
-    async fn list(&self, id: Option<&str>) -> Result<Vec<ContainerSummary>, ApiError> {
-        let filters = id.map(|id| HashMap::from([("id".to_owned(), vec![id.to_owned()])]));
-        let options = ListContainersOptions { all: true, filters, ..Default::default() };
-        self.timed("GET /containers/json", self.docker.list_containers(Some(options))).await
-    }
-
-    /// Pod ids and names from Podman's own list. A failure costs only the pod names (counted
-    /// and logged), not the names the Docker-compatible list gave.
-    async fn podman_pods(&self, cache: &mut Cache, id: Option<&str>) {
-        match self.list_libpod(id).await {
-            Ok(entries) => cache.put_podman_pods(&entries),
-            Err(error) => {
-                count_error();
-                warn_limited!("docker-api-libpod", %error, "docker_api: Podman's libpod list failed; containers keep their names, without podman.pod.name.");
-            }
-        }
-    }
-
-    /// Podman's own container list, for pod ids and names.
-    async fn list_libpod(&self, id: Option<&str>) -> Result<Vec<LibpodContainer>, ApiError> {
-        let mut path = "/v4.0.0/libpod/containers/json?all=true".to_owned();
-        if let Some(id) = id {
-            // A 64-hex id needs no escaping besides the JSON's braces and quotes.
-            path.push_str(&format!("&filters=%7B%22id%22%3A%5B%22{id}%22%5D%7D"));
-        }
-        self.get_json("GET /libpod/containers/json", path).await
-    }
-
     /// A GET outside bollard's typed calls, on the same bounded transport, decoded as JSON.
     async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
@@ -537,6 +645,28 @@ impl Client {
     }
 }
 
+impl Answers for Client {
+    fn labels(&self) -> &[(String, &'static str)] {
+        &self.labels
+    }
+
+    async fn list(&self, id: Option<&str>) -> Result<Vec<ContainerSummary>, ApiError> {
+        let filters = id.map(|id| HashMap::from([("id".to_owned(), vec![id.to_owned()])]));
+        let options = ListContainersOptions { all: true, filters, ..Default::default() };
+        self.timed("GET /containers/json", self.docker.list_containers(Some(options))).await
+    }
+
+    /// Podman's own container list, for pod ids and names.
+    async fn list_libpod(&self, id: Option<&str>) -> Result<Vec<LibpodContainer>, ApiError> {
+        let mut path = "/v4.0.0/libpod/containers/json?all=true".to_owned();
+        if let Some(id) = id {
+            // A 64-hex id needs no escaping besides the JSON's braces and quotes.
+            path.push_str(&format!("&filters=%7B%22id%22%3A%5B%22{id}%22%5D%7D"));
+        }
+        self.get_json("GET /libpod/containers/json", path).await
+    }
+}
+
 /// Lists everything, then follows events until the stream fails or ends.
 async fn session(
     client: &mut Client,
@@ -549,19 +679,11 @@ async fn session(
     // Events from one second before the list on, so nothing between list and stream is lost
     // (the daemon replays them; applying one twice is harmless).
     let since = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()).saturating_sub(1);
-    let listed = client.list(None).await?;
-    let mut fresh = Cache::default();
-    for summary in &listed {
-        fresh.put(summary, &client.labels);
-    }
-    if podman {
-        client.podman_pods(&mut fresh, None).await;
-    }
-    *cache = fresh;
-    shared.store(cache.snapshot());
+    let fresh = list_all(client, podman).await?;
+    cache.reset(fresh, shared);
     readiness.set_ready();
     *backoff = INITIAL_BACKOFF;
-    tracing::debug!(socket = %client.socket.display(), containers = cache.containers.len(), podman, "docker_api listed the containers.");
+    tracing::debug!(socket = %client.socket.display(), containers = cache.view().containers.len(), podman, "docker_api listed the containers.");
 
     let filters = HashMap::from([
         ("type".to_owned(), vec!["container".to_owned()]),
@@ -572,13 +694,12 @@ async fn session(
     while let Some(event) = events.next().await {
         let event = event.map_err(|e| client.error("GET /events", e))?;
         apply_event(client, cache, podman, &event).await?;
-        // A burst (a Compose project starting) is applied whole before one snapshot is
-        // published: each publication copies the cache.
+        // A burst (a Compose project starting) is applied whole before it is published.
         while let Some(Some(event)) = events.next().now_or_never() {
             let event = event.map_err(|e| client.error("GET /events", e))?;
             apply_event(client, cache, podman, &event).await?;
         }
-        shared.store(cache.snapshot());
+        cache.publish(shared);
     }
     Err(client.error("GET /events", "the daemon closed the events stream"))
 }
@@ -596,7 +717,7 @@ enum EventAction<'a> {
     Nothing,
 }
 
-fn event_action<'a>(cache: &Cache, event: &'a EventMessage) -> EventAction<'a> {
+fn event_action<'a>(cache: &mut Cache, event: &'a EventMessage) -> EventAction<'a> {
     if event.typ.is_some_and(|t| t != EventMessageTypeEnum::CONTAINER) {
         return EventAction::Nothing;
     }
@@ -611,12 +732,12 @@ fn event_action<'a>(cache: &Cache, event: &'a EventMessage) -> EventAction<'a> {
         // Name, image and labels are fixed at create (only a rename changes the name): a create
         // or start of a container already read (the list, or the replay of the second before
         // it) costs nothing.
-        "create" | "start" if cache.containers.contains_key(id) => EventAction::Nothing,
+        "create" | "start" if cache.contains(id) => EventAction::Nothing,
         // The event names the new name; the list is no witness: dockerd 20.10 can list a
         // container under both its old and new names when the event arrives (seen once in
         // 59 renames), and nothing says which is which. Read the container only when the
         // event carries no usable name or the container is not cached.
-        "rename" if cache.containers.contains_key(id) => {
+        "rename" if cache.contains(id) => {
             let name = event
                 .actor
                 .as_ref()
@@ -633,21 +754,28 @@ fn event_action<'a>(cache: &Cache, event: &'a EventMessage) -> EventAction<'a> {
     }
 }
 
+/// Applies one event to the cache, reading the one container it names when needed.
 async fn apply_event(
-    client: &Client,
+    api: &impl Answers,
     cache: &mut Cache,
     podman: bool,
     event: &EventMessage,
 ) -> Result<(), ApiError> {
     match event_action(cache, event) {
-        EventAction::Forget(id) => cache.forget(id),
-        EventAction::Rename(id, name) => cache.rename(id, name),
+        EventAction::Forget(id) => cache.change(Change::Forget(id.to_owned())),
+        EventAction::Rename(id, name) => {
+            cache.change(Change::Rename { id: id.to_owned(), name: name.to_owned() })
+        }
         EventAction::Read(id) => {
-            for summary in client.list(Some(id)).await? {
-                cache.put(&summary, &client.labels);
+            for summary in api.list(Some(id)).await? {
+                if let Some(change) = put(&summary, api.labels()) {
+                    cache.change(change);
+                }
             }
             if podman {
-                client.podman_pods(cache, Some(id)).await;
+                if let Some(change) = read_podman_pods(api, Some(id)).await {
+                    cache.change(change);
+                }
             }
         }
         EventAction::Nothing => {}
@@ -671,11 +799,33 @@ async fn follow(mut client: Client, shared: Arc<SharedSnapshot>, readiness: Read
     }
 }
 
+/// Answers recorded beforehand: a request for one container gets that container's entries.
+struct Recorded {
+    listed: Vec<ContainerSummary>,
+    libpod: Vec<LibpodContainer>,
+    labels: Vec<(String, &'static str)>,
+}
+
+impl Answers for Recorded {
+    fn labels(&self) -> &[(String, &'static str)] {
+        &self.labels
+    }
+
+    async fn list(&self, id: Option<&str>) -> Result<Vec<ContainerSummary>, ApiError> {
+        Ok(self.listed.iter().filter(|s| id.is_none() || s.id.as_deref() == id).cloned().collect())
+    }
+
+    async fn list_libpod(&self, id: Option<&str>) -> Result<Vec<LibpodContainer>, ApiError> {
+        Ok(self.libpod.iter().filter(|e| id.is_none_or(|id| e.id == id)).cloned().collect())
+    }
+}
+
 /// The task's handling of each kind of answer without a socket, for the fuzz target
 /// `docker_api` (`podometer::fuzzing`); not an API. Each answer is decoded as bollard and
 /// `get_json` decode it (`/version`, `/containers/json` and Podman's list as one JSON document,
-/// `/events` as JSON lines) and applied to a fresh cache as `session` and `apply_event` apply
-/// it; an event that would re-read one container takes that container's entry of `list`.
+/// `/events` as JSON lines) and goes through the task's own code (`list_all`, `apply_event`,
+/// the cache's publication), each event line a batch; an event that re-reads one container
+/// gets that container's entries of the lists. Panics if the cache's two copies disagree.
 #[doc(hidden)]
 pub fn replay_answers(
     version: &[u8],
@@ -690,34 +840,28 @@ pub fn replay_answers(
         .collect();
     let podman = serde_json::from_slice::<bollard::models::SystemVersion>(version)
         .is_ok_and(|v| v.components.iter().flatten().any(|c| c.name.to_ascii_lowercase().contains("podman")));
-    let listed: Vec<ContainerSummary> = serde_json::from_slice(list).unwrap_or_default();
-    let libpod: Vec<LibpodContainer> = serde_json::from_slice(libpod).unwrap_or_default();
+    let api = Recorded {
+        listed: serde_json::from_slice(list).unwrap_or_default(),
+        libpod: serde_json::from_slice(libpod).unwrap_or_default(),
+        labels,
+    };
+    let ready = "recorded answers are ready at once";
+    let shared = SharedSnapshot::new();
     let mut cache = Cache::default();
-    for summary in &listed {
-        cache.put(summary, &labels);
-    }
-    if podman {
-        cache.put_podman_pods(&libpod);
-    }
+    let fresh = list_all(&api, podman).now_or_never().expect(ready).expect("recorded answers do not fail");
+    cache.reset(fresh, &shared);
     for line in events.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         let Ok(event) = serde_json::from_slice::<EventMessage>(line) else { continue };
-        match event_action(&cache, &event) {
-            EventAction::Forget(id) => cache.forget(id),
-            EventAction::Rename(id, name) => cache.rename(id, name),
-            EventAction::Read(id) => {
-                for summary in listed.iter().filter(|s| s.id.as_deref() == Some(id)) {
-                    cache.put(summary, &labels);
-                }
-                if podman {
-                    for entry in libpod.iter().filter(|e| e.id == id) {
-                        cache.put_podman_pods(std::slice::from_ref(entry));
-                    }
-                }
-            }
-            EventAction::Nothing => {}
-        }
+        apply_event(&api, &mut cache, podman, &event)
+            .now_or_never()
+            .expect(ready)
+            .expect("recorded answers do not fail");
+        cache.publish(&shared);
     }
-    cache.snapshot()
+    assert!(cache.in_step(), "the cache's two copies differ");
+    let published = shared.load();
+    assert!(*published == *cache.front, "the published snapshot is not the cache's");
+    published.as_ref().clone()
 }
 
 /// Longest attribute value `docker_api` keeps (for the fuzz target's invariant).
@@ -859,41 +1003,81 @@ mod tests {
         );
     }
 
+    fn put_summary(cache: &mut Cache, json: &str) {
+        let summary: ContainerSummary = serde_json::from_str(json).unwrap();
+        if let Some(change) = put(&summary, &[]) {
+            cache.change(change);
+        }
+    }
+
     #[test]
     fn entries_without_a_valid_id_or_with_oversized_values_are_left_out() {
         let mut cache = Cache::default();
-        let bad: ContainerSummary = serde_json::from_str(r#"{"Id":"../../etc","Names":["/x"]}"#).unwrap();
-        cache.put(&bad, &[]);
-        assert!(cache.containers.is_empty());
+        put_summary(&mut cache, r#"{"Id":"../../etc","Names":["/x"]}"#);
+        assert!(cache.view().containers.is_empty());
         let long = "n".repeat(MAX_VALUE_LEN + 1);
-        let big: ContainerSummary = serde_json::from_str(&format!(
-            r#"{{"Id":"{}","Names":["/{long}"],"Image":"bb:1"}}"#,
-            "b".repeat(64)
-        ))
-        .unwrap();
-        cache.put(&big, &[]);
-        let attrs = &cache.containers[&"b".repeat(64)].attributes;
+        put_summary(
+            &mut cache,
+            &format!(r#"{{"Id":"{}","Names":["/{long}"],"Image":"bb:1"}}"#, "b".repeat(64)),
+        );
+        let attrs = &cache.view().containers[&"b".repeat(64)].attributes;
         assert!(attrs.iter().all(|(k, _)| *k != semconv::CONTAINER_NAME), "{attrs:?}");
         assert!(attrs.iter().any(|(k, _)| *k == semconv::CONTAINER_IMAGE_NAME));
     }
 
     #[test]
-    fn podman_pods_are_named_and_pruned_with_their_last_container() {
+    fn podman_pods_are_kept_only_for_cached_containers_and_pruned_with_their_last_one() {
         let mut cache = Cache::default();
-        let id = "c".repeat(64);
-        let summary: ContainerSummary =
-            serde_json::from_str(&format!(r#"{{"Id":"{id}","Names":["p-app"]}}"#)).unwrap();
-        cache.put(&summary, &[]);
-        cache.put_podman_pods(&[LibpodContainer {
-            id: id.clone(),
-            pod: "d".repeat(64),
-            pod_name: "mypod".into(),
-        }]);
-        assert_eq!(cache.containers[&id].pod.as_deref(), Some("d".repeat(64).as_str()));
-        assert_eq!(cache.pods[&"d".repeat(64)].attributes, vec![(semconv::PODMAN_POD_NAME, "mypod".into())]);
-        cache.containers.remove(&id);
-        cache.prune_pods();
-        assert!(cache.pods.is_empty());
+        let (id, pod) = ("c".repeat(64), "d".repeat(64));
+        put_summary(&mut cache, &format!(r#"{{"Id":"{id}","Names":["p-app"]}}"#));
+        let entry = |id: &str, pod: &str, name: &str| LibpodContainer {
+            id: id.to_owned(),
+            pod: pod.to_owned(),
+            pod_name: name.to_owned(),
+        };
+        // Podman's list names many pods; only the one a cached container belongs to is kept.
+        let mut entries = vec![entry(&id, &pod, "mypod")];
+        entries.extend((0..1000).map(|i| entry(&format!("{i:064x}"), &format!("{i:064x}"), "other")));
+        cache.change(podman_pods(&entries));
+        let view = cache.view();
+        assert_eq!(view.containers[&id].pod.as_deref(), Some(pod.as_str()));
+        assert_eq!(view.pods.len(), 1, "pods of containers not cached are kept");
+        assert_eq!(view.pods[&pod].attributes, vec![(semconv::PODMAN_POD_NAME, "mypod".into())]);
+        cache.change(Change::Forget(id.clone()));
+        assert!(cache.view().pods.is_empty());
+    }
+
+    /// Publishing a batch copies nothing: the copy published before is brought up to date in
+    /// place once no sweep holds it, and both copies agree.
+    #[test]
+    fn a_published_batch_is_not_a_copy_of_the_cache() {
+        let shared = SharedSnapshot::new();
+        let mut cache = Cache::default();
+        let id = |i: u32| format!("{i:064x}");
+        let mut fresh = Snapshot::default();
+        for i in 0..100 {
+            apply_change(
+                &mut fresh,
+                &Change::Put { id: id(i), attributes: vec![(semconv::CONTAINER_NAME, "x".into())] },
+                true,
+            );
+        }
+        cache.reset(fresh, &shared);
+        for batch in 0..10u32 {
+            cache.change(Change::Rename { id: id(batch), name: format!("renamed-{batch}") });
+            let before = Arc::as_ptr(&cache.back);
+            cache.publish(&shared);
+            assert_eq!(Arc::as_ptr(&shared.load()), before, "the published snapshot is the changed copy");
+            if batch > 0 {
+                // The next change lands in the copy published before, in place.
+                let old_front = Arc::as_ptr(&cache.back);
+                cache.catch_up();
+                assert_eq!(Arc::as_ptr(&cache.back), old_front, "batch {batch}: the copy was copied again");
+            }
+            assert!(cache.in_step());
+        }
+        let names = shared.load();
+        assert_eq!(names.containers[&id(9)].attributes, vec![(semconv::CONTAINER_NAME, "renamed-9".into())]);
     }
 
     #[test]
@@ -918,19 +1102,19 @@ mod tests {
         // A rename of a container not cached reads it.
         let mut cache = Cache::default();
         let parse = |text: &str| serde_json::from_str::<EventMessage>(text).unwrap();
-        assert_eq!(event_action(&cache, &parse(&event)), EventAction::Read(&id));
+        assert_eq!(event_action(&mut cache, &parse(&event)), EventAction::Read(&id));
         let summary: ContainerSummary =
             serde_json::from_str(&both).map(|v: Vec<_>| v.into_iter().next().unwrap()).unwrap();
-        cache.put(&summary, &[]);
+        cache.change(put(&summary, &[]).unwrap());
         // A cached one takes the event's name, with or without the leading `/`.
-        assert_eq!(event_action(&cache, &parse(&event)), EventAction::Rename(&id, "new"));
+        assert_eq!(event_action(&mut cache, &parse(&event)), EventAction::Rename(&id, "new"));
         let slashed = rename(r#"{"name":"/new"}"#);
-        assert_eq!(event_action(&cache, &parse(&slashed)), EventAction::Rename(&id, "new"));
+        assert_eq!(event_action(&mut cache, &parse(&slashed)), EventAction::Rename(&id, "new"));
         // No usable name in the event: the container is read again.
         let long = format!(r#"{{"name":"{}"}}"#, "n".repeat(MAX_VALUE_LEN + 1));
         for attributes in [r#"{}"#, r#"{"name":""}"#, r#"{"name":"other/alias"}"#, long.as_str()] {
             assert_eq!(
-                event_action(&cache, &parse(&rename(attributes))),
+                event_action(&mut cache, &parse(&rename(attributes))),
                 EventAction::Read(&id),
                 "{attributes}"
             );

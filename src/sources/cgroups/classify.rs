@@ -65,6 +65,17 @@ impl Classified {
         }
     }
 
+    /// The container id or pod uid this cgroup claims, whoever wrote it. Only one cgroup per
+    /// claim is read: a container id is one resource downstream (anything keyed by
+    /// `container.id` would otherwise see two), so a rootless cgroup that names a container of
+    /// a runtime's own tree is left out rather than reported beside it.
+    pub fn claim(&self) -> ResourceId {
+        match self {
+            Classified::Container { id, .. } => ResourceId::Container(id.clone()),
+            Classified::Pod { uid, .. } => ResourceId::Pod(uid.clone()),
+        }
+    }
+
     pub fn is_rootless(&self) -> bool {
         matches!(self, Classified::Container { rootless: Some(_), .. })
     }

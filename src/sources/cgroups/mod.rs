@@ -326,17 +326,19 @@ impl CgroupSource {
         Ok(deferred)
     }
 
-    /// Chooses which of the cgroups a walk found are read: one cgroup per resource identity,
-    /// at most `max_groups`. Cgroups in a runtime's own tree come before rootless ones, and
-    /// among those, groups already read before new ones, so neither a copied id nor a flood of
-    /// cgroups in a user's subtree can displace a real container.
+    /// Chooses which of the cgroups a walk found are read: one cgroup per container id or pod
+    /// uid ([`Classified::claim`]), at most `max_groups`. Cgroups in a runtime's own tree come
+    /// before rootless ones, and among those, groups already read before new ones, so neither
+    /// a copied id nor a flood of cgroups in a user's subtree can displace a real container,
+    /// and a copied id is never reported beside the real one: the copy is left out, counted
+    /// (`podometer.discovery.cgroups.dropped`, reason `duplicate_identity`) and logged.
     fn select(&mut self, mut found: Vec<(String, Classified)>) -> Vec<(String, Classified)> {
         found.sort_by_key(|(rel, what)| (what.is_rootless(), !self.groups.contains_key(rel)));
         let telemetry = Telemetry::global();
         let mut owners: HashMap<ResourceId, String> = HashMap::with_capacity(found.len());
         let mut selected: Vec<(String, Classified)> = Vec::with_capacity(found.len());
         for (rel, what) in found {
-            match owners.entry(what.identity()) {
+            match owners.entry(what.claim()) {
                 Entry::Occupied(first) => {
                     self.stats.duplicates += 1;
                     Telemetry::inc(&telemetry.cgroups_duplicate_identity);
@@ -344,8 +346,9 @@ impl CgroupSource {
                         "cgroups_duplicate",
                         cgroup = %rel,
                         kept = %first.get(),
-                        "Two cgroups claim the same container or pod; reading only the first (a runtime's \
-                         own tree before a user's, a known cgroup before a new one)."
+                        rootless = what.is_rootless(),
+                        "Two cgroups claim the same container id or pod uid; reading only the first (a \
+                         runtime's own tree before a user's delegated one, a known cgroup before a new one)."
                     );
                     continue;
                 }

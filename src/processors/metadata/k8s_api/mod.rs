@@ -8,8 +8,9 @@
 //! required in the config: `k8s_api: {}` works given the top-level `node_name`.
 //!
 //! The API needs: a ClusterRole with `get`, `list`, `watch` on `pods`, bound to the agent's
-//! service account.
+//! service account ([`RBAC_OVERLAY`]).
 
+pub mod bounded;
 pub mod cache;
 pub mod pods;
 pub mod watch;
@@ -27,6 +28,11 @@ use crate::processors::Processor;
 use crate::telemetry::Telemetry;
 use cache::PodCache;
 use pods::Allowlist;
+
+/// The kustomize overlay (relative to the repository) that binds that ClusterRole to the
+/// DaemonSet's service account, in the DaemonSet's namespace, and turns `k8s_api` on. The
+/// 403 error names it.
+pub const RBAC_OVERLAY: &str = "deploy/kubernetes/overlays/k8s-api";
 
 /// Settings of the `k8s_api` processor; every one has a default.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -53,6 +59,23 @@ pub struct K8sApiConfig {
     /// the list arrives.
     #[serde(default = "default_initial_sync_timeout", deserialize_with = "duration::deserialize")]
     pub initial_sync_timeout: Duration,
+    /// The largest answer to a list request (one page of 500 pods) read, in bytes; a larger
+    /// one fails, is counted and logged, and the list is retried after the backoff. Default
+    /// 64 MiB.
+    #[serde(default = "default_max_list_bytes")]
+    pub max_list_bytes: u64,
+    /// The largest watch event (one line of the watch) read, in bytes; at a larger one the
+    /// watch fails, is counted and logged, and the pods are listed again. Default 8 MiB
+    /// (etcd's largest object is 1.5 MiB).
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: u64,
+}
+
+fn default_max_list_bytes() -> u64 {
+    64 << 20
+}
+fn default_max_event_bytes() -> u64 {
+    8 << 20
 }
 
 fn default_deleted_pod_grace() -> Duration {
@@ -70,6 +93,8 @@ impl Default for K8sApiConfig {
             annotations: Vec::new(),
             deleted_pod_grace: default_deleted_pod_grace(),
             initial_sync_timeout: default_initial_sync_timeout(),
+            max_list_bytes: default_max_list_bytes(),
+            max_event_bytes: default_max_event_bytes(),
         }
     }
 }
@@ -96,6 +121,13 @@ impl K8sApiConfig {
                     problems
                         .push((format!("{field}[{i}]"), format!("`{key}` is not a Kubernetes {field} key")));
                 }
+            }
+        }
+        for (key, value) in
+            [("max_list_bytes", self.max_list_bytes), ("max_event_bytes", self.max_event_bytes)]
+        {
+            if value < 4096 {
+                problems.push((key.to_owned(), "must be at least 4096".to_owned()));
             }
         }
         if problems.is_empty() {
@@ -141,11 +173,13 @@ impl K8sApiProcessor {
         let readiness = Readiness::new();
         let allow = Allowlist { labels: config.labels.clone(), annotations: config.annotations.clone() };
         let grace = config.deleted_pod_grace;
+        let limits =
+            bounded::Limits { list_bytes: config.max_list_bytes, event_bytes: config.max_event_bytes };
         let (task_shared, task_readiness) = (Arc::clone(&shared), readiness.clone());
         let task = BackgroundTask::spawn("podometer-k8s-api", move || async move {
             let server = kube_config.cluster_url.to_string();
-            let client = match kube::Client::try_from(kube_config) {
-                Ok(client) => client,
+            let client = match kube::client::ClientBuilder::try_from(kube_config) {
+                Ok(builder) => builder.with_layer(&bounded::BoundLayer(limits)).build(),
                 Err(error) => {
                     Telemetry::inc(&Telemetry::global().metadata_errors);
                     tracing::error!(%error, "Cannot build a Kubernetes client; k8s_api adds no names.");

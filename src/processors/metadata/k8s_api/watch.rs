@@ -83,6 +83,9 @@ pub enum Failure {
     Gone,
     /// An answer that is not what the API serves (not JSON, not a Pod list).
     BadAnswer,
+    /// A list page or a watch event larger than its bound (`max_list_bytes`,
+    /// `max_event_bytes`): stopped reading; a watch relists, where the bound is the page's.
+    TooLarge,
     /// No connection, or the connection broke.
     Unreachable,
     /// Any other error status.
@@ -91,6 +94,9 @@ pub enum Failure {
 
 /// Sorts a client error into a [`Failure`].
 pub fn classify(error: &kube::Error) -> Failure {
+    if super::bounded::BoundError::find(error).is_some() {
+        return Failure::TooLarge;
+    }
     match error {
         kube::Error::Api(status) => match status.code {
             403 => Failure::Forbidden,
@@ -127,6 +133,9 @@ impl Watch {
             (Failure::Unauthorized, _) => "k8s-api-unauthorized",
             (Failure::Gone, _) => "k8s-api-gone",
             (Failure::BadAnswer, _) => "k8s-api-bad-answer",
+            // Two bounds: a list page's and a watch event's, each said once a minute.
+            (Failure::TooLarge, Verb::List) => "k8s-api-list-too-large",
+            (Failure::TooLarge, Verb::Watch) => "k8s-api-watch-too-large",
             (Failure::Unreachable, _) => "k8s-api-unreachable",
             (Failure::Status, _) => "k8s-api-error",
         };
@@ -134,12 +143,14 @@ impl Watch {
         let verb = verb.as_str();
         let scope = self.scope();
         let server = &self.server;
+        let overlay = super::RBAC_OVERLAY;
         match failure {
             Failure::Forbidden => error!(
                 suppressed, %error, %server,
                 "The Kubernetes API refused to {verb} pods {scope} (403 Forbidden). Bind the agent's service \
                  account to a ClusterRole that allows the verbs get, list and watch on the resource `pods` \
-                 (apiGroups: [\"\"]), e.g. the ClusterRole `podometer` in deploy/k8s-api-rbac.yaml. Exporting with ids only; retrying."
+                 (apiGroups: [\"\"]), as the ClusterRole `podometer` of {overlay} does. Exporting with ids only; \
+                 retrying."
             ),
             Failure::Unauthorized => error!(
                 suppressed, %error, %server,
@@ -153,6 +164,12 @@ impl Watch {
                 suppressed, %error, %server,
                 "The Kubernetes API answered {verb} pods with something that is not a Kubernetes JSON answer; \
                  exporting with ids only; retrying."
+            ),
+            Failure::TooLarge => warn!(
+                suppressed, %error, %server,
+                "The Kubernetes API's answer to {verb} pods passed its bound; what was read of it is dropped, \
+                 names already known stay, and it is listed again after the backoff (raise k8s_api.max_list_bytes \
+                 or max_event_bytes if pods this large are real)."
             ),
             Failure::Unreachable => warn!(
                 suppressed, %error, %server,
@@ -284,7 +301,9 @@ impl Watch {
                     Err(error) => {
                         let failure = classify(&error);
                         self.report(Verb::Watch, failure, &error);
-                        end = Some(failure == Failure::Gone);
+                        // Watching again from the same version would meet the same event:
+                        // a list reads it under the page's bound and moves past it.
+                        end = Some(matches!(failure, Failure::Gone | Failure::TooLarge));
                         break;
                     }
                 }
