@@ -69,7 +69,7 @@ build_kube() {
   command -v go >/dev/null || die "go is not installed"
   go_env
   mkdir -p "$moddir"
-  log "building ${components[*]} $KUBE_RELEASE in $moddir (cold: about an hour on one core)"
+  log "building ${components[*]} $KUBE_RELEASE in $moddir (cold: about 17 minutes on 2 busy cores)"
   (
     cd "$moddir"
     [ -f go.mod ] || go mod init podometer.test/kube-node >&2
@@ -140,8 +140,9 @@ build() {
 
 # ---------------------------------------------------------------------------------------------
 # The node. Everything it makes at run time is under $run (removed by `down`), in the network
-# namespace $netns, in the cgroup /$cgroot of every hierarchy, the host end of one veth, the
-# CNI result cache files of its network, and kubelet symlinks in /var/log/containers.
+# namespace $netns, in the cgroup /$cgroot of every hierarchy, the host end of one veth and
+# its two routes, CNI result cache files of its sandboxes, the kubelet's symlinks in
+# /var/log/containers and its device plugin socket (with those directories, when up made them).
 
 run=$KUBE_CACHE/run
 netns=podometer-kube
@@ -159,6 +160,10 @@ pki=$run/pki
 logs=$run/logs
 pause_image=podometer.test/pause:1
 busybox_image=podometer.test/busybox:1
+# Fixed paths outside $run: symlinks to container logs, the device plugin socket, and CNI's
+# result cache (children before parents).
+host_dirs=(/var/log/containers /var/lib/kubelet/device-plugins /var/lib/kubelet
+  /var/lib/cni/results /var/lib/cni)
 # The kubelet sets these host-wide at start (it has no "leave them" mode): saved before it
 # starts, put back once the node is Ready and again by `down`.
 kernel_tunables=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops
@@ -508,7 +513,7 @@ up() {
     --service-account-private-key-file="$pki/sa.key" --root-ca-file="$pki/ca.crt" \
     --use-service-account-credentials=true \
     --cluster-signing-cert-file="$pki/ca.crt" --cluster-signing-key-file="$pki/ca.key" \
-    --controllers='*'
+    --controllers='*' --flex-volume-plugin-dir="$run/flexvolume"
   start kube-scheduler "$bindir/kube-scheduler" \
     --kubeconfig="$run/scheduler.kubeconfig" \
     --authentication-kubeconfig="$run/scheduler.kubeconfig" \
@@ -524,7 +529,9 @@ up() {
   for t in "${kernel_tunables[@]}"; do
     echo "$t $(cat "/proc/sys/$t")" >> "$run/kernel-tunables"
   done
-  [ -d /var/log/containers ] || touch "$run/made-var-log-containers"
+  # Directories outside $run the kubelet and the CNI plugins make at fixed paths: the ones
+  # missing now are removed by `down` once empty.
+  for d in "${host_dirs[@]}"; do [ -e "$d" ] || echo "$d" >> "$run/made-dirs"; done
   start kubelet "$bindir/kubelet" --config="$run/kubelet-config.yaml" \
     --kubeconfig="$run/kubelet.kubeconfig" --root-dir="$run/kubelet" \
     --cert-dir="$run/kubelet/pki" --hostname-override="$node_name" --node-ip="$node_ip"
@@ -612,11 +619,15 @@ do_down() {
   # entries of this node's sandboxes.
   rm -f /var/lib/cni/results/"$cni_network"-*
   for id in $sandboxes; do rm -f "/var/lib/cni/results/cni-loopback-$id-lo"; done
-  if [ -d /var/log/containers ]; then
-    for f in /var/log/containers/*; do
-      [ -L "$f" ] && case "$(readlink "$f")" in "$run"/*) rm -f "$f" ;; esac
-    done
-    if [ -f "$run/made-var-log-containers" ]; then rmdir /var/log/containers 2>/dev/null || true; fi
+  for f in /var/log/containers/*; do
+    [ -L "$f" ] && case "$(readlink "$f")" in "$run"/*) rm -f "$f" ;; esac
+  done
+  if [ -f "$run/made-dirs" ]; then
+    # The device plugin socket is the kubelet's only when the directory was made for it.
+    if grep -qx /var/lib/kubelet/device-plugins "$run/made-dirs"; then
+      rm -f /var/lib/kubelet/device-plugins/kubelet.sock
+    fi
+    while read -r d; do rmdir "$d" 2>/dev/null || true; done < "$run/made-dirs"
   fi
   restore_kernel_tunables
   # Never delete through a mount: a volume could lead anywhere on the host.
