@@ -269,6 +269,9 @@ make_pki() {
   cert admin "/O=system:masters/CN=podometer-admin" clientAuth
   cert controller-manager /CN=system:kube-controller-manager clientAuth
   cert scheduler /CN=system:kube-scheduler clientAuth
+  # The front proxy's client (aggregated APIs); its CA is what kube-controller-manager and
+  # kube-scheduler expect in extension-apiserver-authentication, and they log errors without.
+  cert front-proxy-client /CN=front-proxy-client clientAuth
   cert kubelet-client "/O=system:nodes/CN=system:node:$node_name" clientAuth
   cert kubelet-serving "/CN=$node_name" serverAuth "IP:$node_ip,DNS:$node_name"
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$pki/sa.key" 2>/dev/null
@@ -492,6 +495,11 @@ up() {
     --kubelet-client-key="$pki/apiserver-kubelet-client.key" \
     --kubelet-certificate-authority="$pki/ca.crt" \
     --kubelet-preferred-address-types=InternalIP \
+    --requestheader-client-ca-file="$pki/ca.crt" --requestheader-allowed-names=front-proxy-client \
+    --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+    --requestheader-extra-headers-prefix=X-Remote-Extra- \
+    --proxy-client-cert-file="$pki/front-proxy-client.crt" \
+    --proxy-client-key-file="$pki/front-proxy-client.key" \
     --authorization-mode=Node,RBAC \
     --enable-admission-plugins=NodeRestriction,PodSecurity \
     --admission-control-config-file="$run/admission.yaml" \
