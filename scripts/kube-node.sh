@@ -41,9 +41,10 @@
 #
 # Builds are cached outside the clone, under KUBE_CACHE (default /var/tmp/podometer-kube):
 # gopath/ (module cache), gocache/, <release>/ (wrapper module + bin/), etcd/ (unpacked
-# Debian package). Every Go build runs with nice -n 19, -p 1 and CGO_ENABLED=0: the machines
+# Debian package); failed-logs/ holds the logs of the last `up` that failed. Every Go build runs with nice -n 19, -p 1 and CGO_ENABLED=0: the machines
 # have 2 cores and other builds share them.
 set -Eeuo pipefail
+PATH=$PATH:/usr/sbin:/sbin
 
 KUBE_RELEASE=${KUBE_RELEASE:-v1.37.2}
 KUBE_CACHE=${KUBE_CACHE:-/var/tmp/podometer-kube}
@@ -178,7 +179,12 @@ start() {
   local name=$1; shift
   # 9>&-: the daemons must not hold the lock of the command that started them.
   nsenter --net="/run/netns/$netns" -- "$@" > "$logs/$name.log" 2>&1 < /dev/null 9>&- &
-  echo "$! $(readlink -f "$1")" > "$run/$name.pid"
+  local pid=$! d
+  echo "$pid $(readlink -f "$1")" > "$run/$name.pid"
+  # Into /$cgroot/daemons at once (none of them forks before it serves): what they start
+  # later, containerd's shims above all, is found there by `down` even when containerd lost
+  # track of it.
+  for d in $(cgroup_dirs); do echo "$pid" > "$d/daemons/cgroup.procs" 2>/dev/null || true; done
 }
 
 # stop NAME: ends the process in $run/NAME.pid if it still runs the binary recorded there.
@@ -300,15 +306,16 @@ make_netns() {
 }
 
 make_cgroups() {
-  local d h
+  local d c
   for d in $(cgroup_dirs); do
-    mkdir -p "$d"
-    h=$(dirname "$d")
-    # A new v1 cpuset starts with no cpus and mems: children could take no task.
-    if [ -f "$d/cpuset.cpus" ]; then
-      cat "$h/cpuset.cpus" > "$d/cpuset.cpus"
-      cat "$h/cpuset.mems" > "$d/cpuset.mems"
-    fi
+    for c in "$d" "$d/daemons"; do
+      mkdir -p "$c"
+      # A new v1 cpuset starts with no cpus and mems: it could take no task.
+      if [ -f "$c/cpuset.cpus" ]; then
+        cat "$(dirname "$c")/cpuset.cpus" > "$c/cpuset.cpus"
+        cat "$(dirname "$c")/cpuset.mems" > "$c/cpuset.mems"
+      fi
+    done
   done
 }
 
@@ -588,8 +595,9 @@ do_down() {
   stop containerd
   stop kube-apiserver
   stop etcd
-  # What containerd could not remove: container processes (by the pids in the node's
-  # cgroups), then the shims (by their pid files).
+  # What is left (containerd's shims and their containers when containerd lost track of them,
+  # a daemon that outlived its pid file): every process in the node's cgroups, by pid; then
+  # shims by their pid files.
   for d in $(cgroup_dirs); do
     [ -d "$d" ] || continue
     find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u |
