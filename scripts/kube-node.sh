@@ -16,7 +16,8 @@
 # it without another toolchain. It runs on this hybrid-cgroup host: from 1.35 the kubelet
 # refuses cgroup v1 unless `failCgroupV1: false`, which 1.37 still honours (v1 is deprecated,
 # one warning). Debian's containerd 1.6.20 lacks the CRI RuntimeConfig call: the kubelet logs
-# one error and falls back to `cgroupDriver: cgroupfs` from its config.
+# one error and falls back to `cgroupDriver: cgroupfs` from its config. Older releases were
+# not needed: this one built and ran as is.
 # Measured on a 2-core machine with two Rust builds running beside it: a cold build took
 # 16 min 53 s wall (go build of the four 16 min 37 s; 585 s user + 115 s sys at nice 19,
 # -p 1), the etcd package a second; `up` with the builds cached takes 10-11 s until the node
@@ -41,8 +42,12 @@
 #
 # Builds are cached outside the clone, under KUBE_CACHE (default /var/tmp/podometer-kube):
 # gopath/ (module cache), gocache/, <release>/ (wrapper module + bin/), etcd/ (unpacked
-# Debian package); failed-logs/ holds the logs of the last `up` that failed. Every Go build runs with nice -n 19, -p 1 and CGO_ENABLED=0: the machines
-# have 2 cores and other builds share them.
+# Debian package, etcd 3.5.16 from trixie); run/ is the running node's (certificates,
+# kubeconfigs, logs, etcd data, containerd root and state, kubelet root), removed by `down`;
+# failed-logs/ keeps the logs of the last `up` that failed. Every Go build runs with nice -n 19,
+# -p 1 and CGO_ENABLED=0: the machines have 2 cores and other builds share them.
+# One node per machine (fixed names and addresses); build, up and down hold a lock. Root only.
+# KUBE_NODE_NAME overrides the node's name (default: the host name, lower case).
 set -Eeuo pipefail
 PATH=$PATH:/usr/sbin:/sbin
 
@@ -471,8 +476,9 @@ up() {
   for c in bridge host-local loopback; do
     [ -x "/usr/lib/cni/$c" ] || die "/usr/lib/cni/$c is missing (containernetworking-plugins)"
   done
-  build
-  make_images
+  # Only the export lines go to stdout.
+  build >&2
+  make_images >&2
   if running kube-apiserver; then
     log "already up"
     print_env
