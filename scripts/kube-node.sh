@@ -439,7 +439,7 @@ make_images() {
 
 ctr_import() { ctr -a "$ctrd_sock" -n k8s.io images import "$1" >&2; }
 
-kubectl_admin() { kubectl --kubeconfig "$run/admin.kubeconfig" "$@"; }
+kubectl_admin() { kubectl --kubeconfig "$run/admin.kubeconfig" --cache-dir "$run/kubectl-cache" "$@"; }
 
 print_env() {
   echo "export KUBECONFIG=$run/admin.kubeconfig"

@@ -81,8 +81,12 @@ impl KubeNode {
     }
 
     fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let kubeconfig = Path::new(&self.env["KUBECONFIG"]);
+        // The discovery cache beside the kubeconfig, in the node's run directory that `down`
+        // removes, not in ~/.kube.
+        let cache = kubeconfig.parent().expect("kubeconfig directory").join("kubectl-cache");
         let mut cmd = Command::new("kubectl");
-        cmd.env("KUBECONFIG", &self.env["KUBECONFIG"]).args(args);
+        cmd.env("KUBECONFIG", kubeconfig).arg("--cache-dir").arg(cache).args(args);
         cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn kubectl");
