@@ -1,0 +1,167 @@
+//! Live: a real one-node Kubernetes cluster from `scripts/kube-node.sh` (kube-apiserver,
+//! kube-controller-manager, kube-scheduler and kubelet built from the `k8s.io/kubernetes` Go
+//! module, etcd from Debian, the kubelet over a containerd of its own, all in a network
+//! namespace the script makes). A pod of the locally built busybox image is scheduled, runs
+//! under the kubelet's own cgroup root and answers `kubectl exec`.
+//!
+//! The first run on a machine builds the four binaries (about 17 minutes on 2 cores, cached
+//! under /var/tmp/podometer-kube); later runs bring the node up in about 10 s.
+mod support;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use support::{have_command, is_root, prerequisite};
+
+const BUSYBOX_IMAGE: &str = "podometer.test/busybox:1";
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kube-node.sh")
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("KUBE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/podometer-kube"))
+}
+
+fn kube_node_available() -> bool {
+    prerequisite(is_root(), "root")
+        && ["go", "ip", "nsenter", "openssl", "containerd", "ctr", "runc", "kubectl", "python3", "flock"]
+            .iter()
+            .all(|c| prerequisite(have_command(c), c))
+        && ["bridge", "host-local", "loopback"].iter().all(|p| {
+            prerequisite(
+                Path::new("/usr/lib/cni").join(p).exists(),
+                "CNI plugins (containernetworking-plugins)",
+            )
+        })
+        && prerequisite(Path::new("/bin/busybox").exists(), "busybox-static (the test images)")
+}
+
+/// The node for one test: `up` on creation, `down` on drop (also after a panic). The node's
+/// names and addresses are fixed, so a lock held for the test's whole life keeps another test
+/// process on this machine from taking it down underneath.
+struct KubeNode {
+    env: HashMap<String, String>,
+    _lock: File,
+}
+
+impl KubeNode {
+    fn up() -> KubeNode {
+        std::fs::create_dir_all(cache_dir()).expect("kube-node cache dir");
+        let lock = File::create(cache_dir().join("test.lock")).expect("kube-node test lock");
+        // SAFETY: flock on a descriptor this function owns; blocks until other holders end.
+        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0, "flock");
+        let mut node = KubeNode { env: HashMap::new(), _lock: lock };
+        let out = Command::new("bash").arg(script()).arg("up").output().expect("run scripts/kube-node.sh up");
+        assert!(
+            out.status.success(),
+            "scripts/kube-node.sh up failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
+                node.env.insert(k.to_string(), v.to_string());
+            }
+        }
+        for k in ["KUBECONFIG", "KUBE_NODE_NAME", "KUBE_AUDIT_LOG"] {
+            assert!(
+                node.env.contains_key(k),
+                "up printed no {k}: {:?}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        node
+    }
+
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let kubeconfig = Path::new(&self.env["KUBECONFIG"]);
+        // The discovery cache beside the kubeconfig, in the node's run directory that `down`
+        // removes, not in ~/.kube.
+        let cache = kubeconfig.parent().expect("kubeconfig directory").join("kubectl-cache");
+        let mut cmd = Command::new("kubectl");
+        cmd.env("KUBECONFIG", kubeconfig).arg("--cache-dir").arg(cache).args(args);
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn kubectl");
+        if let Some(input) = stdin {
+            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("kubectl stdin");
+        }
+        child.wait_with_output().expect("kubectl")
+    }
+
+    /// kubectl that must succeed; its stdout.
+    fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.kubectl(args, stdin);
+        assert!(out.status.success(), "kubectl {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for KubeNode {
+    fn drop(&mut self) {
+        let out = Command::new("bash").arg(script()).arg("down").output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!("scripts/kube-node.sh down failed: {}", String::from_utf8_lossy(&o.stderr)),
+            Err(e) => eprintln!("scripts/kube-node.sh down: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_pod_runs_on_the_real_node() {
+    if !kube_node_available() {
+        return;
+    }
+    let node = KubeNode::up();
+    let node_name = node.env["KUBE_NODE_NAME"].clone();
+    let ready = node.kubectl_ok(
+        &["get", "node", &node_name, "-o", r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#],
+        None,
+    );
+    assert_eq!(ready, "True", "node {node_name} not Ready");
+
+    let pod = format!(
+        r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "smoke", "namespace": "default"}},
+  "spec": {{"containers": [{{"name": "smoke", "image": "{BUSYBOX_IMAGE}", "command": ["sleep", "3600"]}}]}}}}"#
+    );
+    node.kubectl_ok(&["apply", "-f", "-"], Some(&pod));
+    let waited = node.kubectl(&["wait", "--for=condition=Ready", "pod/smoke", "--timeout=120s"], None);
+    if !waited.status.success() {
+        let describe = node.kubectl(&["describe", "pod", "smoke"], None);
+        panic!(
+            "pod smoke not Ready: {}\n{}",
+            String::from_utf8_lossy(&waited.stderr),
+            String::from_utf8_lossy(&describe.stdout)
+        );
+    }
+    let placed =
+        node.kubectl_ok(&["get", "pod", "smoke", "-o", "jsonpath={.status.phase} {.spec.nodeName}"], None);
+    assert_eq!(placed, format!("Running {node_name}"));
+
+    // Through the API server to the kubelet inside the node's namespace and into the container;
+    // the container sits below the kubelet's own cgroup root, not the host's /kubepods.
+    let cgroups = node.kubectl_ok(&["exec", "smoke", "--", "cat", "/proc/self/cgroup"], None);
+    let memory = cgroups
+        .lines()
+        .find(|l| l.contains(":memory:"))
+        .unwrap_or_else(|| panic!("no memory line: {cgroups}"));
+    assert!(memory.contains(":/podometer-kube/kubepods/besteffort/pod"), "{memory}");
+
+    // The audit log has the pod's creation, at Metadata level.
+    let audit = std::fs::read_to_string(&node.env["KUBE_AUDIT_LOG"]).expect("audit log");
+    assert!(
+        audit.lines().any(|l| l.contains(r#""verb":"create""#)
+            && l.contains(r#""resource":"pods""#)
+            && l.contains(r#""name":"smoke""#)
+            && l.contains(r#""level":"Metadata""#)),
+        "no audit event for the pod's creation"
+    );
+}
