@@ -1020,9 +1020,42 @@ fn load_average() -> String {
     text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
+/// A cost over its pread floor. Below 1.0 the floor was mismeasured (nothing reads the same
+/// files for less than the kernel's own cost of them), so such a cell is marked invalid, never
+/// read as a target met.
+fn ratio(cost: f64, floor: f64) -> String {
+    let r = cost / floor;
+    if r < 1.0 {
+        format!("{r:.2}× (invalid: below the floor)")
+    } else {
+        format!("{r:.2}×")
+    }
+}
+
+/// What moves the floor, for the table: memory cgroups the kernel still holds that no directory
+/// shows (dying ones, whose pages are still charged; each makes the memory files dearer) and the
+/// cadence the floor was read at.
+fn floor_conditions() -> String {
+    let kernel = fs::read_to_string("/proc/cgroups")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.first() == Some(&"memory")).then(|| f.get(2).and_then(|n| n.parse::<usize>().ok())).flatten()
+            })
+        })
+        .unwrap_or(0);
+    let visible = 1 + count_dirs(Path::new("/sys/fs/cgroup/memory"));
+    format!(
+        "floor read with `pread` of kept-open files at the agent's 1 s cadence, between its sweeps; memory cgroups: {kernel} in the kernel, {visible} visible ({} dying)",
+        kernel.saturating_sub(visible)
+    )
+}
+
 fn write_results(args: &Args, machine: &str, rows: &[Row], podman: Option<f64>) -> anyhow::Result<()> {
     let mut md = String::new();
     let _ = writeln!(md, "Machine: {machine}. {} s per measurement, interval 1 s.\n", args.sweeps);
+    let _ = writeln!(md, "Floor conditions: {}. A ratio below 1.0 is marked invalid.\n", floor_conditions());
     let _ = writeln!(
         md,
         "CPU per container-sweep (µs, user + system); podometer ratios are to the pread floor of the same run.\n"
@@ -1041,13 +1074,13 @@ fn write_results(args: &Args, machine: &str, rows: &[Row], podman: Option<f64>) 
         let nd = r.netdata.map(|(v, c)| format!("{v:.1} ({c} cgroups)")).unwrap_or_else(|| "-".into());
         let _ = writeln!(
             md,
-            "| {} | {:.1} | {:.1} | {:.1} | {} | {:.2}× | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {} | {} | {:.0} |",
+            "| {} | {:.1} | {:.1} | {:.1} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {} | {} | {:.0} |",
             r.n,
             r.floor,
             r.naive,
             a.per_container_sweep,
             a.containers,
-            a.per_container_sweep / r.floor,
+            ratio(a.per_container_sweep, r.floor),
             a.user,
             a.system,
             a.sweep_thread,
@@ -1119,10 +1152,10 @@ fn write_results(args: &Args, machine: &str, rows: &[Row], podman: Option<f64>) 
             };
             let _ = writeln!(
                 md,
-                "| {} | {floor:.1} | {:.1} | {:.2}× | {:.1} | {:.1} | {:.1} | {} | {} |",
+                "| {} | {floor:.1} | {:.1} | {} | {:.1} | {:.1} | {:.1} | {} | {} |",
                 r.n,
                 l.per_container_sweep,
-                l.per_container_sweep / floor,
+                ratio(l.per_container_sweep, *floor),
                 l.sweep_thread,
                 l.io_threads,
                 l.rss_mib,
@@ -1147,14 +1180,14 @@ fn write_results(args: &Args, machine: &str, rows: &[Row], podman: Option<f64>) 
             let Some(p) = &r.protocols else { continue };
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.1} | {:.1} | {:.2}× | {:.1} | {:.2}× |",
+                "| {} | {} | {:.1} | {:.1} | {} | {:.1} | {} |",
                 r.n,
                 r.n.div_ceil(3),
                 p.floor,
                 p.whole,
-                p.whole / p.floor,
+                ratio(p.whole, p.floor),
                 p.sweep_thread,
-                p.sweep_thread / p.floor
+                ratio(p.sweep_thread, p.floor)
             );
         }
     }
