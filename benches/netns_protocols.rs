@@ -9,7 +9,7 @@ use std::io::{Cursor, Read};
 use std::os::unix::fs::FileExt;
 
 use criterion::{black_box, criterion_group, Criterion};
-use podometer::sources::netns::protocols::{parse_netstat, parse_snmp, parse_snmp6};
+use podometer::sources::netns::protocols::{parse_netstat, parse_snmp, parse_snmp6, TcpExtWanted};
 use procfs::FromBufRead;
 
 fn fixture(file: &str) -> String {
@@ -24,7 +24,13 @@ fn parsers(c: &mut Criterion) {
     g.bench_function("snmp/procfs", |b| {
         b.iter(|| procfs::net::Snmp::from_buf_read(Cursor::new(black_box(snmp.as_bytes()))).expect("parse"))
     });
-    g.bench_function("netstat/podometer", |b| b.iter(|| parse_netstat(black_box(&netstat)).expect("parse")));
+    g.bench_function("netstat/podometer, all four", |b| {
+        b.iter(|| parse_netstat(black_box(&netstat), TcpExtWanted::ALL).expect("parse"))
+    });
+    let listen = TcpExtWanted { listen: true, syn_retrans: false, timeouts: false };
+    g.bench_function("netstat/podometer, default set", |b| {
+        b.iter(|| parse_netstat(black_box(&netstat), listen).expect("parse"))
+    });
     g.bench_function("snmp6/podometer", |b| b.iter(|| parse_snmp6(black_box(&snmp6)).expect("parse")));
     g.bench_function("snmp6/procfs", |b| {
         b.iter(|| procfs::net::Snmp6::from_buf_read(Cursor::new(black_box(snmp6.as_bytes()))).expect("parse"))

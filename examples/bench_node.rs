@@ -1041,7 +1041,9 @@ fn floor_conditions() -> String {
         .and_then(|t| {
             t.lines().find_map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
-                (f.first() == Some(&"memory")).then(|| f.get(2).and_then(|n| n.parse::<usize>().ok())).flatten()
+                (f.first() == Some(&"memory"))
+                    .then(|| f.get(2).and_then(|n| n.parse::<usize>().ok()))
+                    .flatten()
             })
         })
         .unwrap_or(0);

@@ -86,10 +86,11 @@ pub fn net_protocols(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(rest) else { return };
     let kind = ProtocolFile::ALL[usize::from(which) % ProtocolFile::ALL.len()];
     let mut counters = ProtocolCounters::default();
-    if kind.parse(text, &mut counters).is_ok() {
-        let all = ProtocolMetricsConfig { include: vec![crate::glob::Glob::new("*")], exclude: Vec::new() };
+    let all = ProtocolMetricsConfig { include: vec![crate::glob::Glob::new("*")], exclude: Vec::new() };
+    let selection = ProtocolSelection::new(&all);
+    if selection.parse(kind, text, &mut counters).is_ok() {
         let mut points = Vec::new();
-        ProtocolSelection::new(&all).points(&crate::semconv::POD_NETWORK.protocols, &counters, &mut points);
+        selection.points(&crate::semconv::POD_NETWORK.protocols, &counters, &mut points);
     }
 }
 

@@ -455,7 +455,8 @@ impl Source for PodNetworkSource {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && kind.optional() => continue,
                 Err(source) => return Err(ProcessesError::Read { path, source }.into()),
             };
-            kind.parse(&text, &mut counters)
+            self.protocols
+                .parse(*kind, &text, &mut counters)
                 .map_err(|e| ProcessesError::Parse { path: path.clone(), message: e.to_string() })?;
         }
         self.protocols.points(&family.protocols, &counters, &mut resource.points);

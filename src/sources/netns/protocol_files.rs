@@ -59,7 +59,7 @@ impl ProtocolReader {
         if let Some(files) = self.files.get(&key) {
             let mut counters = ProtocolCounters::default();
             let read = kinds.iter().zip(files).try_for_each(|(kind, file)| match file {
-                Some(f) => read_one(*kind, f, &mut self.buf, &mut counters, proc_root, pid),
+                Some(f) => read_one(&self.selection, *kind, f, &mut self.buf, &mut counters, proc_root, pid),
                 None => Ok(()),
             });
             match read {
@@ -84,7 +84,7 @@ impl ProtocolReader {
                 Err(e) if is_vanished(&e) => return None,
                 Err(source) => return report(NetnsError::Read { path, source }),
             };
-            match read_one(*kind, &file, &mut self.buf, &mut counters, proc_root, pid) {
+            match read_one(&self.selection, *kind, &file, &mut self.buf, &mut counters, proc_root, pid) {
                 Ok(()) => opened.push(Some(file)),
                 Err(Failure::Io(e)) if is_vanished(&e) => return None,
                 Err(Failure::Io(source)) => return report(NetnsError::Read { path, source }),
@@ -109,6 +109,7 @@ enum Failure {
 }
 
 fn read_one(
+    selection: &ProtocolSelection,
     kind: ProtocolFile,
     file: &File,
     buf: &mut Vec<u8>,
@@ -117,7 +118,7 @@ fn read_one(
     pid: u32,
 ) -> Result<(), Failure> {
     let text = pread_text(file, buf).map_err(Failure::Io)?;
-    kind.parse(text, into).map_err(|source| {
+    selection.parse(kind, text, into).map_err(|source| {
         Failure::Parse(NetnsError::Parse { path: proc_root.join(pid.to_string()).join(kind.path()), source })
     })
 }
