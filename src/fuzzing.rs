@@ -95,7 +95,8 @@ pub fn net_protocols(data: &[u8]) {
 }
 
 /// One rtnetlink datagram as the kernel would answer a request (sequence number 1), dump and
-/// single answer both, and what the agent reads out of the messages.
+/// single answer both, and what the agent reads out of the messages; then as a pod's link
+/// dump, of which only a few named links are decoded.
 pub fn netlink(data: &[u8]) {
     for dump in [true, false] {
         let mut replies = Vec::new();
@@ -112,6 +113,13 @@ pub fn netlink(data: &[u8]) {
             .collect();
         let _ = peer::match_host_peers(1, &links, &links);
     }
+    // The pod side: only the named links are decoded, never more than named.
+    let names = ["lo", "eth0", "vh0"];
+    let mut links = Vec::new();
+    let mut interrupted = false;
+    let _ = peer::parse_link_datagram(data, 1, &names, &mut links, &mut interrupted);
+    assert!(links.len() <= names.len());
+    let _ = peer::match_host_peers(1, &links, &links);
 }
 
 /// A config file with `${env:…}` references; three variables are set.

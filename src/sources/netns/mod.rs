@@ -50,7 +50,8 @@ pub mod protocols;
 
 pub use peer::{match_host_peers, LinkRecord};
 pub use procfs::{
-    parse_net_dev, parse_procs, parse_stat_starttime, DirectionCounters, InterfaceCounters, ParseError,
+    parse_net_dev, parse_net_dev_wanted, parse_procs, parse_stat_starttime, DirectionCounters,
+    InterfaceCounters, NetDev, ParseError,
 };
 pub use protocols::{ProtocolMetricsConfig, ProtocolSelection};
 
@@ -619,13 +620,15 @@ impl NetnsSource {
 
     /// A namespace's `net/dev`, parsed, and the pid it was read through: from the file kept
     /// open for the namespace, else through the owner's process, else any other member's (the
-    /// owner's may exit right now). `None` (counted, logged) when nothing could be read.
+    /// owner's may exit right now). `None` (counted, logged) when nothing could be read. Only
+    /// the interfaces the filters want are parsed, at most `max_interfaces`; the wanted ones
+    /// beyond are only counted, so a namespace with thousands of links costs little more.
     fn read_counters(
         &mut self,
         key: NsKey,
         owner: &Member<'_>,
         members: &[Member<'_>],
-    ) -> Option<(u32, Vec<InterfaceCounters>)> {
+    ) -> Option<(u32, NetDev)> {
         let telemetry = Telemetry::global();
         // A namespace read before: its file is still open (and the namespace still has a
         // member, or it would not be in this sweep's groups).
@@ -681,7 +684,12 @@ impl NetnsSource {
             }
             return None;
         };
-        match parse_net_dev(&text) {
+        let (include, exclude) = (&self.include, &self.exclude);
+        match parse_net_dev_wanted(
+            &text,
+            |name| interface_wanted(include, exclude, name),
+            self.max_interfaces,
+        ) {
             Ok(counters) => Some((reader_pid, counters)),
             Err(source) => {
                 Telemetry::inc(&telemetry.source_errors);
@@ -693,26 +701,23 @@ impl NetnsSource {
         }
     }
 
-    /// The wanted interfaces of a namespace (filters, then `max_interfaces`), with their host
-    /// peers, and its protocol counters, as points on the target resource; counters stamped
+    /// The wanted interfaces of a namespace (filtered and capped by `read_counters`), with their
+    /// host peers, and its protocol counters, as points on the target resource; counters stamped
     /// with the namespace's origin.
     #[allow(clippy::too_many_arguments)]
     fn emit(
         &mut self,
         key: NsKey,
         reader_pid: u32,
-        counters: &[InterfaceCounters],
+        counters: &NetDev,
         protocols: Option<&protocols::ProtocolCounters>,
         target: Target<'_, '_>,
         origin: SystemTime,
         sweep: &mut Sweep,
     ) {
-        let (include, exclude) = (&self.include, &self.exclude);
-        let mut wanted: Vec<&InterfaceCounters> =
-            counters.iter().filter(|i| interface_wanted(include, exclude, &i.name)).collect();
-        if wanted.len() > self.max_interfaces {
-            let over = wanted.len() - self.max_interfaces;
-            wanted.truncate(self.max_interfaces);
+        let wanted = &counters.interfaces;
+        if counters.over_cap > 0 {
+            let over = counters.over_cap;
             Telemetry::global()
                 .netns_interfaces_over_cap
                 .fetch_add(over as u64, std::sync::atomic::Ordering::Relaxed);
@@ -973,7 +978,7 @@ impl PeerResolver {
         }
         self.host_tried = true;
         self.counts.host_dumps += 1;
-        match self.rtnl.dump_links(None) {
+        match self.rtnl.dump_host_links() {
             Ok(links) => {
                 self.host_links = links;
                 self.generation += 1;
@@ -1007,7 +1012,7 @@ impl PeerResolver {
             let ns_path = proc_root.join(pid.to_string()).join("ns/net");
             self.counts.namespace_lookups += 1;
             let (nsid, pod_links) = match self.rtnl.nsid_of(&ns_path) {
-                Ok(Some(nsid)) => match self.rtnl.dump_links(Some(nsid)) {
+                Ok(Some(nsid)) => match self.rtnl.dump_pod_links(nsid, names) {
                     Ok(links) => (Some(nsid), links),
                     Err(e) => {
                         debug!(path = %ns_path.display(), error = %e, "Cannot list the links of a pod namespace; no host peers for it.");

@@ -7,7 +7,8 @@
 //!    so "no id" means "no host link points into this namespace" and we never send
 //!    `RTM_NEWNSID`: the agent changes nothing in the kernel.
 //! 2. `RTM_GETLINK` dump with `IFLA_TARGET_NETNSID` set to that id lists the pod's links
-//!    (name and ifindex) from the host side (kernel >= 4.20). `/proc/<pid>/net/dev` has no
+//!    (name and ifindex) from the host side (kernel >= 4.20); only those among the interfaces
+//!    reported from `net/dev` (at most `max_interfaces`) are decoded. `/proc/<pid>/net/dev` has no
 //!    ifindex; `igmp`, `dev_mcast` and `if_inet6` have one but only list interfaces that are
 //!    up with IPv4 multicast, with hardware multicast addresses or with IPv6, so they miss
 //!    interfaces in ordinary configurations.
@@ -27,7 +28,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use netlink_packet_core::{
-    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, NLA_TYPE_MASK, NLM_F_DUMP,
+    NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
@@ -36,6 +38,14 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 /// `RTNLGRP_LINK` from `linux/rtnetlink.h`.
 const RTNLGRP_LINK: u32 = 1;
+/// `RTM_NEWLINK` from `linux/rtnetlink.h`.
+const RTM_NEWLINK: u16 = 16;
+/// `NLMSG_MIN_TYPE` from `linux/netlink.h`: types below are netlink's own (noop, error, done).
+const NLMSG_MIN_TYPE: u16 = 16;
+/// `IFLA_IFNAME` from `linux/if_link.h`.
+const IFLA_IFNAME: u16 = 3;
+/// The size of `struct ifinfomsg`, which precedes a link message's attributes.
+const IFINFOMSG_LEN: usize = 16;
 
 /// What a link dump says about one link, as far as peer matching needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,14 +160,10 @@ impl Rtnl {
         Ok(None)
     }
 
-    /// Every link of the namespace the host numbers `target` (`None`: the host's own).
-    pub fn dump_links(&mut self, target: Option<i32>) -> io::Result<Vec<LinkRecord>> {
-        let mut msg = LinkMessage::default();
-        if let Some(id) = target {
-            // IFLA_IF_NETNSID is IFLA_TARGET_NETNSID's older name (both 46).
-            msg.attributes.push(LinkAttribute::IfNetnsId(id));
-        }
-        let replies = self.request(RouteNetlinkMessage::GetLink(msg), NLM_F_REQUEST | NLM_F_DUMP)?;
+    /// Every link of the host's own namespace.
+    pub fn dump_host_links(&mut self) -> io::Result<Vec<LinkRecord>> {
+        let replies =
+            self.request(RouteNetlinkMessage::GetLink(LinkMessage::default()), NLM_F_REQUEST | NLM_F_DUMP)?;
         Ok(replies
             .iter()
             .filter_map(|m| match m {
@@ -167,7 +173,36 @@ impl Rtnl {
             .collect())
     }
 
+    /// The links named in `names` of the namespace the host numbers `nsid`, at most one per
+    /// name, in the kernel's order.
+    ///
+    /// The kernel filters a link dump by master and kind only, never by name, and one
+    /// `RTM_GETLINK` per name would cost a round trip per interface, so the whole dump is read
+    /// from the socket (it must be, up to `NLMSG_DONE`, for the next answer to be found); but
+    /// only the named links are decoded and kept ([`parse_link_datagram`]): a namespace with
+    /// thousands of links costs reading their headers and names, no allocation.
+    pub fn dump_pod_links(&mut self, nsid: i32, names: &[&str]) -> io::Result<Vec<LinkRecord>> {
+        let mut msg = LinkMessage::default();
+        // IFLA_IF_NETNSID is IFLA_TARGET_NETNSID's older name (both 46).
+        msg.attributes.push(LinkAttribute::IfNetnsId(nsid));
+        let seq = self.send(RouteNetlinkMessage::GetLink(msg), NLM_F_REQUEST | NLM_F_DUMP)?;
+        let mut links = Vec::new();
+        self.receive(|datagram, interrupted| {
+            parse_link_datagram(datagram, seq, names, &mut links, interrupted)
+        })?;
+        Ok(links)
+    }
+
     fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
+        let seq = self.send(msg, flags)?;
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let mut replies = Vec::new();
+        self.receive(|datagram, interrupted| parse_datagram(datagram, seq, dump, &mut replies, interrupted))?;
+        Ok(replies)
+    }
+
+    /// Sends a request; its sequence number.
+    fn send(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<u32> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let mut header = NetlinkHeader::default();
@@ -178,17 +213,77 @@ impl Rtnl {
         let mut out = vec![0u8; packet.buffer_len()];
         packet.serialize(&mut out);
         self.socket.send(&out, 0)?;
+        Ok(seq)
+    }
 
-        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+    /// Hands each datagram received to `parse` until it says the answer is complete.
+    fn receive(&mut self, mut parse: impl FnMut(&[u8], &mut bool) -> io::Result<bool>) -> io::Result<()> {
         self.interrupted = false;
-        let mut replies = Vec::new();
         loop {
             let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
-            if parse_datagram(&self.buf[..n], seq, dump, &mut replies, &mut self.interrupted)? {
-                return Ok(replies);
+            if parse(&self.buf[..n], &mut self.interrupted)? {
+                return Ok(());
             }
         }
     }
+}
+
+fn invalid_data(e: impl ToString) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+/// Walks the messages of one datagram answering request `seq`; `Ok(true)` once the answer is
+/// complete. Netlink's own messages (done, error) are decoded here; every other message of
+/// the answer is handed whole (header and payload) to `message`, undecoded.
+fn walk_datagram(
+    datagram: &[u8],
+    seq: u32,
+    dump: bool,
+    interrupted: &mut bool,
+    mut message: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<bool> {
+    let mut offset = 0;
+    while offset < datagram.len() {
+        let bytes = &datagram[offset..];
+        // Checked: at least a header, and no longer than what is left.
+        let buffer = NetlinkBuffer::new_checked(bytes).map_err(invalid_data)?;
+        let len = buffer.length() as usize;
+        let (kind, flags, sequence_number) =
+            (buffer.message_type(), buffer.flags(), buffer.sequence_number());
+        // Netlink messages are 4-byte aligned within a datagram.
+        offset += (len + 3) & !3;
+        if len == 0 {
+            return Err(invalid_data("zero-length netlink message"));
+        }
+        if sequence_number != seq {
+            continue; // late answer to an earlier, timed-out request
+        }
+        if flags & NLM_F_DUMP_INTR != 0 {
+            *interrupted = true;
+        }
+        if kind >= NLMSG_MIN_TYPE {
+            message(&bytes[..len])?;
+            if !dump {
+                return Ok(true);
+            }
+            continue;
+        }
+        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[..len]).map_err(invalid_data)?.payload
+        {
+            // A dump the kernel refused (no CAP_NET_ADMIN for IFLA_TARGET_NETNSID)
+            // ends in DONE carrying the error, not in an error message.
+            NetlinkPayload::Done(done) if done.code < 0 => {
+                return Err(io::Error::from_raw_os_error(-done.code))
+            }
+            NetlinkPayload::Done(_) => return Ok(true),
+            NetlinkPayload::Error(e) => match e.code {
+                Some(_) => return Err(e.to_io()),
+                None => return Ok(true),
+            },
+            _ => {}
+        }
+    }
+    Ok(false)
 }
 
 /// Reads the messages of one datagram answering request `seq` into `replies`; `Ok(true)` once
@@ -200,46 +295,62 @@ pub fn parse_datagram(
     replies: &mut Vec<RouteNetlinkMessage>,
     interrupted: &mut bool,
 ) -> io::Result<bool> {
-    let mut offset = 0;
-    while offset < datagram.len() {
-        let bytes = &datagram[offset..];
-        let len = NetlinkBuffer::new_checked(bytes)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?
-            .length() as usize;
-        let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        // Netlink messages are 4-byte aligned within a datagram.
-        offset += (len + 3) & !3;
-        if len == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "zero-length netlink message"));
+    walk_datagram(datagram, seq, dump, interrupted, |bytes| {
+        if let NetlinkPayload::InnerMessage(m) =
+            NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes).map_err(invalid_data)?.payload
+        {
+            replies.push(m);
         }
-        if parsed.header.sequence_number != seq {
-            continue; // late answer to an earlier, timed-out request
+        Ok(())
+    })
+}
+
+/// Reads, out of one datagram of a link dump answering request `seq`, the links named in
+/// `names` into `links`, at most one per name; `Ok(true)` once the dump is complete. Pure, so
+/// the fuzz target `netlink` can feed it arbitrary bytes.
+///
+/// A link message is decoded only once its `IFLA_IFNAME` (found by walking its attributes
+/// without decoding them) is one of `names` and not already in `links`: the others are
+/// skipped, whatever they hold, so `links` never outgrows `names` and an unwanted link costs
+/// no allocation. A malformed message is an error only if it is decoded.
+pub fn parse_link_datagram(
+    datagram: &[u8],
+    seq: u32,
+    names: &[&str],
+    links: &mut Vec<LinkRecord>,
+    interrupted: &mut bool,
+) -> io::Result<bool> {
+    walk_datagram(datagram, seq, true, interrupted, |bytes| {
+        let buffer = NetlinkBuffer::new(bytes);
+        if buffer.message_type() != RTM_NEWLINK || links.len() >= names.len() {
+            return Ok(());
         }
-        if parsed.header.flags & NLM_F_DUMP_INTR != 0 {
-            *interrupted = true;
+        let Some(name) = link_name(buffer.payload()) else { return Ok(()) };
+        if !names.iter().any(|n| n.as_bytes() == name) || links.iter().any(|l| l.name.as_bytes() == name) {
+            return Ok(());
         }
-        match parsed.payload {
-            // A dump the kernel refused (no CAP_NET_ADMIN for IFLA_TARGET_NETNSID)
-            // ends in DONE carrying the error, not in an error message.
-            NetlinkPayload::Done(done) if done.code < 0 => {
-                return Err(io::Error::from_raw_os_error(-done.code))
-            }
-            NetlinkPayload::Done(_) => return Ok(true),
-            NetlinkPayload::Error(e) => match e.code {
-                Some(_) => return Err(e.to_io()),
-                None => return Ok(true),
-            },
-            NetlinkPayload::InnerMessage(m) => {
-                replies.push(m);
-                if !dump {
-                    return Ok(true);
-                }
-            }
-            _ => {}
+        if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) =
+            NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes).map_err(invalid_data)?.payload
+        {
+            links.push(LinkRecord::from_message(&link));
+        }
+        Ok(())
+    })
+}
+
+/// The `IFLA_IFNAME` of a link message's payload, without its NUL, read in place; `None` when
+/// the message has none or its attributes are malformed before it.
+fn link_name(payload: &[u8]) -> Option<&[u8]> {
+    for nla in NlasIterator::new(payload.get(IFINFOMSG_LEN..)?) {
+        let nla = nla.ok()?;
+        if nla.kind() & NLA_TYPE_MASK == IFLA_IFNAME {
+            // `new_checked` saw 4 <= length <= the buffer's.
+            let length = usize::from(nla.length());
+            let value = &nla.into_inner()[4..length];
+            return value.split(|&b| b == 0).next();
         }
     }
-    Ok(false)
+    None
 }
 
 /// A non-blocking socket that hears the host's link changes.
@@ -450,6 +561,124 @@ mod tests {
         assert_eq!(peers.get("eth0").map(String::as_str), Some("vcap0"));
         assert_eq!(peers.len(), 1, "lo has no peer: {peers:?}");
         assert!(match_host_peers(1, &pod, &host).is_empty(), "another namespace id matches nothing");
+    }
+
+    /// One netlink message as the kernel sends it in a link dump: header, `ifinfomsg`, then
+    /// the attributes given (type and value), each padded to 4 bytes.
+    fn raw_link(seq: u32, index: i32, attributes: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut out = vec![0u8; 32];
+        out[4..6].copy_from_slice(&RTM_NEWLINK.to_ne_bytes());
+        out[6..8].copy_from_slice(&2u16.to_ne_bytes()); // NLM_F_MULTI
+        out[8..12].copy_from_slice(&seq.to_ne_bytes());
+        out[20..24].copy_from_slice(&index.to_ne_bytes());
+        for (kind, value) in attributes {
+            out.extend_from_slice(&(4 + value.len() as u16).to_ne_bytes());
+            out.extend_from_slice(&kind.to_ne_bytes());
+            out.extend_from_slice(value);
+            out.resize((out.len() + 3) & !3, 0);
+        }
+        let len = out.len() as u32;
+        out[0..4].copy_from_slice(&len.to_ne_bytes());
+        out
+    }
+
+    fn raw_done(seq: u32) -> Vec<u8> {
+        let mut out = vec![0u8; 20];
+        out[0..4].copy_from_slice(&20u32.to_ne_bytes());
+        out[4..6].copy_from_slice(&3u16.to_ne_bytes()); // NLMSG_DONE
+        out[6..8].copy_from_slice(&2u16.to_ne_bytes());
+        out[8..12].copy_from_slice(&seq.to_ne_bytes());
+        out
+    }
+
+    fn ifname(name: &str) -> Vec<u8> {
+        let mut v = name.as_bytes().to_vec();
+        v.push(0);
+        v
+    }
+
+    #[test]
+    fn a_pod_dump_keeps_only_the_named_links_of_thousands() {
+        let mut datagram = Vec::new();
+        for i in 0..10_000 {
+            let name = match i {
+                1 => "lo".to_owned(),
+                5_000 => "eth0".to_owned(),
+                _ => format!("dummy{i}"),
+            };
+            datagram.extend(raw_link(
+                7,
+                i + 1,
+                &[(IFLA_IFNAME, &ifname(&name)), (4, &1500u32.to_ne_bytes())],
+            ));
+        }
+        // A second link named eth0 (impossible in one namespace) is not kept twice.
+        datagram.extend(raw_link(7, 20_000, &[(IFLA_IFNAME, &ifname("eth0"))]));
+        datagram.extend(raw_done(7));
+        let mut links = Vec::new();
+        let mut interrupted = false;
+        let names = ["eth0", "lo", "net1"];
+        assert!(parse_link_datagram(&datagram, 7, &names, &mut links, &mut interrupted).unwrap());
+        assert!(!interrupted);
+        assert_eq!(links, [link(2, "lo", None, None, None), link(5_001, "eth0", None, None, None)]);
+
+        // The same dump split over two datagrams: not complete until DONE.
+        let half = raw_link(7, 1, &[(IFLA_IFNAME, &ifname("lo"))]);
+        let mut links = Vec::new();
+        assert!(!parse_link_datagram(&half, 7, &names, &mut links, &mut interrupted).unwrap());
+        assert!(parse_link_datagram(&raw_done(7), 7, &names, &mut links, &mut interrupted).unwrap());
+        assert_eq!(links.len(), 1);
+    }
+
+    #[test]
+    fn unnamed_links_of_a_pod_dump_are_not_decoded() {
+        // IFLA_MTU of two bytes does not decode: an error for a named link only.
+        let bad_mtu: (u16, &[u8]) = (4, &[1, 2]);
+        let mut datagram = raw_link(3, 2, &[(IFLA_IFNAME, &ifname("junk0")), bad_mtu]);
+        datagram.extend(raw_link(3, 3, &[(IFLA_IFNAME, &ifname("eth0")), (5, &2u32.to_ne_bytes())]));
+        // No name at all, and attributes that do not even walk: skipped.
+        datagram.extend(raw_link(3, 4, &[]));
+        datagram.extend(raw_link(3, 5, &[(99, &[0; 3])]).into_iter().take(36).chain([0xff, 0xff, 0, 0]));
+        datagram.extend(raw_done(3));
+        let mut links = Vec::new();
+        let mut interrupted = false;
+        assert!(parse_link_datagram(&datagram, 3, &["eth0"], &mut links, &mut interrupted).unwrap());
+        assert_eq!(links, [link(3, "eth0", None, Some(2), None)]);
+
+        let mut links = Vec::new();
+        let err = parse_link_datagram(&datagram, 3, &["junk0"], &mut links, &mut interrupted).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        // The generic reader decodes everything, so it fails on the unnamed link too.
+        assert!(parse_datagram(&datagram, 3, true, &mut Vec::new(), &mut interrupted).is_err());
+    }
+
+    #[test]
+    fn a_pod_dump_reads_eth0_out_of_the_captured_kernel_messages() {
+        let mut expected = None;
+        let mut datagram = Vec::new();
+        for line in include_str!("testdata/rtnl_links.txt").lines().filter(|l| !l.starts_with('#')) {
+            let mut fields = line.split_whitespace();
+            let (side, name, hex) = (fields.next().unwrap(), fields.next().unwrap(), fields.next().unwrap());
+            if side == "HOST" {
+                continue;
+            }
+            let mut bytes: Vec<u8> =
+                (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+            bytes[8..12].copy_from_slice(&9u32.to_ne_bytes());
+            if name == "eth0" {
+                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes).unwrap();
+                let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) = msg.payload else {
+                    panic!()
+                };
+                expected = Some(LinkRecord::from_message(&l));
+            }
+            datagram.extend(&bytes);
+            datagram.resize((datagram.len() + 3) & !3, 0);
+        }
+        datagram.extend(raw_done(9));
+        let mut links = Vec::new();
+        assert!(parse_link_datagram(&datagram, 9, &["eth0"], &mut links, &mut false).unwrap());
+        assert_eq!(links, [expected.expect("eth0 captured")]);
     }
 
     #[test]

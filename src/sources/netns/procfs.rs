@@ -33,13 +33,47 @@ pub struct InterfaceCounters {
 /// touches the first number (`verylongifname0:1234 ...`); names never contain `:` (the kernel
 /// refuses them), so the first `:` ends the name.
 pub fn parse_net_dev(text: &str) -> Result<Vec<InterfaceCounters>, ParseError> {
+    parse_net_dev_wanted(text, |_| true, usize::MAX).map(|dev| dev.interfaces)
+}
+
+/// The interfaces of a `net/dev` text that are reported, from [`parse_net_dev_wanted`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NetDev {
+    /// The first wanted interfaces, in the kernel's order, at most the cap.
+    pub interfaces: Vec<InterfaceCounters>,
+    /// Wanted interfaces after those: counted, not parsed.
+    pub over_cap: usize,
+}
+
+/// [`parse_net_dev`] for the interfaces `wanted` accepts, at most `max` of them (the first in
+/// the kernel's order); the wanted ones after those are only counted in
+/// [`NetDev::over_cap`]. Work and memory are bounded by `max`, whatever the number of lines:
+/// a line past the cap costs finding its `:` and one call of `wanted`, nothing is allocated
+/// for it.
+///
+/// Only the lines that become entries are parsed in full, so only they can be malformed
+/// counters: a line not wanted, or any line past the cap, is not an error whatever follows
+/// its `:`. Before the cap a line without `:` or with an empty name is an error (its name,
+/// needed for `wanted`, is unknown); past the cap such a line is neither an error nor counted.
+pub fn parse_net_dev_wanted(
+    text: &str,
+    wanted: impl Fn(&str) -> bool,
+    max: usize,
+) -> Result<NetDev, ParseError> {
     let mut lines = text.lines().enumerate();
     match (lines.next(), lines.next()) {
         (Some((_, first)), Some((_, second))) if first.contains('|') && second.contains('|') => {}
         _ => return Err(ParseError::at_line(0, "missing the two header lines of /proc/net/dev")),
     }
-    let mut out = Vec::new();
+    let mut out = NetDev::default();
     for (i, line) in lines {
+        if out.interfaces.len() >= max {
+            match line.split_once(':') {
+                Some((name, _)) if !name.trim().is_empty() && wanted(name.trim()) => out.over_cap += 1,
+                _ => {}
+            }
+            continue;
+        }
         let line_no = i + 1;
         if line.trim().is_empty() {
             continue;
@@ -50,6 +84,9 @@ pub fn parse_net_dev(text: &str) -> Result<Vec<InterfaceCounters>, ParseError> {
         let name = name.trim();
         if name.is_empty() {
             return Err(ParseError::at_line(line_no, "empty interface name"));
+        }
+        if !wanted(name) {
+            continue;
         }
         let mut values = [0u64; 16];
         let mut count = 0;
@@ -78,7 +115,7 @@ pub fn parse_net_dev(text: &str) -> Result<Vec<InterfaceCounters>, ParseError> {
             compressed: v[6],
             multicast_or_carrier: v[7],
         };
-        out.push(InterfaceCounters {
+        out.interfaces.push(InterfaceCounters {
             name: name.to_owned(),
             receive: direction(&values[..8]),
             transmit: direction(&values[8..]),
@@ -200,6 +237,53 @@ mod tests {
         assert!(no_colon.unwrap_err().to_string().contains("no `:`"));
         // Header only: no interfaces is not an error (a namespace with nothing in it).
         assert_eq!(parse_net_dev(HEADER).unwrap(), Vec::new());
+    }
+
+    #[test]
+    fn past_the_cap_interfaces_are_counted_not_parsed() {
+        let mut text = String::from(HEADER);
+        for i in 0..10_000 {
+            text.push_str(&format!("  dummy{i}: {i} 1 0 0 0 0 0 0 {i} 1 0 0 0 0 0 0\n"));
+        }
+        let calls = std::cell::Cell::new(0usize);
+        let dev = parse_net_dev_wanted(
+            &text,
+            |name| {
+                calls.set(calls.get() + 1);
+                name != "dummy1"
+            },
+            3,
+        )
+        .unwrap();
+        let names: Vec<&str> = dev.interfaces.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["dummy0", "dummy2", "dummy3"], "the first wanted, in the kernel's order");
+        assert!(dev.interfaces.capacity() <= 4, "nothing was built past the cap");
+        assert_eq!(dev.over_cap, 10_000 - 4, "every wanted interface after the cap is counted");
+        assert_eq!(calls.get(), 10_000, "one filter call per line");
+        assert_eq!(dev.interfaces[2].receive.bytes, 3);
+
+        // Under the cap it is `parse_net_dev` with a filter.
+        let all = parse_net_dev_wanted(&text, |_| true, 10_000).unwrap();
+        assert_eq!((all.interfaces.len(), all.over_cap), (10_000, 0));
+        assert_eq!(all.interfaces, parse_net_dev(&text).unwrap());
+    }
+
+    #[test]
+    fn only_lines_that_become_entries_can_be_malformed() {
+        let bad = "eth1: 1 2 x\n";
+        let good = "eth0: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n";
+        // Among the parsed lines, errors as before.
+        let err = parse_net_dev_wanted(&format!("{HEADER}{good}{bad}"), |_| true, 2).unwrap_err();
+        assert!(matches!(err, ParseError::AtLine { line: 4, .. }), "{err:?}");
+        assert!(parse_net_dev_wanted(&format!("{HEADER}no colon\n{good}"), |_| true, 2).is_err());
+        // Past the cap: not parsed, so not an error; counted when it has a wanted name.
+        let dev = parse_net_dev_wanted(&format!("{HEADER}{good}{bad}no colon\n :1\n"), |_| true, 1).unwrap();
+        assert_eq!((dev.interfaces.len(), dev.over_cap), (1, 1));
+        // Not wanted: not parsed either.
+        let dev = parse_net_dev_wanted(&format!("{HEADER}{bad}{good}"), |n| n != "eth1", 4).unwrap();
+        assert_eq!((dev.interfaces.len(), dev.over_cap), (1, 0));
+        assert!(parse_net_dev_wanted(HEADER, |_| true, 0).unwrap() == NetDev::default());
+        assert!(parse_net_dev_wanted("eth0: 1\n", |_| true, 0).is_err(), "the header is still checked");
     }
 
     #[test]
