@@ -155,7 +155,9 @@ mod tests {
                 .push(Point::new(&semconv::CONTAINER.pids_count, Value::Int(i as i64 + 1)));
             exporter.export(Arc::new(sweep)).await.unwrap();
         }
-        exporter.shutdown(Instant::now()).await.unwrap();
+        // A deadline of "now" raced the writer thread: on a loaded machine its two writes were
+        // still under way and the shutdown gave up on them.
+        exporter.shutdown(Instant::now() + Duration::from_secs(10)).await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(lines.len(), 2);
