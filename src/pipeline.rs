@@ -466,8 +466,14 @@ pub async fn run(
     let joiner = std::thread::Builder::new().name("podometer-join".into()).spawn(move || {
         let _ = joined_tx.send(sweeper.join());
     });
+    // The sweep thread may spend up to `shutdown_timeout` on its last deliveries (measured from
+    // its own start of the last sweep, a moment after this deadline's): the same second of
+    // grace as the exporters below, so that only a thread that really hangs is given up.
     let joined = match joiner {
-        Ok(_) => tokio::time::timeout_at(deadline.into(), joined_rx).await.ok().and_then(Result::ok),
+        Ok(_) => tokio::time::timeout_at((deadline + Duration::from_secs(1)).into(), joined_rx)
+            .await
+            .ok()
+            .and_then(Result::ok),
         Err(_) => None,
     };
     let died_because = match joined {
@@ -558,6 +564,10 @@ fn sweep_loop(
             Ok(()) | Err(std_mpsc::RecvTimeoutError::Disconnected) => true,
         };
         let started = Instant::now();
+        // The last sweep's deliveries share one budget: waiting `shutdown_timeout` for each
+        // stuck exporter in turn outlasted the shutdown (two stuck file exporters: 1 s against
+        // 500 ms), and `run` gave the sweep thread up as hung.
+        let give_up = started + shutdown_timeout;
         let time = SystemTime::now();
         let mut swept = Vec::with_capacity(pipelines.len());
         let mut counts = SweepCounts::default();
@@ -570,7 +580,7 @@ fn sweep_loop(
             for id in &pipeline.exporter_ids {
                 let Some(tx) = senders.get(id) else { continue };
                 let sent = if stopping {
-                    send_last(tx, Arc::clone(&sweep), shutdown_timeout)
+                    send_last(tx, Arc::clone(&sweep), give_up)
                 } else {
                     tx.try_send(Arc::clone(&sweep)).is_ok()
                 };
@@ -618,9 +628,9 @@ fn sweep_loop(
 
 /// Hands the last sweep to an exporter. A sweep the exporter is behind on is dropped at once
 /// (the next one replaces it), but the last one has no successor: stopping exists to deliver it,
-/// so this waits for room, up to `patience` (the shutdown timeout), before giving up on it.
-fn send_last(tx: &mpsc::Sender<Arc<Sweep>>, mut sweep: Arc<Sweep>, patience: Duration) -> bool {
-    let give_up = Instant::now() + patience;
+/// so this waits for room until `give_up` (the last sweep's start plus the shutdown timeout,
+/// shared by every exporter) before giving up on it.
+fn send_last(tx: &mpsc::Sender<Arc<Sweep>>, mut sweep: Arc<Sweep>, give_up: Instant) -> bool {
     loop {
         match tx.try_send(sweep) {
             Ok(()) => return true,
