@@ -6,48 +6,12 @@ mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use podometer::exporters::otlp::{OtlpExporter, OtlpExporterConfig};
 use podometer::exporters::Exporter;
-use podometer::model::{Point, ResourceId, Sweep, Value};
-use podometer::semconv::{self, CONTAINER};
 
 const CONTAINERS: u64 = 1000;
-
-fn big_sweep() -> Sweep {
-    let t = SystemTime::now();
-    let mut sweep = Sweep::new(t);
-    for c in 0..CONTAINERS {
-        let id = format!("{:064x}", c * 7919 + 1);
-        let r = sweep.resource_mut(ResourceId::Container(id.clone()), || {
-            vec![
-                (semconv::CONTAINER_ID, id.clone().into()),
-                (semconv::CONTAINER_NAME, format!("app-{c}").into()),
-                (semconv::K8S_POD_NAME, format!("web-{}", c / 3).into()),
-            ]
-        });
-        for mode in ["user", "system"] {
-            let mut p =
-                Point::new(&CONTAINER.cpu_time, Value::Double(c as f64)).with(semconv::CPU_MODE, mode);
-            p.start_time = Some(t - Duration::from_secs(60));
-            r.points.push(p);
-        }
-        for m in [&CONTAINER.memory_usage, &CONTAINER.memory_working_set, &CONTAINER.memory_rss] {
-            r.points.push(Point::new(m, Value::Int(c as i64 * 4096)));
-        }
-        for dev in ["8:0", "253:0"] {
-            for dir in ["read", "write"] {
-                let mut p = Point::new(&CONTAINER.disk_io, Value::Int(c as i64))
-                    .with(semconv::DISK_IO_DIRECTION, dir)
-                    .with(semconv::SYSTEM_DEVICE, dev);
-                p.start_time = Some(t - Duration::from_secs(60));
-                r.points.push(p);
-            }
-        }
-    }
-    sweep
-}
 
 #[test]
 fn export_encodes_off_the_async_workers() {
@@ -58,7 +22,7 @@ fn export_encodes_off_the_async_workers() {
         serde_saphyr::from_str(&format!("endpoint: http://127.0.0.1:{}\ncompression: gzip", closed.port()))
             .unwrap();
     let resolved = config.resolve(|_| None).unwrap();
-    let sweep = Arc::new(big_sweep());
+    let sweep = Arc::new(support::sweeps::synthetic(CONTAINERS, &["8:0", "253:0"], None));
     runtime.block_on(async {
         let exporter = OtlpExporter::from_resolved("workers", resolved).unwrap();
         // The agent's health endpoint on the only worker; a client thread probes /healthz over

@@ -2,53 +2,18 @@
 //! serves them all, the process' peak memory grows by a few texts, not fifty, and every scrape
 //! gets the whole text or a 503 from the concurrency limit. Alone in its test binary, so that
 //! the process' peak resident memory is this test's.
+mod support;
+
 use std::io::{Read, Write};
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use podometer::exporters::prometheus::text::Format;
 use podometer::exporters::prometheus::{render, PrometheusExporter, PrometheusExporterConfig};
 use podometer::exporters::Exporter;
-use podometer::model::{Point, ResourceId, Sweep, Value};
-use podometer::semconv::{self, CONTAINER};
 
 const CONTAINERS: u64 = 4000;
 const SCRAPES: usize = 50;
-
-fn big_sweep() -> Sweep {
-    let t = SystemTime::now();
-    let mut sweep = Sweep::new(t);
-    for c in 0..CONTAINERS {
-        let id = format!("{:064x}", c * 7919 + 1);
-        let r = sweep.resource_mut(ResourceId::Container(id.clone()), || {
-            vec![
-                (semconv::CONTAINER_ID, id.clone().into()),
-                (semconv::CONTAINER_NAME, format!("app-{c}").into()),
-                (semconv::K8S_POD_NAME, format!("web-{}", c / 3).into()),
-                (semconv::K8S_NAMESPACE_NAME, "shop".into()),
-            ]
-        });
-        for mode in ["user", "system"] {
-            let mut p =
-                Point::new(&CONTAINER.cpu_time, Value::Double(c as f64)).with(semconv::CPU_MODE, mode);
-            p.start_time = Some(t - Duration::from_secs(60));
-            r.points.push(p);
-        }
-        for m in [&CONTAINER.memory_usage, &CONTAINER.memory_working_set, &CONTAINER.memory_rss] {
-            r.points.push(Point::new(m, Value::Int(c as i64 * 4096)));
-        }
-        for dev in ["8:0", "253:0", "253:1"] {
-            for dir in ["read", "write"] {
-                let mut p = Point::new(&CONTAINER.disk_io, Value::Int(c as i64))
-                    .with(semconv::DISK_IO_DIRECTION, dir)
-                    .with(semconv::SYSTEM_DEVICE, dev);
-                p.start_time = Some(t - Duration::from_secs(60));
-                r.points.push(p);
-            }
-        }
-    }
-    sweep
-}
 
 /// VmHWM (peak resident) and VmRSS of this process, in bytes.
 fn memory() -> (u64, u64) {
@@ -90,7 +55,7 @@ fn scrape(port: u16) -> (u16, usize, u64) {
 
 #[test]
 fn fifty_concurrent_scrapes_share_one_render_with_bounded_memory() {
-    let sweep = Arc::new(big_sweep());
+    let sweep = Arc::new(support::sweeps::synthetic(CONTAINERS, &["8:0", "253:0", "253:1"], Some("shop")));
     let config = PrometheusExporterConfig { endpoint: "127.0.0.1:0".into(), ..Default::default() };
     let text = render(&config, std::slice::from_ref(&sweep), Format::Text);
     let size = text.len();

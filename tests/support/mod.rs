@@ -12,6 +12,7 @@ pub mod netns;
 pub mod podman;
 pub mod prometheus;
 pub mod receivers;
+pub mod sweeps;
 pub mod tls;
 pub mod v2vm;
 

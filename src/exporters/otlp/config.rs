@@ -855,6 +855,7 @@ mod tests {
         assert_eq!(bad_value[0].0, "headers.x-key");
         assert_eq!(redact_url("http://u:p@h:1/a@b"), "http://u:***@h:1/a@b");
         assert_eq!(redact_url("h:4317"), "h:4317");
+        assert_eq!(redact_url("http://h:4318/v1/metrics?a=b@c"), "http://h:4318/v1/metrics?a=b@c");
         assert!(
             check_header("x-trace-bin", "AAAA").is_err(),
             "binary metadata is refused for both protocols"
