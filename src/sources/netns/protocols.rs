@@ -322,8 +322,33 @@ impl ProtocolFile {
     }
 }
 
+/// Every protocol metric, the index of its entry in [`ProtocolSelection`]'s choice, so that a
+/// sweep looks one up by index rather than by name; each has one entry in [`METRICS`] (which a
+/// test checks).
+#[derive(Debug, Clone, Copy)]
+enum Pm {
+    TcpSegmentCount,
+    TcpRetransmitted,
+    TcpErrors,
+    TcpResets,
+    TcpActiveOpens,
+    TcpPassiveOpens,
+    TcpFailedOpens,
+    TcpListenOverflows,
+    TcpListenDrops,
+    TcpSynRetransmitted,
+    TcpTimeouts,
+    UdpDatagrams,
+    UdpNoPort,
+    UdpErrors,
+    UdpBufferErrors,
+    Connections,
+    Sockets,
+}
+
 /// One reported metric: its name under `<prefix>.network.` and the files it needs.
 struct Metric {
+    id: Pm,
     name: &'static str,
     files: &'static [ProtocolFile],
 }
@@ -332,23 +357,23 @@ use ProtocolFile::{Netstat, Snmp, Snmp6, Sockstat, Sockstat6};
 
 /// Every protocol metric; the names `protocol_metrics.include`/`exclude` match.
 static METRICS: &[Metric] = &[
-    Metric { name: "tcp.segment.count", files: &[Snmp] },
-    Metric { name: "tcp.segment.retransmitted", files: &[Snmp] },
-    Metric { name: "tcp.segment.errors", files: &[Snmp] },
-    Metric { name: "tcp.reset.count", files: &[Snmp] },
-    Metric { name: "tcp.open.active", files: &[Snmp] },
-    Metric { name: "tcp.open.passive", files: &[Snmp] },
-    Metric { name: "tcp.open.failed", files: &[Snmp] },
-    Metric { name: "tcp.listen.overflows", files: &[Netstat] },
-    Metric { name: "tcp.listen.drops", files: &[Netstat] },
-    Metric { name: "tcp.syn.retransmitted", files: &[Netstat] },
-    Metric { name: "tcp.timeouts", files: &[Netstat] },
-    Metric { name: "udp.datagram.count", files: &[Snmp, Snmp6] },
-    Metric { name: "udp.no_port", files: &[Snmp, Snmp6] },
-    Metric { name: "udp.errors", files: &[Snmp, Snmp6] },
-    Metric { name: "udp.buffer_errors", files: &[Snmp, Snmp6] },
-    Metric { name: "connection.count", files: &[Snmp, Sockstat] },
-    Metric { name: "socket.count", files: &[Sockstat, Sockstat6] },
+    Metric { id: Pm::TcpSegmentCount, name: "tcp.segment.count", files: &[Snmp] },
+    Metric { id: Pm::TcpRetransmitted, name: "tcp.segment.retransmitted", files: &[Snmp] },
+    Metric { id: Pm::TcpErrors, name: "tcp.segment.errors", files: &[Snmp] },
+    Metric { id: Pm::TcpResets, name: "tcp.reset.count", files: &[Snmp] },
+    Metric { id: Pm::TcpActiveOpens, name: "tcp.open.active", files: &[Snmp] },
+    Metric { id: Pm::TcpPassiveOpens, name: "tcp.open.passive", files: &[Snmp] },
+    Metric { id: Pm::TcpFailedOpens, name: "tcp.open.failed", files: &[Snmp] },
+    Metric { id: Pm::TcpListenOverflows, name: "tcp.listen.overflows", files: &[Netstat] },
+    Metric { id: Pm::TcpListenDrops, name: "tcp.listen.drops", files: &[Netstat] },
+    Metric { id: Pm::TcpSynRetransmitted, name: "tcp.syn.retransmitted", files: &[Netstat] },
+    Metric { id: Pm::TcpTimeouts, name: "tcp.timeouts", files: &[Netstat] },
+    Metric { id: Pm::UdpDatagrams, name: "udp.datagram.count", files: &[Snmp, Snmp6] },
+    Metric { id: Pm::UdpNoPort, name: "udp.no_port", files: &[Snmp, Snmp6] },
+    Metric { id: Pm::UdpErrors, name: "udp.errors", files: &[Snmp, Snmp6] },
+    Metric { id: Pm::UdpBufferErrors, name: "udp.buffer_errors", files: &[Snmp, Snmp6] },
+    Metric { id: Pm::Connections, name: "connection.count", files: &[Snmp, Sockstat] },
+    Metric { id: Pm::Sockets, name: "socket.count", files: &[Sockstat, Sockstat6] },
 ];
 
 /// The default set: what says a pod's network is unhealthy, from three files per namespace.
@@ -413,16 +438,14 @@ pub struct ProtocolSelection {
 
 impl ProtocolSelection {
     pub fn new(config: &ProtocolMetricsConfig) -> ProtocolSelection {
-        let wanted: Vec<bool> = METRICS
-            .iter()
-            .map(|m| {
-                config.include.iter().any(|g| g.matches(m.name))
-                    && !config.exclude.iter().any(|g| g.matches(m.name))
-            })
-            .collect();
+        let mut wanted = vec![false; METRICS.len()];
+        for m in METRICS {
+            wanted[m.id as usize] = config.include.iter().any(|g| g.matches(m.name))
+                && !config.exclude.iter().any(|g| g.matches(m.name));
+        }
         let files = ProtocolFile::ALL
             .into_iter()
-            .filter(|f| METRICS.iter().zip(&wanted).any(|(m, w)| *w && m.files.contains(f)))
+            .filter(|f| METRICS.iter().any(|m| wanted[m.id as usize] && m.files.contains(f)))
             .collect();
         ProtocolSelection { wanted, files }
     }
@@ -447,9 +470,9 @@ impl ProtocolSelection {
             }
             ProtocolFile::Netstat => {
                 let wanted = TcpExtWanted {
-                    listen: self.wants("tcp.listen.overflows") || self.wants("tcp.listen.drops"),
-                    syn_retrans: self.wants("tcp.syn.retransmitted"),
-                    timeouts: self.wants("tcp.timeouts"),
+                    listen: self.wants(Pm::TcpListenOverflows) || self.wants(Pm::TcpListenDrops),
+                    syn_retrans: self.wants(Pm::TcpSynRetransmitted),
+                    timeouts: self.wants(Pm::TcpTimeouts),
                 };
                 into.tcp_ext = Some(parse_netstat(text, wanted)?);
             }
@@ -460,67 +483,63 @@ impl ProtocolSelection {
         Ok(())
     }
 
-    fn wants(&self, name: &str) -> bool {
-        METRICS.iter().zip(&self.wanted).any(|(m, w)| *w && m.name == name)
+    fn wants(&self, m: Pm) -> bool {
+        self.wanted[m as usize]
     }
 
     /// The wanted metrics of `family` that `counters` has values for, as points. Counters the
-    /// kernel did not print get no point (never a zero in their place).
+    /// kernel did not print get no point (never a zero in their place). Runs per namespace and
+    /// sweep: a metric is looked up by index and a point's attributes are built only when it
+    /// is wanted.
     pub fn points(&self, family: &'static ProtocolFamily, c: &ProtocolCounters, out: &mut Vec<Point>) {
+        type Attrs = Vec<(&'static str, AttrValue)>;
         let dir = |d: &'static str| (semconv::NETWORK_IO_DIRECTION, AttrValue::constant(d));
         let (rx, tx) = (semconv::DIRECTION_RECEIVE, semconv::DIRECTION_TRANSMIT);
-        let mut push = |name: &str,
+        let mut push = |m: Pm,
                         desc: &'static crate::model::MetricDesc,
                         value: Option<u64>,
-                        attrs: Vec<(&'static str, AttrValue)>| {
-            if let Some(v) = value {
-                if self.wants(name) {
-                    let mut p = Point::new(desc, Value::from_u64(v));
-                    p.attributes = attrs;
-                    out.push(p);
-                }
+                        attrs: &dyn Fn() -> Attrs| {
+            if let (Some(v), true) = (value, self.wants(m)) {
+                let mut p = Point::new(desc, Value::from_u64(v));
+                p.attributes = attrs();
+                out.push(p);
             }
         };
+        let none = || Attrs::new();
         if let Some(t) = &c.tcp {
-            push("tcp.segment.count", &family.tcp_segments, t.in_segs, vec![dir(rx)]);
-            push("tcp.segment.count", &family.tcp_segments, t.out_segs, vec![dir(tx)]);
-            push("tcp.segment.retransmitted", &family.tcp_retransmitted, t.retrans_segs, Vec::new());
-            push("tcp.segment.errors", &family.tcp_errors, t.in_errs, Vec::new());
-            push("tcp.reset.count", &family.tcp_resets, t.estab_resets, vec![dir(rx)]);
-            push("tcp.reset.count", &family.tcp_resets, t.out_rsts, vec![dir(tx)]);
-            push("tcp.open.active", &family.tcp_active_opens, t.active_opens, Vec::new());
-            push("tcp.open.passive", &family.tcp_passive_opens, t.passive_opens, Vec::new());
-            push("tcp.open.failed", &family.tcp_failed_opens, t.attempt_fails, Vec::new());
-            push(
-                "connection.count",
-                &family.connections,
-                t.curr_estab,
-                connection(semconv::CONNECTION_ESTABLISHED),
-            );
+            push(Pm::TcpSegmentCount, &family.tcp_segments, t.in_segs, &|| vec![dir(rx)]);
+            push(Pm::TcpSegmentCount, &family.tcp_segments, t.out_segs, &|| vec![dir(tx)]);
+            push(Pm::TcpRetransmitted, &family.tcp_retransmitted, t.retrans_segs, &none);
+            push(Pm::TcpErrors, &family.tcp_errors, t.in_errs, &none);
+            push(Pm::TcpResets, &family.tcp_resets, t.estab_resets, &|| vec![dir(rx)]);
+            push(Pm::TcpResets, &family.tcp_resets, t.out_rsts, &|| vec![dir(tx)]);
+            push(Pm::TcpActiveOpens, &family.tcp_active_opens, t.active_opens, &none);
+            push(Pm::TcpPassiveOpens, &family.tcp_passive_opens, t.passive_opens, &none);
+            push(Pm::TcpFailedOpens, &family.tcp_failed_opens, t.attempt_fails, &none);
+            push(Pm::Connections, &family.connections, t.curr_estab, &|| {
+                connection(semconv::CONNECTION_ESTABLISHED)
+            });
         }
         if let Some(e) = &c.tcp_ext {
-            push("tcp.listen.overflows", &family.tcp_listen_overflows, e.listen_overflows, Vec::new());
-            push("tcp.listen.drops", &family.tcp_listen_drops, e.listen_drops, Vec::new());
-            push("tcp.syn.retransmitted", &family.tcp_syn_retransmitted, e.syn_retrans, Vec::new());
-            push("tcp.timeouts", &family.tcp_timeouts, e.timeouts, Vec::new());
+            push(Pm::TcpListenOverflows, &family.tcp_listen_overflows, e.listen_overflows, &none);
+            push(Pm::TcpListenDrops, &family.tcp_listen_drops, e.listen_drops, &none);
+            push(Pm::TcpSynRetransmitted, &family.tcp_syn_retransmitted, e.syn_retrans, &none);
+            push(Pm::TcpTimeouts, &family.tcp_timeouts, e.timeouts, &none);
         }
         for (udp, version) in [(&c.udp4, semconv::NETWORK_TYPE_IPV4), (&c.udp6, semconv::NETWORK_TYPE_IPV6)] {
             let Some(u) = udp else { continue };
             let ty = || (semconv::NETWORK_TYPE, AttrValue::constant(version));
-            push("udp.datagram.count", &family.udp_datagrams, u.in_datagrams, vec![dir(rx), ty()]);
-            push("udp.datagram.count", &family.udp_datagrams, u.out_datagrams, vec![dir(tx), ty()]);
-            push("udp.no_port", &family.udp_no_port, u.no_ports, vec![ty()]);
-            push("udp.errors", &family.udp_errors, u.in_errors, vec![ty()]);
-            push("udp.buffer_errors", &family.udp_buffer_errors, u.rcvbuf_errors, vec![dir(rx), ty()]);
-            push("udp.buffer_errors", &family.udp_buffer_errors, u.sndbuf_errors, vec![dir(tx), ty()]);
+            push(Pm::UdpDatagrams, &family.udp_datagrams, u.in_datagrams, &|| vec![dir(rx), ty()]);
+            push(Pm::UdpDatagrams, &family.udp_datagrams, u.out_datagrams, &|| vec![dir(tx), ty()]);
+            push(Pm::UdpNoPort, &family.udp_no_port, u.no_ports, &|| vec![ty()]);
+            push(Pm::UdpErrors, &family.udp_errors, u.in_errors, &|| vec![ty()]);
+            push(Pm::UdpBufferErrors, &family.udp_buffer_errors, u.rcvbuf_errors, &|| vec![dir(rx), ty()]);
+            push(Pm::UdpBufferErrors, &family.udp_buffer_errors, u.sndbuf_errors, &|| vec![dir(tx), ty()]);
         }
         if let Some(s) = &c.sockets4 {
-            push(
-                "connection.count",
-                &family.connections,
-                s.tcp_time_wait,
-                connection(semconv::CONNECTION_TIME_WAIT),
-            );
+            push(Pm::Connections, &family.connections, s.tcp_time_wait, &|| {
+                connection(semconv::CONNECTION_TIME_WAIT)
+            });
         }
         for (sockets, version) in
             [(&c.sockets4, semconv::NETWORK_TYPE_IPV4), (&c.sockets6, semconv::NETWORK_TYPE_IPV6)]
@@ -529,11 +548,12 @@ impl ProtocolSelection {
             for (transport, value) in
                 [(semconv::TRANSPORT_TCP, s.tcp_in_use), (semconv::TRANSPORT_UDP, s.udp_in_use)]
             {
-                let attrs = vec![
-                    (semconv::NETWORK_TRANSPORT, AttrValue::constant(transport)),
-                    (semconv::NETWORK_TYPE, AttrValue::constant(version)),
-                ];
-                push("socket.count", &family.sockets, value, attrs);
+                push(Pm::Sockets, &family.sockets, value, &|| {
+                    vec![
+                        (semconv::NETWORK_TRANSPORT, AttrValue::constant(transport)),
+                        (semconv::NETWORK_TYPE, AttrValue::constant(version)),
+                    ]
+                });
             }
         }
     }
@@ -701,6 +721,13 @@ mod tests {
                 "k8s.pod.network.udp.buffer_errors network.io.direction=receive,network.type=ipv6 1",
             ]
         );
+    }
+
+    #[test]
+    fn every_metric_index_has_one_entry() {
+        let mut ids: Vec<usize> = METRICS.iter().map(|m| m.id as usize).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (0..METRICS.len()).collect::<Vec<_>>());
     }
 
     #[test]
