@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use criterion::{criterion_group, Criterion, Throughput};
-use podometer::batcher::Batcher;
+use podometer::exporters::otlp::batcher::Batcher;
 use podometer::exporters::otlp::queue::{DiskQueue, Queue};
 use podometer::exporters::otlp::{OtlpExporter, OtlpExporterConfig};
 use podometer::exporters::Exporter;
@@ -51,7 +51,7 @@ fn benches(c: &mut Criterion) {
     group.throughput(Throughput::Elements(points));
 
     group.bench_function("encode_whole_sweep_reference", |b| {
-        b.iter(|| podometer::encode::encode_sweep(&sweep).encode_to_vec().len())
+        b.iter(|| podometer::exporters::otlp::encode::encode_sweep(&sweep).encode_to_vec().len())
     });
 
     group.bench_function("split_and_encode_9000_points", |b| {
@@ -92,7 +92,7 @@ fn main() {
     }
     let sweep = node_sweep();
     let requests = Batcher::default().split(&sweep);
-    let points: usize = requests.iter().map(podometer::batcher::request_point_count).sum();
+    let points: usize = requests.iter().map(podometer::exporters::otlp::batcher::request_point_count).sum();
     assert_eq!(points, sweep.point_count(), "the split keeps every point");
     let dir = tempfile::tempdir().expect("tempdir");
     let (q, _) = DiskQueue::open(dir.path(), 64 << 20).expect("open queue");

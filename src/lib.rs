@@ -4,9 +4,7 @@
 //! Data path: [`sources`] fill a [`model::Sweep`], [`model::StartTimes`] stamps counters,
 //! [`processors`] change it, [`exporters`] push it; [`pipeline`] wires them from [`config`].
 
-pub mod batcher;
 pub mod config;
-pub mod encode;
 pub mod exporters;
 pub mod fdlimit;
 #[doc(hidden)]

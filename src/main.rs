@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tracing::info;
 
 use podometer::config::{self, Config};
-use podometer::{encode, pipeline, table};
+use podometer::exporters::otlp::encode;
+use podometer::{pipeline, table};
 
 #[derive(Parser)]
 #[command(name = "podometer", version, about = "Per-container and per-pod metrics, pushed as OTLP")]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point, NumberDataPoint};
-use podometer::encode::encode_sweep;
+use podometer::exporters::otlp::encode::encode_sweep;
 use podometer::exporters::otlp::{OtlpExporter, OtlpExporterConfig};
 use podometer::exporters::Exporter;
 use podometer::model::{Point, ResourceId, Sweep, Value};

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use tokio::sync::oneshot;
 
 use super::{BoxError, BoxFuture, Exporter};
-use crate::encode;
+use crate::exporters::otlp::encode;
 use crate::model::Sweep;
 
 /// Writes OTLP/JSON lines.

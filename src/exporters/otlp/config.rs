@@ -234,7 +234,7 @@ fn default_compression_level() -> u32 {
 }
 
 fn default_max_batch_points() -> usize {
-    crate::batcher::DEFAULT_MAX_POINTS
+    crate::exporters::otlp::batcher::DEFAULT_MAX_POINTS
 }
 fn default_queue_max_bytes() -> u64 {
     64 * 1024 * 1024
@@ -394,10 +394,10 @@ impl OtlpExporterConfig {
         if self.max_batch_points == 0 {
             problems.push(("max_batch_points".to_owned(), "must be at least 1".to_owned()));
         }
-        if self.queue.max_bytes < crate::batcher::DEFAULT_MAX_BYTES as u64 {
+        if self.queue.max_bytes < crate::exporters::otlp::batcher::DEFAULT_MAX_BYTES as u64 {
             problems.push((
                 "queue.max_bytes".to_owned(),
-                format!("must hold at least one full batch ({} bytes)", crate::batcher::DEFAULT_MAX_BYTES),
+                format!("must hold at least one full batch ({} bytes)", crate::exporters::otlp::batcher::DEFAULT_MAX_BYTES),
             ));
         }
         if let Some(dir) = &self.queue.directory {

@@ -1,13 +1,15 @@
 //! `otlp`: OTLP over gRPC or HTTP/protobuf with batching, retry and a bounded queue.
 //!
-//! `export()` encodes, splits and (by default) gzips the sweep ([`crate::batcher`]) on tokio's
+//! `export()` encodes, splits and (by default) gzips the sweep ([`crate::exporters::otlp::batcher`]) on tokio's
 //! blocking pool, off the two async workers that also serve `/healthz` and the other
 //! exporters, appends the batches to the queue and returns; it never waits on the network. One background task
 //! per exporter sends the queue's head, one batch at a time and in order: while the head is
 //! being retried the rest wait behind it, so a receiver sees sweeps in the order they were
 //! taken.
 
+pub mod batcher;
 pub mod config;
+pub mod encode;
 pub mod payload;
 pub mod queue;
 pub mod retry;
@@ -29,7 +31,7 @@ use retry::{Backoff, Decision};
 use transport::{Outcome, Transport};
 
 use super::{BoxError, BoxFuture, Exporter};
-use crate::batcher::{BatchError, Batcher, DEFAULT_MAX_BYTES};
+use crate::exporters::otlp::batcher::{BatchError, Batcher, DEFAULT_MAX_BYTES};
 use crate::model::Sweep;
 use crate::telemetry::Telemetry;
 

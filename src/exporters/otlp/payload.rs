@@ -1,5 +1,5 @@
 //! The form of a queued batch: one `ExportMetricsServiceRequest`, protobuf-encoded, and
-//! gzipped when the exporter compresses ([`crate::batcher`] does it as it writes the request).
+//! gzipped when the exporter compresses ([`crate::exporters::otlp::batcher`] does it as it writes the request).
 //!
 //! The queue stores a batch in the form it was queued in. A disk queue can outlive a
 //! configuration: batches queued with gzip on may be sent after a restart with it off, and the
@@ -84,7 +84,7 @@ mod tests {
                 );
             }
         }
-        Bytes::from(crate::encode::encode_sweep(&sweep).encode_to_vec())
+        Bytes::from(crate::exporters::otlp::encode::encode_sweep(&sweep).encode_to_vec())
     }
 
     #[test]

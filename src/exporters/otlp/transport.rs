@@ -107,7 +107,7 @@ impl Decoder for EncodedRequestCodec {
 }
 
 /// The channel, marking a request whose one gRPC message is gzip as compressed. The queue
-/// holds requests already gzipped at the configured level (see [`crate::batcher`]): tonic
+/// holds requests already gzipped at the configured level (see [`crate::exporters::otlp::batcher`]): tonic
 /// compresses only at level 6 (not configurable in 0.14), which cost 33 µs per container and
 /// sweep against 9.4 µs at level 1, and would copy and compress the message again here. So the
 /// client is built without tonic's compression, the codec writes the gzip bytes as the message,

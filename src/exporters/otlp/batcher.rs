@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::metrics::v1::{metric, ResourceMetrics};
 use prost::Message;
 
-use crate::encode::encode_resource;
+use crate::exporters::otlp::encode::encode_resource;
 use crate::model::{Resource, Sweep};
 
 pub const DEFAULT_MAX_POINTS: usize = 8192;
@@ -309,13 +309,13 @@ impl Batcher {
     }
 
     /// [`Batcher::split`] straight to encoded requests, written from the model by
-    /// [`crate::encode::wire`] without building prost messages; the same requests, byte for
+    /// [`crate::exporters::otlp::encode::wire`] without building prost messages; the same requests, byte for
     /// byte what `split` + `encode_to_vec` would decode to (after gunzip when the batcher
     /// gzips). Only a resource too large for one request takes `split`'s halving path. The
     /// limits apply to the uncompressed request, which is what a receiver's limit bounds.
     pub fn split_encoded(&mut self, sweep: &Sweep) -> Result<Vec<bytes::Bytes>, BatchError> {
-        let time = crate::encode::unix_nanos(sweep.time);
-        let mut writer = crate::encode::wire::Writer::default();
+        let time = crate::exporters::otlp::encode::unix_nanos(sweep.time);
+        let mut writer = crate::exporters::otlp::encode::wire::Writer::default();
         let mut requests = Vec::new();
         let limits = self.limits;
         let mut current = RequestBuf::new(self.gzip.as_mut());
@@ -409,7 +409,7 @@ mod tests {
         assert_eq!(requests.len(), 1);
         assert_eq!(requests[0].resource_metrics.len(), 2);
         assert_eq!(request_point_count(&requests[0]), 5);
-        assert_eq!(requests[0], crate::encode::encode_sweep(&s), "same as encoding the sweep whole");
+        assert_eq!(requests[0], crate::exporters::otlp::encode::encode_sweep(&s), "same as encoding the sweep whole");
     }
 
     #[test]
@@ -420,7 +420,7 @@ mod tests {
             assert!(request_point_count(r) <= 4, "{} points", request_point_count(r));
         }
         // Nothing lost, nothing duplicated, order kept.
-        assert_eq!(flatten(&requests), flatten(&[crate::encode::encode_sweep(&s)]));
+        assert_eq!(flatten(&requests), flatten(&[crate::exporters::otlp::encode::encode_sweep(&s)]));
         // The oversized resource appears in several requests, its attributes repeated.
         let c_parts: usize = requests
             .iter()
@@ -434,21 +434,21 @@ mod tests {
     #[test]
     fn byte_limit_holds_for_every_request() {
         let s = sweep(&[("a", 50), ("b", 200), ("c", 7)]);
-        let whole = crate::encode::encode_sweep(&s).encoded_len();
+        let whole = crate::exporters::otlp::encode::encode_sweep(&s).encoded_len();
         let limit = whole / 5;
         let requests = Batcher::new(DEFAULT_MAX_POINTS, limit).split(&s);
         assert!(requests.len() >= 5, "{} requests for {whole} bytes at {limit}", requests.len());
         for r in &requests {
             assert!(r.encoded_len() <= limit, "{} > {limit}", r.encoded_len());
         }
-        assert_eq!(flatten(&requests), flatten(&[crate::encode::encode_sweep(&s)]));
+        assert_eq!(flatten(&requests), flatten(&[crate::exporters::otlp::encode::encode_sweep(&s)]));
         for r in &requests {
             for rm in &r.resource_metrics {
                 for dp in rm.scope_metrics[0].metrics.iter().flat_map(|m| match &m.data {
                     Some(metric::Data::Sum(s)) => s.data_points.iter(),
                     _ => panic!("sum expected"),
                 }) {
-                    assert_eq!(dp.time_unix_nano, crate::encode::unix_nanos(s.time));
+                    assert_eq!(dp.time_unix_nano, crate::exporters::otlp::encode::unix_nanos(s.time));
                 }
             }
         }
