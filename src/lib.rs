@@ -17,6 +17,5 @@ pub mod processors;
 pub mod self_telemetry;
 pub mod semconv;
 pub mod sources;
-pub mod table;
+pub mod views;
 pub mod telemetry;
-pub mod top;

@@ -10,7 +10,8 @@ use tracing::info;
 
 use podometer::config::{self, Config};
 use podometer::exporters::otlp::encode;
-use podometer::{pipeline, table};
+use podometer::pipeline;
+use podometer::views::table;
 
 #[derive(Parser)]
 #[command(name = "podometer", version, about = "Per-container and per-pod metrics, pushed as OTLP")]
@@ -198,7 +199,7 @@ fn top(config: &Config, interval: Duration) -> anyhow::Result<()> {
     for p in &pipelines {
         p.wait_for_processors();
     }
-    podometer::top::run(&mut pipelines, interval).context("running the terminal view")
+    podometer::views::top::run(&mut pipelines, interval).context("running the terminal view")
 }
 
 fn run(config: Config) -> anyhow::Result<()> {

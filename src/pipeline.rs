@@ -335,7 +335,7 @@ fn log_startup(pipelines: &[Pipeline], sweeps: &[Arc<Sweep>], exporters: &[Strin
                 }
             }
         }
-        if let Some(pod) = crate::table::pod_key(r) {
+        if let Some(pod) = crate::views::table::pod_key(r) {
             if !pods.contains(&pod) {
                 pods.push(pod);
             }

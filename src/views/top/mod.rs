@@ -20,7 +20,7 @@ use ratatui::{Frame, Terminal};
 
 use crate::model::{ResourceId, Sweep};
 use crate::pipeline::{self, Pipeline};
-use crate::table::{self, container_name, pod_key, pod_name, scaled_bytes, short, Stats};
+use crate::views::table::{self, container_name, pod_key, pod_name, scaled_bytes, short, Stats};
 
 /// What rows are ordered by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
