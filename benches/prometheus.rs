@@ -141,10 +141,10 @@ fn benches(c: &mut Criterion) {
     // The sweep's share of self-telemetry: counting the sweep and one histogram record.
     let rt2 = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let _provider = rt2.block_on(async {
-        podometer::self_telemetry::start(
-            &podometer::self_telemetry::Target::plain("http://127.0.0.1:9"),
+        podometer::self_telemetry_otlp::start(
+            &podometer::self_telemetry_otlp::Target::plain("http://127.0.0.1:9"),
             Duration::from_secs(3600),
-            podometer::self_telemetry::resource(None, None),
+            podometer::self_telemetry_otlp::resource(None, None),
         )
         .unwrap()
     });
@@ -152,8 +152,8 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             let mut counts = podometer::pipeline::SweepCounts::default();
             counts.add(&sweeps[0]);
-            counts.store(podometer::telemetry::Telemetry::global());
-            podometer::self_telemetry::record_sweep(Duration::from_millis(30));
+            counts.store(podometer::agent_counters::Telemetry::global());
+            podometer::self_telemetry_otlp::record_sweep(Duration::from_millis(30));
         })
     });
     group.finish();

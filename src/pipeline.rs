@@ -29,7 +29,7 @@ use crate::sources::cgroups::CgroupSource;
 use crate::sources::netns::NetnsSource;
 use crate::sources::processes::{PodNetworkSource, ProcessesSource};
 use crate::sources::Source;
-use crate::telemetry::Telemetry;
+use crate::agent_counters::Telemetry;
 use crate::warn_limited;
 
 #[derive(Debug, thiserror::Error)]
@@ -264,9 +264,9 @@ impl SweepCounts {
 
 /// Where self-telemetry goes: the configured endpoint and TLS, else the first gRPC `otlp`
 /// exporter's endpoint and TLS settings.
-pub fn self_telemetry_target(config: &Config) -> Option<crate::self_telemetry::Target> {
+pub fn self_telemetry_target(config: &Config) -> Option<crate::self_telemetry_otlp::Target> {
     use crate::exporters::otlp::config::Security;
-    use crate::self_telemetry::Target;
+    use crate::self_telemetry_otlp::Target;
     let st = &config.self_telemetry;
     if !st.enabled {
         return None;
@@ -377,8 +377,8 @@ pub async fn run(
     let self_telemetry = match self_telemetry_target(config) {
         Some(target) => {
             let host = config.host_name.clone().or_else(kernel_hostname);
-            let resource = crate::self_telemetry::resource(host, config.node_name.clone());
-            match crate::self_telemetry::start(&target, config.self_telemetry.interval, resource) {
+            let resource = crate::self_telemetry_otlp::resource(host, config.node_name.clone());
+            match crate::self_telemetry_otlp::start(&target, config.self_telemetry.interval, resource) {
                 Ok(provider) => Some(provider),
                 Err(error) => {
                     warn!(%error, "Self-telemetry is off.");
@@ -604,7 +604,7 @@ fn sweep_loop(
         Telemetry::inc(&telemetry.sweeps);
         let elapsed = started.elapsed();
         telemetry.last_sweep_micros.store(elapsed.as_micros() as u64, Ordering::Relaxed);
-        crate::self_telemetry::record_sweep(elapsed);
+        crate::self_telemetry_otlp::record_sweep(elapsed);
         health.sweep_done();
         #[cfg(debug_assertions)]
         {

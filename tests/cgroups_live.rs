@@ -11,7 +11,7 @@ use podometer::model::{PodRef, ResourceId, Runtime, Sweep, SweepContext, Value};
 use podometer::semconv::{CONTAINER, POD};
 use podometer::sources::cgroups::{CgroupMode, CgroupSource, CgroupsConfig, Layouts};
 use podometer::sources::Source;
-use podometer::telemetry::Telemetry;
+use podometer::agent_counters::Telemetry;
 use support::cgroupfs::TestCgroup;
 use support::podman::{podman, podman_available, podman_stats, PodmanPod};
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use podometer::model::{AttrValue, ResourceId, Sweep, Value};
 use podometer::pipeline::{build_pipelines, Pipeline};
 use podometer::semconv::{self, CONTAINER};
-use podometer::telemetry::Telemetry;
+use podometer::agent_counters::Telemetry;
 use support::cgroupfs::{TestCgroup, V1_CONTROLLERS};
 use support::docker::{dockerd_available, Dockerd, PodmanContainer, PodmanService};
 use support::podman::{podman_available, PodmanPod};

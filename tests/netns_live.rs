@@ -479,7 +479,7 @@ fn vanished_and_empty_containers_are_skipped_without_losing_the_others() {
     vanished.procs_file = containers[0].procs_file.with_file_name("gone-meanwhile").join("cgroup.procs");
     containers.insert(0, vanished);
 
-    let telemetry = podometer::telemetry::Telemetry::global();
+    let telemetry = podometer::agent_counters::Telemetry::global();
     let count = || telemetry.containers_vanished.load(std::sync::atomic::Ordering::Relaxed);
     let errors = || telemetry.source_errors.load(std::sync::atomic::Ordering::Relaxed);
     let (vanished_before, errors_before) = (count(), errors());
@@ -524,7 +524,7 @@ fn interfaces_beyond_max_interfaces_are_left_out_and_counted() {
     let uncapped = sweep(&mut NetnsSource::new(&NetnsConfig::default()).expect("source"), &containers);
     assert_eq!(interfaces_of(&uncapped, &id).len(), 7, "eth0 and six veths without a cap");
 
-    let telemetry = podometer::telemetry::Telemetry::global();
+    let telemetry = podometer::agent_counters::Telemetry::global();
     let over = || telemetry.netns_interfaces_over_cap.load(std::sync::atomic::Ordering::Relaxed);
     let before = over();
     let config = NetnsConfig { max_interfaces: 3, ..NetnsConfig::default() };
@@ -579,7 +579,7 @@ fn a_replaced_sandbox_namespace_starts_new_series() {
     assert_eq!(sink.join().expect("sink"), 200_000);
     let old = value(&s2, &id, "k8s.pod.network.io", "eth0", "receive");
 
-    let telemetry = podometer::telemetry::Telemetry::global();
+    let telemetry = podometer::agent_counters::Telemetry::global();
     let replaced = || telemetry.netns_replaced.load(std::sync::atomic::Ordering::Relaxed);
     let replaced_before = replaced();
     let s3 = stamped(&mut source);

@@ -12,7 +12,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use podometer::self_telemetry::{self, Target};
+use podometer::self_telemetry_otlp::{self as self_telemetry, Target};
 use support::tls::{openssl_available, serve_grpc_mutual_tls, TestPki};
 
 #[derive(Default)]

@@ -62,7 +62,7 @@ pub struct Config {
     pub node_name: Option<String>,
     /// The agent's own metrics over OTLP/gRPC (`enabled`, `endpoint`, `interval`).
     #[serde(default)]
-    pub self_telemetry: crate::self_telemetry::SelfTelemetryConfig,
+    pub self_telemetry: crate::self_telemetry_otlp::SelfTelemetryConfig,
     /// Sources by `type[/name]`: `cgroups`, `netns` (node view), `processes`, `pod_network`
     /// (sidecar view).
     #[serde(default)]

@@ -33,7 +33,7 @@ use transport::{Outcome, Transport};
 use super::{BoxError, BoxFuture, Exporter};
 use crate::exporters::otlp::batcher::{BatchError, Batcher, DEFAULT_MAX_BYTES};
 use crate::model::Sweep;
-use crate::telemetry::Telemetry;
+use crate::agent_counters::Telemetry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OtlpError {
@@ -61,7 +61,7 @@ fn describe(problems: &[config::ConfigProblem]) -> String {
 
 /// This exporter's own counts (registered under its name for self-telemetry), next to the
 /// agent-wide ones in [`Telemetry`].
-pub use crate::telemetry::ExporterCounters as ExporterStats;
+pub use crate::agent_counters::ExporterCounters as ExporterStats;
 
 struct Shared {
     name: String,

@@ -40,7 +40,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
-use crate::telemetry::Telemetry;
+use crate::agent_counters::Telemetry;
 
 pub const RECORD_HEADER: usize = 8;
 /// A segment is closed and a new one begun past this size.

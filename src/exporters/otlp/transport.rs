@@ -221,7 +221,7 @@ impl GrpcTransport {
         let mut request = tonic::Request::new(payload.clone());
         *request.metadata_mut() = (*self.metadata).clone();
         if let Err(e) = self.client.ready().await {
-            crate::telemetry::Telemetry::inc(&crate::telemetry::Telemetry::global().export_connection_errors);
+            crate::agent_counters::Telemetry::inc(&crate::agent_counters::Telemetry::global().export_connection_errors);
             return Outcome::Failed {
                 decision: Decision::Retry { after: None },
                 detail: format!("gRPC channel not ready: {}", error_chain(&*e)),
@@ -244,10 +244,10 @@ impl GrpcTransport {
 /// from an undecodable answer are counted.
 fn count_grpc_fault(status: &tonic::Status) {
     use std::error::Error;
-    let telemetry = crate::telemetry::Telemetry::global();
+    let telemetry = crate::agent_counters::Telemetry::global();
     let Some(source) = status.source() else {
         if status.message().starts_with(UNDECODABLE) {
-            crate::telemetry::Telemetry::inc(&telemetry.export_bad_responses);
+            crate::agent_counters::Telemetry::inc(&telemetry.export_bad_responses);
         }
         return;
     };
@@ -276,7 +276,7 @@ fn count_grpc_fault(status: &tonic::Status) {
         }
         cause = e.source();
     }
-    crate::telemetry::Telemetry::inc(counter);
+    crate::agent_counters::Telemetry::inc(counter);
 }
 
 pub struct HttpTransport {
@@ -355,7 +355,7 @@ impl HttpTransport {
 /// answer that is not HTTP (hyper could not parse it), or the connection (refused, reset,
 /// closed before the answer).
 fn count_request_failure(error: &reqwest::Error) {
-    let telemetry = crate::telemetry::Telemetry::global();
+    let telemetry = crate::agent_counters::Telemetry::global();
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     let mut not_http = false;
     while let Some(e) = source {
@@ -371,7 +371,7 @@ fn count_request_failure(error: &reqwest::Error) {
     } else {
         &telemetry.export_connection_errors
     };
-    crate::telemetry::Telemetry::inc(counter);
+    crate::agent_counters::Telemetry::inc(counter);
 }
 
 /// Most bytes of a response body that are read. An OTLP response is a few bytes (a partial

@@ -43,7 +43,7 @@ use crate::config::duration;
 use crate::model::{AttrValue, Attributes, Sweep, SweepContext};
 use crate::processors::Processor;
 use crate::semconv;
-use crate::telemetry::Telemetry;
+use crate::agent_counters::Telemetry;
 use crate::warn_limited;
 
 /// Where the Docker daemon listens when neither the config nor `DOCKER_HOST` says.

@@ -56,7 +56,7 @@ use super::{attach, AttachStats, ContainerMeta, PodMeta, Snapshot};
 use crate::model::{AttrValue, Attributes, ContainerInfo, PodRef, Runtime, Sweep, SweepContext};
 use crate::processors::Processor;
 use crate::semconv;
-use crate::telemetry::Telemetry;
+use crate::agent_counters::Telemetry;
 use crate::warn_limited;
 
 /// Where the runtimes keep their files. Every default is where a standard node has them, so

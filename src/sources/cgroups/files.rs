@@ -16,7 +16,7 @@ use crate::fdlimit;
 use crate::model::{AttrValue, MetricDesc, Point, Value};
 use crate::semconv::{self, CgroupFamily};
 use crate::sources::is_vanished;
-use crate::telemetry::Telemetry;
+use crate::agent_counters::Telemetry;
 use crate::warn_limited;
 
 use super::hierarchy::Hierarchies;

@@ -35,7 +35,7 @@ use crate::fdlimit;
 use crate::model::{AttrValue, Attributes, ContainerInfo, Resource, ResourceId, Sweep, SweepContext};
 use crate::semconv::{self, CgroupFamily};
 use crate::sources::{container_attributes, pod_attributes, BoxError, Source};
-use crate::telemetry::Telemetry;
+use crate::agent_counters::Telemetry;
 use crate::warn_limited;
 pub use classify::{Classified, Classifier, Layouts};
 use files::{Opener, Out, Reader, Vanished};

@@ -73,7 +73,7 @@ use crate::model::{
 };
 use crate::semconv::{self, NetworkFamily};
 use crate::sources::{container_attributes, is_vanished, pod_attributes, BoxError, Source};
-use crate::telemetry::Telemetry;
+use crate::agent_counters::Telemetry;
 use crate::warn_limited;
 
 use peer::{LinkEvents, Rtnl};

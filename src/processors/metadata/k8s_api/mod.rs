@@ -25,7 +25,7 @@ use super::{attach, BackgroundTask, Readiness, SharedSnapshot};
 use crate::config::duration;
 use crate::model::{Sweep, SweepContext};
 use crate::processors::Processor;
-use crate::telemetry::Telemetry;
+use crate::agent_counters::Telemetry;
 use cache::PodCache;
 use pods::Allowlist;
 

@@ -26,7 +26,7 @@ use tracing::{debug, error, warn};
 use super::cache::PodCache;
 use super::pods::{compact, Allowlist};
 use crate::processors::metadata::{Readiness, SharedSnapshot};
-use crate::telemetry::{RateLimiter, Telemetry};
+use crate::agent_counters::{RateLimiter, Telemetry};
 
 /// Pods per list page (client-go's default too).
 const PAGE_SIZE: u32 = 500;

@@ -1,7 +1,7 @@
 //! The agent's own counters, and rate-limited logging for per-sweep failures.
 //!
 //! Counters are plain atomics shared by reference; they are logged at info level every few
-//! minutes by the `run` loop and exported by [`crate::self_telemetry`], both from the one
+//! minutes by the `run` loop and exported by [`crate::self_telemetry_otlp`], both from the one
 //! [`COUNTERS`] list.
 
 use std::collections::HashMap;
@@ -323,8 +323,8 @@ impl RateLimiter {
 #[macro_export]
 macro_rules! warn_limited {
     ($key:expr, $($arg:tt)+) => {{
-        static LIMITER: $crate::telemetry::RateLimiter =
-            $crate::telemetry::RateLimiter::new(::std::time::Duration::from_secs(60));
+        static LIMITER: $crate::agent_counters::RateLimiter =
+            $crate::agent_counters::RateLimiter::new(::std::time::Duration::from_secs(60));
         if let Some(suppressed) = LIMITER.allow($key) {
             ::tracing::warn!(suppressed, $($arg)+);
         }

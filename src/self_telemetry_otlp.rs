@@ -22,7 +22,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::exporters::otlp::config::{header_map, redact_url, RedactedHeaders, TlsConfig};
 use crate::semconv;
-use crate::telemetry::{Counter, Kind, Telemetry, COUNTERS, EXPORTER_COUNTERS};
+use crate::agent_counters::{Counter, Kind, Telemetry, COUNTERS, EXPORTER_COUNTERS};
 
 /// Where and how often the agent sends its own metrics.
 #[derive(Clone, Deserialize, PartialEq)]
