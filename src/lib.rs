@@ -7,6 +7,7 @@
 pub mod config;
 pub mod exporters;
 pub mod fdlimit;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod glob;
