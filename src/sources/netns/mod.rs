@@ -42,11 +42,20 @@
 //! - In a DaemonSet: `hostPID: true` (pids in `cgroup.procs` are the host's) and
 //!   `hostNetwork: true` for host peers (netlink sockets see the namespace they are opened in).
 
+mod config;
+mod kept_open;
+mod origins;
+mod owner;
 // Crate-visible for the fuzz entry points in `crate::fuzzing`.
 pub(crate) mod peer;
+mod peer_cache;
+mod pids;
 pub mod procfs;
 mod protocol_files;
 pub mod protocols;
+
+pub use config::{HostNetwork, NetnsConfig};
+pub use peer_cache::NetlinkCounts;
 
 pub use peer::{match_host_peers, LinkRecord};
 pub use procfs::{
@@ -58,122 +67,26 @@ pub use protocols::{ProtocolMetricsConfig, ProtocolSelection};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use serde::Deserialize;
 use thiserror::Error;
 use tracing::debug;
 
+use crate::agent_counters::Telemetry;
 use crate::glob::Glob;
-use crate::model::{
-    AttrValue, Attributes, ContainerInfo, PodRef, Point, ResourceId, Sweep, SweepContext, Value,
-};
+use crate::model::{AttrValue, ContainerInfo, PodRef, Point, ResourceId, Sweep, SweepContext, Value};
 use crate::semconv::{self, NetworkFamily};
 use crate::sources::{container_attributes, is_vanished, pod_attributes, BoxError, Source};
-use crate::agent_counters::Telemetry;
 use crate::warn_limited;
 
-use peer::{LinkEvents, Rtnl};
+use kept_open::{may_keep_open, pread_text};
+use origins::Origins;
+use owner::{choose_owner, container_target, kubernetes_pod, target, Member, Target};
+use peer_cache::PeerResolver;
+use pids::{host_ns_key, ns_key, NsKey, PidCache};
 use protocol_files::ProtocolReader;
-
-/// Reads network counters once per network namespace.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct NetnsConfig {
-    /// Where the host's procfs is mounted; `/host/proc` in a DaemonSet. The agent must see the
-    /// host's pids there (`hostPID: true`), since `cgroup.procs` lists them.
-    #[serde(default = "default_proc_root")]
-    pub proc_root: PathBuf,
-    /// Interfaces to report, as globs (`eth*`, `net?`). Empty (the default): all of them,
-    /// minus `exclude_interfaces`.
-    #[serde(default)]
-    pub include_interfaces: Vec<Glob>,
-    /// Interfaces never reported, as globs; applied after `include_interfaces`.
-    /// Default: `["lo"]`, since loopback traffic never leaves the pod.
-    #[serde(default = "default_exclude_interfaces")]
-    pub exclude_interfaces: Vec<Glob>,
-    /// What to do with containers in the host's network namespace (Kubernetes
-    /// `hostNetwork: true`, `podman --network host`). Their interfaces are the host's and are
-    /// never reported for them. `skip` (default): nothing, a debug log. `mark`: also set the
-    /// resource attribute `podometer.host_network = true` on their pod (Kubernetes) or
-    /// container Resource.
-    #[serde(default)]
-    pub host_network: HostNetwork,
-    /// Name the host-side veth of each pod interface (`network.interface.host_peer`) through
-    /// rtnetlink. Needs the agent in the host network namespace (`hostNetwork: true`);
-    /// elsewhere it is turned off by itself with a log line.
-    #[serde(default = "default_true")]
-    pub resolve_host_peer: bool,
-    /// At most this many interfaces are reported per network namespace (after the include and
-    /// exclude filters, first in the kernel's order, which is creation order): a pod with
-    /// `CAP_NET_ADMIN` in its namespace can create thousands, each adding series. The rest are
-    /// left out and counted (`netns_interfaces_over_cap`, per sweep). Must be at least 1.
-    /// Default: `64`.
-    #[serde(default = "default_max_interfaces")]
-    pub max_interfaces: usize,
-    /// The namespace's TCP and UDP counters (retransmits, resets, listen overflows, UDP buffer
-    /// errors, ...) from its `net/snmp`, `net/netstat`, `net/snmp6`, `net/sockstat` and
-    /// `net/sockstat6`, read once per namespace and sweep through the member `net/dev` is read
-    /// through, on the same Resource. See [`ProtocolMetricsConfig`] for the names and the
-    /// default set; `include: []` turns them off.
-    #[serde(default)]
-    pub protocol_metrics: ProtocolMetricsConfig,
-}
-
-/// Handling of containers that share the host's network namespace.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum HostNetwork {
-    /// No series and no attribute.
-    #[default]
-    Skip,
-    /// No series; `podometer.host_network = true` on the pod's or container's Resource.
-    Mark,
-}
-
-fn default_proc_root() -> PathBuf {
-    PathBuf::from("/proc")
-}
-
-fn default_exclude_interfaces() -> Vec<Glob> {
-    vec![Glob::new("lo")]
-}
-
-fn default_true() -> bool {
-    true
-}
-
-fn default_max_interfaces() -> usize {
-    64
-}
-
-impl NetnsConfig {
-    /// Problems as (key, reason), for the config check.
-    pub fn validate(&self) -> Vec<(String, String)> {
-        let mut out = self.protocol_metrics.validate();
-        if self.max_interfaces == 0 {
-            out.push(("max_interfaces".into(), "must be at least 1".into()));
-        }
-        out
-    }
-}
-
-impl Default for NetnsConfig {
-    fn default() -> Self {
-        NetnsConfig {
-            proc_root: default_proc_root(),
-            include_interfaces: Vec::new(),
-            exclude_interfaces: default_exclude_interfaces(),
-            host_network: HostNetwork::default(),
-            resolve_host_peer: true,
-            max_interfaces: default_max_interfaces(),
-            protocol_metrics: ProtocolMetricsConfig::default(),
-        }
-    }
-}
 
 #[derive(Debug, Error)]
 pub enum NetnsError {
@@ -187,43 +100,12 @@ pub enum NetnsError {
 
 impl NetnsError {
     /// A process or cgroup that went away between listing and reading: normal on a busy node.
-    fn is_vanished(&self) -> bool {
+    pub(super) fn is_vanished(&self) -> bool {
         match self {
             NetnsError::Read { source, .. } | NetnsError::Namespace { source, .. } => is_vanished(source),
             NetnsError::Parse { .. } => false,
         }
     }
-}
-
-/// Identity of a network namespace: device and inode of the nsfs file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct NsKey {
-    dev: u64,
-    ino: u64,
-}
-
-/// The oldest live process of a container, and when it started (clock ticks since boot).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct CachedPid {
-    pid: u32,
-    start: u64,
-}
-
-/// Device and inode of `<proc_root>/<pid>`: procfs makes this inode for one process (it holds
-/// that process's `struct pid`) and never hands it to another, since the directory's dentry is
-/// dropped once its process is reaped. The same identity later is the same process, whatever
-/// became of the pid's number; a new identity is not proof of a new process (procfs may evict
-/// an idle inode and make another), so it sends the check back to the start time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ProcIdent {
-    dev: u64,
-    ino: u64,
-}
-
-/// Chooses the member that owns a namespace: the one whose oldest process started first,
-/// ties to the smallest id. Returns an index into `members`.
-fn choose_owner(members: &[(&str, u64)]) -> Option<usize> {
-    members.iter().enumerate().min_by(|(_, a), (_, b)| a.1.cmp(&b.1).then(a.0.cmp(b.0))).map(|(i, _)| i)
 }
 
 pub struct NetnsSource {
@@ -234,8 +116,8 @@ pub struct NetnsSource {
     max_interfaces: usize,
     /// The host's network namespace, fixed for the agent's life.
     host: NsKey,
-    /// Each container's oldest live process, its `<proc_root>/<pid>` identity and its namespace.
-    pids: HashMap<String, (CachedPid, ProcIdent, NsKey)>,
+    /// Each container's oldest live process and its namespace.
+    pids: PidCache,
     /// hostNetwork containers already logged, so the debug line comes once per container.
     host_network_logged: HashSet<String>,
     peers: Option<PeerResolver>,
@@ -244,35 +126,10 @@ pub struct NetnsSource {
     /// as soon as its namespace has no member left (see the end of `collect`).
     dev_files: HashMap<NsKey, File>,
     dev_buf: Vec<u8>,
-    /// The namespace each resource's network series come from, and when the source first saw
-    /// it there: the origin given to [`crate::model::StartTimes`], so that a pod whose sandbox
-    /// namespace is replaced starts new series instead of continuing the old ones.
-    origins: HashMap<ResourceId, (NsKey, SystemTime)>,
+    /// When each resource's network series began, and in which namespace.
+    origins: Origins,
     /// Each namespace's TCP/UDP counter files, kept open like `dev_files`.
     protocols: ProtocolReader,
-}
-
-/// Reads a kept-open procfs file whole from offset 0 into `buf`.
-pub(super) fn pread_text<'b>(file: &File, buf: &'b mut Vec<u8>) -> io::Result<&'b str> {
-    let mut len = 0;
-    loop {
-        if len == buf.len() {
-            buf.resize((buf.len() * 2).max(4096), 0);
-        }
-        match file.read_at(&mut buf[len..], len as u64) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    std::str::from_utf8(&buf[..len]).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))
-}
-
-/// Whether one more `net/dev` may stay open: at most a sixteenth of the open-file limit, so that
-/// namespaces never take the descriptors the cgroup source and the exporters need.
-fn may_keep_open(open: usize) -> bool {
-    crate::fdlimit::current().map(|l| (open as u64) < l.soft / 16).unwrap_or(false)
 }
 
 impl std::fmt::Debug for NetnsSource {
@@ -298,12 +155,12 @@ impl NetnsSource {
             host_network: config.host_network,
             max_interfaces: config.max_interfaces.max(1),
             host,
-            pids: HashMap::new(),
+            pids: PidCache::new(config.proc_root.clone()),
             host_network_logged: HashSet::new(),
             peers,
             dev_files: HashMap::new(),
             dev_buf: vec![0; 4096],
-            origins: HashMap::new(),
+            origins: Origins::default(),
             protocols: ProtocolReader::new(ProtocolSelection::new(&config.protocol_metrics)),
         })
     }
@@ -317,110 +174,6 @@ impl NetnsSource {
     fn wanted(&self, name: &str) -> bool {
         interface_wanted(&self.include, &self.exclude, name)
     }
-
-    /// The container's oldest live process and its namespace; `Ok(None)` when it has no live
-    /// process left.
-    fn locate(&mut self, c: &ContainerInfo) -> Result<Option<(CachedPid, NsKey)>, NetnsError> {
-        // The same process is in the same namespace: processes of a container do not leave
-        // theirs (a `setns` of its oldest process would go unseen until it exits). So a known
-        // container costs one `stat` of `<proc_root>/<pid>` (see `ProcIdent`): no read of its
-        // `stat` file (five syscalls and the kernel formatting fifty fields), no `stat` of
-        // `ns/net`.
-        if let Some((cached, ident, key)) = self.pids.get(&c.id).copied() {
-            let now = proc_ident(&self.proc_root, cached.pid).ok();
-            if now == Some(ident) {
-                return Ok(Some((cached, key)));
-            }
-            // Another inode for the same process (procfs evicted the old one): the start time
-            // decides, as it did before the inode was known. The identity was taken first, so
-            // a start time that still matches proves it is this process's.
-            if let Some(now) = now {
-                if start_time(&self.proc_root, cached.pid).ok() == Some(cached.start) {
-                    self.pids.insert(c.id.clone(), (cached, now, key));
-                    return Ok(Some((cached, key)));
-                }
-            }
-            self.pids.remove(&c.id);
-        }
-        let text = std::fs::read_to_string(&c.procs_file)
-            .map_err(|source| NetnsError::Read { path: c.procs_file.clone(), source })?;
-        let pids =
-            parse_procs(&text).map_err(|source| NetnsError::Parse { path: c.procs_file.clone(), source })?;
-        // Pids that exit meanwhile are skipped quietly; any other failure (no CAP_SYS_PTRACE
-        // for ns/net, say) is reported if no pid works, rather than passing for "no process".
-        let mut failure: Option<NetnsError> = None;
-        let mut note = |e: NetnsError| {
-            if !e.is_vanished() {
-                failure = Some(e);
-            }
-        };
-        let mut live: Vec<(CachedPid, ProcIdent)> = Vec::with_capacity(pids.len());
-        for pid in pids {
-            // The identity before the start time: if the pid is reused in between, the start
-            // time will not match next sweep's check, and the cache is dropped then.
-            match proc_ident(&self.proc_root, pid)
-                .and_then(|ident| Ok((ident, start_time(&self.proc_root, pid)?)))
-            {
-                Ok((ident, start)) => live.push((CachedPid { pid, start }, ident)),
-                Err(e) => note(e),
-            }
-        }
-        live.sort_by_key(|(p, _)| (p.start, p.pid));
-        for (candidate, ident) in live {
-            // A zombie still has a stat file but no namespace: try the next one.
-            match ns_key(&self.proc_root, candidate.pid) {
-                Ok(key) => {
-                    self.pids.insert(c.id.clone(), (candidate, ident, key));
-                    return Ok(Some((candidate, key)));
-                }
-                Err(e) => note(e),
-            }
-        }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(None),
-        }
-    }
-}
-
-/// The host namespace is pid 1's. Some sandboxes forbid even root to look at pid 1 (an LSM
-/// or a protected init); the agent's own namespace is then the reference, which is the host's
-/// in the supported deployment (`hostNetwork: true`).
-fn host_ns_key(proc_root: &Path) -> Result<NsKey, NetnsError> {
-    match ns_key(proc_root, 1) {
-        Ok(key) => Ok(key),
-        Err(e) => {
-            let own = ns_key(Path::new("/proc"), std::process::id())?;
-            tracing::warn!(error = %e, "Cannot see pid 1's network namespace; taking the agent's own as the host's.");
-            Ok(own)
-        }
-    }
-}
-
-fn ns_key(proc_root: &Path, pid: u32) -> Result<NsKey, NetnsError> {
-    let path = proc_root.join(pid.to_string()).join("ns/net");
-    // stat follows the magic link to the nsfs inode without opening the namespace.
-    let meta = std::fs::metadata(&path).map_err(|source| NetnsError::Namespace { path, source })?;
-    Ok(NsKey { dev: meta.dev(), ino: meta.ino() })
-}
-
-fn proc_ident(proc_root: &Path, pid: u32) -> Result<ProcIdent, NetnsError> {
-    let path = proc_root.join(pid.to_string());
-    let meta = std::fs::metadata(&path).map_err(|source| NetnsError::Read { path, source })?;
-    Ok(ProcIdent { dev: meta.dev(), ino: meta.ino() })
-}
-
-fn start_time(proc_root: &Path, pid: u32) -> Result<u64, NetnsError> {
-    let path = proc_root.join(pid.to_string()).join("stat");
-    let text =
-        std::fs::read_to_string(&path).map_err(|source| NetnsError::Read { path: path.clone(), source })?;
-    parse_stat_starttime(&text).map_err(|source| NetnsError::Parse { path, source })
-}
-
-/// One member of a namespace group this sweep.
-struct Member<'a> {
-    container: &'a ContainerInfo,
-    pid: CachedPid,
 }
 
 impl Source for NetnsSource {
@@ -434,7 +187,6 @@ impl Source for NetnsSource {
             peers.begin_sweep();
         }
         let mut pods_done: HashSet<String> = HashSet::new();
-        let mut touched: HashSet<ResourceId> = HashSet::with_capacity(groups.len());
         let mut live_namespaces: HashSet<NsKey> = HashSet::with_capacity(groups.len());
         for (key, members) in groups.iter_mut() {
             if *key == self.host {
@@ -480,67 +232,18 @@ impl Source for NetnsSource {
             } else {
                 None
             };
-            let origin = note_origin(&mut self.origins, &mut touched, &target.id, *key, sweep.time);
+            let origin = self.origins.note(&target.id, *key, sweep.time);
             self.emit(*key, reader_pid, &counters, protocols.as_ref(), target, origin, sweep);
         }
         if let Some(peers) = &mut self.peers {
             peers.end_sweep(&live_namespaces);
         }
-        self.origins.retain(|id, _| touched.contains(id));
+        self.origins.end_sweep();
         // Close the files of namespaces without members: an open file would keep a dead
         // namespace alive.
         self.dev_files.retain(|key, _| live_namespaces.contains(key));
         self.protocols.retain(&live_namespaces);
         Ok(())
-    }
-}
-
-/// Where a namespace's series go: the resource, its attributes if it is new, the metric family.
-struct Target<'m, 'c> {
-    owner: &'m Member<'c>,
-    id: ResourceId,
-    attributes: Attributes,
-    family: &'static NetworkFamily,
-}
-
-/// The pod of a namespace's members if any (`k8s.pod.network.*` on the pod), else the owner
-/// container (`container.network.*`). `owner` indexes `members` (chosen by [`choose_owner`]
-/// and found alive by the caller). `None` when the pod was already reported this sweep from an
-/// older namespace (its sandbox being replaced).
-fn target<'m, 'c>(
-    members: &'m [Member<'c>],
-    owner: usize,
-    pods_done: &mut HashSet<String>,
-) -> Option<Target<'m, 'c>> {
-    let owner = &members[owner];
-    Some(match kubernetes_pod(members) {
-        Some((uid, qos)) => {
-            if !pods_done.insert(uid.to_owned()) {
-                debug!(pod_uid = uid, "Pod spans two network namespaces this sweep; reporting the first.");
-                return None;
-            }
-            Target {
-                owner,
-                id: ResourceId::Pod(uid.to_owned()),
-                attributes: pod_attributes(uid, qos),
-                family: &semconv::POD_NETWORK,
-            }
-        }
-        None => container_target(owner),
-    })
-}
-
-/// `container.network.*` on `owner`'s container.
-fn container_target<'m, 'c>(owner: &'m Member<'c>) -> Target<'m, 'c> {
-    Target {
-        owner,
-        id: owner.container.resource_id(),
-        attributes: container_attributes(
-            &owner.container.id,
-            owner.container.runtime,
-            owner.container.pod.as_ref(),
-        ),
-        family: &semconv::CONTAINER_NETWORK,
     }
 }
 
@@ -555,18 +258,18 @@ impl NetnsSource {
         let telemetry = Telemetry::global();
         let mut groups: BTreeMap<NsKey, Vec<Member<'c>>> = BTreeMap::new();
         let mut seen: HashSet<&str> = HashSet::with_capacity(containers.len());
-        let vouched = self.vouched_pods(containers);
+        let vouched = self.pids.vouched_pods(containers);
         for c in containers {
             seen.insert(c.id.as_str());
-            if let (Some(PodRef::Kubernetes { uid, .. }), Some(&(pid, _, key))) =
-                (&c.pod, self.pids.get(&c.id))
+            if let (Some(PodRef::Kubernetes { uid, .. }), Some((pid, key))) =
+                (&c.pod, self.pids.cached(&c.id))
             {
                 if vouched.contains(&(uid.as_str(), key)) {
                     groups.entry(key).or_default().push(Member { container: c, pid });
                     continue;
                 }
             }
-            match self.locate(c) {
+            match self.pids.locate(c) {
                 Ok(Some((pid, key))) => groups.entry(key).or_default().push(Member { container: c, pid }),
                 Ok(None) => {
                     debug!(container = %c.id, "Container has no live process; no network series for it.")
@@ -578,44 +281,11 @@ impl NetnsSource {
                 }
             }
         }
-        self.pids.retain(|id, _| seen.contains(id.as_str()));
+        self.pids.retain(|id| seen.contains(id));
         self.host_network_logged.retain(|id| seen.contains(id.as_str()));
         let mut groups: Vec<(NsKey, Vec<Member<'c>>)> = groups.into_iter().collect();
         groups.sort_by_key(|(key, members)| (members.iter().map(|m| m.pid.start).min(), *key));
         groups
-    }
-
-    /// The Kubernetes pods (uid) and namespaces where the oldest process known among the pod's
-    /// members cached there is still the process located (one `stat`, see [`ProcIdent`]). The
-    /// pod's other members cached in that namespace are taken as they are, without a check each:
-    /// a pod's containers all live in its sandbox's namespace, and their series go to the pod
-    /// whichever member is read through. That member is the one checked here, since it is
-    /// the one [`choose_owner`] picks among them; another member is read through only after a
-    /// failed read, and [`NetnsSource::read_counters`] checks its namespace then. A replaced
-    /// sandbox has a new namespace and new containers, located afresh; if the checked process
-    /// is gone, every member of the pod there is located on its own, as other containers are.
-    /// At 100 containers in pods of 3: 44 `statx` per sweep instead of 110 (README,
-    /// "Performance").
-    fn vouched_pods<'c>(&self, containers: &'c [Arc<ContainerInfo>]) -> HashSet<(&'c str, NsKey)> {
-        let mut oldest: HashMap<(&'c str, NsKey), (u64, &'c str, CachedPid, ProcIdent)> = HashMap::new();
-        for c in containers {
-            let Some(PodRef::Kubernetes { uid, .. }) = &c.pod else { continue };
-            let Some(&(pid, ident, key)) = self.pids.get(&c.id) else { continue };
-            let candidate = (pid.start, c.id.as_str(), pid, ident);
-            oldest
-                .entry((uid.as_str(), key))
-                .and_modify(|o| {
-                    if (candidate.0, candidate.1) < (o.0, o.1) {
-                        *o = candidate;
-                    }
-                })
-                .or_insert(candidate);
-        }
-        oldest
-            .into_iter()
-            .filter(|(_, (_, _, pid, ident))| proc_ident(&self.proc_root, pid.pid).ok() == Some(*ident))
-            .map(|(pod, _)| pod)
-            .collect()
     }
 
     /// A namespace's `net/dev`, parsed, and the pid it was read through: from the file kept
@@ -826,261 +496,15 @@ impl NetnsSource {
     }
 }
 
-/// The origin of a resource's network series: when this source first saw the resource in
-/// namespace `key`. A resource seen in another namespace than last sweep gets a new origin,
-/// counted in `netns_replaced`.
-fn note_origin(
-    origins: &mut HashMap<ResourceId, (NsKey, SystemTime)>,
-    touched: &mut HashSet<ResourceId>,
-    id: &ResourceId,
-    key: NsKey,
-    now: SystemTime,
-) -> SystemTime {
-    touched.insert(id.clone());
-    match origins.get_mut(id) {
-        Some((k, since)) if *k == key => *since,
-        Some(entry) => {
-            Telemetry::inc(&Telemetry::global().netns_replaced);
-            debug!(resource = ?id, "New network namespace (sandbox replaced); its network series start anew.");
-            *entry = (key, now);
-            now
-        }
-        None => {
-            origins.insert(id.clone(), (key, now));
-            now
-        }
-    }
-}
-
 fn interface_wanted(include: &[Glob], exclude: &[Glob], name: &str) -> bool {
     (include.is_empty() || include.iter().any(|g| g.matches(name)))
         && !exclude.iter().any(|g| g.matches(name))
 }
 
-/// The Kubernetes pod of a namespace's members, if any; the smallest uid if they disagree.
-fn kubernetes_pod<'a>(members: &'a [Member<'_>]) -> Option<(&'a str, &'a str)> {
-    members
-        .iter()
-        .filter_map(|m| match &m.container.pod {
-            Some(PodRef::Kubernetes { uid, qos }) => Some((uid.as_str(), qos.as_str())),
-            _ => None,
-        })
-        .min()
-}
-
-/// The peers just matched, plus the last known peer of each interface still present that the
-/// match left without one. `network.interface.host_peer` is an identifying point attribute and
-/// its lookup is best effort (a failed dump, a stale host cache, a missing `CAP_NET_ADMIN`):
-/// losing it would start new series for no change on the node. A veth's two ends live and die
-/// together, so an interface that is still there still has the peer it had; a different peer
-/// from a successful match replaces it.
-fn keep_known_peers(
-    mut matched: HashMap<String, String>,
-    known: &HashMap<String, String>,
-    interfaces: &[String],
-) -> HashMap<String, String> {
-    for name in interfaces {
-        if !matched.contains_key(name) {
-            if let Some(peer) = known.get(name) {
-                matched.insert(name.clone(), peer.clone());
-            }
-        }
-    }
-    matched
-}
-
-/// How often the peer resolver went to the kernel; to check that steady state costs nothing.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct NetlinkCounts {
-    /// Dumps of the host's links: the first, and after notifications were lost.
-    pub host_dumps: u64,
-    /// Namespaces resolved (`RTM_GETNSID` plus a dump of the pod's links): new namespaces and
-    /// namespaces whose interface names changed.
-    pub namespace_lookups: u64,
-    /// Host link notifications applied to the cache (no request: the kernel sends them).
-    pub link_events: u64,
-}
-
-/// Per-namespace cache of host peers, refreshed on link events.
-struct PeerResolver {
-    rtnl: Rtnl,
-    events: LinkEvents,
-    host_links: Vec<LinkRecord>,
-    /// Bumped on every host dump; a namespace matched under an older one is matched again.
-    generation: u64,
-    host_dirty: bool,
-    /// A failed host dump is not retried for every namespace of the same sweep.
-    host_tried: bool,
-    namespaces: HashMap<NsKey, NsPeers>,
-    counts: NetlinkCounts,
-}
-
-struct NsPeers {
-    interfaces: Vec<String>,
-    nsid: Option<i32>,
-    pod_links: Vec<LinkRecord>,
-    generation: u64,
-    peers: HashMap<String, String>,
-}
-
-impl PeerResolver {
-    fn start(host: NsKey) -> Option<PeerResolver> {
-        // Sockets live in the agent's namespace: only there do host links and nsids mean the
-        // host's.
-        match std::fs::metadata("/proc/self/ns/net") {
-            Ok(me) if (NsKey { dev: me.dev(), ino: me.ino() }) == host => {}
-            _ => {
-                tracing::info!("The agent is not in the host network namespace (no hostNetwork); host veth peers are not resolved.");
-                return None;
-            }
-        }
-        let started = Rtnl::new().and_then(|rtnl| Ok((rtnl, LinkEvents::new()?)));
-        match started {
-            Ok((rtnl, events)) => Some(PeerResolver {
-                rtnl,
-                events,
-                host_links: Vec::new(),
-                generation: 0,
-                host_dirty: true,
-                host_tried: false,
-                namespaces: HashMap::new(),
-                counts: NetlinkCounts::default(),
-            }),
-            Err(e) => {
-                tracing::info!(error = %e, "Cannot open rtnetlink; host veth peers are not resolved.");
-                None
-            }
-        }
-    }
-
-    /// Applies the host's link changes heard since the last sweep to the cached host links. A
-    /// change that may move a peer has every namespace matched again (in memory); only lost
-    /// notifications make the next sweep dump the host's links.
-    fn begin_sweep(&mut self) {
-        let drained = self.events.drain();
-        self.counts.link_events += drained.changes.len() as u64;
-        let mut relevant = false;
-        for change in drained.changes {
-            relevant |= peer::apply_link_change(&mut self.host_links, change);
-        }
-        if relevant {
-            self.generation += 1;
-        }
-        if drained.lost {
-            self.host_dirty = true;
-        }
-        self.host_tried = false;
-    }
-
-    fn refresh_host(&mut self) {
-        if !self.host_dirty || self.host_tried {
-            return;
-        }
-        self.host_tried = true;
-        self.counts.host_dumps += 1;
-        match self.rtnl.dump_host_links() {
-            Ok(links) => {
-                self.host_links = links;
-                self.generation += 1;
-                // A dump that raced with a change is used, and redone next sweep.
-                self.host_dirty = self.rtnl.interrupted;
-            }
-            Err(e) => {
-                Telemetry::inc(&Telemetry::global().source_errors);
-                warn_limited!("netns.host_links", error = %e, "Cannot list the host's links; host peers may be stale.");
-            }
-        }
-    }
-
-    fn peers_of(
-        &mut self,
-        key: NsKey,
-        proc_root: &Path,
-        pid: u32,
-        names: &[&str],
-    ) -> Option<&HashMap<String, String>> {
-        let stale = match self.namespaces.get(&key) {
-            Some(ns) => ns.interfaces.iter().map(String::as_str).ne(names.iter().copied()),
-            None => true,
-        };
-        if stale || self.host_dirty {
-            self.refresh_host();
-        }
-        if stale {
-            // What was known stays known (see `keep_known_peers`).
-            let known = self.namespaces.remove(&key).map(|ns| ns.peers).unwrap_or_default();
-            let ns_path = proc_root.join(pid.to_string()).join("ns/net");
-            self.counts.namespace_lookups += 1;
-            let (nsid, pod_links) = match self.rtnl.nsid_of(&ns_path) {
-                Ok(Some(nsid)) => match self.rtnl.dump_pod_links(nsid, names) {
-                    Ok(links) => (Some(nsid), links),
-                    Err(e) => {
-                        debug!(path = %ns_path.display(), error = %e, "Cannot list the links of a pod namespace; no host peers for it.");
-                        (Some(nsid), Vec::new())
-                    }
-                },
-                Ok(None) => {
-                    debug!(path = %ns_path.display(), "No host link points into this namespace (no veth: macvlan, ipvlan or none); no host peers for it.");
-                    (None, Vec::new())
-                }
-                Err(e) => {
-                    debug!(path = %ns_path.display(), error = %e, "Cannot get the host's id of a namespace; no host peers for it.");
-                    (None, Vec::new())
-                }
-            };
-            self.namespaces.insert(
-                key,
-                NsPeers {
-                    interfaces: names.iter().map(|s| (*s).to_owned()).collect(),
-                    nsid,
-                    pod_links,
-                    generation: 0,
-                    peers: known,
-                },
-            );
-        }
-        let ns = self.namespaces.get_mut(&key)?;
-        if ns.generation != self.generation {
-            let matched = match ns.nsid {
-                Some(nsid) => match_host_peers(nsid, &ns.pod_links, &self.host_links),
-                None => HashMap::new(),
-            };
-            ns.peers = keep_known_peers(matched, &ns.peers, &ns.interfaces);
-            ns.generation = self.generation;
-        }
-        Some(&ns.peers)
-    }
-
-    fn end_sweep(&mut self, live: &HashSet<NsKey>) {
-        self.namespaces.retain(|k, _| live.contains(k));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn owner_is_the_member_whose_oldest_process_started_first_ties_to_smallest_id() {
-        assert_eq!(choose_owner(&[("b", 300), ("a", 200), ("c", 100)]), Some(2));
-        assert_eq!(choose_owner(&[("b", 100), ("a", 100), ("c", 50), ("0", 50)]), Some(3));
-        assert_eq!(choose_owner(&[]), None);
-    }
-
-    #[test]
-    fn config_defaults_exclude_lo_and_unknown_fields_are_rejected() {
-        let cfg: NetnsConfig = serde_json::from_str("{}").unwrap();
-        assert_eq!(cfg, NetnsConfig::default());
-        assert_eq!(cfg.exclude_interfaces, vec![Glob::new("lo")]);
-        let cfg: NetnsConfig = serde_json::from_str(
-            r#"{"host_network":"mark","include_interfaces":["eth*"],"exclude_interfaces":[]}"#,
-        )
-        .unwrap();
-        assert_eq!(cfg.host_network, HostNetwork::Mark);
-        assert!(cfg.exclude_interfaces.is_empty());
-        assert!(serde_json::from_str::<NetnsConfig>(r#"{"proc_rot":"/x"}"#).is_err());
-        assert!(serde_json::from_str::<NetnsConfig>(r#"{"host_network":"report"}"#).is_err());
-    }
+    use std::path::Path;
 
     #[test]
     fn a_net_dev_of_headers_only_lists_no_interface() {
@@ -1088,20 +512,6 @@ mod tests {
         assert!(!lists_an_interface(headers), "an exiting process's view");
         let lo = format!("{headers}    lo:       0       0    0    0    0     0          0         0        0       0    0    0    0     0       0          0\n");
         assert!(lists_an_interface(&lo));
-    }
-
-    #[test]
-    fn known_peers_survive_a_failed_lookup_and_yield_to_a_new_match() {
-        let map = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
-            pairs.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
-        };
-        let interfaces = vec!["eth0".to_owned(), "net1".to_owned()];
-        let known = map(&[("eth0", "veth1"), ("gone0", "veth9")]);
-        // The lookup failed: nothing matched. eth0 keeps its peer; a gone interface's is dropped.
-        assert_eq!(keep_known_peers(HashMap::new(), &known, &interfaces), map(&[("eth0", "veth1")]));
-        // A successful match wins, and adds what is new.
-        let matched = map(&[("eth0", "veth2"), ("net1", "veth3")]);
-        assert_eq!(keep_known_peers(matched.clone(), &known, &interfaces), matched);
     }
 
     #[test]

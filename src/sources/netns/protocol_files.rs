@@ -11,8 +11,8 @@ use std::path::Path;
 
 use super::protocols::{ProtocolCounters, ProtocolFile, ProtocolSelection};
 use super::{pread_text, NetnsError, NsKey};
-use crate::sources::is_vanished;
 use crate::agent_counters::Telemetry;
+use crate::sources::is_vanished;
 use crate::warn_limited;
 
 /// One namespace's files, in the selection's order; `None` for an IPv6 file the kernel does
