@@ -4,6 +4,7 @@
 //! Data path: [`sources`] fill a [`model::Sweep`], [`model::StartTimes`] stamps counters,
 //! [`processors`] change it, [`exporters`] push it; [`pipeline`] wires them from [`config`].
 
+pub mod agent_counters;
 pub mod config;
 pub mod exporters;
 pub mod fdlimit;
@@ -19,4 +20,3 @@ pub mod self_telemetry_otlp;
 pub mod semconv;
 pub mod sources;
 pub mod views;
-pub mod agent_counters;

@@ -131,12 +131,15 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 
 fn init_logging(default: &str) {
     // RUST_LOG wins over --log; either way kube's own targets stay quiet unless named.
-    let parse = |text: &str| tracing_subscriber::EnvFilter::try_new(podometer::agent_counters::log_filter(text));
+    let parse =
+        |text: &str| tracing_subscriber::EnvFilter::try_new(podometer::agent_counters::log_filter(text));
     let filter = std::env::var("RUST_LOG")
         .map_err(|_| ())
         .and_then(|text| parse(&text).map_err(|_| ()))
         .or_else(|_| parse(default))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(podometer::agent_counters::log_filter("info")));
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(podometer::agent_counters::log_filter("info"))
+        });
     // Logs go to stderr so that `collect` output on stdout stays machine-readable.
     // Colours only on a terminal: container logs (`kubectl logs`, journald) get plain text.
     use std::io::IsTerminal;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
+use crate::agent_counters::Telemetry;
 use crate::config::{Config, ExporterConfig, ProcessorConfig, SourceConfig};
 use crate::exporters::file::FileExporter;
 use crate::exporters::otlp::config::redact_url;
@@ -29,7 +30,6 @@ use crate::sources::cgroups::CgroupSource;
 use crate::sources::netns::NetnsSource;
 use crate::sources::processes::{PodNetworkSource, ProcessesSource};
 use crate::sources::Source;
-use crate::agent_counters::Telemetry;
 use crate::warn_limited;
 
 #[derive(Debug, thiserror::Error)]

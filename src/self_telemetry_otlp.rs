@@ -20,9 +20,9 @@ use opentelemetry_sdk::Resource;
 use serde::Deserialize;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
+use crate::agent_counters::{Counter, Kind, Telemetry, COUNTERS, EXPORTER_COUNTERS};
 use crate::exporters::otlp::config::{header_map, redact_url, RedactedHeaders, TlsConfig};
 use crate::semconv;
-use crate::agent_counters::{Counter, Kind, Telemetry, COUNTERS, EXPORTER_COUNTERS};
 
 /// Where and how often the agent sends its own metrics.
 #[derive(Clone, Deserialize, PartialEq)]

@@ -759,7 +759,8 @@ fn max_groups_caps_the_groups_and_prefers_anchored_ones_over_rootless() {
     assert_eq!(r.attribute("podometer.container.rootless"), Some(&AttrValue::Bool(true)));
     assert_eq!(r.attribute("user.id"), Some(&AttrValue::from("1000")));
 
-    let capped_before = podometer::agent_counters::Telemetry::global().cgroups_over_cap.load(Ordering::Relaxed);
+    let capped_before =
+        podometer::agent_counters::Telemetry::global().cgroups_over_cap.load(Ordering::Relaxed);
     let mut capped =
         CgroupSource::new(&CgroupsConfig { max_groups: 2, ..config(tmp.path()) }).expect("source");
     let (ctx, s) = sweep_once(&mut capped);
@@ -769,7 +770,8 @@ fn max_groups_caps_the_groups_and_prefers_anchored_ones_over_rootless() {
     assert!(s.resource(&rootless).is_none(), "the rootless one is what the cap leaves out");
     assert_eq!(ctx.containers.len(), 2);
     assert!(
-        podometer::agent_counters::Telemetry::global().cgroups_over_cap.load(Ordering::Relaxed) > capped_before
+        podometer::agent_counters::Telemetry::global().cgroups_over_cap.load(Ordering::Relaxed)
+            > capped_before
     );
 
     let err = CgroupSource::new(&CgroupsConfig { max_groups: 0, ..config(tmp.path()) }).expect_err("zero");

@@ -7,11 +7,11 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
+use podometer::agent_counters::Telemetry;
 use podometer::model::{PodRef, ResourceId, Runtime, Sweep, SweepContext, Value};
 use podometer::semconv::{CONTAINER, POD};
 use podometer::sources::cgroups::{CgroupMode, CgroupSource, CgroupsConfig, Layouts};
 use podometer::sources::Source;
-use podometer::agent_counters::Telemetry;
 use support::cgroupfs::TestCgroup;
 use support::podman::{podman, podman_available, podman_stats, PodmanPod};
 

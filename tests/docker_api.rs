@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use podometer::agent_counters::Telemetry;
 use podometer::model::{AttrValue, ResourceId, Sweep, Value};
 use podometer::pipeline::{build_pipelines, Pipeline};
 use podometer::semconv::{self, CONTAINER};
-use podometer::agent_counters::Telemetry;
 use support::cgroupfs::{TestCgroup, V1_CONTROLLERS};
 use support::docker::{dockerd_available, Dockerd, PodmanContainer, PodmanService};
 use support::podman::{podman_available, PodmanPod};

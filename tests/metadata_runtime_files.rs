@@ -11,13 +11,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
+use podometer::agent_counters::Telemetry;
 use podometer::model::{
     AttrValue, ContainerInfo, PodRef, Point, ResourceId, Runtime, Sweep, SweepContext, Value,
 };
 use podometer::processors::metadata::runtime_files::{RuntimeFiles, RuntimeFilesConfig};
 use podometer::processors::Processor;
 use podometer::semconv;
-use podometer::agent_counters::Telemetry;
 
 const CTR: &str = "0d1c2b3a4f5e6d7c8b9a0f1e2d3c4b5a6f7e8d9c0b1a2f3e4d5c6b7a8f9e0d1c";
 const SANDBOX: &str = "5d2b1f0cf3e0e2f6b7a2d14cb0d6a9f2e4b7c1d8a3f5e6b7c8d9e0f1a2b3c4d5";

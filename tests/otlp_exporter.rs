@@ -14,8 +14,8 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
-use podometer::exporters::otlp::encode::encode_sweep;
 use podometer::exporters::otlp::config::{Jitter, RetryConfig};
+use podometer::exporters::otlp::encode::encode_sweep;
 use podometer::exporters::otlp::{ExporterStats, OtlpExporter, OtlpExporterConfig};
 use podometer::exporters::Exporter;
 use podometer::model::{Point, ResourceId, Sweep, Value};

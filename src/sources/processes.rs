@@ -353,7 +353,9 @@ impl Source for ProcessesSource {
                 // A process that exited between the listing and the read: normal.
                 Err(ProcessesError::Read { source, .. }) if crate::sources::is_vanished(&source) => {}
                 Err(error) => {
-                    crate::agent_counters::Telemetry::inc(&crate::agent_counters::Telemetry::global().source_errors);
+                    crate::agent_counters::Telemetry::inc(
+                        &crate::agent_counters::Telemetry::global().source_errors,
+                    );
                     crate::warn_limited!("processes-read", %error, "A process could not be read.");
                 }
             }
@@ -400,7 +402,9 @@ impl Source for ProcessesSource {
                     resource.points.push(Point::new(&c.memory_working_set, Value::from_u64(working_set)));
                 }
                 Err(error) => {
-                    crate::agent_counters::Telemetry::inc(&crate::agent_counters::Telemetry::global().source_errors);
+                    crate::agent_counters::Telemetry::inc(
+                        &crate::agent_counters::Telemetry::global().source_errors,
+                    );
                     crate::warn_limited!("own-cgroup", %error, "The agent's own cgroup could not be read.");
                 }
             }

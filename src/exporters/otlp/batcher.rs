@@ -409,7 +409,11 @@ mod tests {
         assert_eq!(requests.len(), 1);
         assert_eq!(requests[0].resource_metrics.len(), 2);
         assert_eq!(request_point_count(&requests[0]), 5);
-        assert_eq!(requests[0], crate::exporters::otlp::encode::encode_sweep(&s), "same as encoding the sweep whole");
+        assert_eq!(
+            requests[0],
+            crate::exporters::otlp::encode::encode_sweep(&s),
+            "same as encoding the sweep whole"
+        );
     }
 
     #[test]

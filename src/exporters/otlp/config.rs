@@ -397,7 +397,10 @@ impl OtlpExporterConfig {
         if self.queue.max_bytes < crate::exporters::otlp::batcher::DEFAULT_MAX_BYTES as u64 {
             problems.push((
                 "queue.max_bytes".to_owned(),
-                format!("must hold at least one full batch ({} bytes)", crate::exporters::otlp::batcher::DEFAULT_MAX_BYTES),
+                format!(
+                    "must hold at least one full batch ({} bytes)",
+                    crate::exporters::otlp::batcher::DEFAULT_MAX_BYTES
+                ),
             ));
         }
         if let Some(dir) = &self.queue.directory {

@@ -31,9 +31,9 @@ use retry::{Backoff, Decision};
 use transport::{Outcome, Transport};
 
 use super::{BoxError, BoxFuture, Exporter};
+use crate::agent_counters::Telemetry;
 use crate::exporters::otlp::batcher::{BatchError, Batcher, DEFAULT_MAX_BYTES};
 use crate::model::Sweep;
-use crate::agent_counters::Telemetry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OtlpError {

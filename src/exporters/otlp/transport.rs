@@ -221,7 +221,9 @@ impl GrpcTransport {
         let mut request = tonic::Request::new(payload.clone());
         *request.metadata_mut() = (*self.metadata).clone();
         if let Err(e) = self.client.ready().await {
-            crate::agent_counters::Telemetry::inc(&crate::agent_counters::Telemetry::global().export_connection_errors);
+            crate::agent_counters::Telemetry::inc(
+                &crate::agent_counters::Telemetry::global().export_connection_errors,
+            );
             return Outcome::Failed {
                 decision: Decision::Retry { after: None },
                 detail: format!("gRPC channel not ready: {}", error_chain(&*e)),

@@ -203,8 +203,8 @@ pub fn allowlisted_key(prefix: &str, key: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
     use crate::model::{Point, Value};
+    use std::time::Duration;
     use std::time::SystemTime;
 
     fn sweep_with(resources: Vec<(ResourceId, Attributes)>) -> Sweep {

@@ -53,10 +53,10 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Deserializer};
 
 use super::{attach, AttachStats, ContainerMeta, PodMeta, Snapshot};
+use crate::agent_counters::Telemetry;
 use crate::model::{AttrValue, Attributes, ContainerInfo, PodRef, Runtime, Sweep, SweepContext};
 use crate::processors::Processor;
 use crate::semconv;
-use crate::agent_counters::Telemetry;
 use crate::warn_limited;
 
 /// Where the runtimes keep their files. Every default is where a standard node has them, so

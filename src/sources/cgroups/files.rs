@@ -12,11 +12,11 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::agent_counters::Telemetry;
 use crate::fdlimit;
 use crate::model::{AttrValue, MetricDesc, Point, Value};
 use crate::semconv::{self, CgroupFamily};
 use crate::sources::is_vanished;
-use crate::agent_counters::Telemetry;
 use crate::warn_limited;
 
 use super::hierarchy::Hierarchies;

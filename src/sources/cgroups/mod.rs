@@ -31,11 +31,11 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use crate::agent_counters::Telemetry;
 use crate::fdlimit;
 use crate::model::{AttrValue, Attributes, ContainerInfo, Resource, ResourceId, Sweep, SweepContext};
 use crate::semconv::{self, CgroupFamily};
 use crate::sources::{container_attributes, pod_attributes, BoxError, Source};
-use crate::agent_counters::Telemetry;
 use crate::warn_limited;
 pub use classify::{Classified, Classifier, Layouts};
 use files::{Opener, Out, Reader, Vanished};

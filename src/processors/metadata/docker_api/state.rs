@@ -7,10 +7,10 @@ use std::sync::Arc;
 use bollard::models::{ContainerSummary, EventMessage, EventMessageTypeEnum};
 use serde::Deserialize;
 
+use super::parse_image_reference;
 use super::ApiError;
 use crate::agent_counters::Telemetry;
 use crate::model::{AttrValue, Attributes};
-use super::parse_image_reference;
 use crate::processors::metadata::{ContainerMeta, PodMeta, SharedSnapshot, Snapshot};
 use crate::semconv;
 use crate::warn_limited;
@@ -28,7 +28,10 @@ pub(super) fn own_name(name: &str) -> bool {
 }
 
 /// The attributes of one container from its list entry.
-pub(super) fn container_attributes(summary: &ContainerSummary, labels: &[(String, &'static str)]) -> Attributes {
+pub(super) fn container_attributes(
+    summary: &ContainerSummary,
+    labels: &[(String, &'static str)],
+) -> Attributes {
     let mut attributes: Attributes = Vec::new();
     let fits = |s: &str| !s.is_empty() && s.len() <= MAX_VALUE_LEN;
     // Docker lists names with a leading `/` (and links as `/other/alias`): the first name

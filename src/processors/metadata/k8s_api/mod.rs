@@ -22,10 +22,10 @@ use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
 
 use super::{attach, BackgroundTask, Readiness, SharedSnapshot};
+use crate::agent_counters::Telemetry;
 use crate::config::duration;
 use crate::model::{Sweep, SweepContext};
 use crate::processors::Processor;
-use crate::agent_counters::Telemetry;
 use cache::PodCache;
 use pods::Allowlist;
 

@@ -25,8 +25,8 @@ use tracing::{debug, error, warn};
 
 use super::cache::PodCache;
 use super::pods::{compact, Allowlist};
-use crate::processors::metadata::{Readiness, SharedSnapshot};
 use crate::agent_counters::{RateLimiter, Telemetry};
+use crate::processors::metadata::{Readiness, SharedSnapshot};
 
 /// Pods per list page (client-go's default too).
 const PAGE_SIZE: u32 = 500;
