@@ -10,6 +10,7 @@
 pub mod batcher;
 pub mod config;
 pub mod encode;
+pub mod headers;
 pub mod payload;
 pub mod queue;
 pub mod retry;

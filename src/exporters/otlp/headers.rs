@@ -1,0 +1,92 @@
+//! Headers and endpoints as the OTLP exporter and self-telemetry take and show them: the
+//! `OTEL_EXPORTER_OTLP_HEADERS` list, the one check of a header, and what logs show of a
+//! header or an endpoint URL (never a secret).
+
+/// Header names with every value shown as `<redacted>`.
+pub struct RedactedHeaders<'a, I: Iterator<Item = &'a str> + Clone>(pub I);
+
+impl<'a, I: Iterator<Item = &'a str> + Clone> std::fmt::Debug for RedactedHeaders<'a, I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.0.clone().map(|k| (k, "<redacted>"))).finish()
+    }
+}
+
+/// The URL without the password of its `user:password@` (the user stays, to tell endpoints
+/// apart): what logs, errors and `Debug` show of an endpoint.
+pub fn redact_url(url: &str) -> std::borrow::Cow<'_, str> {
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[authority_start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..authority_start], &rest[at..]).into()
+        }
+        None => url.into(),
+    }
+}
+
+/// The one check of a header (gRPC metadata) entry, for validation and both transports: a
+/// valid header name that is not binary gRPC metadata (`-bin`), and a value of visible ASCII,
+/// space and tab. The reason never quotes the value: it is often a secret.
+pub fn check_header(name: &str, value: &str) -> Result<(http::HeaderName, http::HeaderValue), String> {
+    let key = http::HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("`{}` is not a valid header name", name.escape_debug()))?;
+    if key.as_str().ends_with("-bin") {
+        return Err("binary gRPC metadata (a name ending in -bin) is not supported".to_owned());
+    }
+    let value = http::HeaderValue::from_str(value).map_err(|_| {
+        "the value is not a valid header value (visible ASCII, spaces and tabs only)".to_owned()
+    })?;
+    Ok((key, value))
+}
+
+/// Every header, checked; the error names the bad header and why.
+pub fn header_map(headers: &[(String, String)]) -> Result<http::HeaderMap, (String, String)> {
+    let mut map = http::HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let (k, v) = check_header(name, value).map_err(|reason| (name.clone(), reason))?;
+        map.insert(k, v);
+    }
+    Ok(map)
+}
+
+/// Parses `k=v,k2=v2` (W3C baggage-like, values URL-decoded) as the OTLP spec defines
+/// `OTEL_EXPORTER_OTLP_HEADERS`. Errors name the entry by position and key, never by value.
+pub fn parse_env_headers(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (i, item) in text.split(',').enumerate() {
+        if item.trim().is_empty() {
+            continue;
+        }
+        let n = i + 1;
+        let (k, v) = item.split_once('=').ok_or_else(|| format!("entry {n} is not key=value"))?;
+        let k = percent_decode(k.trim()).map_err(|reason| format!("entry {n}: the key {reason}"))?;
+        let v = percent_decode(v.trim())
+            .map_err(|reason| format!("entry {n} (`{}`): the value {reason}", k.escape_debug()))?;
+        if k.is_empty() {
+            return Err(format!("entry {n} has an empty key"));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+fn percent_decode(text: &str) -> Result<String, &'static str> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).ok_or("ends in a partial %-escape")?;
+            let hex = std::str::from_utf8(hex).map_err(|_| "has a bad %-escape")?;
+            let b = u8::from_str_radix(hex, 16).map_err(|_| "has a bad %-escape")?;
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "does not decode to UTF-8")
+}
