@@ -173,15 +173,14 @@ pub fn otlp_response(data: &[u8]) {
 
 /// A runtime's bundle `config.json` (first byte even) or a containers/storage
 /// `containers.json` (odd), read as `runtime_files` reads them: UTF-8 text, parsed, then named
-/// the containerd (CRI and not) and CRI-O ways, the image reference split.
+/// the containerd (CRI and not) and CRI-O ways, the image reference parsed.
 pub fn bundle_config(data: &[u8]) {
     let Some((&which, rest)) = data.split_first() else { return };
     let Ok(text) = std::str::from_utf8(rest) else { return };
     if which % 2 == 1 {
         for entry in bundle::parse_store(text).into_iter().flat_map(|store| store.into_values()) {
             if let Some(image) = entry.image {
-                let (name, tag) = bundle::split_image(&image);
-                assert!(image.starts_with(name) && tag.is_none_or(|t| image.contains(t)), "{image}");
+                image_parts_come_from(&image);
             }
         }
         return;
@@ -193,10 +192,19 @@ pub fn bundle_config(data: &[u8]) {
         .flatten()
     {
         if let Some(image) = &names.image {
-            let (name, tag) = bundle::split_image(image);
-            // Both parts are cut out of the reference: never longer than it.
-            assert!(name.len() + tag.map_or(0, str::len) <= image.len(), "{image}");
+            image_parts_come_from(image);
         }
+    }
+}
+
+/// The parts of an image reference are cut out of it (the tag may be the default one).
+fn image_parts_come_from(image: &str) {
+    if let Some(parts) = crate::processors::metadata::parse_image_reference(image) {
+        assert!(image.trim().starts_with(parts.name), "{image}");
+        let tag_written = parts
+            .tag
+            .is_none_or(|t| t == crate::processors::metadata::image_ref::DEFAULT_TAG || image.contains(t));
+        assert!(tag_written && parts.digest.is_none_or(|d| image.contains(d)), "{image}");
     }
 }
 
@@ -217,7 +225,7 @@ pub fn docker_api(data: &[u8]) {
         _ => true,
     };
     for (id, meta) in &snapshot.containers {
-        assert!(id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()), "kept id {id:?}");
+        assert!(crate::model::is_container_id(id), "kept id {id:?}");
         assert!(meta.attributes.iter().all(|(_, v)| fits(v)), "{meta:?}");
     }
     // Only pods a cached container names are kept (fuzz/regressions/docker_api holds the

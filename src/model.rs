@@ -9,6 +9,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+/// Whether `s` is a container id as runtimes write it and cgroup paths carry it: 64 lowercase
+/// hex digits. Ids are map keys across sources and processors; an id of another shape (upper
+/// case, short, a path) would never meet the cgroup's.
+pub fn is_container_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// How a metric behaves over time; decides its OTLP shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricKind {

@@ -29,9 +29,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::glob::Glob;
+use crate::model::is_container_id;
 use crate::model::{AttrValue, Point, ResourceId, Sweep, SweepContext, Value};
 use crate::semconv;
-use crate::sources::cgroups::classify::is_hex64;
 use crate::sources::netns::interface_points;
 use crate::sources::netns::procfs::parse_net_dev;
 use crate::sources::netns::protocols::{ProtocolCounters, ProtocolMetricsConfig, ProtocolSelection};
@@ -184,7 +184,7 @@ pub fn container_id_of(path: &str) -> Option<&str> {
     let last = path.trim_end_matches('/').rsplit('/').next()?;
     let last = last.strip_suffix(".scope").unwrap_or(last);
     let id = last.rsplit('-').next()?;
-    is_hex64(id).then_some(id)
+    is_container_id(id).then_some(id)
 }
 
 #[derive(Default)]

@@ -13,10 +13,12 @@
 
 mod background;
 pub mod docker_api;
+pub mod image_ref;
 pub mod k8s_api;
 pub mod runtime_files;
 
 pub use background::BackgroundTask;
+pub use image_ref::{parse_image_reference, ImageRef};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};

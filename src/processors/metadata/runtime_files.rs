@@ -52,7 +52,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Deserializer};
 
-use super::{attach, AttachStats, ContainerMeta, PodMeta, Snapshot};
+use super::{attach, parse_image_reference, AttachStats, ContainerMeta, PodMeta, Snapshot};
 use crate::agent_counters::Telemetry;
 use crate::model::{AttrValue, Attributes, ContainerInfo, PodRef, Runtime, Sweep, SweepContext};
 use crate::processors::Processor;
@@ -355,21 +355,6 @@ pub fn parse_store(text: &str) -> Result<HashMap<String, StoreEntry>, ParseError
         .collect())
 }
 
-/// Splits an image reference into the name and the tag (`registry:5000/app:1.2@sha256:…` →
-/// `registry:5000/app`, `1.2`). A digest is dropped; a reference without a tag has none.
-pub fn split_image(reference: &str) -> (&str, Option<&str>) {
-    let without_digest = reference.split_once('@').map_or(reference, |(name, _)| name);
-    let last_slash = without_digest.rfind('/').map_or(0, |i| i + 1);
-    match without_digest[last_slash..].rfind(':') {
-        Some(i) => {
-            let at = last_slash + i;
-            let tag = &without_digest[at + 1..];
-            (&without_digest[..at], (!tag.is_empty()).then_some(tag))
-        }
-        None => (without_digest, None),
-    }
-}
-
 /// The snapshot entries one container's names give: its own attributes, and the pod key and
 /// attributes of its pod.
 fn to_meta(names: &Names, info: &ContainerInfo) -> (ContainerMeta, Option<(String, Attributes)>) {
@@ -380,12 +365,9 @@ fn to_meta(names: &Names, info: &ContainerInfo) -> (ContainerMeta, Option<(Strin
     if let Some(n) = &names.k8s_container_name {
         attributes.push((semconv::K8S_CONTAINER_NAME, n.clone().into()));
     }
-    if let Some(image) = &names.image {
-        let (name, tag) = split_image(image);
-        if !name.is_empty() {
-            attributes.push((semconv::CONTAINER_IMAGE_NAME, AttrValue::text(name)));
-        }
-        if let Some(tag) = tag {
+    if let Some(image) = names.image.as_deref().and_then(parse_image_reference) {
+        attributes.push((semconv::CONTAINER_IMAGE_NAME, AttrValue::text(image.name)));
+        if let Some(tag) = image.tag {
             attributes.push((semconv::CONTAINER_IMAGE_TAGS, AttrValue::StrArray(vec![tag.to_owned()])));
         }
     }
@@ -674,19 +656,6 @@ impl Processor for RuntimeFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn image_references_split_into_name_and_tag() {
-        assert_eq!(
-            split_image("docker.io/library/busybox:1.36"),
-            ("docker.io/library/busybox", Some("1.36"))
-        );
-        assert_eq!(split_image("registry:5000/team/app"), ("registry:5000/team/app", None));
-        assert_eq!(split_image("registry:5000/app:v2@sha256:abcd"), ("registry:5000/app", Some("v2")));
-        assert_eq!(split_image("app@sha256:abcd"), ("app", None));
-        assert_eq!(split_image("localhost/bb:1"), ("localhost/bb", Some("1")));
-        assert_eq!(split_image("app:"), ("app", None));
-    }
 
     #[test]
     fn containerd_sandbox_gets_pod_names_only() {

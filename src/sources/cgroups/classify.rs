@@ -33,7 +33,7 @@
 
 use serde::Deserialize;
 
-use crate::model::{PodRef, ResourceId, Runtime};
+use crate::model::{is_container_id, PodRef, ResourceId, Runtime};
 
 /// What a cgroup is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,7 +266,12 @@ fn rootless(uid: u32, below: &[&str]) -> Option<Classified> {
     let name = last.strip_suffix(".scope").unwrap_or(last);
     let (prefix, id) = name.rsplit_once('-')?;
     let runtime = runtime_of_prefix(prefix)?;
-    is_hex64(id).then(|| Classified::Container { id: id.to_owned(), runtime, pod: None, rootless: Some(uid) })
+    is_container_id(id).then(|| Classified::Container {
+        id: id.to_owned(),
+        runtime,
+        pod: None,
+        rootless: Some(uid),
+    })
 }
 
 /// Below a kubelet root: `[<qos>/]<pod>[/<container>]`, in cgroupfs or systemd names.
@@ -313,18 +318,19 @@ fn kubelet_pod(name: &str, qos: &str) -> Option<String> {
 /// `<runtime prefix>-<id>[.scope]`. Monitors (`crio-conmon-<id>`) have no runtime prefix.
 fn container_name(last: &str) -> Option<(&str, Runtime)> {
     let name = last.strip_suffix(".scope").unwrap_or(last);
-    if is_hex64(name) {
+    if is_container_id(name) {
         return Some((name, Runtime::Containerd));
     }
     let (prefix, id) = name.rsplit_once('-')?;
     let runtime = runtime_of_prefix(prefix)?;
-    is_hex64(id).then_some((id, runtime))
+    is_container_id(id).then_some((id, runtime))
 }
 
 /// Below a Docker root: `<id>` or `docker-<id>.scope`.
 fn docker(rest: &[&str]) -> Option<Classified> {
     let [name] = rest else { return None };
-    let id = if is_hex64(name) { name } else { name.strip_prefix("docker-")?.strip_suffix(".scope")? };
+    let id =
+        if is_container_id(name) { name } else { name.strip_prefix("docker-")?.strip_suffix(".scope")? };
     container(id, Runtime::Docker, None)
 }
 
@@ -333,7 +339,7 @@ fn docker(rest: &[&str]) -> Option<Classified> {
 fn podman(rest: &[&str]) -> Option<Classified> {
     let libpod = |name: &str| {
         let name = name.strip_suffix(".scope").unwrap_or(name);
-        name.strip_prefix("libpod-").filter(|id| is_hex64(id)).map(str::to_owned)
+        name.strip_prefix("libpod-").filter(|id| is_container_id(id)).map(str::to_owned)
     };
     match rest {
         [name] => container(&libpod(name)?, Runtime::Podman, None),
@@ -342,7 +348,7 @@ fn podman(rest: &[&str]) -> Option<Classified> {
                 Some(slice) => slice.strip_suffix(".slice")?,
                 None => pod,
             };
-            if !is_hex64(pod_id) {
+            if !is_container_id(pod_id) {
                 return None;
             }
             container(&libpod(name)?, Runtime::Podman, Some(PodRef::Podman { id: pod_id.to_owned() }))
@@ -361,12 +367,12 @@ fn containerd(rest: &[&str]) -> Option<Classified> {
         return container(id, runtime, Some(pod_of_systemd_slice(slice)?));
     }
     let name = name.strip_suffix(".scope").unwrap_or(name);
-    let id = if is_hex64(name) { name } else { name.strip_prefix("nerdctl-")? };
+    let id = if is_container_id(name) { name } else { name.strip_prefix("nerdctl-")? };
     container(id, Runtime::Containerd, None)
 }
 
 fn container(id: &str, runtime: Runtime, pod: Option<PodRef>) -> Option<Classified> {
-    is_hex64(id).then(|| Classified::Container { id: id.to_owned(), runtime, pod, rootless: None })
+    is_container_id(id).then(|| Classified::Container { id: id.to_owned(), runtime, pod, rootless: None })
 }
 
 fn runtime_of_prefix(prefix: &str) -> Option<Runtime> {
@@ -390,10 +396,6 @@ fn pod_of_systemd_slice(name: &str) -> Option<PodRef> {
     // systemd reserves `-` as the slice separator, so the kubelet writes the UID's dashes as `_`.
     let uid = uid.replace('_', "-");
     is_uid(&uid).then(|| PodRef::Kubernetes { uid, qos: qos.to_owned() })
-}
-
-pub fn is_hex64(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 /// Pod UIDs are dashed UUIDs, except static pods' which are 32 hex digits (a config hash).

@@ -146,41 +146,6 @@ pub fn socket_path(configured: Option<&str>, docker_host: Option<&str>) -> Resul
     }
 }
 
-/// An image reference split into its parts: `registry:port/path/name:tag@digest`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageRef<'a> {
-    /// Registry and repository, as written (`registry:5000/team/app`, `busybox`).
-    pub name: &'a str,
-    pub tag: Option<&'a str>,
-    pub digest: Option<&'a str>,
-}
-
-/// Splits an image reference. The tag is after the last `:` of the last path component, so a
-/// registry port (`host:5000/app`) is not taken for a tag. `None` for an empty reference or
-/// a bare image id (`sha256:…`, or 64 hex digits), which names no image.
-pub fn parse_image_reference(reference: &str) -> Option<ImageRef<'_>> {
-    let reference = reference.trim();
-    let (rest, digest) = match reference.split_once('@') {
-        Some((rest, digest)) => (rest, Some(digest)),
-        None => (reference, None),
-    };
-    if rest.is_empty()
-        || rest.starts_with("sha256:")
-        || (rest.len() == 64 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
-    {
-        return None;
-    }
-    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
-    let (name, tag) = match rest[last_slash..].rfind(':') {
-        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
-        None => (rest, None),
-    };
-    if name.is_empty() || name.ends_with('/') {
-        return None;
-    }
-    Some(ImageRef { name, tag: tag.filter(|t| !t.is_empty()), digest: digest.filter(|d| !d.is_empty()) })
-}
-
 /// The processor: attaches the latest snapshot; the background task keeps it current.
 pub struct DockerApi {
     shared: Arc<SharedSnapshot>,
@@ -225,29 +190,6 @@ impl Processor for DockerApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn image_references_split_into_name_tag_and_digest() {
-        type Parts<'a> = Option<(&'a str, Option<&'a str>, Option<&'a str>)>;
-        let cases: &[(&str, Parts)] = &[
-            ("busybox", Some(("busybox", None, None))),
-            ("busybox:1.36", Some(("busybox", Some("1.36"), None))),
-            ("localhost/bb:1", Some(("localhost/bb", Some("1"), None))),
-            ("registry.example:5000/team/app", Some(("registry.example:5000/team/app", None, None))),
-            ("registry.example:5000/team/app:v2", Some(("registry.example:5000/team/app", Some("v2"), None))),
-            ("ghcr.io/o/app:v1@sha256:abcd", Some(("ghcr.io/o/app", Some("v1"), Some("sha256:abcd")))),
-            ("ghcr.io/o/app@sha256:abcd", Some(("ghcr.io/o/app", None, Some("sha256:abcd")))),
-            ("sha256:0123abcd", None),
-            (&"a".repeat(64), None),
-            ("", None),
-            (":tag", None),
-            ("host:5000/", None),
-        ];
-        for (input, expected) in cases {
-            let got = parse_image_reference(input).map(|r| (r.name, r.tag, r.digest));
-            assert_eq!(got, *expected, "{input}");
-        }
-    }
 
     #[test]
     fn config_defaults_and_bad_values_are_reported_when_read() {

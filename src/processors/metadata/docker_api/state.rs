@@ -7,11 +7,10 @@ use std::sync::Arc;
 use bollard::models::{ContainerSummary, EventMessage, EventMessageTypeEnum};
 use serde::Deserialize;
 
-use super::parse_image_reference;
 use super::ApiError;
 use crate::agent_counters::Telemetry;
 use crate::model::{AttrValue, Attributes};
-use crate::processors::metadata::{ContainerMeta, PodMeta, SharedSnapshot, Snapshot};
+use crate::processors::metadata::{parse_image_reference, ContainerMeta, PodMeta, SharedSnapshot, Snapshot};
 use crate::semconv;
 use crate::warn_limited;
 
@@ -57,9 +56,9 @@ pub(super) fn container_attributes(
     attributes
 }
 
-/// A full 64-hex container id, or nothing: ids are map keys and must match the cgroup's.
+/// A full container id, or nothing: ids are map keys and must match the cgroup's.
 pub(super) fn valid_id(id: Option<&str>) -> Option<&str> {
-    id.filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+    id.filter(|id| crate::model::is_container_id(id))
 }
 
 /// One entry of Podman's `/libpod/containers/json`: only what the pod name needs.
@@ -410,6 +409,9 @@ mod tests {
     fn entries_without_a_valid_id_or_with_oversized_values_are_left_out() {
         let mut cache = Cache::default();
         put_summary(&mut cache, r#"{"Id":"../../etc","Names":["/x"]}"#);
+        // Runtimes and cgroup paths write ids in lower case: an upper-case id would never meet
+        // a cgroup's.
+        put_summary(&mut cache, &format!(r#"{{"Id":"{}","Names":["/x"]}}"#, "B".repeat(64)));
         assert!(cache.view().containers.is_empty());
         let long = "n".repeat(MAX_VALUE_LEN + 1);
         put_summary(

@@ -27,7 +27,7 @@
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 
 use crate::model::{AttrValue, Attributes};
-use crate::processors::metadata::allowlisted_key;
+use crate::processors::metadata::{allowlisted_key, parse_image_reference};
 use crate::semconv;
 
 /// Longest string value kept from an API answer; longer ones (an annotation can hold
@@ -95,26 +95,7 @@ pub fn container_id(container_id: &str) -> Option<&str> {
     if !matches!(scheme, "containerd" | "cri-o" | "docker") {
         return None;
     }
-    (id.len() == 64 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then_some(id)
-}
-
-/// Splits an image reference into its name and tags as the conventions want them:
-/// `registry:5000/team/app:1.2@sha256:…` → (`registry:5000/team/app`, [`1.2`]). No tag and
-/// no digest means `latest`, as the runtime pulls it; a digest-only reference has no tag.
-pub fn split_image(image: &str) -> (String, Vec<String>) {
-    let (without_digest, digest) = match image.split_once('@') {
-        Some((name, digest)) => (name, Some(digest)),
-        None => (image, None),
-    };
-    let last_slash = without_digest.rfind('/').map(|i| i + 1).unwrap_or(0);
-    match without_digest[last_slash..].rfind(':') {
-        Some(colon) => {
-            let at = last_slash + colon;
-            (bounded(&without_digest[..at]), vec![bounded(&without_digest[at + 1..])])
-        }
-        None if digest.is_some() => (bounded(without_digest), Vec::new()),
-        None => (bounded(without_digest), vec!["latest".to_owned()]),
-    }
+    crate::model::is_container_id(id).then_some(id)
 }
 
 /// `<prefix>-<suffix>` → `<prefix>` when the suffix is exactly `suffix`.
@@ -168,11 +149,10 @@ pub fn owner_attributes(pod: &Pod) -> Attributes {
 fn container_attributes(status: &ContainerStatus, spec_image: Option<&str>) -> Attributes {
     let mut attrs: Attributes = vec![(semconv::K8S_CONTAINER_NAME, bounded(&status.name).into())];
     let image = spec_image.filter(|i| !i.is_empty()).unwrap_or(status.image.as_str());
-    if !image.is_empty() {
-        let (name, tags) = split_image(image);
-        attrs.push((semconv::CONTAINER_IMAGE_NAME, name.into()));
-        if !tags.is_empty() {
-            attrs.push((semconv::CONTAINER_IMAGE_TAGS, AttrValue::StrArray(tags)));
+    if let Some(image) = parse_image_reference(image) {
+        attrs.push((semconv::CONTAINER_IMAGE_NAME, bounded(image.name).into()));
+        if let Some(tag) = image.tag {
+            attrs.push((semconv::CONTAINER_IMAGE_TAGS, AttrValue::StrArray(vec![bounded(tag)])));
         }
     }
     attrs.push((semconv::K8S_CONTAINER_RESTART_COUNT, AttrValue::Int(i64::from(status.restart_count))));
@@ -300,17 +280,6 @@ mod tests {
         assert_eq!(container_id("containerd://abc"), None);
         assert_eq!(container_id(&format!("containerd://{}", "A".repeat(64))), None);
         assert_eq!(container_id(""), None);
-    }
-
-    #[test]
-    fn image_references_split_into_name_and_tags() {
-        let s = |i: &str| split_image(i);
-        assert_eq!(s("nginx:1.25"), ("nginx".into(), vec!["1.25".into()]));
-        assert_eq!(s("nginx"), ("nginx".into(), vec!["latest".into()]));
-        assert_eq!(s("registry:5000/team/app"), ("registry:5000/team/app".into(), vec!["latest".into()]));
-        assert_eq!(s("registry:5000/team/app:v2"), ("registry:5000/team/app".into(), vec!["v2".into()]));
-        assert_eq!(s("quay.io/x/y@sha256:abcd"), ("quay.io/x/y".into(), vec![]));
-        assert_eq!(s("quay.io/x/y:1.0@sha256:abcd"), ("quay.io/x/y".into(), vec!["1.0".into()]));
     }
 
     #[test]
