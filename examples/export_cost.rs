@@ -12,7 +12,7 @@
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 
-use podometer::batcher::Batcher;
+use podometer::exporters::otlp::batcher::Batcher;
 use podometer::model::{Point, ResourceId, Sweep, Value};
 use podometer::semconv;
 use prost::Message;
