@@ -15,8 +15,10 @@
 //!
 //! Not the `procfs` crate's `Snmp`: it requires every field of the 4.x layout (a kernel
 //! without `Icmp: InCsumErrors` fails), reads no `netstat` or `sockstat`, and builds a
-//! `HashMap` of owned strings per read; the by-name scan here allocates nothing (the numbers
-//! from the bench in `benches/netns_protocols.rs` are in `docs/network-health.md`).
+//! `HashMap` of owned strings per read; the by-name scan here allocates nothing. Measured with
+//! `benches/netns_protocols.rs` on the kernel 6.18 fixtures (conditions in
+//! `docs/network-health.md`): `procfs`'s `Snmp` 29 µs and `Snmp6` 17 µs against 1.1 µs and
+//! 2.2 µs here, per read of one namespace's file.
 
 use serde::Deserialize;
 
