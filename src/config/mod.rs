@@ -622,8 +622,9 @@ pub fn parse_otel_resource_attributes(text: &str) -> Result<Vec<(String, String)
 }
 
 /// Decodes with the `percent-encoding` crate, which passes a `%` not followed by two hex digits
-/// through unchanged; the specification calls that malformed, so it is checked first.
-fn percent_decode(text: &str) -> Option<String> {
+/// through unchanged; the specification calls that malformed, so it is checked first. `None`
+/// for a malformed escape or a text that does not decode to UTF-8.
+pub(crate) fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let well_formed = bytes
         .iter()

@@ -2,6 +2,8 @@
 //! `OTEL_EXPORTER_OTLP_HEADERS` list, the one check of a header, and what logs show of a
 //! header or an endpoint URL (never a secret).
 
+use crate::config::percent_decode;
+
 /// Header names with every value shown as `<redacted>`.
 pub struct RedactedHeaders<'a, I: Iterator<Item = &'a str> + Clone>(pub I);
 
@@ -51,6 +53,8 @@ pub fn header_map(headers: &[(String, String)]) -> Result<http::HeaderMap, (Stri
     Ok(map)
 }
 
+const BAD_ESCAPE: &str = "has a bad %-escape (a % and two hex digits) or is not UTF-8";
+
 /// Parses `k=v,k2=v2` (W3C baggage-like, values URL-decoded) as the OTLP spec defines
 /// `OTEL_EXPORTER_OTLP_HEADERS`. Errors name the entry by position and key, never by value.
 pub fn parse_env_headers(text: &str) -> Result<Vec<(String, String)>, String> {
@@ -61,9 +65,9 @@ pub fn parse_env_headers(text: &str) -> Result<Vec<(String, String)>, String> {
         }
         let n = i + 1;
         let (k, v) = item.split_once('=').ok_or_else(|| format!("entry {n} is not key=value"))?;
-        let k = percent_decode(k.trim()).map_err(|reason| format!("entry {n}: the key {reason}"))?;
+        let k = percent_decode(k.trim()).ok_or_else(|| format!("entry {n}: the key {BAD_ESCAPE}"))?;
         let v = percent_decode(v.trim())
-            .map_err(|reason| format!("entry {n} (`{}`): the value {reason}", k.escape_debug()))?;
+            .ok_or_else(|| format!("entry {n} (`{}`): the value {BAD_ESCAPE}", k.escape_debug()))?;
         if k.is_empty() {
             return Err(format!("entry {n} has an empty key"));
         }
@@ -72,21 +76,21 @@ pub fn parse_env_headers(text: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-fn percent_decode(text: &str) -> Result<String, &'static str> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).ok_or("ends in a partial %-escape")?;
-            let hex = std::str::from_utf8(hex).map_err(|_| "has a bad %-escape")?;
-            let b = u8::from_str_radix(hex, 16).map_err(|_| "has a bad %-escape")?;
-            out.push(b);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_headers_are_percent_decoded_and_bad_escapes_name_the_entry_not_the_value() {
+        let pairs = parse_env_headers("api-key=se%20cret, x-b%3Dc = 1 ,,").unwrap();
+        assert_eq!(
+            pairs,
+            [("api-key".to_owned(), "se cret".to_owned()), ("x-b=c".to_owned(), "1".to_owned())]
+        );
+        for bad in ["a=%2", "a=%zz", "a=%+f", "a=%ff", "%=1"] {
+            let e = parse_env_headers(bad).unwrap_err();
+            assert!(e.starts_with("entry 1") && e.contains("%-escape"), "{bad}: {e}");
+            assert!(!e.contains('%') || !e.contains(bad), "{bad}: the value is quoted: {e}");
         }
     }
-    String::from_utf8(out).map_err(|_| "does not decode to UTF-8")
 }
