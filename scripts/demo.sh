@@ -10,7 +10,8 @@
 # from Debian; VictoriaMetrics (Debian trixie's package, unpacked into .tools/) and rotel (PyPI,
 # in a virtualenv in .tools/). The tests' wider set (containerd, dockerd, Prometheus, the QEMU
 # guest) is scripts/testbed.sh's, which shares these .tools/ paths.
-# PODOMETER_BIN=path skips the build and runs that binary.
+# PODOMETER_BIN=path skips the build and runs that binary. `scripts/demo.sh --prepare` only
+# installs and prints the environment (`export` lines) for scripts/demo-sidecar.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -81,6 +82,10 @@ if [ -z "$PODOMETER_ROTEL" ]; then
   PODOMETER_ROTEL="$(ls "$tools"/rotel-venv/lib/python3*/site-packages/rotel/rotel-agent | head -n1)"
 fi
 say "prerequisites ready after $((SECONDS - started)) s"
+if [ "${1:-}" = --prepare ]; then
+  echo "export CONTAINERS_CONF=$conf"
+  exit 0
+fi
 
 if [ -n "${PODOMETER_BIN:-}" ]; then
   bin="$PODOMETER_BIN"
