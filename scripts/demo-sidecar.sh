@@ -5,7 +5,10 @@
 # sidecar exports next to the kernel's own counters read from the host, and removes the pod.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-eval "$(bash scripts/testbed.sh)"
+# Podman, runc, busybox-static and the local images: what scripts/demo.sh installs.
+eval "$(bash scripts/demo.sh --prepare)"
+# The image carries Debian's CA bundle (scripts/image.sh).
+[ -f /etc/ssl/certs/ca-certificates.crt ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ca-certificates >&2
 
 image=$(bash scripts/image.sh)
 name="podometer-demo-sidecar-$$"

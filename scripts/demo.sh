@@ -3,16 +3,100 @@
 # it, plus a CPU burner), shows `podometer collect --format table`, then runs the agent against
 # a real collector chain (rotel over OTLP/gRPC -> VictoriaMetrics, and OTLP/HTTP straight into
 # VictoriaMetrics) and prints per pod and container, by name (the runtime_files processor reads
-# Podman's files), the CPU, memory and network numbers read back from VictoriaMetrics by query. Cleans up everything it started, also on Ctrl-C.
-# Needs root (cgroups, podman). Usage: sudo scripts/demo.sh
+# Podman's files), the CPU, memory and network numbers read back from VictoriaMetrics by query.
+# Cleans up everything it started, also on Ctrl-C.
+# Needs root (cgroups, podman) and a Rust toolchain. Usage: sudo scripts/demo.sh
+# Installs only what the demo uses, when missing: podman, runc, busybox-static, python3 and curl
+# from Debian; VictoriaMetrics (Debian trixie's package, unpacked into .tools/) and rotel (PyPI,
+# in a virtualenv in .tools/). The tests' wider set (containerd, dockerd, Prometheus, the QEMU
+# guest) is scripts/testbed.sh's, which shares these .tools/ paths.
+# PODOMETER_BIN=path skips the build and runs that binary. `scripts/demo.sh --prepare` only
+# installs and prints the environment (`export` lines) for scripts/demo-sidecar.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
+tools="${PODOMETER_TOOLS:-$repo/.tools}"
+mkdir -p "$tools"
+say() { echo "demo: $*" >&2; }
+started=$SECONDS
 
-eval "$(bash scripts/testbed.sh)"
-echo "== building podometer (release)"
-cargo build --release --quiet
-bin="$repo/target/release/podometer"
+need_apt=()
+command -v podman >/dev/null || need_apt+=(podman)
+command -v runc >/dev/null || need_apt+=(runc)
+[ -x /bin/busybox ] || need_apt+=(busybox-static)
+command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3 python3-venv)
+command -v curl >/dev/null || need_apt+=(curl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  say "installing ${need_apt[*]}"
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >&2
+fi
+
+# Podman's defaults fail on hybrid cgroups (crun) and with a nofile ulimit above the hard limit.
+conf="$tools/containers.conf"
+cat > "$conf.tmp.$$" <<CONF
+[containers]
+default_ulimits = []
+[engine]
+runtime = "runc"
+infra_image = "localhost/pause:1"
+CONF
+mv -f "$conf.tmp.$$" "$conf"
+export CONTAINERS_CONF="$conf"
+
+# Local busybox images: the demo pulls nothing from a registry.
+if ! podman image exists localhost/bb:1 || ! podman image exists localhost/pause:1; then
+  say "building local busybox images"
+  root=$(mktemp -d)
+  mkdir -p "$root/bin" "$root/tmp" "$root/proc" "$root/sys" "$root/dev" "$root/etc"
+  cp /bin/busybox "$root/bin/busybox"
+  for applet in sh sleep cat nc wget dd httpd head tail yes ls ps echo true sync; do
+    ln -sf busybox "$root/bin/$applet"
+  done
+  echo 'root:x:0:0:root:/:/bin/sh' > "$root/etc/passwd"
+  tar -C "$root" -cf "$root.tar" .
+  podman import "$root.tar" localhost/bb:1 >/dev/null
+  podman import --change 'CMD ["/bin/sleep","1000000"]' "$root.tar" localhost/pause:1 >/dev/null
+  rm -rf "$root" "$root.tar"
+fi
+
+PODOMETER_VICTORIA_METRICS="$tools/vm/usr/bin/victoria-metrics"
+if [ ! -x "$PODOMETER_VICTORIA_METRICS" ]; then
+  say "fetching victoria-metrics from Debian trixie"
+  aptdir="$tools/apt-trixie"
+  mkdir -p "$aptdir/lists/partial" "$aptdir/archives/partial"
+  echo 'deb http://deb.debian.org/debian trixie main' > "$aptdir/sources.list"
+  opts=(-oDir::Etc::SourceList="$aptdir/sources.list" -oDir::Etc::SourceParts=/dev/null
+        -oDir::State::Lists="$aptdir/lists" -oDir::Cache::Archives="$aptdir/archives"
+        -oAPT::Get::List-Cleanup=0)
+  apt-get "${opts[@]}" update -qq >&2
+  (cd "$aptdir" && apt-get "${opts[@]}" download victoria-metrics >&2)
+  dpkg -x "$aptdir"/victoria-metrics_*.deb "$tools/vm"
+fi
+
+PODOMETER_ROTEL="$(ls "$tools"/rotel-venv/lib/python3*/site-packages/rotel/rotel-agent 2>/dev/null | head -n1 || true)"
+if [ -z "$PODOMETER_ROTEL" ]; then
+  say "installing rotel into a virtualenv"
+  python3 -m venv "$tools/rotel-venv" >&2
+  "$tools/rotel-venv/bin/pip" install -q rotel >&2
+  PODOMETER_ROTEL="$(ls "$tools"/rotel-venv/lib/python3*/site-packages/rotel/rotel-agent | head -n1)"
+fi
+say "prerequisites ready after $((SECONDS - started)) s"
+if [ "${1:-}" = --prepare ]; then
+  echo "export CONTAINERS_CONF=$conf"
+  exit 0
+fi
+
+if [ -n "${PODOMETER_BIN:-}" ]; then
+  bin="$PODOMETER_BIN"
+else
+  # The dev profile: the demo measures containers, not the agent, and it builds in a fraction
+  # of the release profile's time.
+  echo "== building podometer"
+  cargo build --quiet --bin podometer
+  bin="${CARGO_TARGET_DIR:-$repo/target}/debug/podometer"
+fi
+say "built after $((SECONDS - started)) s"
 
 work=$(mktemp -d /tmp/podometer-demo.XXXXXX)
 pids=()
@@ -126,3 +210,4 @@ if not {"podometer-demo-httpd", "podometer-demo-burn", "podometer-demo-fetch"} <
     sys.exit("VictoriaMetrics returned series without the demo containers' names: %s" % sorted(named))
 PY
 python3 "$work/readback.py" "http://127.0.0.1:$vm_port"
+say "done after $((SECONDS - started)) s"

@@ -37,7 +37,8 @@ fn built_in_default_and_every_file_under_config_pass() {
 
 /// The DaemonSet's config (`deploy/kubernetes/base/agent.yaml`, shipped as the ConfigMap)
 /// parses and validates with the variable it references set, and says which one it needs (a
-/// node name from the downward API); the README's annotated example has only real keys.
+/// node name from the downward API); the annotated example in docs/configuration.md has only
+/// real keys.
 #[test]
 fn the_deployed_config_and_the_readme_example_parse_and_validate() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -49,12 +50,13 @@ fn the_deployed_config_and_the_readme_example_parse_and_validate() {
     let unset = podometer::config::parse("agent.yaml", &agent, |_| None).unwrap_err().to_string();
     assert!(unset.contains("NODE_NAME"), "the missing variable is named: {unset}");
 
-    // The first ```yaml block of the README's "Configuration" section.
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let section = &readme[readme.find("\n## Configuration").expect("a Configuration section")..];
+    // The first ```yaml block of docs/configuration.md.
+    let readme = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
+    let section = &readme[readme.find("# Configuration").expect("a Configuration heading")..];
     let block = section.split("```yaml\n").nth(1).and_then(|b| b.split("```").next()).expect("a yaml block");
     // An unknown key, a wrong type, a bad value or an unused component anywhere in it fails here.
-    podometer::config::parse("README.md", block, |_| None).unwrap_or_else(|e| panic!("README example: {e}"));
+    podometer::config::parse("docs/configuration.md", block, |_| None)
+        .unwrap_or_else(|e| panic!("docs/configuration.md example: {e}"));
 }
 
 /// Whatever the key, its name and place come back: the message is built from the input, not a

@@ -2,7 +2,7 @@
 //!
 //! This machine's PID 1 is not systemd, so the unit cannot be started here;
 //! `systemd-analyze verify` (which needs no running systemd) checks its syntax and directives,
-//! and the unit's capability set is checked against the README's privilege table. The
+//! and the unit's capability set is checked against the privilege table of docs/deploy.md. The
 //! `podman run` line is run for real, with `collect` in place of `run`.
 mod support;
 
@@ -19,10 +19,10 @@ fn directive<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
     unit.lines().filter_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('='))).collect()
 }
 
-/// Capabilities named in the README's privilege table (first column, `CAP_*`).
+/// Capabilities named in the privilege table of docs/deploy.md (first column, `CAP_*`).
 fn readme_capabilities() -> BTreeSet<String> {
-    let readme = std::fs::read_to_string(format!("{ROOT}/README.md")).unwrap();
-    let table = readme.split("| capability |").nth(1).expect("the README's privilege table");
+    let readme = std::fs::read_to_string(format!("{ROOT}/docs/deploy.md")).unwrap();
+    let table = readme.split("| capability |").nth(1).expect("the privilege table of docs/deploy.md");
     table
         .lines()
         .skip(2)
@@ -34,11 +34,11 @@ fn readme_capabilities() -> BTreeSet<String> {
         .collect()
 }
 
-/// The README's capabilities without the opt-in ones: CAP_NET_ADMIN (host peers) is granted
+/// The documented capabilities without the opt-in ones: CAP_NET_ADMIN (host peers) is granted
 /// only when asked for.
 fn default_capabilities() -> BTreeSet<String> {
     let mut caps = readme_capabilities();
-    assert!(caps.remove("CAP_NET_ADMIN"), "the README's table lists CAP_NET_ADMIN for host peers");
+    assert!(caps.remove("CAP_NET_ADMIN"), "docs/deploy.md's table lists CAP_NET_ADMIN for host peers");
     caps
 }
 
@@ -48,7 +48,7 @@ fn unit_is_hardened_and_grants_only_the_default_capabilities() {
     let caps: BTreeSet<String> =
         directive(&unit, "CapabilityBoundingSet")[0].split_whitespace().map(str::to_owned).collect();
     assert_eq!(caps, default_capabilities(), "CapabilityBoundingSet: CAP_NET_ADMIN is opt-in");
-    // The opt-in the unit's comment documents grants exactly the README's set.
+    // The opt-in the unit's comment documents grants exactly the documented set.
     let opt_in = unit
         .lines()
         .find_map(|l| l.split('`').find(|part| part.starts_with("CapabilityBoundingSet=")))

@@ -112,7 +112,7 @@ fn check_daemon_set(r: &Rendered, expected_caps: &[&str], host_network: bool, to
     assert_eq!(spec.containers.len(), 1);
     let c = &spec.containers[0];
 
-    // Privilege: exactly the README's capabilities, nothing else.
+    // Privilege: exactly the capabilities of docs/deploy.md, nothing else.
     let sc = c.security_context.as_ref().expect("securityContext");
     assert_eq!(sc.privileged, Some(false));
     assert_eq!(sc.allow_privilege_escalation, Some(false));
@@ -311,9 +311,9 @@ fn host_peers_overlay_adds_net_admin_and_host_network_only() {
     let r = render("deploy/kubernetes/overlays/host-peers");
     check_daemon_set(&r, &["SYS_PTRACE", "NET_ADMIN"], true, false);
     assert!(r.role.is_none());
-    // The capabilities are exactly the README's privilege table.
-    let readme = std::fs::read_to_string(format!("{ROOT}/README.md")).unwrap();
-    let table = readme.split("| capability |").nth(1).expect("the README's privilege table");
+    // The capabilities are exactly the privilege table of docs/deploy.md.
+    let readme = std::fs::read_to_string(format!("{ROOT}/docs/deploy.md")).unwrap();
+    let table = readme.split("| capability |").nth(1).expect("the privilege table of docs/deploy.md");
     let listed: BTreeSet<&str> = table
         .lines()
         .skip(2)
