@@ -93,14 +93,18 @@ impl Sink {
     }
 
     fn serve(&mut self, listener: tokio::net::TcpListener) {
-        let service = MetricsServiceServer::new(self.store.clone()).accept_compressed(CompressionEncoding::Gzip);
+        let service =
+            MetricsServiceServer::new(self.store.clone()).accept_compressed(CompressionEncoding::Gzip);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = self.runtime.spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
-                    let _ = rx.await;
-                })
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async {
+                        let _ = rx.await;
+                    },
+                )
                 .await
                 .expect("the test's OTLP receiver runs");
         });
@@ -111,7 +115,8 @@ impl Sink {
     pub fn stop(&mut self) {
         if let Some((tx, task)) = self.server.take() {
             let _ = tx.send(());
-            let done = self.runtime.block_on(async { tokio::time::timeout(Duration::from_secs(10), task).await });
+            let done =
+                self.runtime.block_on(async { tokio::time::timeout(Duration::from_secs(10), task).await });
             if done.is_err() {
                 panic!("the receiver did not stop within 10 s");
             }
@@ -121,7 +126,8 @@ impl Sink {
     pub fn resume(&mut self) {
         assert!(self.server.is_none(), "receiver already running");
         let addr: SocketAddr = format!("{HOST_ADDR}:{}", self.port).parse().unwrap();
-        let listener = self.runtime.block_on(tokio::net::TcpListener::bind(addr)).expect("bind the receiver again");
+        let listener =
+            self.runtime.block_on(tokio::net::TcpListener::bind(addr)).expect("bind the receiver again");
         self.serve(listener);
     }
 
@@ -135,14 +141,23 @@ impl Sink {
     }
 
     /// Waits until `pred` holds for the points received so far; panics after `timeout`.
-    pub fn wait_for(&self, what: &str, timeout: Duration, mut pred: impl FnMut(&[Point]) -> bool) -> Vec<Point> {
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&[Point]) -> bool,
+    ) -> Vec<Point> {
         let start = Instant::now();
         loop {
             let points = self.points();
             if pred(&points) {
                 return points;
             }
-            assert!(start.elapsed() < timeout, "{what}: not seen within {timeout:?} ({} points received)", points.len());
+            assert!(
+                start.elapsed() < timeout,
+                "{what}: not seen within {timeout:?} ({} points received)",
+                points.len()
+            );
             std::thread::sleep(Duration::from_millis(250));
         }
     }
@@ -264,7 +279,8 @@ impl Overlay {
         let target = std::fs::canonicalize(&target).expect("shipped kustomization");
         // kustomize refuses absolute resource paths: the way up from the temp dir and down.
         let up = std::fs::canonicalize(dir.path()).unwrap().components().count() - 1;
-        let rel: PathBuf = std::iter::repeat_n("..", up).collect::<PathBuf>().join(target.strip_prefix("/").unwrap());
+        let rel: PathBuf =
+            std::iter::repeat_n("..", up).collect::<PathBuf>().join(target.strip_prefix("/").unwrap());
         let text = format!(
             "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\n{body}",
             rel.display()
@@ -347,7 +363,9 @@ pub fn node_agent_config(file: &str, otlp_body: Option<&str>) -> String {
     assert_eq!(text.matches(anchor).count(), 1, "{file}: the cgroups root line moved");
     text = text.replace(
         anchor,
-        &format!("{anchor}    layouts:\n      kubelet: [kubepods, kubepods.slice, {NODE_CGROUP_ROOT}/kubepods]\n"),
+        &format!(
+            "{anchor}    layouts:\n      kubelet: [kubepods, kubepods.slice, {NODE_CGROUP_ROOT}/kubepods]\n"
+        ),
     );
     if let Some(body) = otlp_body {
         let otlp = "  otlp: {}\n";
@@ -438,6 +456,7 @@ pub fn kernel_memory_bytes(id: &str) -> u64 {
 /// `(receive, transmit)` bytes of `interface` in /proc/net/dev text.
 pub fn net_dev_bytes(text: &str, interface: &str) -> Option<(u64, u64)> {
     let line = text.lines().find(|l| l.trim_start().starts_with(&format!("{interface}:")))?;
-    let fields: Vec<u64> = line.split_once(':')?.1.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    let fields: Vec<u64> =
+        line.split_once(':')?.1.split_whitespace().filter_map(|f| f.parse().ok()).collect();
     Some((*fields.first()?, *fields.get(8)?))
 }

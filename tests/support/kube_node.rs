@@ -98,13 +98,21 @@ impl KubeNode {
 
     /// Imports an image archive (docker or OCI) into the node's containerd.
     pub fn load_image(&self, archive: &Path) {
-        let out = Command::new("bash").arg(script()).arg("load-image").arg(archive).output().expect("load-image");
-        assert!(out.status.success(), "load-image {archive:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        let out =
+            Command::new("bash").arg(script()).arg("load-image").arg(archive).output().expect("load-image");
+        assert!(
+            out.status.success(),
+            "load-image {archive:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// `kubectl wait` that must succeed; on failure the panic shows `describe` of `what`.
     pub fn wait(&self, namespace: &str, what: &str, condition: &str, timeout: &str) {
-        let out = self.kubectl(&["-n", namespace, "wait", &format!("--for={condition}"), what, &format!("--timeout={timeout}")], None);
+        let out = self.kubectl(
+            &["-n", namespace, "wait", &format!("--for={condition}"), what, &format!("--timeout={timeout}")],
+            None,
+        );
         if !out.status.success() {
             let describe = self.kubectl(&["-n", namespace, "describe", what], None);
             panic!(
@@ -117,7 +125,8 @@ impl KubeNode {
 
     /// `kubectl rollout status` that must succeed.
     pub fn rollout(&self, namespace: &str, what: &str, timeout: &str) {
-        let out = self.kubectl(&["-n", namespace, "rollout", "status", what, &format!("--timeout={timeout}")], None);
+        let out = self
+            .kubectl(&["-n", namespace, "rollout", "status", what, &format!("--timeout={timeout}")], None);
         if !out.status.success() {
             let describe = self.kubectl(&["-n", namespace, "describe", "pods"], None);
             panic!(

@@ -95,7 +95,7 @@ spec:
   containers:
     - name: crash
       image: {b}
-      command: ["sh", "-c", "sleep 4; exit 1"]
+      command: ["sh", "-c", "sleep 6; exit 1"]
 "#
     )
 }
@@ -147,7 +147,10 @@ pub fn start(node: &KubeNode) {
     node.rollout(NS, "deployment/web", "120s");
     node.rollout(NS, "statefulset/db", "120s");
     node.wait(NS, "pod/hostnet", "condition=Ready", "120s");
-    node.kubectl_ok(&["-n", NS, "wait", "--for=condition=Ready", "pod", "-l", "job-name=batch", "--timeout=120s"], None);
+    node.kubectl_ok(
+        &["-n", NS, "wait", "--for=condition=Ready", "pod", "-l", "job-name=batch", "--timeout=120s"],
+        None,
+    );
     let web = pods(node).into_iter().find(|p| p.name.starts_with("web-")).expect("a web pod");
     node.kubectl_ok(&["apply", "-f", "-"], Some(&client(&web.ip)));
     node.wait(NS, "pod/client", "condition=Ready", "120s");
