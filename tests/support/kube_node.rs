@@ -95,6 +95,62 @@ impl KubeNode {
         assert!(out.status.success(), "kubectl {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+
+    /// Imports an image archive (docker or OCI) into the node's containerd.
+    pub fn load_image(&self, archive: &Path) {
+        let out =
+            Command::new("bash").arg(script()).arg("load-image").arg(archive).output().expect("load-image");
+        assert!(
+            out.status.success(),
+            "load-image {archive:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `kubectl wait` that must succeed; on failure the panic shows `describe` of `what`.
+    pub fn wait(&self, namespace: &str, what: &str, condition: &str, timeout: &str) {
+        let out = self.kubectl(
+            &["-n", namespace, "wait", &format!("--for={condition}"), what, &format!("--timeout={timeout}")],
+            None,
+        );
+        if !out.status.success() {
+            let describe = self.kubectl(&["-n", namespace, "describe", what], None);
+            panic!(
+                "{what} in {namespace}: not {condition} within {timeout}: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&describe.stdout)
+            );
+        }
+    }
+
+    /// `kubectl rollout status` that must succeed.
+    pub fn rollout(&self, namespace: &str, what: &str, timeout: &str) {
+        let out = self
+            .kubectl(&["-n", namespace, "rollout", "status", what, &format!("--timeout={timeout}")], None);
+        if !out.status.success() {
+            let describe = self.kubectl(&["-n", namespace, "describe", "pods"], None);
+            panic!(
+                "{what} in {namespace}: no rollout within {timeout}: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&describe.stdout)
+            );
+        }
+    }
+
+    /// `kubectl exec` into one container; its stdout.
+    pub fn exec(&self, namespace: &str, pod: &str, container: &str, cmd: &[&str]) -> String {
+        let mut args = vec!["-n", namespace, "exec", pod, "-c", container, "--"];
+        args.extend_from_slice(cmd);
+        self.kubectl_ok(&args, None)
+    }
+
+    /// `kubectl get -o json` of `what`.
+    pub fn get_json(&self, namespace: &str, what: &[&str]) -> serde_json::Value {
+        let mut args = vec!["-n", namespace, "get"];
+        args.extend_from_slice(what);
+        args.extend_from_slice(&["-o", "json"]);
+        serde_json::from_str(&self.kubectl_ok(&args, None)).expect("kubectl json")
+    }
 }
 
 impl Drop for KubeNode {

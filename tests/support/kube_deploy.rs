@@ -1,0 +1,462 @@
+//! What the live tests of the shipped manifests need around the real node (`KubeNode`): an
+//! OTLP/gRPC receiver the agent's pod reaches, the test's own kustomization over a shipped one,
+//! the podometer image in the node, and the kernel's own numbers for a pod or container.
+//!
+//! Reaching the receiver: the node's network namespace has a veth whose host end is
+//! 10.216.0.1 (scripts/kube-node.sh), and a pod's default route leads through the node's bridge
+//! and that veth to the host, which routes the pod range back. So a receiver bound to
+//! 10.216.0.1 on the host is reachable from every pod and from hostNetwork pods alike, and from
+//! nothing outside the node (the address exists only while the node is up).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point, NumberDataPoint};
+use tonic::codec::CompressionEncoding;
+
+use crate::support::kube_node::KubeNode;
+
+/// The host end of the node's veth (scripts/kube-node.sh `host_addr`).
+pub const HOST_ADDR: &str = "10.216.0.1";
+/// The kubelet's cgroupRoot on the test node (scripts/kube-node.sh `cgroot`).
+pub const NODE_CGROUP_ROOT: &str = "podometer-kube";
+/// The node's containerd state directory (scripts/kube-node.sh `$run/containerd/state`).
+pub const NODE_CONTAINERD_STATE: &str = "/var/tmp/podometer-kube/run/containerd/state";
+
+pub fn podometer_image() -> String {
+    format!("localhost/podometer:{}", env!("CARGO_PKG_VERSION"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The receiver
+
+/// One export request as received, with the host's clock at its arrival.
+#[derive(Clone)]
+pub struct Received {
+    pub at: SystemTime,
+    pub request: ExportMetricsServiceRequest,
+}
+
+#[derive(Clone, Default)]
+struct Store(Arc<Mutex<Vec<Received>>>);
+
+#[tonic::async_trait]
+impl MetricsService for Store {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let request = request.into_inner();
+        self.0.lock().unwrap().push(Received { at: SystemTime::now(), request });
+        Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
+    }
+}
+
+/// An OTLP/gRPC receiver on `HOST_ADDR`, stopped (listener closed, connections sent GOAWAY and
+/// closed) and resumed on the same port at will.
+pub struct Sink {
+    pub port: u16,
+    store: Store,
+    runtime: tokio::runtime::Runtime,
+    server: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+}
+
+impl Sink {
+    pub fn start() -> Sink {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind((HOST_ADDR, 0)))
+            .expect("bind the receiver on the node's veth (is the node up?)");
+        let port = listener.local_addr().unwrap().port();
+        let mut sink = Sink { port, store: Store::default(), runtime, server: None };
+        sink.serve(listener);
+        sink
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{HOST_ADDR}:{}", self.port)
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let service =
+            MetricsServiceServer::new(self.store.clone()).accept_compressed(CompressionEncoding::Gzip);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = self.runtime.spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async {
+                        let _ = rx.await;
+                    },
+                )
+                .await
+                .expect("the test's OTLP receiver runs");
+        });
+        self.server = Some((tx, task));
+    }
+
+    /// Down: nothing listens on the port and open connections are closed.
+    pub fn stop(&mut self) {
+        if let Some((tx, task)) = self.server.take() {
+            let _ = tx.send(());
+            let done =
+                self.runtime.block_on(async { tokio::time::timeout(Duration::from_secs(10), task).await });
+            if done.is_err() {
+                panic!("the receiver did not stop within 10 s");
+            }
+        }
+    }
+
+    pub fn resume(&mut self) {
+        assert!(self.server.is_none(), "receiver already running");
+        let addr: SocketAddr = format!("{HOST_ADDR}:{}", self.port).parse().unwrap();
+        let listener =
+            self.runtime.block_on(tokio::net::TcpListener::bind(addr)).expect("bind the receiver again");
+        self.serve(listener);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.store.0.lock().unwrap().clone()
+    }
+
+    /// Every point received so far.
+    pub fn points(&self) -> Vec<Point> {
+        self.received().iter().flat_map(points_of).collect()
+    }
+
+    /// Waits until `pred` holds for the points received so far; panics after `timeout`.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&[Point]) -> bool,
+    ) -> Vec<Point> {
+        let start = Instant::now();
+        loop {
+            let points = self.points();
+            if pred(&points) {
+                return points;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "{what}: not seen within {timeout:?} ({} points received)",
+                points.len()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if let Some((tx, _)) = self.server.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub type Attrs = BTreeMap<String, String>;
+
+/// One data point with its Resource's attributes.
+#[derive(Debug, Clone)]
+pub struct Point {
+    pub resource: Arc<Attrs>,
+    pub name: String,
+    pub attrs: Attrs,
+    pub start_ns: u64,
+    pub time_ns: u64,
+    pub value: f64,
+    /// When the request carrying it arrived.
+    pub received: SystemTime,
+}
+
+impl Point {
+    pub fn res(&self, key: &str) -> Option<&str> {
+        self.resource.get(key).map(String::as_str)
+    }
+    pub fn attr(&self, key: &str) -> Option<&str> {
+        self.attrs.get(key).map(String::as_str)
+    }
+    pub fn time(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(self.time_ns)
+    }
+    /// What identifies the series: metric name, Resource and point attributes.
+    pub fn series_key(&self) -> String {
+        format!("{} {:?} {:?}", self.name, self.resource, self.attrs)
+    }
+}
+
+fn attr_string(kv: &KeyValue) -> String {
+    match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        Some(any_value::Value::BoolValue(b)) => b.to_string(),
+        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+        Some(any_value::Value::ArrayValue(a)) => {
+            let items: Vec<String> = a
+                .values
+                .iter()
+                .map(|v| match &v.value {
+                    Some(any_value::Value::StringValue(s)) => s.clone(),
+                    other => format!("{other:?}"),
+                })
+                .collect();
+            items.join(",")
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+pub fn points_of(received: &Received) -> Vec<Point> {
+    let mut out = Vec::new();
+    for rm in &received.request.resource_metrics {
+        let resource: Arc<Attrs> = Arc::new(
+            rm.resource
+                .as_ref()
+                .map(|r| r.attributes.iter().map(|kv| (kv.key.clone(), attr_string(kv))).collect())
+                .unwrap_or_default(),
+        );
+        for sm in &rm.scope_metrics {
+            for m in &sm.metrics {
+                let points: &[NumberDataPoint] = match &m.data {
+                    Some(metric::Data::Sum(s)) => &s.data_points,
+                    Some(metric::Data::Gauge(g)) => &g.data_points,
+                    _ => continue,
+                };
+                for dp in points {
+                    let value = match dp.value {
+                        Some(number_data_point::Value::AsInt(i)) => i as f64,
+                        Some(number_data_point::Value::AsDouble(d)) => d,
+                        None => continue,
+                    };
+                    out.push(Point {
+                        resource: resource.clone(),
+                        name: m.name.clone(),
+                        attrs: dp.attributes.iter().map(|kv| (kv.key.clone(), attr_string(kv))).collect(),
+                        start_ns: dp.start_time_unix_nano,
+                        time_ns: dp.time_unix_nano,
+                        value,
+                        received: received.at,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kustomizations
+
+/// The test's kustomization over one shipped directory (`deploy/kubernetes` or an overlay),
+/// in a temporary directory: `kubectl apply -k` of it is what a user's own overlay does.
+pub struct Overlay {
+    pub dir: tempfile::TempDir,
+}
+
+impl Overlay {
+    /// `shipped`: relative to deploy/kubernetes (`.`, `overlays/host-peers`, …). `body`: the
+    /// kustomization's lines after `resources:` (images, patches, generators).
+    pub fn new(shipped: &str, body: &str, files: &[(&str, &str)]) -> Overlay {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes").join(shipped);
+        let target = std::fs::canonicalize(&target).expect("shipped kustomization");
+        // kustomize refuses absolute resource paths: the way up from the temp dir and down.
+        let up = std::fs::canonicalize(dir.path()).unwrap().components().count() - 1;
+        let rel: PathBuf =
+            std::iter::repeat_n("..", up).collect::<PathBuf>().join(target.strip_prefix("/").unwrap());
+        let text = format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\n{body}",
+            rel.display()
+        );
+        std::fs::write(dir.path().join("kustomization.yaml"), text).unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
+        Overlay { dir }
+    }
+
+    pub fn path(&self) -> &str {
+        self.dir.path().to_str().unwrap()
+    }
+}
+
+/// The kustomization lines that set the image and the OTLP endpoint, the two things a user sets.
+pub fn image_and_endpoint(endpoint: &str) -> String {
+    let image = podometer_image();
+    let (name, tag) = image.rsplit_once(':').unwrap();
+    format!(
+        r#"images:
+  - name: localhost/podometer
+    newName: {name}
+    newTag: "{tag}"
+patches:
+  - patch: |-
+      apiVersion: apps/v1
+      kind: DaemonSet
+      metadata: {{name: podometer, namespace: podometer}}
+      spec:
+        template:
+          spec:
+            containers:
+              - name: podometer
+                env:
+                  - name: OTEL_EXPORTER_OTLP_ENDPOINT
+                    value: {endpoint}
+"#
+    )
+}
+
+/// What only this test node needs, as a patch after `image_and_endpoint`'s, with why:
+/// - the node's containerd keeps its state under the node's run directory, not in
+///   /run/containerd (scripts/kube-node.sh keeps the host's own paths untouched), so the
+///   bundle volume points there; the mount inside the pod is the shipped one;
+/// - `PODOMETER_INTERVAL` (the shipped config's own knob) at `interval` so the test waits
+///   seconds, not tens of seconds.
+pub fn node_patch(interval: &str) -> String {
+    format!(
+        r#"  - patch: |-
+      apiVersion: apps/v1
+      kind: DaemonSet
+      metadata: {{name: podometer, namespace: podometer}}
+      spec:
+        template:
+          spec:
+            containers:
+              - name: podometer
+                env:
+                  - name: PODOMETER_INTERVAL
+                    value: {interval}
+            volumes:
+              - name: containerd-bundles
+                hostPath:
+                  path: {NODE_CONTAINERD_STATE}/io.containerd.runtime.v2.task
+"#
+    )
+}
+
+/// The shipped agent config (`deploy/kubernetes/<file>`) with the kubelet cgroup root of this
+/// node added to the kubelet layouts (the kubelet here runs with `cgroupRoot: /podometer-kube`,
+/// so that its pods never mix with the /kubepods trees other tests make; the config's
+/// `layouts.kubelet` doc says to add a kubelet's cgroup root there), and `extra` lines
+/// inserted after `exporters:\n  otlp:` when given.
+pub fn node_agent_config(file: &str, otlp_body: Option<&str>) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes").join(file);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    let anchor = "    root: /host/sys/fs/cgroup\n";
+    assert_eq!(text.matches(anchor).count(), 1, "{file}: the cgroups root line moved");
+    text = text.replace(
+        anchor,
+        &format!(
+            "{anchor}    layouts:\n      kubelet: [kubepods, kubepods.slice, {NODE_CGROUP_ROOT}/kubepods]\n"
+        ),
+    );
+    if let Some(body) = otlp_body {
+        let otlp = "  otlp: {}\n";
+        assert_eq!(text.matches(otlp).count(), 1, "{file}: the otlp exporter line moved");
+        text = text.replace(otlp, &format!("  otlp:\n{body}"));
+    }
+    text
+}
+
+/// The generator line that replaces the ConfigMap with `podometer.yaml` from the overlay dir.
+pub const CONFIG_GENERATOR: &str = r#"configMapGenerator:
+  - name: podometer-config
+    namespace: podometer
+    behavior: replace
+    files:
+      - podometer.yaml=podometer.yaml
+"#;
+
+// ---------------------------------------------------------------------------------------------
+// The node
+
+/// Loads the podometer image (built by scripts/image.sh) into the node's containerd.
+pub fn load_podometer_image(node: &KubeNode) {
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("podometer.tar");
+    crate::support::run(
+        std::process::Command::new("podman")
+            .args(["save", "--quiet", "--format", "docker-archive", "-o"])
+            .arg(&tar)
+            .arg(podometer_image()),
+    );
+    node.load_image(&tar);
+}
+
+pub fn podometer_image_available() -> bool {
+    crate::support::prerequisite(crate::support::have_command("podman"), "podman")
+        && crate::support::prerequisite(
+            std::process::Command::new("podman")
+                .args(["image", "exists", &podometer_image()])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false),
+            "the podometer image (scripts/image.sh builds it)",
+        )
+}
+
+/// The cgroup directory of a container (its 64-hex id) in one hierarchy, below the node's root.
+pub fn container_cgroup(hierarchy: &str, id: &str) -> Option<PathBuf> {
+    fn walk(dir: &Path, id: &str, depth: u32) -> Option<PathBuf> {
+        for e in std::fs::read_dir(dir).ok()?.flatten() {
+            if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            if e.file_name().to_str() == Some(id) {
+                return Some(e.path());
+            }
+            if depth > 0 {
+                if let Some(p) = walk(&e.path(), id, depth - 1) {
+                    return Some(p);
+                }
+            }
+        }
+        None
+    }
+    walk(&Path::new("/sys/fs/cgroup").join(hierarchy).join(NODE_CGROUP_ROOT), id, 4)
+}
+
+/// The kernel's CPU time of a container cgroup in seconds: `usage_usec` of the unified
+/// hierarchy's cpu.stat (what the split user/system the agent reports add up to), else
+/// cpuacct.usage.
+pub fn kernel_cpu_seconds(id: &str) -> f64 {
+    if let Some(dir) = container_cgroup("unified", id) {
+        if let Ok(stat) = std::fs::read_to_string(dir.join("cpu.stat")) {
+            if let Some(v) = stat.lines().find_map(|l| l.strip_prefix("usage_usec ")) {
+                return v.trim().parse::<u64>().unwrap() as f64 / 1e6;
+            }
+        }
+    }
+    let dir = container_cgroup("cpuacct", id).unwrap_or_else(|| panic!("no cpuacct cgroup for {id}"));
+    std::fs::read_to_string(dir.join("cpuacct.usage")).unwrap().trim().parse::<u64>().unwrap() as f64 / 1e9
+}
+
+pub fn kernel_memory_bytes(id: &str) -> u64 {
+    let dir = container_cgroup("memory", id).unwrap_or_else(|| panic!("no memory cgroup for {id}"));
+    std::fs::read_to_string(dir.join("memory.usage_in_bytes")).unwrap().trim().parse().unwrap()
+}
+
+/// `(receive, transmit)` bytes of `interface` in /proc/net/dev text.
+pub fn net_dev_bytes(text: &str, interface: &str) -> Option<(u64, u64)> {
+    let line = text.lines().find(|l| l.trim_start().starts_with(&format!("{interface}:")))?;
+    let fields: Vec<u64> =
+        line.split_once(':')?.1.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    Some((*fields.first()?, *fields.get(8)?))
+}
