@@ -9,6 +9,7 @@ pub mod cri;
 pub mod docker;
 pub mod kube_node;
 pub mod kube_pod;
+pub mod manifests;
 pub mod netns;
 pub mod podman;
 pub mod prometheus;
