@@ -6,16 +6,23 @@
 //! merge, the schema rejecting an unknown value, and the ConfigMap's hash-suffixed name equal to
 //! the one kustomize's generator gives the same config text.
 //!
+//! Live: the chart installed with `helm install` on the real one-node cluster of
+//! scripts/kube-node.sh, the image loaded into its containerd: the DaemonSet's pod becomes Ready
+//! through its real probes, reads the mounted host cgroup tree, and `helm uninstall` leaves no object behind, the namespace included.
+//!
 //! `helm` is built from its Go module by scripts/helm.sh on first use (cached outside the clone,
 //! about 4-6 minutes cold on 2 busy cores).
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
+use support::kube_node::{kube_node_available, KubeNode};
 use support::manifests::{check_daemon_set, check_rbac, kubectl_available, kustomize, pod_spec, Rendered};
+use support::podman::{podman, podman_available};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const CHART: &str = "deploy/helm/podometer";
@@ -288,4 +295,156 @@ fn unknown_values_are_rejected() {
     assert!(err.contains("hostPeer"), "{err}");
     let err = template(&["metadata.k8sapi.enabled=true"]).expect_err("an unknown value renders");
     assert!(err.contains("k8sapi"), "{err}");
+}
+
+fn image() -> String {
+    format!("localhost/podometer:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// `helm` against the real node, with Helm's own cache, config and data in a temporary
+/// directory (not in ~).
+fn helm_on(node: &KubeNode, home: &Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(helm());
+    cmd.env("KUBECONFIG", &node.env["KUBECONFIG"]);
+    for (var, dir) in
+        [("HELM_CACHE_HOME", "cache"), ("HELM_CONFIG_HOME", "config"), ("HELM_DATA_HOME", "data")]
+    {
+        cmd.env(var, home.join(dir));
+    }
+    cmd.args(args).output().expect("run helm")
+}
+
+/// Uninstalls the release when the test ends early (the node's `down` would remove it too).
+struct Release<'a> {
+    node: &'a KubeNode,
+    home: &'a Path,
+    installed: bool,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        if self.installed {
+            let _ = helm_on(self.node, self.home, &["uninstall", "podometer", "--namespace", "podometer"]);
+        }
+    }
+}
+
+/// One HTTP/1.0 GET to a pod's address from the host (the node's routes send pod addresses
+/// into its namespace): status line and body.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn chart_installs_on_the_real_node_and_uninstalls_without_a_trace() {
+    if !(kube_node_available() && helm_available() && podman_available()) {
+        return;
+    }
+    let have_image = podman().args(["image", "exists", &image()]).status().is_ok_and(|s| s.success());
+    if !support::prerequisite(have_image, "the podometer image (scripts/image.sh builds it)") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("podometer.tar");
+    support::run(podman().args(["save", "--format", "docker-archive", "-o"]).arg(&archive).arg(image()));
+
+    let node = KubeNode::up();
+    support::run(Command::new("bash").arg(support::kube_node::script()).arg("load-image").arg(&archive));
+    // The node's containerd keeps its bundles under its own state directory: the agent reads
+    // the real bundles of the node's pods there, and the chart creates no host directory.
+    let state = support::kube_node::cache_dir().join("run/containerd/state");
+    assert!(state.join("io.containerd.runtime.v2.task").is_dir(), "{}", state.display());
+    let home = dir.path().join("helm");
+    let mut release = Release { node: &node, home: &home, installed: true };
+    let chart = format!("{ROOT}/{CHART}");
+    let state_set = format!("metadata.runtimeFiles.containerdState={}", state.display());
+    let out = helm_on(
+        &node,
+        &home,
+        &[
+            "install",
+            "podometer",
+            &chart,
+            "--namespace",
+            "podometer",
+            "--create-namespace",
+            "--set",
+            &state_set,
+            "--wait",
+            "--timeout",
+            "180s",
+        ],
+    );
+    if !out.status.success() {
+        let pods = node.kubectl(&["describe", "pods", "-n", "podometer"], None);
+        panic!(
+            "helm install failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&pods.stdout)
+        );
+    }
+    // Ready through its probes: the readiness probe is /readyz, which answers 200 once the first
+    // sweep is done.
+    let pods: Value = serde_json::from_str(&node.kubectl_ok(
+        &["get", "pods", "-n", "podometer", "-l", "app.kubernetes.io/name=podometer", "-o", "json"],
+        None,
+    ))
+    .unwrap();
+    let items = pods["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "one agent on the one node");
+    let pod = &items[0];
+    let ready = pod["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True");
+    assert!(ready, "pod not Ready: {}", pod["status"]);
+    assert_eq!(pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let pod_name = pod["metadata"]["name"].as_str().unwrap();
+    let ip = pod["status"]["podIP"].as_str().expect("pod IP");
+    let readyz = http_get(&format!("{ip}:13133"), "/readyz");
+    assert!(readyz.starts_with("HTTP/1.1 200") || readyz.starts_with("HTTP/1.0 200"), "{readyz}");
+    // The mounted host cgroup tree is the one it reads. (It finds no containers there on this
+    // test node: the kubelet's cgroup root is /podometer-kube, a layout the cgroups source does
+    // not look for, so the node's pods are not measured here.)
+    let logs = node.kubectl_ok(&["logs", "-n", "podometer", pod_name], None);
+    assert!(logs.contains("Found the cgroup hierarchies. root=/host/sys/fs/cgroup"), "{logs}");
+    assert!(logs.contains("First sweep done."), "{logs}");
+
+    let out = helm_on(
+        &node,
+        &home,
+        &["uninstall", "podometer", "--namespace", "podometer", "--wait", "--timeout", "120s"],
+    );
+    assert!(out.status.success(), "helm uninstall: {}", String::from_utf8_lossy(&out.stderr));
+    release.installed = false;
+    support::wait_until(
+        "the namespace to go",
+        Duration::from_secs(120),
+        || !node.kubectl(&["get", "namespace", "podometer"], None).status.success(),
+        || node.kubectl_ok(&["get", "all", "-n", "podometer"], None),
+    );
+    let left = node.kubectl_ok(
+        &[
+            "get",
+            "clusterrole,clusterrolebinding,priorityclass,daemonset,configmap,serviceaccount",
+            "-A",
+            "-l",
+            "app.kubernetes.io/name=podometer",
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    assert_eq!(left.trim(), "", "left behind after uninstall");
+    let releases = helm_on(&node, &home, &["list", "--all-namespaces", "--all", "-q"]);
+    assert_eq!(String::from_utf8_lossy(&releases.stdout).trim(), "", "a release record is left");
+    drop(release);
 }
