@@ -8,7 +8,8 @@
 //!
 //! Live: the chart installed with `helm install` on the real one-node cluster of
 //! scripts/kube-node.sh, the image loaded into its containerd: the DaemonSet's pod becomes Ready
-//! through its real probes, reads the mounted host cgroup tree, and `helm uninstall` leaves no object behind, the namespace included.
+//! through its real probes, reads the mounted host cgroup tree, and `helm uninstall` leaves no
+//! object behind, the namespace included.
 //!
 //! `helm` is built from its Go module by scripts/helm.sh on first use (cached outside the clone,
 //! about 4-6 minutes cold on 2 busy cores).
