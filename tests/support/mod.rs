@@ -10,6 +10,7 @@ pub mod docker;
 pub mod kube_api_node;
 pub mod kube_node;
 pub mod kube_pod;
+pub mod manifests;
 pub mod netns;
 pub mod podman;
 pub mod prometheus;
