@@ -10,6 +10,7 @@ pub mod docker;
 pub mod kube_node;
 pub mod kube_pod;
 pub mod netns;
+pub mod otelcol;
 pub mod podman;
 pub mod prometheus;
 pub mod receivers;
