@@ -12,6 +12,7 @@ pub mod kube_node;
 pub mod kube_pod;
 pub mod manifests;
 pub mod netns;
+pub mod otelcol;
 pub mod podman;
 pub mod prometheus;
 pub mod receivers;
