@@ -16,8 +16,12 @@
 //!   1 s): CPU of its `PLUGIN[cgroups]` threads;
 //!
 //! and once, over `--podman` Podman containers (it cannot see synthetic cgroups), the CPU of
-//! `podman stats --interval 1` streaming. It writes `node.md` (table), `node.csv` and `node.dat`
-//! (for `scripts/bench-node.sh` to plot) into `--out`. Root only; everything it creates is named
+//! `podman stats --interval 1` streaming. Then the peers that need real containers or a real
+//! kubelet: the OpenTelemetry Collector's `docker_stats` and `podman_stats` receivers over
+//! engines of the bench's own, beside the agent over the same containers (`engines.rs`), and
+//! with `--kube` the `kubeletstats` receiver and `/metrics/cadvisor` on the real node
+//! (`kube.rs`). It writes `node.md` (tables), `node.csv`, `node.dat`, `node-peers.csv` and
+//! `node-peers.dat` (for `scripts/bench-node.sh` to plot) into `--out`. Root only; everything it creates is named
 //! after its pid and removed on exit, also on failure.
 
 #[path = "../../benches/support/sweep_files.rs"]
