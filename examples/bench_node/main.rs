@@ -16,13 +16,21 @@
 //!   1 s): CPU of its `PLUGIN[cgroups]` threads;
 //!
 //! and once, over `--podman` Podman containers (it cannot see synthetic cgroups), the CPU of
-//! `podman stats --interval 1` streaming. It writes `node.md` (table), `node.csv` and `node.dat`
-//! (for `scripts/bench-node.sh` to plot) into `--out`. Root only; everything it creates is named
+//! `podman stats --interval 1` streaming. Then the peers that need real containers or a real
+//! kubelet: the OpenTelemetry Collector's `docker_stats` and `podman_stats` receivers over
+//! engines of the bench's own, beside the agent over the same containers (`engines.rs`), and
+//! with `--kube` the `kubeletstats` receiver and `/metrics/cadvisor` on the real node
+//! (`kube.rs`). It writes `node.md` (tables), `node.csv`, `node.dat`, `node-peers.csv` and
+//! `node-peers.dat` (for `scripts/bench-node.sh` to plot) into `--out`. Root only; everything it creates is named
 //! after its pid and removed on exit, also on failure.
 
-#[path = "../benches/support/sweep_files.rs"]
+#[path = "../../benches/support/sweep_files.rs"]
 #[allow(dead_code)] // V2_FILES: the node is hybrid
 mod sweep_files;
+
+mod engines;
+mod kube;
+mod peers_table;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -69,6 +77,19 @@ struct Args {
     /// with the TCP/UDP counters off, `bench/no-protocols.yaml`): the difference is what the
     /// counters add, set beside the pread floor of their files.
     protocols_off_config: Option<PathBuf>,
+    /// `--otelcol BIN`: the OpenTelemetry Collector (scripts/otelcol.sh builds it) whose
+    /// docker_stats, podman_stats and kubeletstats receivers are measured; or
+    /// `--otelcol-missing REASON`, shown in their cells instead.
+    otelcol: Result<PathBuf, String>,
+    /// `--engines docker,podman` (default both; `none`): the engines whose stats APIs are
+    /// measured over real containers, with the agent over the same containers.
+    engines: Vec<String>,
+    /// `--engine-sizes`: how many real containers each engine runs (default: `--sizes`).
+    engine_sizes: Option<Vec<usize>>,
+    /// `--kube`: also measure on the real node of scripts/kube-node.sh (kubeletstats and the
+    /// kubelet's /metrics/cadvisor), each window `--kube-seconds` long (default 60).
+    kube: bool,
+    kube_seconds: u64,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -83,6 +104,11 @@ fn parse_args() -> anyhow::Result<Args> {
         agent_env: Vec::new(),
         lean_config: None,
         protocols_off_config: None,
+        otelcol: Err("no --otelcol given".into()),
+        engines: vec!["docker".into(), "podman".into()],
+        engine_sizes: None,
+        kube: false,
+        kube_seconds: 60,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -99,6 +125,20 @@ fn parse_args() -> anyhow::Result<Args> {
             "--lean-config" => a.lean_config = Some(value()?.into()),
             "--protocols-off-config" => a.protocols_off_config = Some(value()?.into()),
             "--label" => a.label = value()?,
+            "--otelcol" => a.otelcol = Ok(value()?.into()),
+            "--otelcol-missing" => a.otelcol = Err(value()?),
+            "--engines" => {
+                a.engines = value()?.split(',').filter(|e| *e != "none").map(str::to_owned).collect();
+                if let Some(e) = a.engines.iter().find(|e| !["docker", "podman"].contains(&e.as_str())) {
+                    bail!("unknown engine {e} (docker, podman or none)");
+                }
+            }
+            "--engine-sizes" => {
+                a.engine_sizes =
+                    Some(value()?.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?);
+            }
+            "--kube" => a.kube = true,
+            "--kube-seconds" => a.kube_seconds = value()?.parse()?,
             "--agent-env" => {
                 let kv = value()?;
                 let (k, v) = kv.split_once('=').context("--agent-env takes KEY=VALUE")?;
@@ -132,12 +172,13 @@ fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         let node = Node::build(n)?;
         eprintln!("bench_node: N={n}: {} pods built in {:.1?}", node.pods.len(), started.elapsed());
-        let (agent, floor_cost) = measure_agent(&args, &node, &receiver, None, true)?;
+        let ids = node.ids();
+        let (agent, floor_cost) = measure_agent(&args, &ids, "", &receiver, None, Some(&node))?;
         let floor_cost = floor_cost.context("the floor is measured with the agent")?;
         eprintln!("bench_node: N={n}: agent {:.1} µs per container-sweep", agent.per_container_sweep);
         let lean_agent = match &args.lean_config {
             Some(config) => {
-                let (lean, _) = measure_agent(&args, &node, &receiver, Some(config), false)?;
+                let (lean, _) = measure_agent(&args, &ids, "", &receiver, Some(config), None)?;
                 eprintln!(
                     "bench_node: N={n}: lean agent {:.1} µs per container-sweep",
                     lean.per_container_sweep
@@ -165,7 +206,7 @@ fn main() -> anyhow::Result<()> {
         // and sweep against the pread floor of their files (per read, times one per pod).
         let protocols = match &args.protocols_off_config {
             Some(config) => {
-                let (off, _) = measure_agent(&args, &node, &receiver, Some(config), false)?;
+                let (off, _) = measure_agent(&args, &ids, "", &receiver, Some(config), None)?;
                 let per_pod =
                     |per_container: f64| per_container * node.containers() as f64 / node.pods.len() as f64;
                 let floor: f64 = floor_cost
@@ -206,15 +247,21 @@ fn main() -> anyhow::Result<()> {
     if let Some(p) = podman {
         eprintln!("bench_node: podman stats {p:.1} µs per container-sample over {} containers", args.podman);
     }
-    write_results(
-        &args,
-        &format!(
-            "{machine}; load average (1, 5, 15 min) {load_at_start} at the start, {} at the end",
-            load_average()
-        ),
-        &rows,
-        podman,
-    )?;
+    let engine_rows = engines::measure_engines(&args, &receiver);
+    let kube = if args.kube {
+        Some(kube::measure_kube(&args, &receiver).map_err(|e| {
+            eprintln!("bench_node: kube: {e:#}");
+            format!("{e:#}")
+        }))
+    } else {
+        None
+    };
+    let conditions = format!(
+        "{machine}; load average (1, 5, 15 min) {load_at_start} at the start, {} at the end",
+        load_average()
+    );
+    write_results(&args, &conditions, &rows, podman)?;
+    peers_table::write(&args, &conditions, &rows, &engine_rows, kube.as_ref())?;
     write_per_file(&args, &machine, &per_file)?;
     drop(runtime);
     Ok(())
@@ -336,6 +383,11 @@ impl Node {
         Ok(())
     }
 
+    /// The containers' ids (the leaf cgroups' names), as the agent reports them.
+    fn ids(&self) -> Vec<String> {
+        self.pods.iter().flat_map(|p| p.containers.iter().cloned()).collect()
+    }
+
     fn containers(&self) -> usize {
         self.pods.iter().map(|p| p.containers.len()).sum()
     }
@@ -415,6 +467,10 @@ struct Receiver {
     container_resources: Arc<AtomicU64>,
     /// Distinct `container.id`s received since the warm-up began.
     seen: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Pod resources (a `k8s.pod.uid` with no container or volume name: what the Collector's
+    /// kubeletstats receiver sends per pod), summed over requests, and the distinct uids.
+    pod_resources: Arc<AtomicU64>,
+    pods_seen: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     bytes: Arc<AtomicU64>,
 }
 
@@ -426,22 +482,36 @@ impl MetricsService for Receiver {
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
         let req = request.into_inner();
         let mut containers = 0;
+        let mut pods = 0;
         {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pods_seen = self.pods_seen.lock().unwrap_or_else(|e| e.into_inner());
             for rm in &req.resource_metrics {
+                let mut pod_uid = None;
+                let mut in_pod = false;
                 for kv in rm.resource.iter().flat_map(|r| &r.attributes) {
-                    if kv.key == "container.id" {
-                        if let Some(AnyValue::StringValue(id)) =
-                            kv.value.as_ref().and_then(|v| v.value.as_ref())
-                        {
+                    let Some(AnyValue::StringValue(v)) = kv.value.as_ref().and_then(|v| v.value.as_ref())
+                    else {
+                        continue;
+                    };
+                    match kv.key.as_str() {
+                        "container.id" => {
                             containers += 1;
-                            seen.insert(id.clone());
+                            seen.insert(v.clone());
                         }
+                        "k8s.pod.uid" => pod_uid = Some(v),
+                        "k8s.container.name" | "k8s.volume.name" => in_pod = true,
+                        _ => {}
                     }
+                }
+                if let (Some(uid), false) = (pod_uid, in_pod) {
+                    pods += 1;
+                    pods_seen.insert(uid.clone());
                 }
             }
         }
         self.container_resources.fetch_add(containers, Ordering::Relaxed);
+        self.pod_resources.fetch_add(pods, Ordering::Relaxed);
         self.bytes.fetch_add(prost::Message::encoded_len(&req) as u64, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
         Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
@@ -564,21 +634,23 @@ struct AgentResult {
     bytes_per_sweep: f64,
 }
 
-/// The agent over `args.sweeps` sweeps of `node`, with its built-in configuration or `config`.
-/// With `floor`, the pread floor is measured over the same window, between the agent's sweeps
-/// (see [`measure_reader`]): agent and floor see the same machine, so their ratio does not move
-/// with what the rest of the machine did between two measurements.
+/// The agent over `args.sweeps` sweeps of the containers `ids` (the synthetic node's, or an
+/// engine's real ones; `tag` names its log), with its built-in configuration or `config`.
+/// With `floor`, the pread floor of that node is measured over the same window, between the
+/// agent's sweeps (see [`measure_reader`]): agent and floor see the same machine, so their ratio
+/// does not move with what the rest of the machine did between two measurements.
 fn measure_agent(
     args: &Args,
-    node: &Node,
+    ids: &[String],
+    tag: &str,
     receiver: &Receiver,
     config: Option<&Path>,
-    floor: bool,
+    floor: Option<&Node>,
 ) -> anyhow::Result<(AgentResult, Option<ReaderCost>)> {
-    let n = node.containers();
+    let n = ids.len();
     let kind =
         config.and_then(|c| c.file_stem()).map(|s| format!("-{}", s.to_string_lossy())).unwrap_or_default();
-    let log = args.out.join(format!("agent-{n}{kind}{}.log", args.label));
+    let log = args.out.join(format!("agent-{tag}{n}{kind}{}.log", args.label));
     let child = Command::new(&args.agent)
         .arg("run")
         .args(config.map(|c| [Path::new("-c"), c]).into_iter().flatten())
@@ -598,7 +670,7 @@ fn measure_agent(
     receiver.seen.lock().unwrap_or_else(|e| e.into_inner()).clear();
     let ours = |r: &Receiver| {
         let seen = r.seen.lock().unwrap_or_else(|e| e.into_inner());
-        node.pods.iter().flat_map(|p| &p.containers).filter(|id| seen.contains(*id)).count()
+        ids.iter().filter(|id| seen.contains(*id)).count()
     };
     loop {
         let got = receiver.requests.load(Ordering::Relaxed) - start_requests;
@@ -646,8 +718,8 @@ fn measure_agent(
     });
     let floor = std::thread::scope(|scope| {
         // Two sweeps fewer than the window, so that the reader is done within it.
-        let reader = floor.then(|| {
-            scope.spawn(|| {
+        let reader = floor.map(|node| {
+            scope.spawn(move || {
                 measure_reader(
                     node,
                     args.sweeps.saturating_sub(2).max(1),
