@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The node benchmark (issue 10): the whole agent at 1 s over a synthetic kubelet-style node of
+# The node benchmark: the whole agent at 1 s over a synthetic kubelet-style node of
 # N containers, beside the pread floor, a naive reader, Netdata's cgroups plugin and
 # `podman stats`, the agent again with the lean profile (config/lean.yaml) and without its
 # TCP/UDP counters (bench/no-protocols.yaml, for what they add per pod); then, in the same run,

@@ -6,7 +6,7 @@
 #
 # Whole-program LTO in one codegen unit: the binary is about a third smaller than the plain
 # release build (and no slower), which keeps the image under its 20 MiB target and the agent's
-# resident code small (README, "Performance").
+# resident code small (docs/performance.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=x86_64-unknown-linux-gnu

@@ -3,7 +3,7 @@
 //! Names follow the OpenTelemetry semantic conventions (`container.*`, `k8s.pod.*`,
 //! `network.*`). Where the conventions have no name, the constant mirrors the nearest
 //! `system.*` name or the OpenTelemetry Collector's docker_stats receiver, and its doc
-//! comment says so; the README's metrics table lists these deviations.
+//! comment says so; docs/metrics.md lists these deviations.
 
 use crate::model::{MetricDesc, MetricKind};
 

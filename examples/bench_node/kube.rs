@@ -9,8 +9,9 @@
 //!   delivered: the kubelet's CPU and the Collector's;
 //! - `/metrics/cadvisor` scraped once a second by one `curl` that keeps its connection (as a
 //!   Prometheus scraper does): the kubelet's CPU;
-//! - the agent (`podometer run`, built-in config, 1 s) over the pods' cgroups: its CPU per
-//!   pod-sweep, and the kubelet's (which the agent does not ask anything);
+//! - the agent (`podometer run` at 1 s with `bench/kube-node.yaml`: the built-in config plus
+//!   this node's cgroup root) over the pods' cgroups: its CPU per pod-sweep, and the kubelet's
+//!   (which the agent does not ask anything);
 //! - the kubelet idle again. Idle is the mean of the two idle windows.
 //!
 //! The kubelet's CPU is utime + stime of its process (`/proc/<pid>/stat`); the scrapes
@@ -245,7 +246,10 @@ pub fn measure_kube(args: &Args, sink: &Receiver) -> anyhow::Result<KubeResult> 
 
     let k0 = kubelet_cpu(kubelet_pid);
     let w0 = Instant::now();
-    let agent = measure_agent(args, &ids, "kube-", sink, None, None)
+    // The built-in config with this node's kubelet cgroup root and containerd state added: the
+    // built-in one finds no pod below `cgroupRoot: /podometer-kube`.
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/kube-node.yaml");
+    let agent = measure_agent(args, &ids, "kube-", sink, Some(&config), None)
         .map(|(a, _)| (a, (kubelet_cpu(kubelet_pid) - k0) / w0.elapsed().as_secs_f64()))
         .map_err(|e| format!("{e:#}"));
     let idle_b = idle_window();

@@ -143,7 +143,7 @@ impl<'g> RequestBuf<'g> {
         match &mut self.gzip {
             None => self.buf.reserve(estimate),
             Some(gzip) => {
-                // gzip level 1 gives 8-10x on these requests (README, performance section);
+                // gzip level 1 gives 8-10x on these requests (docs/performance.md);
                 // a short guess only costs a `realloc`, which moves a large block's pages
                 // without copying them.
                 gzip.begin(Vec::with_capacity(estimate / 8));

@@ -94,7 +94,7 @@ pub struct OtlpExporterConfig {
     pub compression: Option<Compression>,
     /// The gzip level, 1 (fastest) to 9 (smallest), for both protocols. Default 1: it costs
     /// a fraction of level 6's CPU for more bytes on the wire (`examples/export_cost.rs`
-    /// measures both; the numbers are in the README's performance section).
+    /// measures both; the numbers are in docs/performance.md).
     #[serde(default = "default_compression_level")]
     pub compression_level: u32,
     /// Time allowed for one request, connection included (`10s`, `500ms`). Env: `TIMEOUT` in

@@ -85,7 +85,7 @@ const ESTABLISHED: Option<(&str, &str)> =
 /// The sum of both CPU modes: written separately, it is not one point.
 pub const CPU_USAGE: &str = "container_cpu_usage_seconds_total";
 
-/// The mapping, in the order families are written. The README's table is this list.
+/// The mapping, in the order families are written. The table in docs/exporters.md is this list.
 static RULES: &[Rule] = &[
     rule(
         "cpu.time",
@@ -330,7 +330,7 @@ static RULES: &[Rule] = &[
     advanced_tcp("network.tcp.syn.retransmitted", None, "tcpsynretrans"),
 ];
 
-/// `(podometer metric, attribute filter, cAdvisor name)` of every rule, for the README and tests.
+/// `(podometer metric, attribute filter, cAdvisor name)` of every rule, for the docs and tests.
 pub fn mapping() -> impl Iterator<Item = (&'static str, Option<(&'static str, &'static str)>, &'static str)> {
     RULES.iter().map(|r| (r.metric, r.only, r.name))
 }

@@ -5,7 +5,7 @@
 //! by their path, anchored where each runtime puts them ([`classify`]), keeps their control
 //! files open, and on every sweep reads each file once with `pread` at offset 0 into a reused
 //! buffer: for the 11 files a hybrid container reads per sweep that costs well under a third of
-//! opening, reading and closing them (README, "Stage benchmarks"). Files missing at discovery
+//! opening, reading and closing them (docs/performance.md, "Stage benchmarks"). Files missing at discovery
 //! are tried again at the next one. Limits change rarely and are read every `limits_interval`.
 //!
 //! Each cgroup version has its own file set, which knows its files' names, opens what is
@@ -78,7 +78,7 @@ pub struct CgroupsConfig {
     #[serde(default = "default_limits_interval", deserialize_with = "crate::config::duration::deserialize")]
     pub limits_interval: Duration,
     /// Groups of files not to open or read, to save what they cost the kernel every sweep (the
-    /// README's lean profile lists the cost of each): `pressure` (`*.pressure`: the
+    /// the lean profile in docs/performance.md lists the cost of each): `pressure` (`*.pressure`: the
     /// `*.pressure.stall_time` metrics), `block_io` (`blkio.*` or `io.stat`: `disk.io`,
     /// `disk.operations`), `memory_stat` (`memory.stat`: `memory.working_set`, `memory.rss`,
     /// `memory.file`), `throttling` (v1 `cpu.stat`: `cpu.throttling_data.*`; on v2 they come

@@ -13,7 +13,7 @@ fn number(key: &str, text: &str) -> Result<u64, ParseError> {
 /// The non-empty lines of a control file, without surrounding ASCII whitespace. A plain byte
 /// loop: control files are short lines, for which `str::lines` and `trim` (a `memchr` set-up
 /// and a Unicode whitespace test per call) cost more than the scan itself; a sweep parses
-/// about a hundred lines per cgroup (README, "Stage benchmarks": instructions per sweep).
+/// about a hundred lines per cgroup (docs/performance.md, "Stage benchmarks": instructions per sweep).
 fn lines(text: &str) -> Lines<'_> {
     Lines { rest: text }
 }

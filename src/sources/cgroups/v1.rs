@@ -10,7 +10,7 @@
 //! otherwise computes itself from `cpuacct.usage_user`/`usage_sys` (tick samples). Measured on
 //! runc containers of a hybrid 6.18 host (busy in user and in system mode): total within 1 µs
 //! of `cpuacct.usage`, the split within 0.01 ms of ours. One `pread` instead of three, two
-//! descriptors fewer per cgroup (README, "Lean profile"). A group missing from `unified/`
+//! descriptors fewer per cgroup (docs/performance.md, "Lean profile"). A group missing from `unified/`
 //! (a runtime that does not join it) is read from cpuacct, and looked for in `unified/` again
 //! at every discovery.
 //!

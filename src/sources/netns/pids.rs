@@ -143,7 +143,7 @@ impl PidCache {
     /// failed read, and [`NetnsSource::read_counters`] checks its namespace then. A replaced
     /// sandbox has a new namespace and new containers, located afresh; if the checked process
     /// is gone, every member of the pod there is located on its own, as other containers are.
-    /// At 100 containers in pods of 3: 44 `statx` per sweep instead of 110 (README,
+    /// At 100 containers in pods of 3: 44 `statx` per sweep instead of 110 (docs/performance.md,
     /// "Performance").
     pub(super) fn vouched_pods<'c>(&self, containers: &'c [Arc<ContainerInfo>]) -> HashSet<(&'c str, NsKey)> {
         let mut oldest: HashMap<(&'c str, NsKey), (u64, &'c str, CachedPid, ProcIdent)> = HashMap::new();
