@@ -32,55 +32,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >&2
 fi
 
-# Podman's defaults fail on hybrid cgroups (crun) and with a nofile ulimit above the hard limit.
-conf="$tools/containers.conf"
-cat > "$conf.tmp.$$" <<CONF
-[containers]
-default_ulimits = []
-[engine]
-runtime = "runc"
-infra_image = "localhost/pause:1"
-CONF
-mv -f "$conf.tmp.$$" "$conf"
-export CONTAINERS_CONF="$conf"
+# shellcheck source=lib/tools.sh
+source "$repo/scripts/lib/tools.sh"
+note() { say "$@"; }
+podman_setup
+conf=$CONTAINERS_CONF
 
-# Local busybox images: the demo pulls nothing from a registry.
-if ! podman image exists localhost/bb:1 || ! podman image exists localhost/pause:1; then
-  say "building local busybox images"
-  root=$(mktemp -d)
-  mkdir -p "$root/bin" "$root/tmp" "$root/proc" "$root/sys" "$root/dev" "$root/etc"
-  cp /bin/busybox "$root/bin/busybox"
-  for applet in sh sleep cat nc wget dd httpd head tail yes ls ps echo true sync; do
-    ln -sf busybox "$root/bin/$applet"
-  done
-  echo 'root:x:0:0:root:/:/bin/sh' > "$root/etc/passwd"
-  tar -C "$root" -cf "$root.tar" .
-  podman import "$root.tar" localhost/bb:1 >/dev/null
-  podman import --change 'CMD ["/bin/sleep","1000000"]' "$root.tar" localhost/pause:1 >/dev/null
-  rm -rf "$root" "$root.tar"
-fi
-
-PODOMETER_VICTORIA_METRICS="$tools/vm/usr/bin/victoria-metrics"
-if [ ! -x "$PODOMETER_VICTORIA_METRICS" ]; then
-  say "fetching victoria-metrics from Debian trixie"
-  aptdir="$tools/apt-trixie"
-  mkdir -p "$aptdir/lists/partial" "$aptdir/archives/partial"
-  echo 'deb http://deb.debian.org/debian trixie main' > "$aptdir/sources.list"
-  opts=(-oDir::Etc::SourceList="$aptdir/sources.list" -oDir::Etc::SourceParts=/dev/null
-        -oDir::State::Lists="$aptdir/lists" -oDir::Cache::Archives="$aptdir/archives"
-        -oAPT::Get::List-Cleanup=0)
-  apt-get "${opts[@]}" update -qq >&2
-  (cd "$aptdir" && apt-get "${opts[@]}" download victoria-metrics >&2)
-  dpkg -x "$aptdir"/victoria-metrics_*.deb "$tools/vm"
-fi
-
-PODOMETER_ROTEL="$(ls "$tools"/rotel-venv/lib/python3*/site-packages/rotel/rotel-agent 2>/dev/null | head -n1 || true)"
-if [ -z "$PODOMETER_ROTEL" ]; then
-  say "installing rotel into a virtualenv"
-  python3 -m venv "$tools/rotel-venv" >&2
-  "$tools/rotel-venv/bin/pip" install -q rotel >&2
-  PODOMETER_ROTEL="$(ls "$tools"/rotel-venv/lib/python3*/site-packages/rotel/rotel-agent | head -n1)"
-fi
+PODOMETER_VICTORIA_METRICS=$(victoria_metrics)
+PODOMETER_ROTEL=$(rotel_agent)
 say "prerequisites ready after $((SECONDS - started)) s"
 if [ "${1:-}" = --prepare ]; then
   echo "export CONTAINERS_CONF=$conf"

@@ -53,34 +53,11 @@ if ! command -v dockerd >/dev/null; then
   if [ -n "$own_policy" ]; then rm -f "$policy"; fi
 fi
 
-# Podman's defaults do not work here: crun refuses hybrid cgroups and the default nofile
-# ulimit exceeds the hard limit. Keep our own config instead of editing the machine's.
-conf="$tools/containers.conf"
-# Written aside and renamed: podman run by a test at this moment reads a whole file.
-cat > "$conf.tmp.$$" <<CONF
-[containers]
-default_ulimits = []
-[engine]
-runtime = "runc"
-infra_image = "localhost/pause:1"
-CONF
-mv -f "$conf.tmp.$$" "$conf"
-export CONTAINERS_CONF="$conf"
-
-if ! podman image exists localhost/bb:1 || ! podman image exists localhost/pause:1; then
-  log "building local busybox images"
-  root=$(mktemp -d)
-  mkdir -p "$root/bin" "$root/tmp" "$root/proc" "$root/sys" "$root/dev" "$root/etc"
-  cp /bin/busybox "$root/bin/busybox"
-  for applet in sh sleep cat nc wget dd httpd head tail yes ls ps echo true sync; do
-    ln -sf busybox "$root/bin/$applet"
-  done
-  echo 'root:x:0:0:root:/:/bin/sh' > "$root/etc/passwd"
-  tar -C "$root" -cf "$root.tar" .
-  podman import "$root.tar" localhost/bb:1 >/dev/null
-  podman import --change 'CMD ["/bin/sleep","1000000"]' "$root.tar" localhost/pause:1 >/dev/null
-  rm -rf "$root" "$root.tar"
-fi
+# shellcheck source=lib/tools.sh
+source "$repo/scripts/lib/tools.sh"
+note() { log "$@"; }
+podman_setup
+conf=$CONTAINERS_CONF
 
 # The same busybox image as a docker-archive, for `docker load` into the tests' dockerd.
 bb_docker="$tools/bb-docker.tar"
@@ -100,20 +77,7 @@ if [ ! -s "$images/pause.tar" ] || [ ! -s "$images/busybox.tar" ]; then
   python3 "$repo/scripts/oci-image.py" "$images/busybox.tar" podometer.test/busybox:1 sh
 fi
 
-# VictoriaMetrics from Debian trixie, unpacked into tools without touching apt sources.
-vm="$tools/vm/usr/bin/victoria-metrics"
-if [ ! -x "$vm" ]; then
-  log "fetching victoria-metrics from Debian trixie"
-  aptdir="$tools/apt-trixie"
-  mkdir -p "$aptdir/lists/partial" "$aptdir/archives/partial"
-  echo 'deb http://deb.debian.org/debian trixie main' > "$aptdir/sources.list"
-  opts=(-oDir::Etc::SourceList="$aptdir/sources.list" -oDir::Etc::SourceParts=/dev/null
-        -oDir::State::Lists="$aptdir/lists" -oDir::Cache::Archives="$aptdir/archives"
-        -oAPT::Get::List-Cleanup=0)
-  apt-get "${opts[@]}" update -qq >&2
-  (cd "$aptdir" && apt-get "${opts[@]}" download victoria-metrics >&2)
-  dpkg -x "$aptdir"/victoria-metrics_*.deb "$tools/vm"
-fi
+vm=$(victoria_metrics)
 
 # Prometheus 2.42 (Debian 12) as a scraper for the `prometheus` exporter tests, and its
 # promtool. Unpacked into tools, not installed: the package would start a system service.
@@ -125,13 +89,7 @@ if [ ! -x "$prom" ]; then
   dpkg -x "$tools"/prometheus-deb/prometheus_*.deb "$tools/prometheus"
 fi
 
-rotel="$(ls "$tools"/rotel-venv/lib/python3*/site-packages/rotel/rotel-agent 2>/dev/null | head -n1 || true)"
-if [ -z "$rotel" ]; then
-  log "installing rotel into a virtualenv"
-  python3 -m venv "$tools/rotel-venv" >&2
-  "$tools/rotel-venv/bin/pip" install -q rotel >&2
-  rotel="$(ls "$tools"/rotel-venv/lib/python3*/site-packages/rotel/rotel-agent | head -n1)"
-fi
+rotel=$(rotel_agent)
 
 # kubectl (with kustomize) renders the Kubernetes manifests in tests/kubernetes.rs. The machine
 # image ships kubectl 1.32; Debian's kubernetes-client conflicts with it, so it is not installed.
