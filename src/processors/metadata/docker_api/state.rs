@@ -209,6 +209,7 @@ impl Cache {
     }
 
     /// Whether both copies hold the same names once `back` has caught up (for the fuzz target).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(super) fn in_step(&mut self) -> bool {
         self.catch_up();
         self.pending.is_empty() && self.front == self.back
