@@ -132,8 +132,14 @@ fn podometer_and_the_kubelet_side_by_side_with_the_kernel() {
     let mut kernel = Samples::default();
     let from = Instant::now();
     let (mut cad, mut summary, mut scraped_at) = (String::new(), Json::Null, 0.0);
-    // cAdvisor finds a new cgroup at its own pace: scraped again until it has the pod.
-    let has_pod = |cad: &str| cad.contains(&format!("pod{uid}/{idle}\""));
+    // cAdvisor finds a new cgroup, and then samples its CPU, at its own pace: scraped again
+    // until it has the CPU of the pod and of both containers (a first scrape could have a
+    // container's other series but not yet its usage).
+    let qos = pod["status"]["qosClass"].as_str().unwrap().to_lowercase();
+    let pod_id = format!("/{}/{qos}/pod{uid}", k::KUBEPODS);
+    let cpu_ids = [pod_id.clone(), format!("{pod_id}/{burn}"), format!("{pod_id}/{idle}")];
+    let has_pod =
+        |cad: &str| cpu_ids.iter().all(|id| cadvisor(cad, "container_cpu_usage_seconds_total", id).is_some());
     while from.elapsed() < Duration::from_secs(22)
         || (!has_pod(&cad) && from.elapsed() < Duration::from_secs(60))
     {
@@ -238,15 +244,16 @@ fn podometer_and_the_kubelet_side_by_side_with_the_kernel() {
     assert!(kernel.last("eth0.rx") >= PAYLOAD as f64, "the pod received the payload");
 
     // ---- the kubelet: cAdvisor ----------------------------------------------------------
-    let qos = pod["status"]["qosClass"].as_str().unwrap().to_lowercase();
-    let pod_id = format!("/{}/{qos}/pod{uid}", k::KUBEPODS);
     for (label, id, series) in [
         ("pod CPU s", pod_id.clone(), "pod.cpu"),
         ("burn CPU s", format!("{pod_id}/{burn}"), "burn.cpu"),
         ("idle CPU s", format!("{pod_id}/{idle}"), "idle.cpu"),
     ] {
         let (v, ts) = cadvisor(&cad, "container_cpu_usage_seconds_total", &id).unwrap_or_else(|| {
-            let lines: Vec<&str> = cad.lines().filter(|l| l.contains(&uid)).take(5).collect();
+            let lines: Vec<&str> = cad
+                .lines()
+                .filter(|l| l.starts_with("container_cpu_usage_seconds_total{") && l.contains(&uid))
+                .collect();
             panic!("no cAdvisor CPU of {id}: {lines:#?}")
         });
         let (lo, hi) = kernel.bracket(series, ts, 0.25);
