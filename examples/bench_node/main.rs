@@ -221,8 +221,10 @@ fn main() -> anyhow::Result<()> {
                     floor,
                 };
                 eprintln!(
-                    "bench_node: N={n}: TCP/UDP counters add {:.1} µs per pod-sweep ({:.1} on the sweep thread); their files' floor {floor:.1} µs",
-                    added.whole, added.sweep_thread
+                    "bench_node: N={n}: TCP/UDP counters add {:.1} µs per pod-sweep ({:.1} on the sweep thread); their files' floor {floor:.1} µs{}",
+                    added.whole,
+                    added.sweep_thread,
+                    added.noise_note()
                 );
                 Some(added)
             }
@@ -465,6 +467,10 @@ struct Receiver {
     requests: Arc<AtomicU64>,
     /// Container resources received, summed over requests (a sweep may span several).
     container_resources: Arc<AtomicU64>,
+    /// Container resources received per sweep, by the sweep's timestamp (its points'
+    /// `time_unix_nano`): a sweep's resources may arrive over several requests, and on a loaded
+    /// machine a request late, so counting sweeps by the wall clock would be off by one.
+    per_sweep: Arc<std::sync::Mutex<BTreeMap<u64, u64>>>,
     /// Distinct `container.id`s received since the warm-up began.
     seen: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Pod resources (a `k8s.pod.uid` with no container or volume name: what the Collector's
@@ -486,6 +492,7 @@ impl MetricsService for Receiver {
         {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
             let mut pods_seen = self.pods_seen.lock().unwrap_or_else(|e| e.into_inner());
+            let mut per_sweep = self.per_sweep.lock().unwrap_or_else(|e| e.into_inner());
             for rm in &req.resource_metrics {
                 let mut pod_uid = None;
                 let mut in_pod = false;
@@ -498,6 +505,9 @@ impl MetricsService for Receiver {
                         "container.id" => {
                             containers += 1;
                             seen.insert(v.clone());
+                            if let Some(t) = first_point_time(rm) {
+                                *per_sweep.entry(t).or_default() += 1;
+                            }
                         }
                         "k8s.pod.uid" => pod_uid = Some(v),
                         "k8s.container.name" | "k8s.volume.name" => in_pod = true,
@@ -518,7 +528,33 @@ impl MetricsService for Receiver {
     }
 }
 
+/// The time of a resource's first data point: the agent stamps every point of a sweep with the
+/// sweep's time.
+fn first_point_time(rm: &opentelemetry_proto::tonic::metrics::v1::ResourceMetrics) -> Option<u64> {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    rm.scope_metrics.iter().flat_map(|s| &s.metrics).find_map(|m| match m.data.as_ref()? {
+        Data::Gauge(g) => g.data_points.first().map(|p| p.time_unix_nano),
+        Data::Sum(s) => s.data_points.first().map(|p| p.time_unix_nano),
+        Data::Histogram(h) => h.data_points.first().map(|p| p.time_unix_nano),
+        _ => None,
+    })
+}
+
 impl Receiver {
+    /// The containers of a typical sweep among those received since `clear_sweeps`: the median
+    /// of the per-sweep counts, so that a sweep cut by either end of the window (its first
+    /// requests before, or its last ones after) does not count as a short sweep.
+    fn containers_per_sweep(&self) -> Option<u64> {
+        let per_sweep = self.per_sweep.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts: Vec<u64> = per_sweep.values().copied().collect();
+        counts.sort_unstable();
+        counts.get(counts.len() / 2).copied()
+    }
+
+    fn clear_sweeps(&self) {
+        self.per_sweep.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     async fn start() -> anyhow::Result<Receiver> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let mut receiver = Receiver { port: listener.local_addr()?.port(), ..Receiver::default() };
@@ -694,6 +730,7 @@ fn measure_agent(
     let t0 = thread_cpu(pid, |_| true);
     let b0 = receiver.bytes.load(Ordering::Relaxed);
     let c0 = receiver.container_resources.load(Ordering::Relaxed);
+    receiver.clear_sweeps();
     let w0 = Instant::now();
     // BENCH_NODE_PERF=DIR: a CPU profile of the agent over the measured sweeps (perf's software
     // clock; it adds a little to the agent's CPU, so profile runs are not the reported ones).
@@ -747,10 +784,15 @@ fn measure_agent(
     // The agent sweeps on a fixed 1 s cadence. It reads every container on the machine, ours
     // and any other: its cost is divided by the containers it delivered.
     let sweeps = wall.round().max(1.0);
-    // A sweep in flight at either end of the window moves this by one sweep's worth.
-    let read = ((c1 - c0) as f64 / sweeps).round() as usize;
+    // A sweep in flight at either end of the window would move a count over the wall clock by
+    // one sweep's worth (a third at 3 sweeps): count by the sweeps' own timestamps instead.
+    let read = receiver.containers_per_sweep().unwrap_or(0) as usize;
     if read * 10 < n * 8 {
-        bail!("the agent delivered {read} containers per sweep, fewer than our {n}; see {}", log.display());
+        bail!(
+            "the agent delivered {read} containers per sweep ({} in {sweeps} s), fewer than our {n}; see {}",
+            c1 - c0,
+            log.display()
+        );
     }
     let per = |secs: f64| secs * 1e6 / (sweeps * read as f64);
     let delta = |name: &dyn Fn(&str) -> bool| -> f64 {
@@ -1054,6 +1096,19 @@ struct Added {
     floor: f64,
 }
 
+impl Added {
+    /// The difference of two runs cannot be below what the kernel alone spends on the files
+    /// the counters read: when it is, the runs' noise is larger than the counters' cost, and
+    /// the figure is no result (short or loaded runs: the smoke run's 3 sweeps of a debug build).
+    fn noise_note(&self) -> &'static str {
+        if self.whole < self.floor {
+            " (below the files' floor: noise, not a result)"
+        } else {
+            ""
+        }
+    }
+}
+
 fn machine() -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
@@ -1254,11 +1309,12 @@ fn write_results(args: &Args, machine: &str, rows: &[Row], podman: Option<f64>) 
             let Some(p) = &r.protocols else { continue };
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.1} | {:.1} | {} | {:.1} | {} |",
+                "| {} | {} | {:.1} | {:.1}{} | {} | {:.1} | {} |",
                 r.n,
                 r.n.div_ceil(3),
                 p.floor,
                 p.whole,
+                p.noise_note(),
                 ratio(p.whole, p.floor),
                 p.sweep_thread,
                 ratio(p.sweep_thread, p.floor)
