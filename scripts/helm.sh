@@ -16,8 +16,8 @@
 #                the lock $HELM_DIR/lock
 #   HELM_GOPATH  default /var/tmp/podometer-kube/gopath   (module cache: $HELM_GOPATH/pkg/mod)
 #   HELM_GOCACHE default /var/tmp/podometer-kube/gocache
-# The build runs with nice -n 19 and -p 1: the machines have 2 cores and other builds share
-# them. Idempotent, and two callers at once wait on one flock: the second finds the binary.
+# The build runs with nice -n 19 and Go's default parallelism: other builds on the 2 cores go
+# first, and an idle core is used. Idempotent, and two callers at once wait on one flock: the second finds the binary.
 #
 # Measured on a 2-core machine with another Rust build beside it (load about 2.8): a cold build
 # with empty caches took 354 s wall (205 s user + 40 s sys; the caches grew by 1.2 GB build,
@@ -38,14 +38,14 @@ build() {
   [ -x "$bin" ] && return 0
   command -v go >/dev/null || die "go is not installed"
   export GOPATH=$HELM_GOPATH GOCACHE=$HELM_GOCACHE GOMODCACHE=$HELM_GOPATH/pkg/mod
-  export CGO_ENABLED=0 GOFLAGS="-p=1 -buildvcs=false"
+  export CGO_ENABLED=0 GOFLAGS="-buildvcs=false"
   local tmp=$HELM_DIR/$HELM_RELEASE/bin.tmp
   rm -rf "$tmp" && mkdir -p "$tmp"
   local v=helm.sh/helm/v4/internal/version
   local ld="-s -w -X $v.version=$HELM_RELEASE -X $v.metadata= -X $v.gitTreeState=clean"
   log "building helm $HELM_RELEASE into $bin"
   local start=$SECONDS
-  GOBIN=$tmp nice -n 19 go install -p 1 -trimpath -ldflags "$ld" \
+  GOBIN=$tmp nice -n 19 go install -trimpath -ldflags "$ld" \
     "helm.sh/helm/v4/cmd/helm@$HELM_RELEASE" >&2
   log "built in $((SECONDS - start)) s"
   "$tmp/helm" version --short >&2 || die "the built helm does not run"

@@ -44,8 +44,10 @@
 # gopath/ (module cache), gocache/, <release>/ (wrapper module + bin/), etcd/ (unpacked
 # Debian package, etcd 3.5.16 from trixie); run/ is the running node's (certificates,
 # kubeconfigs, logs, etcd data, containerd root and state, kubelet root), removed by `down`;
-# failed-logs/ keeps the logs of the last `up` that failed. Every Go build runs with nice -n 19,
-# -p 1 and CGO_ENABLED=0: the machines have 2 cores and other builds share them.
+# failed-logs/ keeps the logs of the last `up` that failed. Every Go build runs with nice -n 19
+# and CGO_ENABLED=0: the machines have 2 cores and other builds share them; nice lets those
+# go first, and Go's default parallelism uses both cores whenever they are idle (with -p 1 a
+# build that runs alone, as inside a test, left one core unused).
 # One node per machine (fixed names and addresses); build, up and down hold a lock. Root only.
 # KUBE_NODE_NAME overrides the node's name (default: the host name, lower case).
 set -Eeuo pipefail
@@ -65,7 +67,7 @@ etcd_bin=$KUBE_CACHE/etcd/usr/bin/etcd
 
 go_env() {
   export GOPATH=$KUBE_CACHE/gopath GOCACHE=$KUBE_CACHE/gocache
-  export GOMODCACHE=$GOPATH/pkg/mod CGO_ENABLED=0 GOFLAGS="-p=1 -buildvcs=false"
+  export GOMODCACHE=$GOPATH/pkg/mod CGO_ENABLED=0 GOFLAGS="-buildvcs=false"
 }
 
 build_kube() {
@@ -112,7 +114,7 @@ GO
     done
     mkdir -p bin.tmp
     local start=$SECONDS
-    nice -n 19 go build -p 1 -trimpath -ldflags "$ld" -o bin.tmp/ \
+    nice -n 19 go build -trimpath -ldflags "$ld" -o bin.tmp/ \
       "${components[@]/#/k8s.io/kubernetes/cmd/}" >&2
     log "built in $((SECONDS - start)) s"
     rm -rf bin && mv bin.tmp bin
