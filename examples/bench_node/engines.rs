@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+#[path = "../../tests/support/engine_daemon.rs"]
+mod engine_daemon;
+
 use super::{measure_agent, process_cpu, status_kib, thread_cpu, AgentResult, Args, Killed, Receiver};
 
 /// A CPU-accounting cgroup of the bench's own: every process started into it (and what those
@@ -90,20 +93,9 @@ pub struct Engine {
     wrote_key: bool,
 }
 
-const DOCKER_KEY: &str = "/etc/docker/key.json";
-
 fn wait_for_socket(socket: &Path, daemon: &mut Killed, what: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::os::unix::net::UnixStream::connect(socket).is_err() {
-        if let Ok(Some(status)) = daemon.0.try_wait() {
-            bail!("{what} exited before listening on {}: {status}", socket.display());
-        }
-        if Instant::now() > deadline {
-            bail!("{what} did not listen on {} in 60 s", socket.display());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
+    engine_daemon::wait_for_socket(socket, &mut daemon.0, what, Duration::from_secs(60))
+        .map_err(anyhow::Error::msg)
 }
 
 fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
@@ -126,17 +118,8 @@ impl Engine {
                 }
                 let socket = dir.path().join("docker.sock");
                 let mut cmd = group.command("dockerd");
-                cmd.arg("--data-root")
-                    .arg(dir.path().join("data"))
-                    .arg("--exec-root")
-                    .arg(dir.path().join("exec"))
-                    .arg("--pidfile")
-                    .arg(dir.path().join("dockerd.pid"))
-                    .arg("-H")
-                    .arg(format!("unix://{}", socket.display()))
-                    .args(["--iptables=false", "--ip-masq=false", "--ip-forward=false", "--bridge=none"])
-                    .args(["--storage-driver=overlay2", "--exec-opt", "native.cgroupdriver=cgroupfs"]);
-                (socket, cmd, !Path::new(DOCKER_KEY).exists())
+                engine_daemon::dockerd_args(&mut cmd, dir.path(), &socket);
+                (socket, cmd, !Path::new(engine_daemon::DOCKER_KEY_JSON).exists())
             }
             _ => {
                 let socket = dir.path().join("podman.sock");
@@ -166,10 +149,7 @@ impl Engine {
     /// containers itself and shares its storage with the service).
     pub fn cli(&self) -> Command {
         if self.kind == "docker" {
-            let cli = if Path::new("/usr/bin/docker").exists() { "/usr/bin/docker" } else { "docker" };
-            let mut cmd = Command::new(cli);
-            cmd.arg("-H").arg(format!("unix://{}", self.socket.display()));
-            cmd
+            engine_daemon::docker_cli(&self.socket)
         } else {
             Command::new("podman")
         }
@@ -237,29 +217,7 @@ impl Drop for Engine {
         // SIGTERM, then up to 5 s, then SIGKILL: dockerd stops the containerd it started.
         drop(self.daemon.take());
         if self.kind == "docker" {
-            let containerd_pid = self.dir.path().join("exec/containerd/containerd.pid");
-            if let Some(pid) =
-                fs::read_to_string(containerd_pid).ok().and_then(|s| s.trim().parse::<i32>().ok())
-            {
-                // SAFETY: kill(2) on the pid dockerd recorded for the containerd it started.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
-            let base = self.dir.path().to_string_lossy().into_owned();
-            if let Ok(mounts) = fs::read_to_string("/proc/self/mounts") {
-                let mut ours: Vec<&str> = mounts
-                    .lines()
-                    .filter_map(|l| l.split_whitespace().nth(1))
-                    .filter(|m| m.starts_with(&base))
-                    .collect();
-                ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
-                for mount in ours {
-                    let _ = Command::new("umount").arg("-l").arg(mount).status();
-                }
-            }
-            if self.wrote_key {
-                let _ = fs::remove_file(DOCKER_KEY);
-                let _ = fs::remove_dir("/etc/docker");
-            }
+            engine_daemon::clean_up_after_dockerd(self.dir.path(), self.wrote_key);
         }
         // The group empties once the shims and daemons are gone.
         let deadline = Instant::now() + Duration::from_secs(10);

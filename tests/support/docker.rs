@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::engine_daemon::{self, DOCKER_KEY_JSON};
 use super::podman::podman;
 use super::{have_command, is_root, prerequisite, run};
 
@@ -29,13 +30,8 @@ fn stop_child(child: &mut Child, grace: Duration) {
 
 /// Waits until something accepts connections on the socket.
 fn wait_for_socket(socket: &Path, child: &mut Child, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::os::unix::net::UnixStream::connect(socket).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited before listening on {}: {status}", socket.display());
-        }
-        assert!(Instant::now() < deadline, "{what} never listened on {}", socket.display());
-        std::thread::sleep(Duration::from_millis(50));
+    if let Err(e) = engine_daemon::wait_for_socket(socket, child, what, Duration::from_secs(30)) {
+        panic!("{e}");
     }
 }
 
@@ -104,8 +100,6 @@ impl Drop for PodmanContainer {
     }
 }
 
-const KEY_JSON: &str = "/etc/docker/key.json";
-
 /// The docker-archive of `localhost/bb:1` that scripts/testbed.sh saves.
 fn bb_docker_tar() -> Option<PathBuf> {
     std::env::var_os("PODOMETER_BB_DOCKER_TAR").map(PathBuf::from).filter(|p| p.is_file())
@@ -149,23 +143,15 @@ impl Dockerd {
     pub fn start() -> Dockerd {
         let dir = tempfile::Builder::new().prefix("podometer-dockerd").tempdir().expect("tempdir");
         let socket = dir.path().join("docker.sock");
-        let wrote_key = !Path::new(KEY_JSON).exists();
+        let wrote_key = !Path::new(DOCKER_KEY_JSON).exists();
         let parent_cgroups = docker_parent_cgroups().into_iter().filter(|d| !d.exists()).collect();
         let log = std::fs::File::create(dir.path().join("dockerd.log")).expect("log file");
-        let mut child = Command::new("dockerd")
-            .arg("--data-root")
-            .arg(dir.path().join("data"))
-            .arg("--exec-root")
-            .arg(dir.path().join("exec"))
-            .arg("--pidfile")
-            .arg(dir.path().join("dockerd.pid"))
-            .arg("-H")
-            .arg(format!("unix://{}", socket.display()))
+        let mut cmd = Command::new("dockerd");
+        engine_daemon::dockerd_args(&mut cmd, dir.path(), &socket);
+        let mut child = cmd
             // --debug: the log names every API call ("Calling GET /v1.41/..."), which the
             // tests count.
             .arg("--debug")
-            .args(["--iptables=false", "--ip-masq=false", "--ip-forward=false", "--bridge=none"])
-            .args(["--storage-driver=overlay2", "--exec-opt", "native.cgroupdriver=cgroupfs"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -179,10 +165,7 @@ impl Dockerd {
 
     /// The daemon's own client (Debian's `/usr/bin/docker`) when installed, on our socket.
     pub fn docker(&self) -> Command {
-        let cli = if Path::new("/usr/bin/docker").exists() { "/usr/bin/docker" } else { "docker" };
-        let mut cmd = Command::new(cli);
-        cmd.arg("-H").arg(format!("unix://{}", self.socket.display()));
-        cmd
+        engine_daemon::docker_cli(&self.socket)
     }
 
     /// `docker run -d --network none --name <name> <extra...> localhost/bb:1 sh -c <script>`;
@@ -230,36 +213,11 @@ impl Drop for Dockerd {
             }
         }
         stop_child(&mut self.child, Duration::from_secs(15));
-        // dockerd stops the containerd it started; if it could not, stop that one by its pid.
-        let containerd_pid = self.dir.path().join("exec/containerd/containerd.pid");
-        if let Some(pid) =
-            std::fs::read_to_string(containerd_pid).ok().and_then(|s| s.trim().parse::<i32>().ok())
-        {
-            // SAFETY: kill(2) on the pid dockerd recorded for its own containerd.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-        }
-        // Mounts dockerd may have left under its directories (overlay layers, netns files).
-        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
-            let base = self.dir.path().to_string_lossy().into_owned();
-            let mut ours: Vec<&str> = mounts
-                .lines()
-                .filter_map(|l| l.split_whitespace().nth(1))
-                .filter(|m| m.starts_with(&base))
-                .collect();
-            ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
-            for mount in ours {
-                let _ = Command::new("umount").arg("-l").arg(mount).status();
-            }
-        }
+        // dockerd stops the containerd it started; if it could not, that one goes by its pid.
+        engine_daemon::clean_up_after_dockerd(self.dir.path(), self.wrote_key);
         // Only an empty cgroup can go: another test's daemon still using it keeps it.
         for parent in &self.parent_cgroups {
             let _ = std::fs::remove_dir(parent);
-        }
-        if self.wrote_key {
-            let _ = std::fs::remove_file(KEY_JSON);
-            let _ = std::fs::remove_dir("/etc/docker");
         }
     }
 }

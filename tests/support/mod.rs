@@ -7,6 +7,7 @@ pub mod churn;
 pub mod containerd;
 pub mod cri;
 pub mod docker;
+pub mod engine_daemon;
 pub mod kube_api_node;
 pub mod kube_node;
 pub mod kube_pod;
