@@ -23,7 +23,13 @@ use support::kube_node::{kube_node_available, KubeNode};
 use workloads::{PodInfo, NS};
 
 const INTERVAL: &str = "2s";
+/// The cgroup source's `discovery_interval` in the shipped config (its default).
+const DISCOVERY_INTERVAL: Duration = Duration::from_secs(10);
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn sweep_interval() -> Duration {
+    humantime::parse_duration(INTERVAL).unwrap()
+}
 
 fn available() -> bool {
     kube_node_available() && deploy::podometer_image_available()
@@ -438,8 +444,16 @@ fn base_daemonset_measures_every_workload_as_the_kernel_counts() {
     }
     let status = workloads::pods(&node).into_iter().find(|p| p.name == "crasher").unwrap();
     assert!(status.containers[0].restarts >= 1);
-    // The container before the running one, as the kubelet reports it, was measured too.
+    // The container before the running one, as the kubelet reports it, was measured too. It
+    // can be only if a discovery walk fell inside its life: walks are at most the shipped
+    // `discovery_interval` (10 s) plus one sweep apart (the walk waits for the first sweep at
+    // least 10 s after the last), so the crasher must run longer than that (workloads.rs).
     if let Some(last) = status.containers[0].last_id.clone() {
+        let ran = status.containers[0].last_ran.expect("the previous container's start and finish");
+        assert!(
+            ran > DISCOVERY_INTERVAL + sweep_interval() + Duration::from_secs(1),
+            "the previous crasher container ran {ran:?}: too short to be sure a discovery walk saw it"
+        );
         sink.wait_for("series of the previous crasher container", Duration::from_secs(30), |ps| {
             ps.iter()
                 .any(|p| p.res("container.id") == Some(&last) && p.res("k8s.container.name") == Some("crash"))
