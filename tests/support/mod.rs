@@ -7,7 +7,6 @@ pub mod churn;
 pub mod containerd;
 pub mod cri;
 pub mod docker;
-pub mod kube_api_node;
 pub mod kube_node;
 pub mod kube_pod;
 pub mod manifests;
