@@ -2,7 +2,7 @@
 //! cluster, as deploy/kubernetes/overlays/k8s-api ships it (its service-account token, its
 //! ClusterRole and binding), with only what this node needs changed (the test's OTLP receiver,
 //! the API server's address, a 2 s interval, the kubelet's cgroup root; see
-//! `support::kube_api_node::node_daemonset`).
+//! `NodeAgent` in support/kube_deploy.rs), and the bundle volume left as shipped.
 //!
 //! 1. What the agent asks the API server, from the server's audit log: every request of the
 //!    agent's service account is a list or watch of pods with
@@ -16,12 +16,14 @@
 //!    the 403, the verb, the node's selector and the overlay; no second line within the
 //!    minute; the list retried with backoff (a handful of requests, not a flood); the agent
 //!    keeps exporting, with ids only, and stays live but not ready.
+#[path = "support/kube_deploy.rs"]
+mod k;
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use k::NodeAgent;
 use serde_json::{json, Value as Json};
-use support::kube_api_node::{self as k, OtlpSink};
 use support::kube_node::{kube_node_available, KubeNode, BUSYBOX_IMAGE};
 
 const SA_USER: &str = "system:serviceaccount:podometer:podometer";
@@ -66,14 +68,11 @@ fn k8s_api_in_cluster_is_node_scoped_names_points_and_reports_a_missing_verb_onc
         return;
     }
     let started = Instant::now();
-    let node = KubeNode::up();
+    // Without the node's bundles `runtime_files` names nothing: every name is the API's.
+    let (node, sink) =
+        k::node_with_agent(&workload().to_string(), &NodeAgent::k8s_api().without_node_bundles());
     let node_name = node.env["KUBE_NODE_NAME"].clone();
-    let sink = OtlpSink::start();
-    k::load_podometer_image();
-    k::apply(&node, &workload());
-    k::apply(&node, &k::node_daemonset("deploy/kubernetes/overlays/k8s-api", &sink.endpoint(), "2s"));
-    k::rollout(&node, "podometer", "daemonset/podometer");
-    k::rollout(&node, NS, "deployment/names");
+    node.rollout(NS, "deployment/names", "120s");
     eprintln!("node up, image loaded, agent and workload rolled out: {:?}", started.elapsed());
 
     // ---- names from the API on the points -----------------------------------------------
@@ -199,7 +198,7 @@ fn k8s_api_in_cluster_is_node_scoped_names_points_and_reports_a_missing_verb_onc
         String::new,
     );
     let new_name = restarted["metadata"]["name"].as_str().unwrap().to_owned();
-    let since = Instant::now();
+    let since = SystemTime::now();
     let forbidden = |log: &str| log.lines().filter(|l| l.contains("403 Forbidden")).count();
     k::poll(
         "the 403 line",
@@ -223,7 +222,7 @@ fn k8s_api_in_cluster_is_node_scoped_names_points_and_reports_a_missing_verb_onc
     // 30 s of the new agent's life: long enough for several retries, shorter than the log's
     // one-line-a-minute window.
     let window = Duration::from_secs(30);
-    std::thread::sleep(window.saturating_sub(since.elapsed()));
+    std::thread::sleep(window.saturating_sub(since.elapsed().unwrap_or_default()));
     let log = k::logs(&node, "podometer", &new_name);
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("403 Forbidden")).collect();
     assert_eq!(lines.len(), 1, "one line for the 403 within the minute, not one per retry:\n{log}");
@@ -264,7 +263,7 @@ fn k8s_api_in_cluster_is_node_scoped_names_points_and_reports_a_missing_verb_onc
 
 /// (phase, Ready condition, restarts) of a pod.
 fn get_pod_status(node: &KubeNode, name: &str) -> (String, String, i64) {
-    let pod = k::get_json(node, &["-n", "podometer", "get", "pod", name]);
+    let pod = node.get_json("podometer", &["pod", name]);
     let ready = pod["status"]["conditions"]
         .as_array()
         .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))

@@ -17,13 +17,18 @@ mod workloads;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
-use deploy::{Overlay, Point, Sink};
+use deploy::{apply_overlay, NodeAgent, Point, Sink};
 use serde_json::Value;
 use support::kube_node::{kube_node_available, KubeNode};
 use workloads::{PodInfo, NS};
 
-const INTERVAL: &str = "2s";
+/// The cgroup source's `discovery_interval` in the shipped config (its default).
+const DISCOVERY_INTERVAL: Duration = Duration::from_secs(10);
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn sweep_interval() -> Duration {
+    humantime::parse_duration(deploy::NODE_INTERVAL).unwrap()
+}
 
 fn available() -> bool {
     kube_node_available() && deploy::podometer_image_available()
@@ -39,13 +44,6 @@ fn rendered(shipped: &str) -> Vec<Value> {
 
 fn daemonset_of(objects: &[Value]) -> Value {
     objects.iter().find(|o| o["kind"] == "DaemonSet").cloned().expect("a DaemonSet")
-}
-
-/// `kubectl apply -k`; its stderr (warnings land there).
-fn apply(node: &KubeNode, overlay: &Overlay) -> String {
-    let out = node.kubectl(&["apply", "-k", overlay.path()], None);
-    assert!(out.status.success(), "apply -k failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// The agent's pod, once the DaemonSet reports it Ready (its real probes passed).
@@ -331,24 +329,6 @@ fn assert_pod_security(node: &KubeNode, apply_stderr: &str, shipped_ds: &Value) 
     node.kubectl_ok(&["delete", "namespace", "psa-baseline", "--wait=false"], None);
 }
 
-/// The base kustomization for this node: image, endpoint, and the node's paths and interval.
-fn base_overlay(
-    shipped: &str,
-    config_file: &str,
-    endpoint: &str,
-    otlp_body: Option<&str>,
-    extra_patches: &str,
-) -> Overlay {
-    let config = deploy::node_agent_config(config_file, otlp_body);
-    let body = format!(
-        "{}{}{extra_patches}{}",
-        deploy::image_and_endpoint(endpoint),
-        deploy::node_patch(INTERVAL),
-        deploy::CONFIG_GENERATOR
-    );
-    Overlay::new(shipped, &body, &[("podometer.yaml", &config)])
-}
-
 fn elapsed(start: Instant, what: &str) {
     eprintln!("[{:6.1} s] {what}", start.elapsed().as_secs_f64());
 }
@@ -364,8 +344,8 @@ fn base_daemonset_measures_every_workload_as_the_kernel_counts() {
     elapsed(start, "node up");
     deploy::load_podometer_image(&node);
     let sink = Sink::start();
-    let overlay = base_overlay(".", "base/agent.yaml", &sink.endpoint(), None, "");
-    let stderr = apply(&node, &overlay);
+    let overlay = NodeAgent::base().overlay(&sink.endpoint());
+    let stderr = apply_overlay(&node, &overlay);
     let agent = agent_pod(&node);
     elapsed(start, "agent Ready");
     let shipped = daemonset_of(&rendered("."));
@@ -438,8 +418,16 @@ fn base_daemonset_measures_every_workload_as_the_kernel_counts() {
     }
     let status = workloads::pods(&node).into_iter().find(|p| p.name == "crasher").unwrap();
     assert!(status.containers[0].restarts >= 1);
-    // The container before the running one, as the kubelet reports it, was measured too.
+    // The container before the running one, as the kubelet reports it, was measured too. It
+    // can be only if a discovery walk fell inside its life: walks are at most the shipped
+    // `discovery_interval` (10 s) plus one sweep apart (the walk waits for the first sweep at
+    // least 10 s after the last), so the crasher must run longer than that (workloads.rs).
     if let Some(last) = status.containers[0].last_id.clone() {
+        let ran = status.containers[0].last_ran.expect("the previous container's start and finish");
+        assert!(
+            ran > DISCOVERY_INTERVAL + sweep_interval() + Duration::from_secs(1),
+            "the previous crasher container ran {ran:?}: too short to be sure a discovery walk saw it"
+        );
         sink.wait_for("series of the previous crasher container", Duration::from_secs(30), |ps| {
             ps.iter()
                 .any(|p| p.res("container.id") == Some(&last) && p.res("k8s.container.name") == Some("crash"))
@@ -480,25 +468,6 @@ fn assert_owners(points: &[Point], pod: &PodInfo, cronjob: Option<&str>) {
     }
 }
 
-/// The `kubernetes` Service's ClusterIP does not route on this node (no kube-proxy): the
-/// in-cluster client is pointed at the API server's own address, as the kubelet's service
-/// variables would be on a node with kube-proxy.
-const API_SERVER_ENV_PATCH: &str = r#"  - patch: |-
-      apiVersion: apps/v1
-      kind: DaemonSet
-      metadata: {name: podometer, namespace: podometer}
-      spec:
-        template:
-          spec:
-            containers:
-              - name: podometer
-                env:
-                  - name: KUBERNETES_SERVICE_HOST
-                    value: 10.216.0.2
-                  - name: KUBERNETES_SERVICE_PORT
-                    value: "6443"
-"#;
-
 #[test]
 fn overlays_k8s_api_names_owners_and_host_peers_leave_host_network_pods_out() {
     if !available() {
@@ -514,14 +483,8 @@ fn overlays_k8s_api_names_owners_and_host_peers_leave_host_network_pods_out() {
     // minute, while the rest is checked.
     node.kubectl_ok(&["create", "namespace", NS], None);
     node.kubectl_ok(&["apply", "-f", "-"], Some(&workloads::cronjob()));
-    let overlay = base_overlay(
-        "overlays/k8s-api",
-        "overlays/k8s-api/agent.yaml",
-        &sink.endpoint(),
-        None,
-        API_SERVER_ENV_PATCH,
-    );
-    let stderr = apply(&node, &overlay);
+    let overlay = NodeAgent::k8s_api().overlay(&sink.endpoint());
+    let stderr = apply_overlay(&node, &overlay);
     assert!(!stderr.contains("Warning"), "{stderr}");
     let agent = agent_pod(&node);
     assert_shipped_pod(&node, &agent, &daemonset_of(&rendered("overlays/k8s-api")));
@@ -608,8 +571,8 @@ fn overlays_k8s_api_names_owners_and_host_peers_leave_host_network_pods_out() {
     // host-peers over it: the agent in the node's network namespace with NET_ADMIN. What the
     // k8s-api overlay added beside the DaemonSet goes first.
     node.kubectl_ok(&["delete", "clusterrolebinding,clusterrole", "podometer"], None);
-    let overlay = base_overlay("overlays/host-peers", "base/agent.yaml", &sink.endpoint(), None, "");
-    let stderr = apply(&node, &overlay);
+    let overlay = NodeAgent::new("overlays/host-peers", "base/agent.yaml").overlay(&sink.endpoint());
+    let stderr = apply_overlay(&node, &overlay);
     assert!(!stderr.contains("Warning"), "{stderr}");
     node.rollout("podometer", "daemonset/podometer", "120s");
     let agent2 = agent_pod(&node);
@@ -711,14 +674,11 @@ fn rolling_update_with_the_disk_queue_on_a_host_path_loses_no_sweep() {
 "#,
         queue_dir.path().display()
     );
-    let overlay = base_overlay(
-        ".",
-        "base/agent.yaml",
-        &sink.endpoint(),
-        Some("    queue:\n      directory: /var/lib/podometer/queue\n"),
-        &queue_patch,
-    );
-    apply(&node, &overlay);
+    let overlay = NodeAgent::base()
+        .otlp("    queue:\n      directory: /var/lib/podometer/queue\n")
+        .patch(&queue_patch)
+        .overlay(&sink.endpoint());
+    apply_overlay(&node, &overlay);
     let old = agent_pod(&node);
     let steady = format!(
         r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "steady", "namespace": "default"}},

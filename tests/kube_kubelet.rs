@@ -1,5 +1,5 @@
 //! Live, on the real node of scripts/kube-node.sh: podometer's numbers (the DaemonSet of
-//! deploy/kubernetes, changed only as `support::kube_api_node::node_daemonset` says), the
+//! deploy/kubernetes, changed only as `NodeAgent` in support/kube_deploy.rs says), the
 //! kubelet's own (`/metrics/cadvisor` and `/stats/summary` through the API server's node proxy)
 //! and the kernel's (the pod's cgroup files and `/proc/<pid>/net/dev`, read on the host every
 //! 200 ms) for the same pod over the same 22 s. docs/kubelet-comparison.md has a run's table.
@@ -18,14 +18,16 @@
 //!   containerd listens elsewhere; the kubelet logs the failure), so no pod has network series
 //!   in /metrics/cadvisor and /stats/summary's pods carry no `network`. The test asserts that,
 //!   so a kubelet that gains them fails here and the document is brought up to date.
+#[path = "support/kube_deploy.rs"]
+mod k;
 mod support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use k::NodeAgent;
 use serde_json::{json, Value as Json};
-use support::kube_api_node::{self as k, OtlpSink};
-use support::kube_node::{kube_node_available, KubeNode, BUSYBOX_IMAGE};
+use support::kube_node::{kube_node_available, BUSYBOX_IMAGE};
 
 const NS: &str = "kubelet-compare";
 const PAYLOAD: usize = 300_000;
@@ -111,15 +113,10 @@ fn podometer_and_the_kubelet_side_by_side_with_the_kernel() {
         return;
     }
     let started = Instant::now();
-    let node = KubeNode::up();
+    let (node, sink) = k::node_with_agent(&workload().to_string(), &NodeAgent::base());
     let node_name = node.env["KUBE_NODE_NAME"].clone();
-    let sink = OtlpSink::start();
-    k::load_podometer_image();
-    k::apply(&node, &workload());
-    k::apply(&node, &k::node_daemonset("deploy/kubernetes", &sink.endpoint(), "2s"));
     node.kubectl_ok(&["-n", NS, "wait", "--for=condition=Ready", "pod/burner", "--timeout=120s"], None);
-    k::rollout(&node, "podometer", "daemonset/podometer");
-    let pod = k::get_json(&node, &["-n", NS, "get", "pod", "burner"]);
+    let pod = node.get_json(NS, &["pod", "burner"]);
     let uid = pod["metadata"]["uid"].as_str().unwrap().to_owned();
     let ids: BTreeMap<String, String> = k::container_ids(&pod).into_iter().collect();
     let (burn, idle) = (ids["burn"].clone(), ids["idle"].clone());
@@ -131,18 +128,36 @@ fn podometer_and_the_kubelet_side_by_side_with_the_kernel() {
     // (every 2 s) all along.
     let mut kernel = Samples::default();
     let from = Instant::now();
-    let (mut cad, mut summary, mut scraped_at) = (String::new(), Json::Null, 0.0);
-    // cAdvisor finds a new cgroup, and then samples its CPU, at its own pace: scraped again
-    // until it has the CPU of the pod and of both containers (a first scrape could have a
-    // container's other series but not yet its usage).
+    let (mut cad, mut summary, mut scraped_at, mut scrapes) = (String::new(), Json::Null, 0.0, 0);
+    // cAdvisor finds a new cgroup, and then samples it, at its own pace (every 10 to 15 s),
+    // and the kubelet's numbers are compared with the kernel's readings around the time each
+    // carries: a scrape is used only when it has the CPU of the pod and of both containers (a
+    // first scrape could have a container's other series but not yet its usage) and every
+    // sample the test brackets was taken inside the window of readings. A scrape early in the
+    // window can carry a sample taken before it: the one cAdvisor took when the container
+    // started, when the window begins soon after. Scraped again until then, and the readings go
+    // on for a while after the last scrape.
     let qos = pod["status"]["qosClass"].as_str().unwrap().to_lowercase();
     let pod_id = format!("/{}/{qos}/pod{uid}", k::KUBEPODS);
     let cpu_ids = [pod_id.clone(), format!("{pod_id}/{burn}"), format!("{pod_id}/{idle}")];
-    let has_pod =
-        |cad: &str| cpu_ids.iter().all(|id| cadvisor(cad, "container_cpu_usage_seconds_total", id).is_some());
-    while from.elapsed() < Duration::from_secs(22)
-        || (!has_pod(&cad) && from.elapsed() < Duration::from_secs(60))
-    {
+    let idle_id = format!("{pod_id}/{idle}");
+    let inside = |cad: &str, summary: &Json, first: f64| -> bool {
+        let cad_at = |name: &str, id: &str| cadvisor(cad, name, id).is_some_and(|(_, ts)| ts - 0.25 >= first);
+        let at = |v: &Json| v.as_str().is_some_and(|t| rfc3339(t) >= first);
+        let sp =
+            summary["pods"].as_array().and_then(|ps| ps.iter().find(|p| p["podRef"]["uid"] == uid.as_str()));
+        cpu_ids.iter().all(|id| cad_at("container_cpu_usage_seconds_total", id))
+            && cad_at("container_memory_working_set_bytes", &idle_id)
+            && sp.is_some_and(|sp| {
+                at(&sp["cpu"]["time"])
+                    && sp["containers"].as_array().is_some_and(|cs| {
+                        cs.iter().all(|c| {
+                            at(&c["cpu"]["time"]) && (c["name"] != "idle" || at(&c["memory"]["time"]))
+                        })
+                    })
+            })
+    };
+    loop {
         let at = unix_s(SystemTime::now());
         kernel.push(at, "pod.cpu", k::kernel_cpu(&pod, None));
         kernel.push(at, "burn.cpu", k::kernel_cpu(&pod, Some(&burn)));
@@ -153,8 +168,17 @@ fn podometer_and_the_kubelet_side_by_side_with_the_kernel() {
         let dev = k::net_dev(pid);
         kernel.push(at, "eth0.rx", dev["eth0"].0 as f64);
         kernel.push(at, "eth0.tx", dev["eth0"].1 as f64);
-        if !has_pod(&cad) && from.elapsed() > Duration::from_secs(16) {
+        let first = kernel.series["pod.cpu"][0].0;
+        let usable = inside(&cad, &summary, first);
+        let elapsed = from.elapsed();
+        if (usable && elapsed >= Duration::from_secs(22) && at > scraped_at + 1.5)
+            || elapsed >= Duration::from_secs(60)
+        {
+            break;
+        }
+        if !usable && elapsed > Duration::from_secs(16) {
             scraped_at = unix_s(SystemTime::now());
+            scrapes += 1;
             cad = node.kubectl_ok(
                 &["get", "--raw", &format!("/api/v1/nodes/{node_name}/proxy/metrics/cadvisor")],
                 None,
@@ -330,6 +354,10 @@ fn podometer_and_the_kubelet_side_by_side_with_the_kernel() {
         ));
     }
     rows.push(format!("summary pod working set: {}", sp["memory"]["workingSetBytes"]));
+    rows.push(format!(
+        "the kubelet scraped {scrapes} times, the last {:.1} s into the window",
+        scraped_at - kernel.series["pod.cpu"][0].0
+    ));
     for r in &rows {
         eprintln!("{r}");
     }

@@ -15,12 +15,14 @@
 //!   its cgroup (the same definition, read by the kernel's `/proc/<pid>/status`);
 //! - the sidecar's own container: its cgroup CPU time (`container.cpu.time`) between the
 //!   kernel's readings.
+#[path = "support/kube_deploy.rs"]
+mod k;
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use k::Sink;
 use serde_json::{json, Value as Json};
-use support::kube_api_node::{self as k, OtlpSink};
 use support::kube_node::{kube_node_available, KubeNode, BUSYBOX_IMAGE};
 
 const NS: &str = "sidecar-example";
@@ -67,9 +69,9 @@ fn the_sidecar_example_on_the_real_node_matches_the_kernel() {
     }
     let started = Instant::now();
     let node = KubeNode::up();
-    let sink = OtlpSink::start();
-    k::load_podometer_image();
-    k::apply(
+    let sink = Sink::start();
+    k::load_podometer_image(&node);
+    k::apply_json(
         &node,
         &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS,
             "labels": {"pod-security.kubernetes.io/enforce": "restricted",
@@ -78,7 +80,7 @@ fn the_sidecar_example_on_the_real_node_matches_the_kernel() {
     let out = node.kubectl(&["apply", "-f", "-"], Some(&deployment(&sink.endpoint()).to_string()));
     let warnings = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{warnings}");
-    k::rollout(&node, NS, "deployment/web");
+    node.rollout(NS, "deployment/web", "120s");
     let pod = k::pods(&node, NS, "app=web").remove(0);
     let uid = pod["metadata"]["uid"].as_str().unwrap().to_owned();
     let name = pod["metadata"]["name"].as_str().unwrap().to_owned();
@@ -111,7 +113,7 @@ fn the_sidecar_example_on_the_real_node_matches_the_kernel() {
         let rx1 = k::net_dev(pid)["eth0"].0;
         let (cpu1, own1) = (k::kernel_cpu(&pod, Some(&app)), k::kernel_cpu(&pod, Some(&sidecar)));
         let rss1: u64 = k::cgroup_pids(&pod, &app).iter().map(|p| vm_rss_bytes(*p)).sum();
-        let since = Instant::now();
+        let since = SystemTime::now();
         let points = k::poll(
             "a sweep from the sidecar",
             Duration::from_secs(20),

@@ -1,17 +1,21 @@
-//! What the live tests of the shipped manifests need around the real node (`KubeNode`): an
-//! OTLP/gRPC receiver the agent's pod reaches, the test's own kustomization over a shipped one,
-//! the podometer image in the node, and the kernel's own numbers for a pod or container.
+//! What the live tests of podometer on the real node (`KubeNode`) share: an OTLP/gRPC receiver
+//! the agent's pods reach, the podometer image in the node, the shipped manifests applied
+//! through a kustomization of the test's own with what only this node needs, and the kernel's
+//! own numbers of a pod or container read on the host (tests/kube_*.rs).
 //!
 //! Reaching the receiver: the node's network namespace has a veth whose host end is
 //! 10.216.0.1 (scripts/kube-node.sh), and a pod's default route leads through the node's bridge
 //! and that veth to the host, which routes the pod range back. So a receiver bound to
 //! 10.216.0.1 on the host is reachable from every pod and from hostNetwork pods alike, and from
-//! nothing outside the node (the address exists only while the node is up).
+//! nothing outside the node (the address exists only while the node is up). It is in-process
+//! (tonic) rather than VictoriaMetrics, whose helper does not listen there, and keeps every
+//! point's exact value and attributes as sent.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -23,6 +27,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point, NumberDataPoint};
+use serde_json::Value as Json;
 use tonic::codec::CompressionEncoding;
 
 use crate::support::kube_node::KubeNode;
@@ -31,8 +36,17 @@ use crate::support::kube_node::KubeNode;
 pub const HOST_ADDR: &str = "10.216.0.1";
 /// The kubelet's cgroupRoot on the test node (scripts/kube-node.sh `cgroot`).
 pub const NODE_CGROUP_ROOT: &str = "podometer-kube";
+/// Where the kubelet puts pods below each hierarchy: `/podometer-kube/kubepods/…`.
+pub const KUBEPODS: &str = "podometer-kube/kubepods";
 /// The node's containerd state directory (scripts/kube-node.sh `$run/containerd/state`).
 pub const NODE_CONTAINERD_STATE: &str = "/var/tmp/podometer-kube/run/containerd/state";
+/// The API server from a pod: the node's address (its certificate names it). The service
+/// address (10.218.0.1) does not route: the node runs no kube-proxy.
+pub const API_HOST: &str = "10.216.0.2";
+pub const API_PORT: &str = "6443";
+/// The agent's sweep interval in these tests (`PODOMETER_INTERVAL`): seconds, not tens of them.
+pub const NODE_INTERVAL: &str = "2s";
+pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 pub fn podometer_image() -> String {
     format!("localhost/podometer:{}", env!("CARGO_PKG_VERSION"))
@@ -93,8 +107,9 @@ impl Sink {
     }
 
     fn serve(&mut self, listener: tokio::net::TcpListener) {
-        let service =
-            MetricsServiceServer::new(self.store.clone()).accept_compressed(CompressionEncoding::Gzip);
+        let service = MetricsServiceServer::new(self.store.clone())
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(64 << 20);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = self.runtime.spawn(async move {
             tonic::transport::Server::builder()
@@ -135,9 +150,19 @@ impl Sink {
         self.store.0.lock().unwrap().clone()
     }
 
-    /// Every point received so far.
+    /// How many export requests arrived.
+    pub fn requests(&self) -> usize {
+        self.store.0.lock().unwrap().len()
+    }
+
+    /// Every point received so far, in arrival order.
     pub fn points(&self) -> Vec<Point> {
         self.received().iter().flat_map(points_of).collect()
+    }
+
+    /// The points of the requests that arrived after `since`.
+    pub fn points_since(&self, since: SystemTime) -> Vec<Point> {
+        self.received().iter().filter(|r| r.at > since).flat_map(points_of).collect()
     }
 
     /// Waits until `pred` holds for the points received so far; panics after `timeout`.
@@ -330,6 +355,23 @@ patches:
 /// - `PODOMETER_INTERVAL` (the shipped config's own knob) at `interval` so the test waits
 ///   seconds, not tens of seconds.
 pub fn node_patch(interval: &str) -> String {
+    node_patch_with(interval, true)
+}
+
+/// `node_patch`, with the bundle volume pointed at the node's containerd state only when
+/// `node_bundles` (else it stays the shipped /run/containerd path, where this node keeps none).
+fn node_patch_with(interval: &str, node_bundles: bool) -> String {
+    let volumes = if node_bundles {
+        format!(
+            r#"            volumes:
+              - name: containerd-bundles
+                hostPath:
+                  path: {NODE_CONTAINERD_STATE}/io.containerd.runtime.v2.task
+"#
+        )
+    } else {
+        String::new()
+    };
     format!(
         r#"  - patch: |-
       apiVersion: apps/v1
@@ -343,12 +385,119 @@ pub fn node_patch(interval: &str) -> String {
                 env:
                   - name: PODOMETER_INTERVAL
                     value: {interval}
-            volumes:
-              - name: containerd-bundles
-                hostPath:
-                  path: {NODE_CONTAINERD_STATE}/io.containerd.runtime.v2.task
+{volumes}"#
+    )
+}
+
+/// The `kubernetes` Service's ClusterIP does not route on this node (no kube-proxy): the
+/// in-cluster client is pointed at the API server's own address, as the kubelet's service
+/// variables would be on a node with kube-proxy.
+pub fn api_server_env_patch() -> String {
+    format!(
+        r#"  - patch: |-
+      apiVersion: apps/v1
+      kind: DaemonSet
+      metadata: {{name: podometer, namespace: podometer}}
+      spec:
+        template:
+          spec:
+            containers:
+              - name: podometer
+                env:
+                  - name: KUBERNETES_SERVICE_HOST
+                    value: {API_HOST}
+                  - name: KUBERNETES_SERVICE_PORT
+                    value: "{API_PORT}"
 "#
     )
+}
+
+/// The agent's DaemonSet on this node: a shipped kustomization (`.` or an overlay) with the
+/// image and endpoint a user sets (`image_and_endpoint`), what this node needs (`node_patch`),
+/// and the shipped agent config with this node's cgroup root (`node_agent_config`).
+pub struct NodeAgent {
+    /// Relative to deploy/kubernetes: `.`, `overlays/k8s-api`, …
+    pub shipped: String,
+    /// The agent config the ConfigMap is made from, relative to deploy/kubernetes.
+    pub config_file: String,
+    /// Lines for `exporters.otlp` (see `node_agent_config`).
+    pub otlp_body: Option<String>,
+    /// More kustomization patches, after the node's.
+    pub extra_patches: String,
+    /// Whether `runtime_files` is given the node's bundles (`node_patch`).
+    pub node_bundles: bool,
+}
+
+impl NodeAgent {
+    pub fn new(shipped: &str, config_file: &str) -> NodeAgent {
+        NodeAgent {
+            shipped: shipped.to_owned(),
+            config_file: config_file.to_owned(),
+            otlp_body: None,
+            extra_patches: String::new(),
+            node_bundles: true,
+        }
+    }
+
+    /// The shipped base DaemonSet and its config.
+    pub fn base() -> NodeAgent {
+        NodeAgent::new(".", "base/agent.yaml")
+    }
+
+    /// The k8s-api overlay, its config, and the API server's address.
+    pub fn k8s_api() -> NodeAgent {
+        NodeAgent::new("overlays/k8s-api", "overlays/k8s-api/agent.yaml").patch(&api_server_env_patch())
+    }
+
+    pub fn otlp(mut self, body: &str) -> NodeAgent {
+        self.otlp_body = Some(body.to_owned());
+        self
+    }
+
+    pub fn patch(mut self, patch: &str) -> NodeAgent {
+        self.extra_patches.push_str(patch);
+        self
+    }
+
+    /// The bundle volume as shipped (/run/containerd, where this node keeps no bundles):
+    /// `runtime_files` names nothing, so names can only come from elsewhere.
+    pub fn without_node_bundles(mut self) -> NodeAgent {
+        self.node_bundles = false;
+        self
+    }
+
+    /// The kustomization, exporting to `endpoint`.
+    pub fn overlay(&self, endpoint: &str) -> Overlay {
+        let config = node_agent_config(&self.config_file, self.otlp_body.as_deref());
+        let body = format!(
+            "{}{}{}{CONFIG_GENERATOR}",
+            image_and_endpoint(endpoint),
+            node_patch_with(NODE_INTERVAL, self.node_bundles),
+            self.extra_patches,
+        );
+        Overlay::new(&self.shipped, &body, &[("podometer.yaml", &config)])
+    }
+}
+
+/// `kubectl apply -k`; its stderr (warnings land there).
+pub fn apply_overlay(node: &KubeNode, overlay: &Overlay) -> String {
+    let out = node.kubectl(&["apply", "-k", overlay.path()], None);
+    assert!(out.status.success(), "apply -k failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// How a test of the agent's DaemonSet begins: the node up, the receiver, the podometer image
+/// in the node, `workload` (objects as YAML or JSON) applied, then the agent as `agent` says,
+/// rolled out (its pod Ready through its real probes). The workload's pods may or may not be
+/// Ready yet: the test waits for what it needs.
+pub fn node_with_agent(workload: &str, agent: &NodeAgent) -> (KubeNode, Sink) {
+    let node = KubeNode::up();
+    let sink = Sink::start();
+    load_podometer_image(&node);
+    node.kubectl_ok(&["apply", "-f", "-"], Some(workload));
+    apply_overlay(&node, &agent.overlay(&sink.endpoint()));
+    node.rollout("podometer", "daemonset/podometer", "120s");
+    (node, sink)
 }
 
 /// The shipped agent config (`deploy/kubernetes/<file>`) with the kubelet cgroup root of this
@@ -363,9 +512,7 @@ pub fn node_agent_config(file: &str, otlp_body: Option<&str>) -> String {
     assert_eq!(text.matches(anchor).count(), 1, "{file}: the cgroups root line moved");
     text = text.replace(
         anchor,
-        &format!(
-            "{anchor}    layouts:\n      kubelet: [kubepods, kubepods.slice, {NODE_CGROUP_ROOT}/kubepods]\n"
-        ),
+        &format!("{anchor}    layouts:\n      kubelet: [kubepods, kubepods.slice, {KUBEPODS}]\n"),
     );
     if let Some(body) = otlp_body {
         let otlp = "  otlp: {}\n";
@@ -392,7 +539,7 @@ pub fn load_podometer_image(node: &KubeNode) {
     let dir = tempfile::tempdir().unwrap();
     let tar = dir.path().join("podometer.tar");
     crate::support::run(
-        std::process::Command::new("podman")
+        Command::new("podman")
             .args(["save", "--quiet", "--format", "docker-archive", "-o"])
             .arg(&tar)
             .arg(podometer_image()),
@@ -400,10 +547,11 @@ pub fn load_podometer_image(node: &KubeNode) {
     node.load_image(&tar);
 }
 
+/// Podman and the podometer image in it (scripts/image.sh builds it).
 pub fn podometer_image_available() -> bool {
     crate::support::prerequisite(crate::support::have_command("podman"), "podman")
         && crate::support::prerequisite(
-            std::process::Command::new("podman")
+            Command::new("podman")
                 .args(["image", "exists", &podometer_image()])
                 .status()
                 .map(|s| s.success())
@@ -453,10 +601,143 @@ pub fn kernel_memory_bytes(id: &str) -> u64 {
     std::fs::read_to_string(dir.join("memory.usage_in_bytes")).unwrap().trim().parse().unwrap()
 }
 
+/// `(receive, transmit)` bytes of each interface in /proc/net/dev text.
+pub fn net_dev_table(text: &str) -> BTreeMap<String, (u64, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            let f: Vec<u64> = rest.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+            Some((name.trim().to_owned(), (*f.first()?, *f.get(8)?)))
+        })
+        .collect()
+}
+
 /// `(receive, transmit)` bytes of `interface` in /proc/net/dev text.
 pub fn net_dev_bytes(text: &str, interface: &str) -> Option<(u64, u64)> {
-    let line = text.lines().find(|l| l.trim_start().starts_with(&format!("{interface}:")))?;
-    let fields: Vec<u64> =
-        line.split_once(':')?.1.split_whitespace().filter_map(|f| f.parse().ok()).collect();
-    Some((*fields.first()?, *fields.get(8)?))
+    net_dev_table(text).get(interface).copied()
+}
+
+/// `(receive, transmit)` bytes of each interface in the network namespace of `pid`, from
+/// `/proc/<pid>/net/dev` read on the host.
+pub fn net_dev(pid: u32) -> BTreeMap<String, (u64, u64)> {
+    net_dev_table(&std::fs::read_to_string(format!("/proc/{pid}/net/dev")).expect("net/dev"))
+}
+
+/// A pod's cgroup directory below a hierarchy (`cpuacct`, `memory`, `unified`):
+/// `/sys/fs/cgroup/<h>/podometer-kube/kubepods/[<qos>/]pod<uid>`.
+pub fn pod_cgroup(hierarchy: &str, pod: &Json) -> PathBuf {
+    let uid = pod["metadata"]["uid"].as_str().expect("pod uid");
+    let qos = pod["status"]["qosClass"].as_str().expect("qosClass").to_lowercase();
+    let mut p = PathBuf::from(format!("/sys/fs/cgroup/{hierarchy}/{KUBEPODS}"));
+    if qos != "guaranteed" {
+        p.push(qos);
+    }
+    p.push(format!("pod{uid}"));
+    p
+}
+
+fn read_u64(path: PathBuf) -> u64 {
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.trim().parse().unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn stat_field(path: PathBuf, key: &str) -> u64 {
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {}", path.display()))
+}
+
+/// CPU seconds of a cgroup (a pod's, or one of its containers' with `Some(id)`): the unified
+/// hierarchy's `cpu.stat` `usage_usec`, the scheduler's exact runtime.
+pub fn kernel_cpu(pod: &Json, container: Option<&str>) -> f64 {
+    let mut dir = pod_cgroup("unified", pod);
+    if let Some(id) = container {
+        dir.push(id);
+    }
+    stat_field(dir.join("cpu.stat"), "usage_usec") as f64 / 1e6
+}
+
+/// The kubelet's working set of a cgroup: `memory.usage_in_bytes` minus `total_inactive_file`
+/// (never below zero).
+pub fn kernel_working_set(pod: &Json, container: Option<&str>) -> u64 {
+    let mut dir = pod_cgroup("memory", pod);
+    if let Some(id) = container {
+        dir.push(id);
+    }
+    let usage = read_u64(dir.join("memory.usage_in_bytes"));
+    usage.saturating_sub(stat_field(dir.join("memory.stat"), "total_inactive_file"))
+}
+
+/// The pids of a cgroup (a container's) in the v1 memory hierarchy.
+pub fn cgroup_pids(pod: &Json, container: &str) -> Vec<u32> {
+    let path = pod_cgroup("memory", pod).join(container).join("cgroup.procs");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The API server, as a test reads it.
+
+/// Applies a JSON object or List.
+pub fn apply_json(node: &KubeNode, objects: &Json) {
+    node.kubectl_ok(&["apply", "-f", "-"], Some(&objects.to_string()));
+}
+
+/// Sets (or adds) one env variable of a container.
+pub fn set_env(container: &mut Json, name: &str, value: &str) {
+    let env = container["env"].as_array_mut().expect("the container has env");
+    env.retain(|e| e["name"] != name);
+    env.push(serde_json::json!({"name": name, "value": value}));
+}
+
+/// The pods of a namespace with a label selector.
+pub fn pods(node: &KubeNode, namespace: &str, selector: &str) -> Vec<Json> {
+    node.get_json(namespace, &["pods", "-l", selector])["items"].as_array().unwrap().clone()
+}
+
+/// `(container name, 64-hex id)` of every started container of a pod.
+pub fn container_ids(pod: &Json) -> Vec<(String, String)> {
+    pod["status"]["containerStatuses"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| {
+                    let id = s["containerID"].as_str()?.strip_prefix("containerd://")?;
+                    Some((s["name"].as_str()?.to_owned(), id.to_owned()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn logs(node: &KubeNode, namespace: &str, pod: &str) -> String {
+    String::from_utf8_lossy(&node.kubectl(&["-n", namespace, "logs", pod, "--all-containers"], None).stdout)
+        .into_owned()
+}
+
+/// Parsed events of the API server's audit log.
+pub fn audit_events(node: &KubeNode) -> Vec<Json> {
+    let text = std::fs::read_to_string(&node.env["KUBE_AUDIT_LOG"]).expect("audit log");
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// Polls `done` every 200 ms until it returns `Some`; after `limit` panics with `context()`.
+pub fn poll<T>(
+    what: &str,
+    limit: Duration,
+    mut done: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = done() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}; {}", context());
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -13,9 +14,14 @@ pub const NS: &str = "workloads";
 
 /// A Deployment (2 replicas of 2 containers, Burstable: requests without limits), a
 /// StatefulSet (Guaranteed: limits equal requests; one container burns its CPU limit), a Job
-/// and a bare pod (BestEffort), a hostNetwork pod and a container that exits every few seconds
-/// (the kubelet restarts it). The Deployment's `httpd` serves a 64 KiB file; `client` starts
-/// later (it needs a web pod's address: the node has no DNS and no kube-proxy).
+/// and a bare pod (BestEffort), a hostNetwork pod and a container that exits after 20 s (the
+/// kubelet restarts it, after 10 s, then 20 s, 40 s, …). It lives that long because the agent
+/// finds new cgroups only on its discovery walks (`sources.cgroups.discovery_interval`, 10 s in
+/// the shipped config), which come at the first sweep at least that long after the last one: up
+/// to one interval more apart. A container that lives less than that may start and end between
+/// two walks and never be measured (one of 6 s was missed about every other restart). The
+/// Deployment's `httpd` serves a 64 KiB file; `client` starts later (it needs a web pod's
+/// address: the node has no DNS and no kube-proxy).
 pub fn manifests() -> String {
     let b = BUSYBOX_IMAGE;
     format!(
@@ -95,7 +101,7 @@ spec:
   containers:
     - name: crash
       image: {b}
-      command: ["sh", "-c", "sleep 6; exit 1"]
+      command: ["sh", "-c", "sleep 20; exit 1"]
 "#
     )
 }
@@ -177,6 +183,9 @@ pub struct ContainerInfo {
     pub restarts: u64,
     /// The previous (terminated) container's id.
     pub last_id: Option<String>,
+    /// How long the previous container ran, from its `startedAt` to its `finishedAt` (whole
+    /// seconds, as the kubelet reports them).
+    pub last_ran: Option<Duration>,
 }
 
 fn s(v: &Value) -> String {
@@ -185,6 +194,12 @@ fn s(v: &Value) -> String {
 
 fn strip_runtime(id: &Value) -> Option<String> {
     id.as_str().and_then(|i| i.split_once("://")).map(|(_, id)| id.to_owned())
+}
+
+/// `finishedAt - startedAt` of a terminated container state.
+fn ran(terminated: &Value) -> Option<Duration> {
+    let at = |key: &str| humantime::parse_rfc3339(terminated[key].as_str()?).ok();
+    at("finishedAt")?.duration_since(at("startedAt")?).ok()
 }
 
 pub fn pod_info(p: &Value) -> PodInfo {
@@ -201,6 +216,7 @@ pub fn pod_info(p: &Value) -> PodInfo {
                     id: c["state"]["running"].is_object().then(|| strip_runtime(&c["containerID"])).flatten(),
                     restarts: c["restartCount"].as_u64().unwrap_or(0),
                     last_id: strip_runtime(&c["lastState"]["terminated"]["containerID"]),
+                    last_ran: ran(&c["lastState"]["terminated"]),
                 })
                 .collect()
         })

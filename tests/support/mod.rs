@@ -8,7 +8,6 @@ pub mod containerd;
 pub mod cri;
 pub mod docker;
 pub mod engine_daemon;
-pub mod kube_api_node;
 pub mod kube_node;
 pub mod kube_pod;
 pub mod manifests;
