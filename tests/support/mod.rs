@@ -13,6 +13,7 @@ pub mod kube_pod;
 pub mod manifests;
 pub mod netns;
 pub mod otelcol;
+pub mod otelcol_node;
 pub mod podman;
 pub mod prometheus;
 pub mod receivers;

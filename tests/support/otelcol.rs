@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
+use opentelemetry_proto::tonic::metrics::v1::{
+    metric, number_data_point, HistogramDataPoint, NumberDataPoint,
+};
 
 use super::receivers::{http_get, stop_child, wait_until};
 use super::{have_command, prerequisite};
@@ -150,7 +152,7 @@ pub type PointKey = (Vec<(String, String)>, String, String, Vec<(String, String)
 
 /// Everything else a point carries, compared for equality: the metric's unit, description and
 /// kind (with temporality and monotonicity), the point's start time, flags and value (with its
-/// type: an integer is not a double).
+/// type: an integer is not a double; a histogram's count, sum, min, max, buckets and bounds).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PointBody {
     pub unit: String,
@@ -178,6 +180,31 @@ pub fn attrs(kvs: &[KeyValue]) -> Vec<(String, String)> {
     out
 }
 
+type Row = (Vec<(String, String)>, u64, u64, u32, String);
+
+fn number_row(dp: &NumberDataPoint) -> Row {
+    let value = match dp.value {
+        Some(number_data_point::Value::AsInt(i)) => format!("int:{i}"),
+        Some(number_data_point::Value::AsDouble(d)) => format!("double:{:x}", d.to_bits()),
+        None => "none".to_string(),
+    };
+    (attrs(&dp.attributes), dp.time_unix_nano, dp.start_time_unix_nano, dp.flags, value)
+}
+
+fn histogram_row(dp: &HistogramDataPoint) -> Row {
+    let bits = |d: Option<f64>| d.map(|d| format!("{:x}", d.to_bits()));
+    let bounds: Vec<String> = dp.explicit_bounds.iter().map(|b| format!("{:x}", b.to_bits())).collect();
+    let value = format!(
+        "count={} sum={:?} min={:?} max={:?} buckets={:?} bounds={bounds:?}",
+        dp.count,
+        bits(dp.sum),
+        bits(dp.min),
+        bits(dp.max),
+        dp.bucket_counts
+    );
+    (attrs(&dp.attributes), dp.time_unix_nano, dp.start_time_unix_nano, dp.flags, value)
+}
+
 /// The points of `requests`, each key with every body it was seen with (more than one body, or
 /// a key seen twice, is a duplicate).
 pub fn points(requests: &[ExportMetricsServiceRequest]) -> BTreeMap<PointKey, Vec<PointBody>> {
@@ -189,38 +216,37 @@ pub fn points(requests: &[ExportMetricsServiceRequest]) -> BTreeMap<PointKey, Ve
                 let scope =
                     sm.scope.as_ref().map(|s| format!("{}@{}", s.name, s.version)).unwrap_or_default();
                 for m in &sm.metrics {
-                    let (kind, points) = match &m.data {
+                    // (kind, [(attributes, time, start time, flags, value)])
+                    let (kind, rows): (String, Vec<_>) = match &m.data {
                         Some(metric::Data::Sum(s)) => (
                             format!(
                                 "sum temporality={} monotonic={}",
                                 s.aggregation_temporality, s.is_monotonic
                             ),
-                            &s.data_points,
+                            s.data_points.iter().map(number_row).collect(),
                         ),
-                        Some(metric::Data::Gauge(g)) => ("gauge".to_string(), &g.data_points),
-                        other => panic!("podometer sends sums and gauges only, got {other:?} for {}", m.name),
+                        Some(metric::Data::Gauge(g)) => {
+                            ("gauge".to_string(), g.data_points.iter().map(number_row).collect())
+                        }
+                        // podometer's own self-telemetry (sweep durations) when it is exported
+                        // through a pipeline.
+                        Some(metric::Data::Histogram(h)) => (
+                            format!("histogram temporality={}", h.aggregation_temporality),
+                            h.data_points.iter().map(histogram_row).collect(),
+                        ),
+                        other => panic!(
+                            "podometer sends sums, gauges and histograms only, got {other:?} for {}",
+                            m.name
+                        ),
                     };
-                    for dp in points {
-                        let value = match dp.value {
-                            Some(number_data_point::Value::AsInt(i)) => format!("int:{i}"),
-                            Some(number_data_point::Value::AsDouble(d)) => {
-                                format!("double:{:x}", d.to_bits())
-                            }
-                            None => "none".to_string(),
-                        };
-                        let key = (
-                            resource.clone(),
-                            scope.clone(),
-                            m.name.clone(),
-                            attrs(&dp.attributes),
-                            dp.time_unix_nano,
-                        );
+                    for (point_attrs, time, start, flags, value) in rows {
+                        let key = (resource.clone(), scope.clone(), m.name.clone(), point_attrs, time);
                         out.entry(key).or_default().push(PointBody {
                             unit: m.unit.clone(),
                             description: m.description.clone(),
                             kind: kind.clone(),
-                            start_time_unix_nano: dp.start_time_unix_nano,
-                            flags: dp.flags,
+                            start_time_unix_nano: start,
+                            flags,
                             value,
                         });
                     }
