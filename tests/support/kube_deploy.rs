@@ -38,8 +38,11 @@ pub const HOST_ADDR: &str = "10.216.0.1";
 pub const NODE_CGROUP_ROOT: &str = "podometer-kube";
 /// Where the kubelet puts pods below each hierarchy: `/podometer-kube/kubepods/…`.
 pub const KUBEPODS: &str = "podometer-kube/kubepods";
-/// The node's containerd state directory (scripts/kube-node.sh `$run/containerd/state`).
-pub const NODE_CONTAINERD_STATE: &str = "/var/tmp/podometer-kube/run/containerd/state";
+/// The node's containerd state directory (scripts/kube-node.sh `$run/containerd/state`, under
+/// its cache directory: KUBE_CACHE moves it).
+pub fn node_containerd_state() -> PathBuf {
+    crate::support::kube_node::cache_dir().join("run/containerd/state")
+}
 /// The API server from a pod: the node's address (its certificate names it). The service
 /// address (10.218.0.1) does not route: the node runs no kube-proxy.
 pub const API_HOST: &str = "10.216.0.2";
@@ -366,8 +369,9 @@ fn node_patch_with(interval: &str, node_bundles: bool) -> String {
             r#"            volumes:
               - name: containerd-bundles
                 hostPath:
-                  path: {NODE_CONTAINERD_STATE}/io.containerd.runtime.v2.task
-"#
+                  path: {}/io.containerd.runtime.v2.task
+"#,
+            node_containerd_state().display()
         )
     } else {
         String::new()
