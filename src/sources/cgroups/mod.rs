@@ -64,8 +64,10 @@ pub struct CgroupsConfig {
     #[serde(default = "default_root")]
     pub root: PathBuf,
     /// How often the cgroup tree is walked to find new containers and let go of removed ones.
+    /// Walks happen at sweeps: the first sweep at least this long after the last walk walks.
     /// Between walks, sweeps read the cgroups already known, so a new container appears at most
-    /// this long after it starts; a removed one is noticed at once, when its files fail to read.
+    /// this long plus one sweep interval after it starts (a container that lives less than
+    /// that may never be seen); a removed one is noticed at once, when its files fail to read.
     /// The first sweep always walks. `0s` walks on every sweep. Default: `10s`.
     #[serde(
         default = "default_discovery_interval",
@@ -469,11 +471,22 @@ fn walk(
     complete
 }
 
+/// How early a sweep may start and still count as `discovery_interval` after the last walk: a
+/// sweep's start jitters by tens of milliseconds on a busy machine, and without this a sweep
+/// that started a little early put the walk off by a whole sweep interval.
+const WALK_SLACK: Duration = Duration::from_millis(200);
+
+/// Whether this sweep walks the tree: the first one does, then the first that starts
+/// `interval` (less [`WALK_SLACK`]) after the last walk.
+fn walk_due(last: Option<Instant>, now: Instant, interval: Duration) -> bool {
+    last.is_none_or(|t| now.duration_since(t) + WALK_SLACK >= interval)
+}
+
 impl Source for CgroupSource {
     fn collect(&mut self, ctx: &mut SweepContext, sweep: &mut Sweep) -> Result<(), BoxError> {
         let now = Instant::now();
         let mut stats = SweepStats::default();
-        let due = self.last_discovery.is_none_or(|t| now.duration_since(t) >= self.config.discovery_interval);
+        let due = walk_due(self.last_discovery, now, self.config.discovery_interval);
         if due {
             stats.fd_deferred = self.discover()?;
             stats.duplicates = self.stats.duplicates;
@@ -654,5 +667,23 @@ impl Group {
     /// How many descriptors this group holds.
     fn open_files(&self) -> u64 {
         self.files.open_files()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_walk_is_due_first_then_once_the_interval_less_the_slack_has_passed() {
+        let t = Instant::now();
+        let ten = Duration::from_secs(10);
+        assert!(walk_due(None, t, ten));
+        assert!(!walk_due(Some(t), t + Duration::from_millis(9_500), ten));
+        // A sweep 50 ms early walks: without the slack it would wait for the next sweep.
+        assert!(walk_due(Some(t), t + Duration::from_millis(9_950), ten));
+        assert!(walk_due(Some(t), t + Duration::from_secs(12), ten));
+        // `0s`: every sweep walks.
+        assert!(walk_due(Some(t), t, Duration::ZERO));
     }
 }
