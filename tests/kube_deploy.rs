@@ -50,7 +50,16 @@ fn daemonset_of(objects: &[Value]) -> Value {
 fn agent_pod(node: &KubeNode) -> PodInfo {
     node.rollout("podometer", "daemonset/podometer", "120s");
     let ds = node.get_json("podometer", &["daemonset", "podometer"]);
-    assert_eq!(ds["status"]["numberReady"], 1, "DaemonSet status: {}", ds["status"]);
+    if ds["status"]["numberReady"] != 1 {
+        // What the kubelet said about the probes, so that a failure here can be told apart
+        // (a probe timing out, the agent not ready, the pod restarting).
+        let events = node.kubectl(&["-n", "podometer", "get", "events", "--sort-by=.lastTimestamp"], None);
+        panic!(
+            "DaemonSet not ready after its rollout: {}\nevents:\n{}",
+            ds["status"],
+            String::from_utf8_lossy(&events.stdout)
+        );
+    }
     let pods: Vec<PodInfo> = workloads::pods_in(node, "podometer")
         .into_iter()
         .filter(|p| p.containers.iter().all(|c| c.id.is_some()))
