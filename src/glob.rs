@@ -1,5 +1,13 @@
 //! Shell-style globs (`*` and `?`) for interface and metric names; enough for config filters
 //! without pulling in a regex engine.
+//!
+//! Hand-written on purpose: `filter`'s `exclude_metrics` runs every point of every container
+//! through these each sweep. Against `wildmatch` 2.7 (the crate with the same `*`/`?`-only
+//! syntax; `globset` needs Rust 1.88, `glob::Pattern` adds `[...]` classes that would change
+//! what existing patterns mean), callgrind on a release build counts 680 instructions per
+//! metric name against 4 patterns (24 names of a container, 7 of them dropped) here and
+//! 1,363 with `wildmatch`: 16k more instructions per container and sweep, more than half of
+//! the cgroup source's own 27k (docs/performance.md).
 
 use serde::{Deserialize, Deserializer};
 
