@@ -414,7 +414,7 @@ impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         let base = BACKOFF_FIRST.saturating_mul(1u32 << self.attempt.min(16)).min(BACKOFF_MAX);
         self.attempt = self.attempt.saturating_add(1);
-        let jitter: f64 = rand::random_range(0.75..1.25);
+        let jitter = 0.75 + 0.5 * fastrand::f64();
         base.mul_f64(jitter).min(BACKOFF_MAX)
     }
 
