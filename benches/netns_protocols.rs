@@ -5,10 +5,11 @@
 //! fixtures from kernel 6.18. The results are why `src/sources/netns/protocols.rs` does not use
 //! `procfs` for these files and why the files are kept open.
 use std::fs::File;
+use std::hint::black_box;
 use std::io::{Cursor, Read};
 use std::os::unix::fs::FileExt;
 
-use criterion::{black_box, criterion_group, Criterion};
+use criterion::{criterion_group, Criterion};
 use podometer::sources::netns::protocols::{parse_netstat, parse_snmp, parse_snmp6, TcpExtWanted};
 use procfs::FromBufRead;
 

@@ -1,51 +1,45 @@
 //! Shell-style globs (`*` and `?`) for interface and metric names; enough for config filters
-//! without pulling in a regex engine.
+//! without pulling in a regex engine. Matching is `wildmatch`'s: `filter`'s `exclude_metrics`
+//! runs every point of every container through these each sweep, and against the 20-line
+//! matcher this replaced it cost 366 instead of 354 instructions per name and pattern
+//! (callgrind, release, a container's 24 metric names against 4 patterns; docs/performance.md).
 
 use serde::{Deserialize, Deserializer};
+use wildmatch::WildMatch;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Glob(String);
+#[derive(Debug, Clone)]
+pub struct Glob {
+    pattern: String,
+    matcher: WildMatch,
+}
 
 impl Glob {
     pub fn new(pattern: &str) -> Glob {
-        Glob(pattern.to_owned())
+        Glob { pattern: pattern.to_owned(), matcher: WildMatch::new(pattern) }
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.pattern
     }
 
     pub fn matches(&self, text: &str) -> bool {
-        glob_match(self.0.as_bytes(), text.as_bytes())
+        self.matcher.matches(text)
     }
 }
+
+/// Two globs are equal when their patterns are (the matcher is built from the pattern).
+impl PartialEq for Glob {
+    fn eq(&self, other: &Glob) -> bool {
+        self.pattern == other.pattern
+    }
+}
+
+impl Eq for Glob {}
 
 impl<'de> Deserialize<'de> for Glob {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Glob, D::Error> {
-        String::deserialize(d).map(Glob)
+        String::deserialize(d).map(|p| Glob::new(&p))
     }
-}
-
-/// Iterative matcher with single-star backtracking: linear in practice, no recursion.
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == text[t]) {
-            p += 1;
-            t += 1;
-        } else if p < pattern.len() && pattern[p] == b'*' {
-            star = Some((p, t));
-            p += 1;
-        } else if let Some((sp, st)) = star {
-            p = sp + 1;
-            t = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 #[cfg(test)]
@@ -63,5 +57,9 @@ mod tests {
         assert!(Glob::new("lo").matches("lo"));
         assert!(!Glob::new("lo").matches("lo0"));
         assert!(Glob::new("a*b*c").matches("aXbYbZc"));
+        // Only `*` and `?` are special: brackets are literal, as interface names may hold them.
+        assert!(Glob::new("eth[0]").matches("eth[0]"));
+        assert!(!Glob::new("eth[0]").matches("eth0"));
+        assert!(!Glob::new("Lo").matches("lo"));
     }
 }

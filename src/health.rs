@@ -3,17 +3,23 @@
 //!
 //! Both answer from atomics the sweep thread stores after each sweep; the server never takes
 //! a lock the sweep thread holds, so a stuck sweep cannot stall a probe, and a probe costs a
-//! few atomic loads. The HTTP side is deliberately tiny (one request per connection, the
-//! request line only, bounded reads): probes send `GET /healthz HTTP/1.1` and look at the
-//! status code.
+//! few atomic loads. The HTTP side is hyper's HTTP/1 server held short: one request per
+//! connection, a bounded head read within a deadline, no body read; probes send
+//! `GET /healthz HTTP/1.1` and look at the status code.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
@@ -178,9 +184,14 @@ impl Drop for SweeperGuard {
     }
 }
 
-/// The longest request head read; probes send far less.
-const MAX_REQUEST: usize = 2048;
-/// A client that sends nothing for this long is dropped.
+/// hyper's read buffer, and so the longest request head accepted (its minimum, 8 KiB; probes
+/// send under 100 bytes). A longer head gets 431 and the connection closed.
+const MAX_REQUEST: usize = 8192;
+/// At most this many header lines; probes send two or three.
+const MAX_HEADERS: usize = 32;
+/// A client must send its whole head within this, and the whole exchange (answer written
+/// included) must end within twice this: a slow or silent client holds a task and a socket
+/// for no longer.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Binds the endpoint now (so a taken port fails start-up) and returns the serving future.
@@ -196,6 +207,14 @@ pub async fn bind(
 }
 
 async fn serve(listener: TcpListener, state: Arc<HealthState>) {
+    // HTTP/1 only, one request per connection: probes open a connection per probe, and
+    // keep-alive would let an idle client hold a socket open.
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(READ_TIMEOUT)
+        .max_buf_size(MAX_REQUEST)
+        .max_headers(MAX_HEADERS)
+        .keep_alive(false);
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -207,49 +226,38 @@ async fn serve(listener: TcpListener, state: Arc<HealthState>) {
             }
         };
         let state = Arc::clone(&state);
+        let connection = http.serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |request: Request<Incoming>| {
+                let (status, body) = respond(request.method(), request.uri().path(), &state);
+                let response = Response::builder()
+                    .status(status)
+                    .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                    .body(Full::new(Bytes::from(body)));
+                std::future::ready(response)
+            }),
+        );
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(READ_TIMEOUT, answer(stream, &state)).await;
+            // The head timeout does not cover a client that never reads the answer.
+            if let Ok(Err(error)) = tokio::time::timeout(READ_TIMEOUT * 2, connection).await {
+                debug!(%error, "Health endpoint connection failed.");
+            }
         });
     }
 }
 
-async fn answer(mut stream: tokio::net::TcpStream, state: &HealthState) -> std::io::Result<()> {
-    let mut buf = vec![0u8; MAX_REQUEST];
-    let mut len = 0;
-    // Read the whole head (only the request line matters): closing a socket with unread
-    // bytes makes the kernel send a reset, which can destroy the answer before the client reads it.
-    let head_done = |b: &[u8]| b.windows(4).any(|w| w == b"\r\n\r\n") || b.windows(2).any(|w| w == b"\n\n");
-    while !head_done(&buf[..len]) && len < buf.len() {
-        let n = stream.read(&mut buf[len..]).await?;
-        if n == 0 {
-            break;
-        }
-        len += n;
+/// The status and body for one request. Pure, for tests. HEAD gets GET's status and headers
+/// (hyper drops the body).
+pub fn respond(method: &Method, path: &str, state: &HealthState) -> (StatusCode, String) {
+    if method != Method::GET && method != Method::HEAD {
+        return (StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
     }
-    let head = String::from_utf8_lossy(&buf[..len]);
-    let (status, body) = respond(head.lines().next().unwrap_or(""), state);
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-/// The status line and body for one request line. Pure, for tests.
-pub fn respond(request_line: &str, state: &HealthState) -> (&'static str, String) {
-    let mut parts = request_line.split_ascii_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    if method != "GET" && method != "HEAD" {
-        return ("405 Method Not Allowed", "only GET\n".into());
-    }
-    let path = target.split('?').next().unwrap_or("");
     let verdict = match path {
         "/healthz" | "/livez" => state.liveness(),
         "/readyz" => state.readiness(),
-        _ => return ("404 Not Found", "try /healthz or /readyz\n".into()),
+        _ => return (StatusCode::NOT_FOUND, "try /healthz or /readyz\n".into()),
     };
-    let status = if verdict.ok { "200 OK" } else { "503 Service Unavailable" };
+    let status = if verdict.ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, format!("{}\n", verdict.reason))
 }
 
@@ -310,14 +318,13 @@ mod tests {
     }
 
     #[test]
-    fn request_lines() {
+    fn requests() {
         let s = state();
         s.sweep_done();
-        assert_eq!(respond("GET /healthz HTTP/1.1", &s).0, "200 OK");
-        assert_eq!(respond("GET /readyz?verbose HTTP/1.1", &s).0, "200 OK");
-        assert_eq!(respond("GET /metrics HTTP/1.1", &s).0, "404 Not Found");
-        assert_eq!(respond("POST /healthz HTTP/1.1", &s).0, "405 Method Not Allowed");
-        assert_eq!(respond("", &s).0, "405 Method Not Allowed");
+        assert_eq!(respond(&Method::GET, "/healthz", &s).0, StatusCode::OK);
+        assert_eq!(respond(&Method::HEAD, "/readyz", &s).0, StatusCode::OK);
+        assert_eq!(respond(&Method::GET, "/metrics", &s).0, StatusCode::NOT_FOUND);
+        assert_eq!(respond(&Method::POST, "/healthz", &s).0, StatusCode::METHOD_NOT_ALLOWED);
     }
 
     #[test]

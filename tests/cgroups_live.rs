@@ -31,11 +31,11 @@ fn cpu_slack(seconds: f64) -> f64 {
 const MEMORY_SLACK: f64 = 512.0 * 1024.0;
 
 fn random_hex64() -> String {
-    format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>())
+    format!("{:032x}{:032x}", fastrand::u128(..), fastrand::u128(..))
 }
 
 fn random_uid() -> String {
-    let h = format!("{:032x}", rand::random::<u128>());
+    let h = format!("{:032x}", fastrand::u128(..));
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 

@@ -407,7 +407,7 @@ fn docker_layout_path(id: &str) -> (String, String) {
 }
 
 fn random_hex64() -> String {
-    format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>())
+    format!("{:032x}{:032x}", fastrand::u128(..), fastrand::u128(..))
 }
 
 /// Each hostile answer: the agent does not become ready, counts the error, and the container

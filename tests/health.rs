@@ -133,3 +133,77 @@ fn panicking_sweep_thread_ends_the_process_with_an_error() {
     );
     assert_eq!(status(port, "/healthz"), 0);
 }
+
+/// The endpoint on its own (no agent): what probes and hostile clients get. Raw sockets, so
+/// the test sees exactly what goes over the wire.
+#[test]
+fn endpoint_bounds_hostile_clients() {
+    use std::io::Write;
+    use std::net::TcpStream;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let state = std::sync::Arc::new(podometer::health::HealthState::new(Duration::from_secs(10), 3));
+    let (addr, serving) = runtime
+        .block_on(podometer::health::bind("127.0.0.1:0".parse().unwrap(), std::sync::Arc::clone(&state)))
+        .unwrap();
+    runtime.spawn(serving);
+    state.set_processors(Vec::new());
+    state.sweep_done();
+
+    // Sends `request`, reads until the server closes; returns what came back and how long it took.
+    let exchange = |request: &[u8]| -> (String, Duration) {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let start = Instant::now();
+        // The server may close before taking all of an oversized request.
+        let _ = stream.write_all(request);
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw);
+        (String::from_utf8_lossy(&raw).into_owned(), start.elapsed())
+    };
+    let status_of = |answer: &str| answer.split_whitespace().nth(1).unwrap_or("").to_owned();
+
+    // A probe: status, plain-text body, and the connection closed after one answer.
+    let (answer, _) = exchange(b"GET /readyz?verbose HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status_of(&answer), "200", "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("content-type: text/plain; charset=utf-8"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nready\n"), "{answer}");
+    // HEAD: the same status, no body.
+    let (answer, _) = exchange(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status_of(&answer), "200", "{answer}");
+    assert!(answer.ends_with("\r\n\r\n"), "HEAD answered with a body: {answer}");
+    assert_eq!(status_of(&exchange(b"POST /healthz HTTP/1.1\r\nHost: x\r\n\r\n").0), "405");
+    assert_eq!(status_of(&exchange(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").0), "404");
+    // Not HTTP at all.
+    assert_eq!(status_of(&exchange(b"\x16\x03\x01garbage\r\n\r\n").0), "400");
+
+    // A head larger than the bound: refused at once, not buffered. The 431 itself can be lost
+    // to the reset the kernel sends when the server closes with the rest unread.
+    let refused = |request: &[u8]| {
+        let (answer, took) = exchange(request);
+        assert!(answer.is_empty() || status_of(&answer) == "431", "{answer}");
+        assert!(took < Duration::from_millis(1500), "refused after {took:?}");
+    };
+    let mut big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 64 * 1024));
+    big.extend(b"\r\n\r\n");
+    refused(&big);
+    // Too many header lines.
+    let mut many = b"GET /healthz HTTP/1.1\r\n".to_vec();
+    for i in 0..100 {
+        many.extend(format!("X-H{i}: 1\r\n").as_bytes());
+    }
+    many.extend(b"\r\n");
+    refused(&many);
+
+    // A client that connects and sends nothing, or half a head, is dropped after the 2 s
+    // head deadline, without an answer.
+    for partial in [&b""[..], b"GET /healthz HTTP/1.1\r\nHost"] {
+        let (answer, took) = exchange(partial);
+        assert!(!answer.contains("200"), "{answer}");
+        assert!(
+            took >= Duration::from_millis(1500) && took < Duration::from_secs(6),
+            "dropped after {took:?}"
+        );
+    }
+}

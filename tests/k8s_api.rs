@@ -289,7 +289,7 @@ fn names_owners_allowlisted_labels_deletion_grace_410_relist_and_node_scoped_req
         &format!("kube-apiserver-{node}"),
         "kube-system",
         &node,
-        Owner::Static { node: node.clone(), hash: format!("{:032x}", rand::random::<u128>()) },
+        Owner::Static { node: node.clone(), hash: format!("{:032x}", fastrand::u128(..)) },
         vec![container("kube-apiserver", "registry.k8s.io/kube-apiserver:v1.33.1", 1)],
     );
     static_pod.runtime = "docker".into();

@@ -271,12 +271,12 @@ pub fn pod(t: &TestPod) -> Pod {
 
 /// A random 64-hex container id.
 pub fn random_id() -> String {
-    format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>())
+    format!("{:032x}{:032x}", fastrand::u128(..), fastrand::u128(..))
 }
 
 /// A random pod UID.
 pub fn random_uid() -> String {
-    let h = format!("{:032x}", rand::random::<u128>());
+    let h = format!("{:032x}", fastrand::u128(..));
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 

@@ -2,6 +2,10 @@
 //! `OTEL_EXPORTER_OTLP_HEADERS` list, the one check of a header, and what logs show of a
 //! header or an endpoint URL (never a secret).
 
+use std::borrow::Cow;
+
+use url::Url;
+
 use crate::config::percent_decode;
 
 /// Header names with every value shown as `<redacted>`.
@@ -14,17 +18,27 @@ impl<'a, I: Iterator<Item = &'a str> + Clone> std::fmt::Debug for RedactedHeader
 }
 
 /// The URL without the password of its `user:password@` (the user stays, to tell endpoints
-/// apart): what logs, errors and `Debug` show of an endpoint.
-pub fn redact_url(url: &str) -> std::borrow::Cow<'_, str> {
-    let authority_start = url.find("://").map_or(0, |i| i + 3);
-    let rest = &url[authority_start..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let user = rest[..at].split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..authority_start], &rest[at..]).into()
+/// apart): what logs, errors and `Debug` show of an endpoint. The `url` crate finds the
+/// userinfo (WHATWG parsing, as reqwest reads the endpoint); a URL with a password comes back
+/// in its normalized form, any other unchanged.
+pub fn redact_url(endpoint: &str) -> Cow<'_, str> {
+    // A gRPC endpoint may be `host:port`, which `url` would read as scheme `host`: parse it
+    // as the http URL tonic makes of it.
+    const IMPLIED: &str = "http://";
+    let schemeless = !endpoint.contains("://");
+    let parsed = if schemeless { Url::parse(&format!("{IMPLIED}{endpoint}")) } else { Url::parse(endpoint) };
+    match parsed {
+        Ok(url) if url.password().is_none() => endpoint.into(),
+        Ok(mut url) => {
+            // Cannot fail: a URL with a password has a host.
+            let _ = url.set_password(Some("***"));
+            let shown = url.as_str();
+            let shown = if schemeless { shown.strip_prefix(IMPLIED).unwrap_or(shown) } else { shown };
+            shown.to_owned().into()
         }
-        None => url.into(),
+        // Where userinfo would end in text that is not a URL is a guess: show none of it.
+        Err(_) if endpoint.contains('@') => "<not shown: has userinfo but is not a valid URL>".into(),
+        Err(_) => endpoint.into(),
     }
 }
 
@@ -79,6 +93,24 @@ pub fn parse_env_headers(text: &str) -> Result<Vec<(String, String)>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_their_password_and_keep_the_rest() {
+        assert_eq!(redact_url("http://u:p@h:1/a@b"), "http://u:***@h:1/a@b");
+        assert_eq!(
+            redact_url("https://u:p%40ss@[::1]:4318/v1/metrics?k=v"),
+            "https://u:***@[::1]:4318/v1/metrics?k=v"
+        );
+        assert_eq!(redact_url("u:secret@h:4317"), "u:***@h:4317/");
+        assert_eq!(redact_url(":secret@h:4317"), ":***@h:4317/");
+        // Nothing to hide: unchanged, not normalized.
+        for same in ["h:4317", "http://h:4318/v1/metrics?a=b@c", "HTTP://H:4318", "http://user@h:4318"] {
+            assert_eq!(redact_url(same), same);
+        }
+        let bad = redact_url("http://u:secret@h:99999");
+        assert!(!bad.contains("secret"), "{bad}");
+        assert_eq!(redact_url("http://h:99999"), "http://h:99999");
+    }
 
     #[test]
     fn env_headers_are_percent_decoded_and_bad_escapes_name_the_entry_not_the_value() {

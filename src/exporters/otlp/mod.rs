@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rand::SeedableRng;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -312,7 +311,7 @@ async fn run_sender(
     let telemetry = Telemetry::global();
     let stats = shared.stats.clone();
     let name = shared.name.clone();
-    let mut rng = rand::rngs::StdRng::from_os_rng();
+    let mut rng = fastrand::Rng::new();
     // Backoff of the batch being retried, keyed by its sequence number.
     let mut backoff: Option<(u64, Backoff)> = None;
     loop {

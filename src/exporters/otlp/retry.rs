@@ -21,7 +21,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use rand::Rng;
 use tonic::Code;
 
 use super::config::{Jitter, RetryConfig};
@@ -123,7 +122,7 @@ impl Backoff {
     }
 
     /// The delay before the next attempt, drawn with `rng`.
-    pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
+    pub fn next_delay(&mut self, rng: &mut fastrand::Rng) -> Duration {
         let c = &self.config;
         let cap = c.max_interval.as_secs_f64();
         let initial = c.initial_interval.as_secs_f64();
@@ -131,10 +130,10 @@ impl Backoff {
         self.attempt = self.attempt.saturating_add(1);
         let secs = match c.jitter {
             Jitter::None => exp,
-            Jitter::Full => rng.random_range(0.0..=exp),
+            Jitter::Full => exp * rng.f64(),
             Jitter::Decorrelated => {
                 let high = (self.previous.as_secs_f64() * c.multiplier.max(1.0)).min(cap).max(initial);
-                rng.random_range(initial..=high)
+                initial + (high - initial) * rng.f64()
             }
         };
         let delay = Duration::from_secs_f64(secs.clamp(0.0, cap));
@@ -143,7 +142,7 @@ impl Backoff {
     }
 
     /// The delay to wait: the receiver's when it named one, else the next backoff step.
-    pub fn delay_for(&mut self, requested: Option<Duration>, rng: &mut impl Rng) -> Duration {
+    pub fn delay_for(&mut self, requested: Option<Duration>, rng: &mut fastrand::Rng) -> Duration {
         match requested {
             Some(d) => {
                 // Keep the exponential schedule moving so a receiver that keeps asking for
@@ -163,7 +162,6 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
 
     #[test]
     fn grpc_codes_follow_the_otlp_spec() {
@@ -268,7 +266,7 @@ mod tests {
 
     #[test]
     fn backoff_grows_exponentially_to_the_cap() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut rng = fastrand::Rng::with_seed(1);
         let mut b = Backoff::new(&config(Jitter::None));
         let delays: Vec<u128> = (0..8).map(|_| b.next_delay(&mut rng).as_millis()).collect();
         assert_eq!(delays, vec![100, 200, 400, 800, 1600, 2000, 2000, 2000]);
@@ -276,7 +274,7 @@ mod tests {
 
     #[test]
     fn jittered_backoff_stays_within_its_bounds() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut rng = fastrand::Rng::with_seed(7);
         let mut full = Backoff::new(&config(Jitter::Full));
         let mut spread = std::collections::HashSet::new();
         for i in 0..50u32 {
@@ -295,7 +293,7 @@ mod tests {
 
     #[test]
     fn a_requested_delay_wins_over_the_backoff() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut rng = fastrand::Rng::with_seed(3);
         let mut b = Backoff::new(&config(Jitter::None));
         assert_eq!(b.delay_for(Some(Duration::from_secs(9)), &mut rng), Duration::from_secs(9));
         assert_eq!(b.delay_for(None, &mut rng), Duration::from_millis(200));
@@ -304,7 +302,7 @@ mod tests {
 
     #[test]
     fn a_requested_delay_is_capped() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut rng = fastrand::Rng::with_seed(3);
         let mut b = Backoff::new(&config(Jitter::None));
         let day = Duration::from_secs(86_400);
         assert_eq!(b.delay_for(Some(day), &mut rng), Duration::from_secs(10), "max_requested_delay");

@@ -13,6 +13,16 @@
 //! then retried after an exponential backoff (250 ms doubling to 30 s, with jitter), which is
 //! reset only once a watch has delivered something, so a server that answers every watch
 //! with `410` or garbage is not hammered.
+//!
+//! Why not `kube::runtime::watcher`: it handles 410 and reconnects, but on any other failed
+//! watch it watches again from the same version. At a watch event over `max_event_bytes`
+//! that means the same event, failing, forever: `tests/k8s_api_watcher.rs` runs both on the
+//! stand-in API server with one 512 KiB event against a 256 KiB bound, and in the 8 s after
+//! it the watcher listed 0 times and never delivered the pod (3 watches, each failing on it),
+//! while this loop listed once and named it. Making the watcher do that means dropping it on
+//! that error to force a list, and keeping around it the failure sorting, the rate-limited
+//! messages, the backoff reset on progress and the page bound this loop has: little would
+//! be left to delete. The test fails when the watcher starts relisting there.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -404,7 +414,7 @@ impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         let base = BACKOFF_FIRST.saturating_mul(1u32 << self.attempt.min(16)).min(BACKOFF_MAX);
         self.attempt = self.attempt.saturating_add(1);
-        let jitter: f64 = rand::random_range(0.75..1.25);
+        let jitter = 0.75 + 0.5 * fastrand::f64();
         base.mul_f64(jitter).min(BACKOFF_MAX)
     }
 
