@@ -18,10 +18,13 @@
 //! `own_cgroup_root` the source also reads that cgroup's CPU and memory files, true cgroup
 //! numbers under the cgroup metric names.
 //!
-//! Each process is put in its container by the container id in `/proc/<pid>/cgroup` (the
-//! runtime's 64-hex id in the last path component). A process whose path names no id (the
-//! agent's own container in a private cgroup namespace shows `/`) is grouped under its cgroup
-//! path, with the attribute `podometer.cgroup.path` instead of `container.id`.
+//! Each process is put in its container by its path in `/proc/<pid>/cgroup`, classified as the
+//! cgroups source classifies it, so that its resource has the same id and attributes
+//! (`crate::resource`). A path the layouts cannot anchor (a private cgroup namespace shows the
+//! other containers as `/../<name>`) gives the container id in its last component (and the
+//! runtime its prefix names). A process whose path names no id (the agent's own container in a
+//! private cgroup namespace shows `/`) is grouped under its cgroup path, with the attribute
+//! `podometer.cgroup.path` instead of `container.id`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,9 +32,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::glob::Glob;
-use crate::model::is_container_id;
-use crate::model::{AttrValue, Point, ResourceId, Sweep, SweepContext, Value};
+use crate::model::{AttrValue, Attributes, Point, ResourceId, Sweep, SweepContext, Value};
 use crate::semconv;
+use crate::sources::cgroups::classify::{named_container, Classified, Classifier};
 use crate::sources::netns::interface_points;
 use crate::sources::netns::procfs::parse_net_dev;
 use crate::sources::netns::protocols::{ProtocolCounters, ProtocolMetricsConfig, ProtocolSelection};
@@ -167,7 +170,7 @@ pub fn parse_cgroup_key(text: &str) -> Result<String, String> {
         };
         paths.push((controllers.is_empty(), path));
     }
-    if let Some((_, p)) = paths.iter().find(|(_, p)| container_id_of(p).is_some()) {
+    if let Some((_, p)) = paths.iter().find(|(_, p)| named_container(p).is_some()) {
         return Ok((*p).to_owned());
     }
     paths
@@ -178,13 +181,22 @@ pub fn parse_cgroup_key(text: &str) -> Result<String, String> {
         .ok_or_else(|| "empty cgroup file".to_owned())
 }
 
-/// The 64-hex container id in the last component of a cgroup path, with or without a
-/// runtime prefix (`libpod-`, `cri-containerd-`, `crio-`, `docker-`) and `.scope` suffix.
-pub fn container_id_of(path: &str) -> Option<&str> {
-    let last = path.trim_end_matches('/').rsplit('/').next()?;
-    let last = last.strip_suffix(".scope").unwrap_or(last);
-    let id = last.rsplit('-').next()?;
-    is_container_id(id).then_some(id)
+/// The resource of the processes in the cgroup at `path`: the container the cgroups source
+/// would make of it, with the same id and attributes; else the container its last component
+/// names; else the path itself (`podometer.cgroup.path`).
+pub fn resource_of(classifier: &Classifier, path: &str) -> (ResourceId, Attributes) {
+    match classifier.classify(path) {
+        Some(what @ Classified::Container { .. }) => (what.identity(), crate::resource::classified(&what)),
+        _ => match named_container(path) {
+            Some((id, runtime)) => {
+                (ResourceId::Container(id.to_owned()), crate::resource::unanchored_container(id, runtime))
+            }
+            None => (
+                ResourceId::Container(path.to_owned()),
+                vec![(semconv::PODOMETER_CGROUP_PATH, AttrValue::text(path))],
+            ),
+        },
+    }
 }
 
 #[derive(Default)]
@@ -197,6 +209,8 @@ struct Group {
 
 pub struct ProcessesSource {
     config: ProcessesConfig,
+    /// The cgroups source's default layouts: a sidecar has no cgroups source to configure.
+    classifier: Classifier,
     ticks_per_second: f64,
     own: Option<OwnCgroup>,
 }
@@ -302,6 +316,7 @@ impl ProcessesSource {
         }
         Ok(ProcessesSource {
             config: config.clone(),
+            classifier: Classifier::default(),
             ticks_per_second: if hz > 0 { hz as f64 } else { 100.0 },
             own,
         })
@@ -367,11 +382,8 @@ impl Source for ProcessesSource {
         });
         let f = &semconv::CONTAINER_PROCESSES;
         for (key, g) in groups {
-            let (id, attributes) = match container_id_of(&key) {
-                Some(cid) => (cid.to_owned(), vec![(semconv::CONTAINER_ID, AttrValue::text(cid))]),
-                None => (key.clone(), vec![(semconv::PODOMETER_CGROUP_PATH, AttrValue::text(&key))]),
-            };
-            let resource = sweep.resource_mut(ResourceId::Container(id), || attributes);
+            let (id, attributes) = resource_of(&self.classifier, &key);
+            let resource = sweep.resource_mut(id, || attributes);
             let secs = |ticks: u64| Value::Double(ticks as f64 / self.ticks_per_second);
             resource.points.push(
                 Point::new(&f.cpu_time, secs(g.ticks_user))
@@ -387,9 +399,9 @@ impl Source for ProcessesSource {
         if let (Some(own), Some(key)) = (&mut self.own, own_key) {
             match own.read() {
                 Ok((user, system, usage, working_set)) => {
-                    let id = container_id_of(&key).map_or_else(|| key.clone(), str::to_owned);
+                    let (id, attributes) = resource_of(&self.classifier, &key);
                     let c = &semconv::CONTAINER;
-                    let resource = sweep.resource_mut(ResourceId::Container(id), Vec::new);
+                    let resource = sweep.resource_mut(id, || attributes);
                     resource.points.push(
                         Point::new(&c.cpu_time, Value::Double(user))
                             .with(semconv::CPU_MODE, AttrValue::constant(semconv::CPU_MODE_USER)),
@@ -494,12 +506,37 @@ mod tests {
         let v1 = format!("12:memory:/machine.slice/libpod-{ID}.scope\n0::/\n");
         assert_eq!(parse_cgroup_key(&v1).unwrap(), format!("/machine.slice/libpod-{ID}.scope"));
         let nested = format!("0::/../cri-containerd-{ID}.scope\n");
-        assert_eq!(container_id_of(&parse_cgroup_key(&nested).unwrap()), Some(ID));
+        assert_eq!(parse_cgroup_key(&nested).unwrap(), format!("/../cri-containerd-{ID}.scope"));
         assert_eq!(parse_cgroup_key("0::/\n").unwrap(), "/");
-        assert_eq!(container_id_of("/"), None);
-        assert_eq!(container_id_of(&format!("/kubepods/besteffort/pod1/{ID}")), Some(ID));
         assert!(parse_cgroup_key("garbage").is_err());
         assert!(parse_cgroup_key("").is_err());
+    }
+
+    #[test]
+    fn a_processes_container_is_the_cgroup_sources_resource() {
+        let classifier = Classifier::default();
+        let uid = "5d7d4c6f-0e1a-4b3c-8d9e-0f1a2b3c4d5e";
+        // The host's cgroup namespace: the whole path, classified as the cgroups source does.
+        let path = format!("/kubepods/besteffort/pod{uid}/{ID}");
+        let (id, attributes) = resource_of(&classifier, &path);
+        let what = classifier.classify(&path).unwrap();
+        assert_eq!(id, what.identity());
+        assert_eq!(attributes, crate::resource::classified(&what));
+        assert!(attributes.contains(&(semconv::K8S_POD_UID, AttrValue::text(uid))));
+        assert!(attributes.contains(&(semconv::CONTAINER_RUNTIME_NAME, AttrValue::constant("containerd"))));
+        // A private cgroup namespace: the id and the runtime its prefix names, no pod.
+        let (id, attributes) = resource_of(&classifier, &format!("/../cri-containerd-{ID}.scope"));
+        assert_eq!(id, ResourceId::Container(ID.into()));
+        assert_eq!(
+            attributes,
+            crate::resource::unanchored_container(ID, Some(crate::model::Runtime::Containerd))
+        );
+        let (_, attributes) = resource_of(&classifier, &format!("/../{ID}"));
+        assert_eq!(attributes, vec![(semconv::CONTAINER_ID, AttrValue::text(ID))]);
+        // No id at all: the path.
+        let (id, attributes) = resource_of(&classifier, "/");
+        assert_eq!(id, ResourceId::Container("/".into()));
+        assert_eq!(attributes, vec![(semconv::PODOMETER_CGROUP_PATH, AttrValue::text("/"))]);
     }
 
     #[test]
