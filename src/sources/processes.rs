@@ -35,6 +35,7 @@ use crate::glob::Glob;
 use crate::model::{AttrValue, Attributes, Point, ResourceId, Sweep, SweepContext, Value};
 use crate::semconv;
 use crate::sources::cgroups::classify::{named_container, Classified, Classifier};
+use crate::sources::cgroups::parse::{self, parse_proc_cgroup, ParseError};
 use crate::sources::netns::interface_points;
 use crate::sources::netns::procfs::parse_net_dev;
 use crate::sources::netns::protocols::{ProtocolCounters, ProtocolMetricsConfig, ProtocolSelection};
@@ -158,27 +159,17 @@ pub fn parse_status_rss(text: &str) -> Result<Option<u64>, String> {
     Ok(None)
 }
 
-/// The cgroup path that places a process in a container: the first line that names a
-/// container id (v1 controllers or the v2 `0::` line), else the `0::` line, else the first.
-pub fn parse_cgroup_key(text: &str) -> Result<String, String> {
-    let mut paths = Vec::new();
-    for line in text.lines().filter(|l| !l.is_empty()) {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = match (parts.next(), parts.next(), parts.next()) {
-            (Some(a), Some(b), Some(c)) => (a, b, c),
-            _ => return Err(format!("`{line}` is not `id:controllers:path`")),
-        };
-        paths.push((controllers.is_empty(), path));
-    }
-    if let Some((_, p)) = paths.iter().find(|(_, p)| named_container(p).is_some()) {
-        return Ok((*p).to_owned());
-    }
-    paths
+/// The cgroup path that places a process in a container, from `/proc/<pid>/cgroup` (parsed
+/// by the cgroups source's [`parse_proc_cgroup`]): the first line that names a container id
+/// (v1 controllers or the v2 `0::` line), else the `0::` line, else the first.
+pub fn cgroup_key(text: &str) -> Result<String, ParseError> {
+    let lines = parse_proc_cgroup(text)?;
+    let line = lines
         .iter()
-        .find(|(unified, _)| *unified)
-        .or(paths.first())
-        .map(|(_, p)| (*p).to_owned())
-        .ok_or_else(|| "empty cgroup file".to_owned())
+        .find(|l| named_container(l.path).is_some())
+        .or_else(|| lines.iter().find(|l| l.is_unified()))
+        .unwrap_or(&lines[0]);
+    Ok(line.path.to_owned())
 }
 
 /// The resource of the processes in the cgroup at `path`: the container the cgroups source
@@ -247,12 +238,10 @@ impl OwnCgroup {
             return own.then(|| OwnCgroup::V2 { dir: root.to_owned() });
         }
         let self_cgroup = std::fs::read_to_string(proc_root.join("self/cgroup")).ok()?;
-        let in_root = self_cgroup.lines().any(|l| {
-            let mut parts = l.splitn(3, ':');
-            let (_, controllers, path) =
-                (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            controllers.split(',').any(|c| c == "cpuacct") && path == "/"
-        });
+        let in_root = parse_proc_cgroup(&self_cgroup)
+            .ok()?
+            .iter()
+            .any(|l| l.has_controller("cpuacct") && l.path == "/");
         if in_root {
             return None;
         }
@@ -264,7 +253,6 @@ impl OwnCgroup {
 
     /// (user s, system s, memory usage B, working set B).
     fn read(&mut self) -> Result<(f64, f64, u64, u64), ProcessesError> {
-        use crate::sources::cgroups::parse;
         let read = |path: PathBuf| {
             std::fs::read_to_string(&path)
                 .map_err(|source| ProcessesError::Read { path: path.clone(), source })
@@ -328,7 +316,7 @@ impl ProcessesSource {
             std::fs::read_to_string(&path).map_err(|source| ProcessesError::Read { path, source })
         };
         let parse_err = |name: &str, message: String| ProcessesError::Parse { path: dir.join(name), message };
-        let key = parse_cgroup_key(&read("cgroup")?).map_err(|m| parse_err("cgroup", m))?;
+        let key = cgroup_key(&read("cgroup")?).map_err(|e| parse_err("cgroup", e.to_string()))?;
         let times = parse_stat_times(&read("stat")?).map_err(|m| parse_err("stat", m))?;
         let rss = parse_status_rss(&read("status")?).map_err(|m| parse_err("status", m))?;
         Ok((key, times, rss))
@@ -378,7 +366,7 @@ impl Source for ProcessesSource {
         // The own container's key, as the loop below names its resource.
         let own_key = self.own.as_ref().and_then(|_| {
             let text = std::fs::read_to_string(self.config.proc_root.join("self/cgroup")).ok()?;
-            parse_cgroup_key(&text).ok()
+            cgroup_key(&text).ok()
         });
         let f = &semconv::CONTAINER_PROCESSES;
         for (key, g) in groups {
@@ -504,12 +492,14 @@ mod tests {
     #[test]
     fn cgroup_keys() {
         let v1 = format!("12:memory:/machine.slice/libpod-{ID}.scope\n0::/\n");
-        assert_eq!(parse_cgroup_key(&v1).unwrap(), format!("/machine.slice/libpod-{ID}.scope"));
+        assert_eq!(cgroup_key(&v1).unwrap(), format!("/machine.slice/libpod-{ID}.scope"));
         let nested = format!("0::/../cri-containerd-{ID}.scope\n");
-        assert_eq!(parse_cgroup_key(&nested).unwrap(), format!("/../cri-containerd-{ID}.scope"));
-        assert_eq!(parse_cgroup_key("0::/\n").unwrap(), "/");
-        assert!(parse_cgroup_key("garbage").is_err());
-        assert!(parse_cgroup_key("").is_err());
+        assert_eq!(cgroup_key(&nested).unwrap(), format!("/../cri-containerd-{ID}.scope"));
+        assert_eq!(cgroup_key("0::/\n").unwrap(), "/");
+        assert_eq!(cgroup_key("3:pids:/user.slice\n0::/init.scope\n").unwrap(), "/init.scope");
+        assert_eq!(cgroup_key("3:pids:/user.slice\n2:cpu:/b\n").unwrap(), "/user.slice");
+        assert!(cgroup_key("garbage").is_err());
+        assert!(cgroup_key("").is_err());
     }
 
     #[test]
