@@ -12,7 +12,8 @@
 //!    (the SDKs merge it under what the code sets, too).
 //!
 //! The metadata processors come after these and fill only what is still absent
-//! ([`crate::processors::metadata::attach`]). The agent's own resource (self-telemetry) gets
+//! ([`crate::processors::metadata::attach`]); `runtime_files` and `docker_api` name images with
+//! [`image`]. The agent's own resource (self-telemetry) gets
 //! the same common and default layers under `service.name` and `service.version`
 //! ([`Common::sdk_resource`]).
 
@@ -80,6 +81,20 @@ pub fn classified(what: &Classified) -> Attributes {
         }
         Classified::Pod { uid, qos } => pod(uid, qos),
     }
+}
+
+/// A container's image as the metadata processors name it: `container.image.name` and, when
+/// the reference has a tag (or the runtime's default, `latest`), `container.image.tags`. Nothing
+/// for a reference that names no image (an image id).
+pub fn image(reference: &str) -> Attributes {
+    let Some(image) = crate::processors::metadata::parse_image_reference(reference) else {
+        return Vec::new();
+    };
+    let mut attrs: Attributes = vec![(semconv::CONTAINER_IMAGE_NAME, AttrValue::text(image.name))];
+    if let Some(tag) = image.tag {
+        attrs.push((semconv::CONTAINER_IMAGE_TAGS, AttrValue::StrArray(vec![tag.to_owned()])));
+    }
+    attrs
 }
 
 /// The attributes every resource the agent sends gets, its own included.
@@ -309,6 +324,23 @@ mod tests {
         assert_eq!(str_of(&r.attributes, "deployment.environment.name"), Some("staging"));
         assert_eq!(str_of(&r.attributes, semconv::CONTAINER_RUNTIME_NAME), Some("docker"));
         assert_eq!(r.attributes.iter().filter(|(k, _)| *k == "deployment.environment.name").count(), 1);
+    }
+
+    #[test]
+    fn image_name_and_tag() {
+        assert_eq!(
+            image("registry:5000/team/app:1.2@sha256:abc"),
+            vec![
+                (semconv::CONTAINER_IMAGE_NAME, AttrValue::text("registry:5000/team/app")),
+                (semconv::CONTAINER_IMAGE_TAGS, AttrValue::StrArray(vec!["1.2".into()])),
+            ]
+        );
+        assert_eq!(
+            image("nginx")[1],
+            (semconv::CONTAINER_IMAGE_TAGS, AttrValue::StrArray(vec!["latest".into()]))
+        );
+        assert_eq!(image("app@sha256:abc"), vec![(semconv::CONTAINER_IMAGE_NAME, AttrValue::text("app"))]);
+        assert_eq!(image(ID), vec![], "an image id names no image");
     }
 
     #[test]
