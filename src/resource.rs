@@ -177,7 +177,12 @@ impl Common {
             AttrValue::Str(s) => KeyValue::new(*key, s.to_string()),
             AttrValue::Int(i) => KeyValue::new(*key, *i),
             AttrValue::Bool(b) => KeyValue::new(*key, *b),
-            AttrValue::StrArray(a) => KeyValue::new(*key, a.join(",")),
+            AttrValue::StrArray(a) => KeyValue::new(
+                *key,
+                opentelemetry::Value::Array(opentelemetry::Array::String(
+                    a.iter().cloned().map(Into::into).collect(),
+                )),
+            ),
         };
         // Later attributes replace earlier ones of the same key.
         opentelemetry_sdk::Resource::builder_empty()
