@@ -144,7 +144,7 @@ fn benches(c: &mut Criterion) {
         podometer::self_telemetry_otlp::start(
             &podometer::self_telemetry_otlp::Target::plain("http://127.0.0.1:9"),
             Duration::from_secs(3600),
-            podometer::self_telemetry_otlp::resource(None, None),
+            podometer::resource::Common::default().sdk_resource(),
         )
         .unwrap()
     });

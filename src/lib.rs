@@ -16,6 +16,7 @@ pub mod health;
 pub mod model;
 pub mod pipeline;
 pub mod processors;
+pub mod resource;
 pub mod self_telemetry_otlp;
 pub mod semconv;
 pub mod sources;

@@ -23,7 +23,7 @@ use crate::processors::filter::Filter;
 use crate::processors::metadata::docker_api::DockerApi;
 use crate::processors::metadata::k8s_api::K8sApiProcessor;
 use crate::processors::metadata::runtime_files::RuntimeFiles;
-use crate::processors::metadata::{allowlisted_key, Readiness};
+use crate::processors::metadata::Readiness;
 use crate::processors::Processor;
 use crate::semconv;
 use crate::sources::cgroups::CgroupSource;
@@ -56,9 +56,8 @@ pub struct Pipeline {
     sources: Vec<(String, Box<dyn Source>)>,
     processors: Vec<Box<dyn Processor>>,
     start_times: StartTimes,
-    resource_attributes: Vec<(&'static str, AttrValue)>,
-    /// From `OTEL_RESOURCE_ATTRIBUTES`: set only where a resource has no such attribute.
-    default_attributes: Vec<(&'static str, AttrValue)>,
+    /// `host.name`, `k8s.node.name`, the config's and `OTEL_RESOURCE_ATTRIBUTES`.
+    common: crate::resource::Common,
     pub exporter_ids: Vec<String>,
     /// The cgroup layout the pipeline's cgroups source found, for the start-up line.
     pub cgroup_mode: Option<String>,
@@ -93,12 +92,7 @@ impl Pipeline {
             }
         }
         for resource in &mut sweep.resources {
-            for (key, value) in &self.resource_attributes {
-                resource.set_attribute(key, value.clone());
-            }
-            for (key, value) in &self.default_attributes {
-                resource.set_attribute_if_absent(key, value);
-            }
+            self.common.apply(resource);
         }
         self.start_times.apply(&mut sweep);
         for processor in &mut self.processors {
@@ -108,40 +102,10 @@ impl Pipeline {
     }
 }
 
-/// The kernel's hostname, read the way `hostname` does (`uname`'s node name is what
-/// `gethostname` returns on Linux).
-fn kernel_hostname() -> Option<String> {
-    let name = rustix::system::uname();
-    let name = name.nodename().to_string_lossy();
-    Some(name.into_owned())
-}
-
 /// Builds every pipeline's sources and processors. Exporters are built separately because
 /// `collect` needs none and they may be shared by pipelines.
 pub fn build_pipelines(config: &Config) -> Result<Vec<Pipeline>, PipelineError> {
-    let mut resource_attributes: Vec<(&'static str, AttrValue)> = Vec::new();
-    if let Some(host) = config.host_name.clone().or_else(kernel_hostname) {
-        resource_attributes.push((semconv::HOST_NAME, host.into()));
-    }
-    if let Some(node) = config.node_name.clone().filter(|n| !n.is_empty()) {
-        resource_attributes.push((semconv::K8S_NODE_NAME, node.into()));
-    }
-    for (key, value) in config.resource_attributes.iter().filter(|(_, v)| !v.is_empty()) {
-        resource_attributes.push((allowlisted_key("", key), value.clone().into()));
-    }
-    let mut default_attributes: Vec<(&'static str, AttrValue)> = Vec::new();
-    if let Ok(text) = std::env::var("OTEL_RESOURCE_ATTRIBUTES") {
-        match crate::config::parse_otel_resource_attributes(&text) {
-            Ok(pairs) => {
-                for (key, value) in pairs {
-                    default_attributes.push((allowlisted_key("", &key), value.into()));
-                }
-            }
-            Err(reason) => {
-                warn!(%reason, "OTEL_RESOURCE_ATTRIBUTES is malformed; ignoring all of it, as the SDKs do.")
-            }
-        }
-    }
+    let common = crate::resource::Common::from_config(config);
     let mut pipelines = Vec::new();
     for (name, (_, pc)) in &config.pipelines.value.entries {
         let mut sources: Vec<(String, Box<dyn Source>)> = Vec::new();
@@ -188,8 +152,7 @@ pub fn build_pipelines(config: &Config) -> Result<Vec<Pipeline>, PipelineError> 
             sources,
             processors,
             start_times: StartTimes::new(),
-            resource_attributes: resource_attributes.clone(),
-            default_attributes: default_attributes.clone(),
+            common: common.clone(),
             exporter_ids: pc.exporters.iter().map(|s| s.value.clone()).collect(),
             cgroup_mode,
         });
@@ -376,8 +339,7 @@ pub async fn run(
     let exporters = build_exporters(config)?;
     let self_telemetry = match self_telemetry_target(config) {
         Some(target) => {
-            let host = config.host_name.clone().or_else(kernel_hostname);
-            let resource = crate::self_telemetry_otlp::resource(host, config.node_name.clone());
+            let resource = crate::resource::Common::from_config(config).sdk_resource();
             match crate::self_telemetry_otlp::start(&target, config.self_telemetry.interval, resource) {
                 Ok(provider) => Some(provider),
                 Err(error) => {
@@ -684,15 +646,4 @@ fn log_stats() {
     let stats = Telemetry::global().snapshot();
     let fields: Vec<String> = stats.iter().map(|(k, v)| format!("{k}={v}")).collect();
     info!(stats = %fields.join(" "), "Agent counters.");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_hostname_is_the_kernels() {
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
-        assert_eq!(kernel_hostname().as_deref(), Some(kernel.trim_end_matches('\n')));
-    }
 }

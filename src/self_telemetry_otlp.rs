@@ -203,19 +203,6 @@ pub fn record_sweep(duration: Duration) {
     }
 }
 
-/// Identifies the agent: `service.name=podometer`, `service.version`, `host.name`,
-/// `k8s.node.name` when known, and `OTEL_RESOURCE_ATTRIBUTES` (read by the SDK's detector).
-pub fn resource(host_name: Option<String>, node_name: Option<String>) -> Resource {
-    let mut attributes = vec![KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))];
-    if let Some(host) = host_name {
-        attributes.push(KeyValue::new(semconv::HOST_NAME, host));
-    }
-    if let Some(node) = node_name.filter(|n| !n.is_empty()) {
-        attributes.push(KeyValue::new(semconv::K8S_NODE_NAME, node));
-    }
-    Resource::builder().with_service_name("podometer").with_attributes(attributes).build()
-}
-
 /// Starts exporting to `endpoint` every `interval`. Must run inside the tokio runtime (tonic's
 /// channel lives there). Keep the provider; `shutdown()` sends a last collection.
 pub fn start(

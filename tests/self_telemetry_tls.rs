@@ -34,7 +34,8 @@ impl MetricsService for Receiver {
 /// Starts self-telemetry towards `target`, flushes once, shuts down; returns whether the
 /// flush reported success.
 async fn flush_once(target: Target) -> bool {
-    let resource = self_telemetry::resource(Some("tls-test-host".into()), None);
+    let resource = podometer::resource::Common::new(Some("tls-test-host"), None, &Default::default(), &[])
+        .sdk_resource();
     let provider =
         self_telemetry::start(&target, Duration::from_secs(3600), resource).expect("exporter builds");
     tokio::task::spawn_blocking(move || {

@@ -53,7 +53,7 @@ pub struct Config {
     /// How often `run` logs the agent's own counters at info level.
     #[serde(default = "default_stats_log_interval", deserialize_with = "duration::deserialize")]
     pub stats_log_interval: Duration,
-    /// The `host.name` put on every resource; the kernel's hostname when left out.
+    /// The `host.name` put on every resource; the kernel's hostname when left out or empty.
     #[serde(default)]
     pub host_name: Option<String>,
     /// The `k8s.node.name` put on every resource, when set (in a DaemonSet, from the
@@ -75,8 +75,8 @@ pub struct Config {
     pub exporters: Components<ExporterConfig>,
     /// Pipelines by name; each lists the components it uses, in order.
     pub pipelines: Spanned<Pipelines>,
-    /// Attributes put on every resource, e.g. `k8s.pod.name: ${env:K8S_POD_NAME:-}` in a
-    /// sidecar; keys with an empty value are left out. They win over `OTEL_RESOURCE_ATTRIBUTES`,
+    /// Attributes put on every resource (the agent's own self-telemetry resource too), e.g.
+    /// `k8s.pod.name: ${env:K8S_POD_NAME:-}` in a sidecar; keys with an empty value are left out. They win over `OTEL_RESOURCE_ATTRIBUTES`,
     /// which is honoured too (as the OpenTelemetry SDKs do) but never replaces an attribute a
     /// source set.
     #[serde(default)]
@@ -602,25 +602,6 @@ fn processor_problems(processor: &ProcessorConfig, node_name: Option<&str>) -> V
     }
 }
 
-/// Parses `OTEL_RESOURCE_ATTRIBUTES` as the OpenTelemetry specification says: `key=value`
-/// pairs separated by commas, values percent-encoded. Any malformed pair rejects the whole
-/// value (the SDKs discard it and log an error).
-pub fn parse_otel_resource_attributes(text: &str) -> Result<Vec<(String, String)>, String> {
-    let mut out = Vec::new();
-    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').ok_or_else(|| format!("`{pair}` is not key=value"))?;
-        let key = key.trim();
-        if key.is_empty() {
-            return Err(format!("`{pair}` has an empty key"));
-        }
-        out.push((
-            key.to_owned(),
-            percent_decode(value.trim()).ok_or_else(|| format!("`{pair}`: bad percent-encoding"))?,
-        ));
-    }
-    Ok(out)
-}
-
 /// Decodes with the `percent-encoding` crate, which passes a `%` not followed by two hex digits
 /// through unchanged; the specification calls that malformed, so it is checked first. `None`
 /// for a malformed escape or a text that does not decode to UTF-8.
@@ -661,31 +642,5 @@ impl Config {
             out.push_str(&format!("  exporters:  {}\n", ids(&p.exporters)));
         }
         out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn otel_resource_attributes() {
-        assert_eq!(
-            parse_otel_resource_attributes("service.name=agent, k8s.cluster.name = a%2Cb%20c ,").unwrap(),
-            vec![
-                ("service.name".to_owned(), "agent".to_owned()),
-                ("k8s.cluster.name".to_owned(), "a,b c".to_owned())
-            ]
-        );
-        assert_eq!(parse_otel_resource_attributes("").unwrap(), vec![]);
-        assert!(parse_otel_resource_attributes("a=1,b").is_err());
-        assert!(parse_otel_resource_attributes("=1").is_err());
-        assert!(parse_otel_resource_attributes("a=%zz").is_err());
-        assert!(parse_otel_resource_attributes("a=%4").is_err());
-        assert!(parse_otel_resource_attributes("a=%ff").is_err(), "not UTF-8");
-        assert_eq!(
-            parse_otel_resource_attributes("a=%C3%A9").unwrap(),
-            vec![("a".to_owned(), "é".to_owned())]
-        );
     }
 }

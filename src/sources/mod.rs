@@ -7,8 +7,7 @@ pub mod cgroups;
 pub mod netns;
 pub mod processes;
 
-use crate::model::{AttrValue, Attributes, PodRef, Runtime, Sweep, SweepContext};
-use crate::semconv;
+use crate::model::{Sweep, SweepContext};
 
 /// What is wrong with the text of a file the sources read (cgroup control files, procfs); the
 /// file layer adds the path. Parsers are pure, so each case is tested on literal strings.
@@ -43,27 +42,6 @@ pub trait Source: Send {
     /// that could not be parsed) are handled inside and counted; an `Err` means the whole
     /// source produced nothing this sweep (its root is gone, say), and the pipeline logs it.
     fn collect(&mut self, ctx: &mut SweepContext, sweep: &mut Sweep) -> Result<(), BoxError>;
-}
-
-/// The resource attributes of a container, the same whichever source reports it first:
-/// `container.id`, `container.runtime.name`, and its pod's (`k8s.pod.uid` and
-/// `k8s.pod.qos_class`, or `podman.pod.id`).
-pub fn container_attributes(id: &str, runtime: Runtime, pod: Option<&PodRef>) -> Attributes {
-    let mut attrs: Attributes = vec![
-        (semconv::CONTAINER_ID, AttrValue::text(id)),
-        (semconv::CONTAINER_RUNTIME_NAME, AttrValue::constant(runtime.as_str())),
-    ];
-    match pod {
-        Some(PodRef::Kubernetes { uid, qos }) => attrs.extend(pod_attributes(uid, qos)),
-        Some(PodRef::Podman { id }) => attrs.push((semconv::PODMAN_POD_ID, AttrValue::text(id))),
-        None => {}
-    }
-    attrs
-}
-
-/// The resource attributes of a Kubernetes pod: `k8s.pod.uid` and `k8s.pod.qos_class`.
-pub fn pod_attributes(uid: &str, qos: &str) -> Attributes {
-    vec![(semconv::K8S_POD_UID, AttrValue::text(uid)), (semconv::K8S_POD_QOS_CLASS, AttrValue::text(qos))]
 }
 
 /// Whether a failed read means the process, cgroup or namespace went away meanwhile: normal on

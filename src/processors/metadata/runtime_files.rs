@@ -52,9 +52,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Deserializer};
 
-use super::{attach, parse_image_reference, AttachStats, ContainerMeta, PodMeta, Snapshot};
+use super::{attach, AttachStats, ContainerMeta, PodMeta, Snapshot};
 use crate::agent_counters::Telemetry;
-use crate::model::{AttrValue, Attributes, ContainerInfo, PodRef, Runtime, Sweep, SweepContext};
+use crate::model::{Attributes, ContainerInfo, PodRef, Runtime, Sweep, SweepContext};
 use crate::processors::Processor;
 use crate::semconv;
 use crate::warn_limited;
@@ -365,11 +365,8 @@ fn to_meta(names: &Names, info: &ContainerInfo) -> (ContainerMeta, Option<(Strin
     if let Some(n) = &names.k8s_container_name {
         attributes.push((semconv::K8S_CONTAINER_NAME, n.clone().into()));
     }
-    if let Some(image) = names.image.as_deref().and_then(parse_image_reference) {
-        attributes.push((semconv::CONTAINER_IMAGE_NAME, AttrValue::text(image.name)));
-        if let Some(tag) = image.tag {
-            attributes.push((semconv::CONTAINER_IMAGE_TAGS, AttrValue::StrArray(vec![tag.to_owned()])));
-        }
+    if let Some(image) = &names.image {
+        attributes.extend(crate::resource::image(image));
     }
     // The cgroup path's pod key names the pod resources, so it wins over the annotation's.
     let pod_key = match &info.pod {

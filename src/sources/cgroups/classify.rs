@@ -375,6 +375,20 @@ fn container(id: &str, runtime: Runtime, pod: Option<PodRef>) -> Option<Classifi
     is_container_id(id).then(|| Classified::Container { id: id.to_owned(), runtime, pod, rootless: None })
 }
 
+/// The container a cgroup path names in its last component, wherever the path is: for paths
+/// the layouts cannot anchor, as a process sees them from inside a cgroup namespace
+/// (`/../cri-containerd-<id>.scope`). The runtime when a prefix names it; `None` for a bare id,
+/// which several runtimes write.
+pub fn named_container(path: &str) -> Option<(&str, Option<Runtime>)> {
+    let last = path.trim_end_matches('/').rsplit('/').next()?;
+    let name = last.strip_suffix(".scope").unwrap_or(last);
+    if is_container_id(name) {
+        return Some((name, None));
+    }
+    let (prefix, id) = name.rsplit_once('-')?;
+    is_container_id(id).then(|| (id, runtime_of_prefix(prefix)))
+}
+
 fn runtime_of_prefix(prefix: &str) -> Option<Runtime> {
     match prefix {
         "cri-containerd" | "nerdctl" => Some(Runtime::Containerd),

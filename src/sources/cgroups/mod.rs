@@ -33,9 +33,9 @@ use serde::Deserialize;
 
 use crate::agent_counters::Telemetry;
 use crate::fdlimit;
-use crate::model::{AttrValue, Attributes, ContainerInfo, Resource, ResourceId, Sweep, SweepContext};
+use crate::model::{Attributes, ContainerInfo, Resource, ResourceId, Sweep, SweepContext};
 use crate::semconv::{self, CgroupFamily};
-use crate::sources::{container_attributes, pod_attributes, BoxError, Source};
+use crate::sources::{BoxError, Source};
 use crate::warn_limited;
 pub use classify::{Classified, Classifier, Layouts};
 use files::{Opener, Out, Reader, Vanished};
@@ -616,24 +616,15 @@ impl Group {
             CgroupMode::V1 | CgroupMode::Hybrid => Files::V1(V1Files::default()),
             CgroupMode::V2 => Files::V2(V2Files::default()),
         };
-        let (attributes, info) = match &what {
-            Classified::Container { id, runtime, pod, rootless } => {
-                let mut attributes = container_attributes(id, *runtime, pod.as_ref());
-                if let Some(uid) = rootless {
-                    attributes.push((semconv::PODOMETER_CONTAINER_ROOTLESS, AttrValue::Bool(true)));
-                    attributes.push((semconv::USER_ID, AttrValue::from(uid.to_string())));
-                }
-                let info = rootless.is_none().then(|| {
-                    Arc::new(ContainerInfo {
-                        id: id.clone(),
-                        runtime: *runtime,
-                        pod: pod.clone(),
-                        procs_file: PathBuf::new(),
-                    })
-                });
-                (attributes, info)
-            }
-            Classified::Pod { uid, qos } => (pod_attributes(uid, qos), None),
+        let attributes = crate::resource::classified(&what);
+        let info = match &what {
+            Classified::Container { id, runtime, pod, rootless: None } => Some(Arc::new(ContainerInfo {
+                id: id.clone(),
+                runtime: *runtime,
+                pod: pod.clone(),
+                procs_file: PathBuf::new(),
+            })),
+            Classified::Container { rootless: Some(_), .. } | Classified::Pod { .. } => None,
         };
         let mut group =
             Group { id: what.identity(), what, attributes, info, files, limits_read: None, points_hint: 24 };

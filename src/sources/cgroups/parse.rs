@@ -1,5 +1,6 @@
-//! Pure parsers of cgroup control files. Each takes the file's text and returns values in the
-//! units the agent emits (seconds, bytes), so every conversion is tested on literal strings.
+//! Pure parsers of cgroup control files, and of `/proc/<pid>/cgroup` (where a process sits in
+//! the hierarchies). Each takes the file's text and returns values in the units the agent emits
+//! (seconds, bytes), so every conversion is tested on literal strings.
 
 use std::sync::Arc;
 
@@ -365,6 +366,50 @@ pub fn parse_pressure(text: &str) -> Result<Pressure, ParseError> {
     Ok(Pressure { some: some.ok_or(ParseError::MissingKey("some"))?, full })
 }
 
+/// One line of `/proc/<pid>/cgroup`: `hierarchy-ID:controller-list:cgroup-path`. The v2
+/// line is `0::<path>`; a v1 line lists its controllers (`cpu,cpuacct`) or names its hierarchy
+/// (`name=systemd`). The path is relative to the reader's cgroup namespace: `/` at its root,
+/// `/../<name>` for a cgroup beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcCgroup<'a> {
+    pub hierarchy: u32,
+    pub controllers: &'a str,
+    pub path: &'a str,
+}
+
+impl ProcCgroup<'_> {
+    /// The v2 (unified) hierarchy's line.
+    pub fn is_unified(&self) -> bool {
+        self.hierarchy == 0 && self.controllers.is_empty()
+    }
+
+    pub fn has_controller(&self, name: &str) -> bool {
+        self.controllers.split(',').any(|c| c == name)
+    }
+}
+
+/// Parses `/proc/<pid>/cgroup`, one [`ProcCgroup`] per line in the kernel's order.
+pub fn parse_proc_cgroup(text: &str) -> Result<Vec<ProcCgroup<'_>>, ParseError> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.is_empty()) {
+        let bad = || ParseError::at_line(n + 1, format!("`{line}` is not `id:controllers:path`"));
+        let mut parts = line.splitn(3, ':');
+        let (Some(hierarchy), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        let hierarchy = hierarchy.parse().map_err(|_| bad())?;
+        if !path.starts_with('/') {
+            return Err(bad());
+        }
+        out.push(ProcCgroup { hierarchy, controllers, path });
+    }
+    if out.is_empty() {
+        return Err(ParseError::Empty);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod adjust_tests {
     use super::adjust_cputime;
@@ -400,6 +445,30 @@ mod adjust_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_cgroup_lines_of_v1_hybrid_and_v2() {
+        let hybrid = "12:cpu,cpuacct:/kubepods/pod1/abc\n1:name=systemd:/a:b\n0::/x\n";
+        assert_eq!(
+            parse_proc_cgroup(hybrid).unwrap(),
+            vec![
+                ProcCgroup { hierarchy: 12, controllers: "cpu,cpuacct", path: "/kubepods/pod1/abc" },
+                ProcCgroup { hierarchy: 1, controllers: "name=systemd", path: "/a:b" },
+                ProcCgroup { hierarchy: 0, controllers: "", path: "/x" },
+            ]
+        );
+        let lines = parse_proc_cgroup(hybrid).unwrap();
+        assert!(lines[0].has_controller("cpuacct") && !lines[0].has_controller("cpu,cpuacct"));
+        assert!(!lines[0].is_unified() && lines[2].is_unified());
+        assert_eq!(parse_proc_cgroup("0::/../crio-1.scope\n").unwrap()[0].path, "/../crio-1.scope");
+        assert_eq!(parse_proc_cgroup(""), Err(ParseError::Empty));
+        assert_eq!(
+            parse_proc_cgroup("garbage"),
+            Err(ParseError::at_line(1, "`garbage` is not `id:controllers:path`"))
+        );
+        assert!(matches!(parse_proc_cgroup("0::/\nx::/\n"), Err(ParseError::AtLine { line: 2, .. })));
+        assert!(parse_proc_cgroup("0::relative").is_err());
+    }
 
     #[test]
     fn cpuacct_usage_pair_is_nanoseconds_to_seconds() {

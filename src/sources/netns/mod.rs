@@ -78,7 +78,7 @@ use crate::agent_counters::Telemetry;
 use crate::glob::Glob;
 use crate::model::{AttrValue, ContainerInfo, PodRef, Point, ResourceId, Sweep, SweepContext, Value};
 use crate::semconv::{self, NetworkFamily};
-use crate::sources::{container_attributes, is_vanished, pod_attributes, BoxError, Source};
+use crate::sources::{is_vanished, BoxError, Source};
 use crate::warn_limited;
 
 use kept_open::{may_keep_open, pread_text};
@@ -484,11 +484,15 @@ impl NetnsSource {
             }
             let (id, attributes) = match &m.container.pod {
                 Some(PodRef::Kubernetes { uid, qos }) => {
-                    (ResourceId::Pod(uid.clone()), pod_attributes(uid, qos))
+                    (ResourceId::Pod(uid.clone()), crate::resource::pod(uid, qos))
                 }
                 _ => (
                     m.container.resource_id(),
-                    container_attributes(&m.container.id, m.container.runtime, m.container.pod.as_ref()),
+                    crate::resource::container(
+                        &m.container.id,
+                        m.container.runtime,
+                        m.container.pod.as_ref(),
+                    ),
                 ),
             };
             sweep.resource_mut(id, || attributes).set_attribute(semconv::PODOMETER_HOST_NETWORK, true);

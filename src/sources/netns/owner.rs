@@ -8,7 +8,6 @@ use tracing::debug;
 use super::pids::CachedPid;
 use crate::model::{Attributes, ContainerInfo, PodRef, ResourceId};
 use crate::semconv::{self, NetworkFamily};
-use crate::sources::{container_attributes, pod_attributes};
 
 /// One member of a namespace group this sweep.
 pub(super) struct Member<'a> {
@@ -60,7 +59,7 @@ pub(super) fn target<'m, 'c>(
             Target {
                 owner,
                 id: ResourceId::Pod(uid.to_owned()),
-                attributes: pod_attributes(uid, qos),
+                attributes: crate::resource::pod(uid, qos),
                 family: &semconv::POD_NETWORK,
             }
         }
@@ -73,7 +72,7 @@ pub(super) fn container_target<'m, 'c>(owner: &'m Member<'c>) -> Target<'m, 'c> 
     Target {
         owner,
         id: owner.container.resource_id(),
-        attributes: container_attributes(
+        attributes: crate::resource::container(
             &owner.container.id,
             owner.container.runtime,
             owner.container.pod.as_ref(),

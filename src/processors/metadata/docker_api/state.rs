@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::ApiError;
 use crate::agent_counters::Telemetry;
 use crate::model::{AttrValue, Attributes};
-use crate::processors::metadata::{parse_image_reference, ContainerMeta, PodMeta, SharedSnapshot, Snapshot};
+use crate::processors::metadata::{ContainerMeta, PodMeta, SharedSnapshot, Snapshot};
 use crate::semconv;
 use crate::warn_limited;
 
@@ -40,11 +40,8 @@ pub(super) fn container_attributes(
     if let Some(name) = name.filter(|n| own_name(n)) {
         attributes.push((semconv::CONTAINER_NAME, AttrValue::text(name)));
     }
-    if let Some(image) = summary.image.as_deref().filter(|i| fits(i)).and_then(parse_image_reference) {
-        attributes.push((semconv::CONTAINER_IMAGE_NAME, AttrValue::text(image.name)));
-        if let Some(tag) = image.tag {
-            attributes.push((semconv::CONTAINER_IMAGE_TAGS, AttrValue::StrArray(vec![tag.to_owned()])));
-        }
+    if let Some(image) = summary.image.as_deref().filter(|i| fits(i)) {
+        attributes.extend(crate::resource::image(image));
     }
     if let Some(values) = &summary.labels {
         for (key, attribute) in labels {
