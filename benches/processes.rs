@@ -5,9 +5,10 @@
 //! than reading the files).
 //! The texts are `fixtures/proc/{stat,status}`, a shell's files on kernel 6.18; beside them,
 //! what reading one process's three files costs.
+use std::hint::black_box;
 use std::io::Cursor;
 
-use criterion::{black_box, criterion_group, Criterion};
+use criterion::{criterion_group, Criterion};
 use procfs::{FromBufRead, FromRead};
 
 fn fixture(file: &str) -> String {
