@@ -195,7 +195,13 @@ fn k8s_api_in_cluster_is_node_scoped_names_points_and_reports_a_missing_verb_onc
                 .into_iter()
                 .find(|p| p["metadata"]["name"] != agent_name.as_str() && !k::container_ids(p).is_empty())
         },
-        String::new,
+        || {
+            // The pods' states and what the kubelet and the controller said, for a diagnosis.
+            let pods = node.kubectl(&["-n", "podometer", "get", "pods", "-o", "wide"], None);
+            let events =
+                node.kubectl(&["-n", "podometer", "get", "events", "--sort-by=.lastTimestamp"], None);
+            format!("{}\n{}", String::from_utf8_lossy(&pods.stdout), String::from_utf8_lossy(&events.stdout))
+        },
     );
     let new_name = restarted["metadata"]["name"].as_str().unwrap().to_owned();
     let since = SystemTime::now();

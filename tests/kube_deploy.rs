@@ -17,9 +17,9 @@ mod workloads;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
-use deploy::{apply_overlay, NodeAgent, Point, Sink};
+use deploy::{apply_overlay, NodeAgent, Point, Sink, AGENT_PATCH_HEAD};
 use serde_json::Value;
-use support::kube_node::{kube_node_available, KubeNode};
+use support::kube_node::{elapsed, kube_node_available, KubeNode};
 use workloads::{PodInfo, NS};
 
 /// The cgroup source's `discovery_interval` in the shipped config (its default).
@@ -336,10 +336,6 @@ fn assert_pod_security(node: &KubeNode, apply_stderr: &str, shipped_ds: &Value) 
     assert!(admitted.status.success(), "{}", String::from_utf8_lossy(&admitted.stderr));
     assert!(!String::from_utf8_lossy(&admitted.stderr).contains("Warning"));
     node.kubectl_ok(&["delete", "namespace", "psa-baseline", "--wait=false"], None);
-}
-
-fn elapsed(start: Instant, what: &str) {
-    eprintln!("[{:6.1} s] {what}", start.elapsed().as_secs_f64());
 }
 
 #[test]
@@ -665,16 +661,7 @@ fn rolling_update_with_the_disk_queue_on_a_host_path_loses_no_sweep() {
     let mut sink = Sink::start();
     let queue_dir = tempfile::Builder::new().prefix("podometer-queue-").tempdir_in("/var/tmp").unwrap();
     let queue_patch = format!(
-        r#"  - patch: |-
-      apiVersion: apps/v1
-      kind: DaemonSet
-      metadata: {{name: podometer, namespace: podometer}}
-      spec:
-        template:
-          spec:
-            containers:
-              - name: podometer
-                volumeMounts:
+        r#"{AGENT_PATCH_HEAD}                volumeMounts:
                   - name: queue
                     mountPath: /var/lib/podometer
             volumes:

@@ -24,11 +24,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use deploy::Overlay;
+use deploy::{Overlay, AGENT_PATCH_HEAD};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use serde_json::Value;
-use support::kube_node::{kube_node_available, KubeNode, BUSYBOX_IMAGE};
+use support::kube_node::{elapsed, kube_node_available, KubeNode, BUSYBOX_IMAGE};
 use support::otelcol::{compare, otelcol_available, points, read_requests};
 use support::otelcol_node::{collector_manifests, load_collector_image, podman_available};
 
@@ -44,10 +44,6 @@ const ADDED: [&str; 5] =
 
 fn available() -> bool {
     kube_node_available() && deploy::podometer_image_available() && otelcol_available() && podman_available()
-}
-
-fn elapsed(start: Instant, what: &str) {
-    eprintln!("[{:6.1} s] {what}", start.elapsed().as_secs_f64());
 }
 
 /// A Deployment's pod (owned by a ReplicaSet, label `app`) and a bare pod with a label: what
@@ -104,16 +100,7 @@ fn podometer_overlay(out_dir: &Path) -> Overlay {
         config = config.replace(from, to);
     }
     let test_patch = format!(
-        r#"  - patch: |-
-      apiVersion: apps/v1
-      kind: DaemonSet
-      metadata: {{name: podometer, namespace: podometer}}
-      spec:
-        template:
-          spec:
-            containers:
-              - name: podometer
-                env:
+        r#"{AGENT_PATCH_HEAD}                env:
                   - name: HOST_IP
                     valueFrom: {{fieldRef: {{fieldPath: status.hostIP}}}}
                 volumeMounts:

@@ -335,21 +335,26 @@ pub fn image_and_endpoint(endpoint: &str) -> String {
     newName: {name}
     newTag: "{tag}"
 patches:
-  - patch: |-
-      apiVersion: apps/v1
-      kind: DaemonSet
-      metadata: {{name: podometer, namespace: podometer}}
-      spec:
-        template:
-          spec:
-            containers:
-              - name: podometer
-                env:
+{AGENT_PATCH_HEAD}                env:
                   - name: OTEL_EXPORTER_OTLP_ENDPOINT
                     value: {endpoint}
 "#
     )
 }
+
+/// The head of a kustomize patch of the shipped DaemonSet down to its `podometer` container:
+/// container fields (`env:`, `volumeMounts:`) at 16 spaces, then pod fields (`volumes:`) at 12
+/// complete it.
+pub const AGENT_PATCH_HEAD: &str = "  - patch: |-
+      apiVersion: apps/v1
+      kind: DaemonSet
+      metadata: {name: podometer, namespace: podometer}
+      spec:
+        template:
+          spec:
+            containers:
+              - name: podometer
+";
 
 /// What only this test node needs, as a patch after `image_and_endpoint`'s, with why:
 /// - the node's containerd keeps its state under the node's run directory, not in
@@ -377,16 +382,7 @@ fn node_patch_with(interval: &str, node_bundles: bool) -> String {
         String::new()
     };
     format!(
-        r#"  - patch: |-
-      apiVersion: apps/v1
-      kind: DaemonSet
-      metadata: {{name: podometer, namespace: podometer}}
-      spec:
-        template:
-          spec:
-            containers:
-              - name: podometer
-                env:
+        r#"{AGENT_PATCH_HEAD}                env:
                   - name: PODOMETER_INTERVAL
                     value: {interval}
 {volumes}"#
@@ -398,16 +394,7 @@ fn node_patch_with(interval: &str, node_bundles: bool) -> String {
 /// variables would be on a node with kube-proxy.
 pub fn api_server_env_patch() -> String {
     format!(
-        r#"  - patch: |-
-      apiVersion: apps/v1
-      kind: DaemonSet
-      metadata: {{name: podometer, namespace: podometer}}
-      spec:
-        template:
-          spec:
-            containers:
-              - name: podometer
-                env:
+        r#"{AGENT_PATCH_HEAD}                env:
                   - name: KUBERNETES_SERVICE_HOST
                     value: {API_HOST}
                   - name: KUBERNETES_SERVICE_PORT

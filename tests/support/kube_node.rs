@@ -163,3 +163,8 @@ impl Drop for KubeNode {
         }
     }
 }
+
+/// A live node test's progress on stderr: seconds since `start`, then what was reached.
+pub fn elapsed(start: std::time::Instant, what: &str) {
+    eprintln!("[{:6.1} s] {what}", start.elapsed().as_secs_f64());
+}
