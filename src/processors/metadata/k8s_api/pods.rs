@@ -27,7 +27,7 @@
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 
 use crate::model::{AttrValue, Attributes};
-use crate::processors::metadata::{allowlisted_key, parse_image_reference};
+use crate::processors::metadata::allowlisted_key;
 use crate::semconv;
 
 /// Longest string value kept from an API answer; longer ones (an annotation can hold
@@ -149,12 +149,8 @@ pub fn owner_attributes(pod: &Pod) -> Attributes {
 fn container_attributes(status: &ContainerStatus, spec_image: Option<&str>) -> Attributes {
     let mut attrs: Attributes = vec![(semconv::K8S_CONTAINER_NAME, bounded(&status.name).into())];
     let image = spec_image.filter(|i| !i.is_empty()).unwrap_or(status.image.as_str());
-    if let Some(image) = parse_image_reference(image) {
-        attrs.push((semconv::CONTAINER_IMAGE_NAME, bounded(image.name).into()));
-        if let Some(tag) = image.tag {
-            attrs.push((semconv::CONTAINER_IMAGE_TAGS, AttrValue::StrArray(vec![bounded(tag)])));
-        }
-    }
+    // Bounded before it is parsed: name and tag are then bounded too.
+    attrs.extend(crate::resource::image(&bounded(image)));
     attrs.push((semconv::K8S_CONTAINER_RESTART_COUNT, AttrValue::Int(i64::from(status.restart_count))));
     attrs
 }
@@ -280,6 +276,25 @@ mod tests {
         assert_eq!(container_id("containerd://abc"), None);
         assert_eq!(container_id(&format!("containerd://{}", "A".repeat(64))), None);
         assert_eq!(container_id(""), None);
+    }
+
+    #[test]
+    fn an_image_reference_past_the_bound_is_cut_before_it_is_parsed() {
+        let status = ContainerStatus { name: "app".into(), ..Default::default() };
+        let long = format!("registry.example/{}:v1", "x".repeat(2 * MAX_VALUE_BYTES));
+        let attrs = container_attributes(&status, Some(&long));
+        match get(&attrs, semconv::CONTAINER_IMAGE_NAME) {
+            Some(AttrValue::Str(s)) => assert_eq!(s.len(), MAX_VALUE_BYTES),
+            other => panic!("{other:?}"),
+        }
+        // The tag was past the bound: what is left names no tag, and the runtime's default
+        // applies, as for any reference without one.
+        assert_eq!(
+            get(&attrs, semconv::CONTAINER_IMAGE_TAGS),
+            Some(&AttrValue::StrArray(vec!["latest".into()]))
+        );
+        let short = container_attributes(&status, Some("nginx:1.25"));
+        assert_eq!(get(&short, semconv::CONTAINER_IMAGE_NAME), Some(&"nginx".into()));
     }
 
     #[test]
