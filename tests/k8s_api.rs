@@ -172,6 +172,30 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+    /// Waits until the container `id` is exported (ids only: no API answer was usable) and
+    /// `failures` metadata errors are counted; returns its latest series, checked to carry no
+    /// pod name, and the log lines that contain `needle` (each failure is logged once at most).
+    fn ids_only_after_failures(
+        &mut self,
+        what: &str,
+        id: &str,
+        failures: u64,
+        needle: &str,
+    ) -> (Seen, Vec<String>) {
+        self.wait_for(&format!("ids exported while {what}"), Duration::from_secs(20), |seen| {
+            latest_container(seen, id).is_some()
+        });
+        support::wait_until(
+            &format!("{failures} counted failures"),
+            Duration::from_secs(20),
+            || self.metadata_errors() >= failures,
+            || self.log(),
+        );
+        let s = latest_container(&self.output(), id).unwrap();
+        assert_eq!(s.str("k8s.pod.name"), None, "names while {what}");
+        let lines = self.log().lines().filter(|l| l.contains(needle)).map(str::to_owned).collect();
+        (s, lines)
+    }
 }
 
 impl Drop for Agent {
@@ -514,21 +538,10 @@ fn forbidden_and_non_json_answers_are_logged_once_counted_and_ids_still_exported
 
     // 403: one clear error naming the verb, the resource and the ClusterRole, however many
     // attempts; counted; the container still exported with its ids.
-    agent.wait_for("ids exported while the API refuses", Duration::from_secs(20), |seen| {
-        latest_container(seen, &id).is_some()
-    });
+    let (s, forbidden) = agent.ids_only_after_failures("the API refuses", &id, 3, "403 Forbidden");
     assert!(started.elapsed() >= Duration::from_millis(900), "start-up waited for the first list");
-    support::wait_until(
-        "3 counted failures",
-        Duration::from_secs(20),
-        || agent.metadata_errors() >= 3,
-        || agent.log(),
-    );
-    let s = latest_container(&agent.output(), &id).unwrap();
     assert_eq!(s.str("k8s.pod.uid"), Some(p.uid.as_str()));
-    assert_eq!(s.str("k8s.pod.name"), None);
     let log = agent.log();
-    let forbidden: Vec<&str> = log.lines().filter(|l| l.contains("403 Forbidden")).collect();
     assert_eq!(forbidden.len(), 1, "one line for several refusals:\n{log}");
     let overlay = podometer::processors::metadata::k8s_api::RBAC_OVERLAY;
     for needle in
@@ -638,21 +651,10 @@ fn an_unreachable_api_is_logged_once_counted_and_ids_still_exported() {
         "{initial_sync_timeout: 500ms}",
         &cgroups,
     );
-    agent.wait_for("ids exported without an API", Duration::from_secs(20), |seen| {
-        latest_container(seen, &id).is_some()
-    });
-    support::wait_until(
-        "3 counted failures",
-        Duration::from_secs(20),
-        || agent.metadata_errors() >= 3,
-        || agent.log(),
-    );
-    let s = latest_container(&agent.output(), &id).unwrap();
+    let (s, lines) =
+        agent.ids_only_after_failures("no API answers", &id, 3, "Cannot reach the Kubernetes API");
     assert_eq!(s.str("k8s.pod.uid"), Some(p.uid.as_str()));
-    assert_eq!(s.str("k8s.pod.name"), None);
-    let log = agent.log();
-    let lines: Vec<&str> = log.lines().filter(|l| l.contains("Cannot reach the Kubernetes API")).collect();
-    assert_eq!(lines.len(), 1, "one line for several failures:\n{log}");
+    assert_eq!(lines.len(), 1, "one line for several failures:\n{}", agent.log());
     assert!(lines[0].contains(&format!("127.0.0.1:{port}")), "names the server: {}", lines[0]);
 }
 
@@ -706,19 +708,9 @@ fn list_pages_and_watch_events_past_their_bounds_are_not_read_whole() {
         "{initial_sync_timeout: 500ms, max_list_bytes: 1048576, max_event_bytes: 262144}",
         &cgroups,
     );
-    agent.wait_for("ids exported while the list is over its bound", Duration::from_secs(20), |seen| {
-        latest_container(seen, &small_id).is_some()
-    });
-    support::wait_until(
-        "2 counted failures",
-        Duration::from_secs(20),
-        || agent.metadata_errors() >= 2,
-        || agent.log(),
-    );
-    let s = latest_container(&agent.output(), &small_id).unwrap();
-    assert_eq!(s.str("k8s.pod.name"), None, "a list over its bound was read");
+    let (_, bound) =
+        agent.ids_only_after_failures("the list is over its bound", &small_id, 2, "passed its bound");
     let log = agent.log();
-    let bound: Vec<&str> = log.lines().filter(|l| l.contains("passed its bound")).collect();
     assert_eq!(bound.len(), 1, "one line however many attempts:\n{log}");
     assert!(
         bound[0].contains("max_list_bytes (1048576 bytes)") && bound[0].contains("list pods"),

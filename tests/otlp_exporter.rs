@@ -1,16 +1,13 @@
 //! The OTLP exporter against in-process receivers whose answers each test scripts: a tonic
 //! `MetricsService` server and an axum HTTP server, both on 127.0.0.1:0.
+#[path = "support/scripted_otlp.rs"]
+mod scripted_otlp;
 mod support;
+use scripted_otlp::*;
 
-use std::collections::VecDeque;
-use std::io::Read;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
@@ -25,7 +22,6 @@ use support::tls::{openssl_available, serve_grpc_mutual_tls, TestPki};
 // A local port nobody listens on, held for the whole test so that no server of a test running
 // in parallel can be given it.
 use support::ClosedPort;
-use tonic::codec::CompressionEncoding;
 
 // ---------- sweeps ----------
 
@@ -110,194 +106,6 @@ async fn assert_retried_or_dropped(
     } else {
         assert_eq!((get(&stats.batches_dropped), get(&stats.batches_retried)), (1, 0), "{answer} is dropped");
         assert_eq!(attempts(), 1, "{answer}");
-    }
-}
-
-// ---------- scripted gRPC receiver ----------
-
-enum GrpcReply {
-    Ok,
-    Partial(i64, &'static str),
-    Status(tonic::Status),
-    Hang(Duration),
-}
-
-#[derive(Default)]
-struct GrpcScript {
-    replies: Mutex<VecDeque<GrpcReply>>,
-    /// Every attempt: when, what, and the request metadata.
-    received: Mutex<Vec<(Instant, ExportMetricsServiceRequest, tonic::metadata::MetadataMap)>>,
-}
-
-struct GrpcReceiver(Arc<GrpcScript>);
-
-#[tonic::async_trait]
-impl MetricsService for GrpcReceiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportMetricsServiceRequest>,
-    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        let metadata = request.metadata().clone();
-        self.0.received.lock().unwrap().push((Instant::now(), request.into_inner(), metadata));
-        let reply = self.0.replies.lock().unwrap().pop_front().unwrap_or(GrpcReply::Ok);
-        match reply {
-            GrpcReply::Ok => Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None })),
-            GrpcReply::Partial(n, msg) => Ok(tonic::Response::new(ExportMetricsServiceResponse {
-                partial_success: Some(ExportMetricsPartialSuccess {
-                    rejected_data_points: n,
-                    error_message: msg.to_owned(),
-                }),
-            })),
-            GrpcReply::Status(s) => Err(s),
-            GrpcReply::Hang(d) => {
-                tokio::time::sleep(d).await;
-                Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
-            }
-        }
-    }
-}
-
-struct GrpcServer {
-    addr: SocketAddr,
-    script: Arc<GrpcScript>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for GrpcServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl GrpcServer {
-    async fn start(replies: Vec<GrpcReply>) -> GrpcServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        GrpcServer::serve(listener, replies)
-    }
-
-    fn serve(listener: tokio::net::TcpListener, replies: Vec<GrpcReply>) -> GrpcServer {
-        let addr = listener.local_addr().unwrap();
-        let script = Arc::new(GrpcScript { replies: Mutex::new(replies.into()), received: Mutex::default() });
-        let service = MetricsServiceServer::new(GrpcReceiver(script.clone()))
-            .accept_compressed(CompressionEncoding::Gzip);
-        let task = tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await
-                .expect("test gRPC server runs");
-        });
-        GrpcServer { addr, script, task }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn attempts(&self) -> usize {
-        self.script.received.lock().unwrap().len()
-    }
-
-    fn requests(&self) -> Vec<ExportMetricsServiceRequest> {
-        self.script.received.lock().unwrap().iter().map(|(_, r, _)| r.clone()).collect()
-    }
-}
-
-// ---------- scripted HTTP receiver ----------
-
-struct HttpReply {
-    status: u16,
-    retry_after: Option<&'static str>,
-    body: Vec<u8>,
-}
-
-impl HttpReply {
-    fn status(status: u16) -> HttpReply {
-        HttpReply { status, retry_after: None, body: Vec::new() }
-    }
-}
-
-struct HttpAttempt {
-    at: Instant,
-    path: String,
-    headers: http::HeaderMap,
-    /// The body as the agent meant it: gunzipped when sent with `Content-Encoding: gzip`.
-    request: ExportMetricsServiceRequest,
-}
-
-#[derive(Default)]
-struct HttpScript {
-    replies: Mutex<VecDeque<HttpReply>>,
-    received: Mutex<Vec<HttpAttempt>>,
-}
-
-struct HttpServer {
-    addr: SocketAddr,
-    script: Arc<HttpScript>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn http_handler(
-    axum::extract::State(script): axum::extract::State<Arc<HttpScript>>,
-    uri: http::Uri,
-    headers: http::HeaderMap,
-    body: axum::body::Bytes,
-) -> axum::response::Response {
-    let raw = if headers.get("content-encoding").map(|v| v == "gzip").unwrap_or(false) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut out).expect("gzip body decodes");
-        out
-    } else {
-        body.to_vec()
-    };
-    let request =
-        ExportMetricsServiceRequest::decode(&raw[..]).expect("body is an ExportMetricsServiceRequest");
-    script.received.lock().unwrap().push(HttpAttempt {
-        at: Instant::now(),
-        path: uri.path().to_owned(),
-        headers,
-        request,
-    });
-    let reply = script.replies.lock().unwrap().pop_front().unwrap_or(HttpReply::status(200));
-    let mut builder =
-        http::Response::builder().status(reply.status).header("content-type", "application/x-protobuf");
-    if let Some(ra) = reply.retry_after {
-        builder = builder.header("retry-after", ra);
-    }
-    builder.body(axum::body::Body::from(reply.body)).unwrap()
-}
-
-impl HttpServer {
-    async fn start(replies: Vec<HttpReply>) -> HttpServer {
-        HttpServer::serve(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), replies)
-    }
-
-    /// Serves on a listener the test already holds.
-    fn serve(listener: tokio::net::TcpListener, replies: Vec<HttpReply>) -> HttpServer {
-        let addr = listener.local_addr().unwrap();
-        let script = Arc::new(HttpScript { replies: Mutex::new(replies.into()), received: Mutex::default() });
-        let app = axum::Router::new()
-            .route("/v1/metrics", axum::routing::post(http_handler))
-            .route("/opentelemetry/v1/metrics", axum::routing::post(http_handler))
-            .with_state(script.clone());
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("test HTTP server runs");
-        });
-        HttpServer { addr, script, task }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/opentelemetry/v1/metrics", self.addr)
-    }
-
-    fn attempts(&self) -> usize {
-        self.script.received.lock().unwrap().len()
     }
 }
 
@@ -709,35 +517,6 @@ async fn an_unreachable_http_receiver_is_retried() {
     assert_eq!(exp.queued(), 1);
 }
 
-/// A server whose every POST answers `status` with `Location: location` (and `extra` headers).
-async fn start_answering(
-    status: u16,
-    headers: Vec<(&'static str, String)>,
-    body: axum::body::Body,
-) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let body = Arc::new(Mutex::new(Some(body)));
-    let app = axum::Router::new().route(
-        "/v1/metrics",
-        axum::routing::post(move || {
-            let headers = headers.clone();
-            let body = body.lock().unwrap().take().unwrap_or_else(axum::body::Body::empty);
-            async move {
-                let mut b = http::Response::builder().status(status);
-                for (k, v) in headers {
-                    b = b.header(k, v);
-                }
-                b.body(body).unwrap()
-            }
-        }),
-    );
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("test HTTP server runs");
-    });
-    (addr, task)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_are_not_followed_and_the_error_names_the_location() {
     use podometer::exporters::otlp::transport::{Outcome, Transport};
@@ -807,15 +586,6 @@ async fn a_receiver_asking_for_a_day_is_retried_after_the_configured_cap() {
         // The cap (max_interval, 300ms) is honoured as a delay, not skipped.
         assert!(d >= Duration::from_millis(300) && d < Duration::from_secs(3), "{what} retried after {d:?}");
     }
-}
-
-/// A body that never ends, counting the bytes the server produced.
-fn endless_body(produced: Arc<std::sync::atomic::AtomicU64>) -> axum::body::Body {
-    let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
-    axum::body::Body::from_stream(tokio_stream::iter(std::iter::repeat_with(move || {
-        produced.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        Ok::<_, std::convert::Infallible>(chunk.clone())
-    })))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -916,31 +686,6 @@ async fn every_http_status_is_retried_or_dropped_as_the_spec_says() {
 
 // ---------- TLS and mutual TLS ----------
 
-/// The HTTPS receiver's rustls side, from the shared test PKI.
-trait RustlsServer {
-    fn rustls_server_config(&self) -> Arc<rustls::ServerConfig>;
-}
-
-impl RustlsServer for TestPki {
-    fn rustls_server_config(&self) -> Arc<rustls::ServerConfig> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let certs: Vec<_> =
-            rustls_pemfile::certs(&mut &self.read("server.pem")[..]).collect::<Result<_, _>>().unwrap();
-        let key = rustls_pemfile::private_key(&mut &self.read("server.key")[..]).unwrap().unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        for ca in rustls_pemfile::certs(&mut &self.read("ca.pem")[..]) {
-            roots.add(ca.unwrap()).unwrap();
-        }
-        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build().unwrap();
-        let mut config = rustls::ServerConfig::builder()
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(certs, key)
-            .unwrap();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(config)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_over_mutual_tls_delivers_and_refuses_an_unknown_server() {
     if !openssl_available() {
@@ -972,31 +717,6 @@ async fn grpc_over_mutual_tls_delivers_and_refuses_an_unknown_server() {
     assert_eq!(get(&stats.batches_sent), 0);
     assert_eq!(script.received.lock().unwrap().len(), 1, "nothing reached the server");
     server.abort();
-}
-
-/// Serves axum over TLS: the handshake happens in `accept`, which is plenty for a test.
-struct TlsListener {
-    tcp: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let Ok((tcp, addr)) = self.tcp.accept().await else { continue };
-            // A refused client (no certificate) fails here; keep serving the others.
-            if let Ok(tls) = self.acceptor.accept(tcp).await {
-                return (tls, addr);
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
 //! The files the cgroup source reads every sweep, in one place: `benches/cgroups.rs` and
-//! `examples/bench_node/main.rs` (the pread floor and the naive reader) both include this module
+//! `examples/bench_node/measure.rs` (the pread floor and the naive reader) both include this module
 //! with `#[path]`, so the floor and the agent-side benches can never measure different files.
 
 /// Per container on a hybrid host, as (v1 hierarchy or `unified`, file); limits are left out

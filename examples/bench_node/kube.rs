@@ -12,7 +12,11 @@
 //! - the agent (`podometer run` at 1 s with `bench/kube-node.yaml`: the built-in config plus
 //!   this node's cgroup root) over the pods' cgroups: its CPU per pod-sweep, and the kubelet's
 //!   (which the agent does not ask anything);
-//! - the kubelet idle again. Idle is the mean of the two idle windows.
+//! - the kubelet idle again. Idle is the mean of the two idle windows;
+//! - the kubelet idle under its own CPU profiler (`/debug/pprof/profile`, Go's 100 Hz sampler):
+//!   the share of its samples whose stack is in cAdvisor's code
+//!   (`github.com/google/cadvisor/`), which is what its housekeeping of every cgroup costs it
+//!   with nobody asking (the rest is pod sync, status, leases, the Go runtime).
 //!
 //! The kubelet's CPU is utime + stime of its process (`/proc/<pid>/stat`); the scrapes
 //! authenticate with the client certificate the API server uses for the kubelet (group
@@ -120,6 +124,31 @@ pub struct KubeResult {
     pub cadvisor: Result<(f64, usize), String>,
     /// The agent over the pods' containers, and the kubelet's CPU (s per s) meanwhile.
     pub agent: Result<(AgentResult, f64), String>,
+    /// The idle kubelet's CPU profile: where its collection time goes.
+    pub profile: Result<KubeletProfile, String>,
+}
+
+/// The idle kubelet under Go's CPU profiler for one window.
+pub struct KubeletProfile {
+    /// The kubelet's CPU over the window, s per s (`/proc`, profiler included).
+    pub cpu: f64,
+    /// CPU the profile sampled in all, s.
+    pub sampled: f64,
+    /// Of that, in stacks with a cAdvisor frame (housekeeping of every cgroup it watches), s.
+    pub cadvisor: f64,
+    /// The cgroups the kubelet's cAdvisor reports (`id` labels of one `/metrics/cadvisor`).
+    pub cgroups: usize,
+}
+
+impl KubeletProfile {
+    /// The kubelet's CPU in cAdvisor's code, s per s: its share of the samples times its CPU.
+    pub fn cadvisor_cpu(&self) -> f64 {
+        if self.sampled > 0.0 {
+            self.cpu * self.cadvisor / self.sampled
+        } else {
+            f64::NAN
+        }
+    }
 }
 
 impl KubeResult {
@@ -254,6 +283,17 @@ pub fn measure_kube(args: &Args, sink: &Receiver) -> anyhow::Result<KubeResult> 
         .map_err(|e| format!("{e:#}"));
     let idle_b = idle_window();
     eprintln!("bench_node: kube: kubelet idle again {:.2} ms/s", idle_b * 1e3);
+    let profile = profile_kubelet(args, &endpoint, [&ca, &cert, &key], kubelet_pid, seconds)
+        .map_err(|e| format!("{e:#}"));
+    match &profile {
+        Ok(p) => eprintln!(
+            "bench_node: kube: profiled kubelet {:.2} ms/s, {:.1} % of its samples in cAdvisor ({} cgroups)",
+            p.cpu * 1e3,
+            100.0 * p.cadvisor / p.sampled,
+            p.cgroups
+        ),
+        Err(e) => eprintln!("bench_node: kube: kubelet profile not taken: {e}"),
+    }
     drop(node);
     Ok(KubeResult {
         pods: count,
@@ -263,7 +303,132 @@ pub fn measure_kube(args: &Args, sink: &Receiver) -> anyhow::Result<KubeResult> 
         kubeletstats,
         cadvisor,
         agent,
+        profile,
     })
+}
+
+/// `curl` with the kubelet client certificate.
+fn kubelet_curl([ca, cert, key]: [&Path; 3], extra: &[&str]) -> Command {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--fail", "--cacert"])
+        .arg(ca)
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .args(extra)
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// The idle kubelet's CPU profile over `seconds` (its `/debug/pprof/profile`, which the kubelet
+/// serves with `enableProfilingHandler`, on by default), read with `go tool pprof -traces`:
+/// Go profiles carry their function names, so the stripped binary is not needed.
+fn profile_kubelet(
+    args: &Args,
+    endpoint: &str,
+    tls: [&Path; 3],
+    kubelet_pid: u32,
+    seconds: u64,
+) -> anyhow::Result<KubeletProfile> {
+    let metrics =
+        kubelet_curl(tls, &[&format!("https://{endpoint}/metrics/cadvisor")]).output().context("curl")?;
+    if !metrics.status.success() {
+        bail!("curl /metrics/cadvisor: {}", String::from_utf8_lossy(&metrics.stderr).trim());
+    }
+    let cgroups = String::from_utf8_lossy(&metrics.stdout)
+        .lines()
+        .filter(|l| l.starts_with("container_cpu_usage_seconds_total{"))
+        .filter_map(|l| l.split("id=\"").nth(1).and_then(|r| r.split('"').next()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let file = args.out.join(format!("kubelet-cpu{}.pprof", args.label));
+    let url = format!("https://{endpoint}/debug/pprof/profile?seconds={seconds}");
+    let k0 = kubelet_cpu(kubelet_pid);
+    let w0 = Instant::now();
+    let out = kubelet_curl(tls, &["--max-time", &(seconds + 30).to_string(), "-o"])
+        .arg(&file)
+        .arg(&url)
+        .output()
+        .context("curl")?;
+    let cpu = (kubelet_cpu(kubelet_pid) - k0) / w0.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!("curl {url}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let traces = Command::new("go")
+        .args(["tool", "pprof", "-traces"])
+        .arg(&file)
+        .stdin(Stdio::null())
+        .output()
+        .context("go tool pprof")?;
+    if !traces.status.success() {
+        bail!("go tool pprof -traces: {}", String::from_utf8_lossy(&traces.stderr).trim());
+    }
+    let (sampled, cadvisor) = cadvisor_share(&String::from_utf8_lossy(&traces.stdout))?;
+    Ok(KubeletProfile { cpu, sampled, cadvisor, cgroups })
+}
+
+/// From `go tool pprof -traces`: (all sampled CPU, that in stacks with a cAdvisor frame), s.
+/// Each trace is a block after a `-----------+---` line: its labels, if any, then a line with the
+/// sample's value (`10ms`, `1.20s`) and the leaf function, then its callers one a line.
+fn cadvisor_share(traces: &str) -> anyhow::Result<(f64, f64)> {
+    let (mut all, mut cadvisor) = (0.0, 0.0);
+    let mut value: Option<f64> = None;
+    let mut in_cadvisor = false;
+    let mut flush = |value: Option<f64>, in_cadvisor: bool| {
+        if let Some(v) = value {
+            all += v;
+            if in_cadvisor {
+                cadvisor += v;
+            }
+        }
+    };
+    for line in traces.lines() {
+        if line.starts_with("-----------+") {
+            flush(value.take(), in_cadvisor);
+            in_cadvisor = false;
+            value = Some(f64::NAN); // the next line holds it
+            continue;
+        }
+        let Some(v) = value else { continue };
+        let t = line.trim();
+        if t.is_empty() {
+            continue;
+        }
+        let frame = if v.is_nan() {
+            // A sample's labels (`%10s:  values`) come before its value line.
+            if t.split_whitespace().next().is_some_and(|w| w.ends_with(':')) {
+                continue;
+            }
+            let (amount, frame) = t.split_once(char::is_whitespace).context("trace line")?;
+            value = Some(duration_seconds(amount).with_context(|| format!("sample value {amount:?}"))?);
+            frame.trim()
+        } else {
+            t
+        };
+        in_cadvisor |= frame.contains("github.com/google/cadvisor/");
+    }
+    flush(value.filter(|v| !v.is_nan()), in_cadvisor);
+    if all == 0.0 {
+        bail!("the profile has no samples");
+    }
+    Ok((all, cadvisor))
+}
+
+/// `10ms`, `1.20s`, `500us`, `3µs`, `2ns` in seconds.
+fn duration_seconds(text: &str) -> Option<f64> {
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (n, unit) = text.split_at(split);
+    let n: f64 = n.parse().ok()?;
+    let scale = match unit {
+        "s" => 1.0,
+        "ms" => 1e-3,
+        "us" | "µs" => 1e-6,
+        "ns" => 1e-9,
+        "min" => 60.0,
+        _ => return None,
+    };
+    Some(n * scale)
 }
 
 /// `/metrics/cadvisor` once a second over one kept connection (`curl --rate 1/s` over a list
@@ -271,24 +436,14 @@ pub fn measure_kube(args: &Args, sink: &Receiver) -> anyhow::Result<KubeResult> 
 fn scrape_cadvisor(
     args: &Args,
     endpoint: &str,
-    [ca, cert, key]: [&Path; 3],
+    tls: [&Path; 3],
     kubelet_pid: u32,
     pods: usize,
     seconds: u64,
 ) -> anyhow::Result<(f64, usize)> {
     let url = format!("https://{endpoint}/metrics/cadvisor");
-    let curl = |extra: &[&str]| {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "--fail", "--cacert"])
-            .arg(ca)
-            .arg("--cert")
-            .arg(cert)
-            .arg("--key")
-            .arg(key)
-            .args(extra);
-        cmd
-    };
-    let out = curl(&[&url]).stdin(Stdio::null()).output().context("curl")?;
+    let curl = |extra: &[&str]| kubelet_curl(tls, extra);
+    let out = curl(&[&url]).output().context("curl")?;
     if !out.status.success() {
         bail!("curl {url}: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
@@ -323,4 +478,44 @@ fn scrape_cadvisor(
     let busy = (kubelet_cpu(kubelet_pid) - k0) / w0.elapsed().as_secs_f64();
     drop(scraper);
     Ok((busy, covered.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layout of pprof's `-traces` report (`internal/report`: a separator before each
+    /// sample, labels as `%10s:  %s`, the value only on the leaf's line, a closing separator).
+    const TRACES: &str = "File: kubelet
+Type: cpu
+Duration: 60s, Total samples = 1.25s ( 2.08%)
+-----------+-------------------------------------------------------
+      20ms   syscall.Syscall6
+             github.com/google/cadvisor/container/libcontainer.readUInt64 (inline)
+             github.com/google/cadvisor/manager.(*containerData).housekeeping
+-----------+-------------------------------------------------------
+   thread:  worker
+     1.20s   runtime.futex
+             runtime.notesleep
+-----------+-------------------------------------------------------
+      30ms   k8s.io/kubernetes/pkg/kubelet.(*Kubelet).syncLoop
+-----------+-------------------------------------------------------
+";
+
+    #[test]
+    fn the_cadvisor_share_counts_whole_stacks_with_a_cadvisor_frame() {
+        let (all, cadvisor) = cadvisor_share(TRACES).unwrap();
+        assert!((all - 1.25).abs() < 1e-9, "{all}");
+        assert!((cadvisor - 0.02).abs() < 1e-9, "{cadvisor}");
+        assert!(cadvisor_share("File: kubelet\n").is_err(), "no samples is an error, not a zero share");
+    }
+
+    #[test]
+    fn durations_in_every_unit_pprof_prints() {
+        assert_eq!(duration_seconds("10ms"), Some(0.01));
+        assert_eq!(duration_seconds("1.20s"), Some(1.2));
+        assert_eq!(duration_seconds("500us"), Some(0.0005));
+        assert_eq!(duration_seconds("10"), None);
+        assert_eq!(duration_seconds("ms"), None);
+    }
 }

@@ -205,4 +205,21 @@ fn write_kube(md: &mut String, k: &KubeResult) {
             let _ = writeln!(md, "| podometer | {} | - | - | - | - | - |", not_run(why));
         }
     }
+    match &k.profile {
+        Ok(p) => {
+            let _ = writeln!(
+                md,
+                "\nThe idle kubelet under its own CPU profiler (`/debug/pprof/profile`, one more window of {} s): {:.2} ms/s, of which {:.1} % of the samples in cAdvisor's code (`github.com/google/cadvisor/`: housekeeping of the {} cgroups its `/metrics/cadvisor` reports, the node's own among them), **{:.2} ms/s, {:.1} µs per pod and second** — what the kubelet spends collecting with nobody asking (profile: `kubelet-cpu.pprof`).",
+                k.seconds,
+                p.cpu * 1e3,
+                100.0 * p.cadvisor / p.sampled,
+                p.cgroups,
+                p.cadvisor_cpu() * 1e3,
+                p.cadvisor_cpu() * 1e6 / k.pods as f64
+            );
+        }
+        Err(why) => {
+            let _ = writeln!(md, "\nThe idle kubelet's CPU profile: {}.", not_run(why));
+        }
+    }
 }

@@ -321,23 +321,103 @@ impl Out<'_> {
     }
 }
 
+/// A limit file (`memory.max`, `memory.limit_in_bytes`, `pids.max`): read only when limits are
+/// due (every `limits_interval`: limits rarely change), its last value reported every sweep.
+#[derive(Default)]
+pub(super) struct LimitFile {
+    pub(super) handle: Option<Handle>,
+    /// The limit as last read; `None` for no limit, a failed read, or not read yet.
+    value: Option<u64>,
+}
+
+impl LimitFile {
+    pub(super) fn read(
+        &mut self,
+        r: &mut Reader,
+        out: &mut Out<'_>,
+        read_limits: bool,
+        parse: fn(&str) -> Result<Option<u64>, ParseError>,
+        metric: &'static MetricDesc,
+    ) -> Result<(), Vanished> {
+        if read_limits {
+            self.value = out.take(r.read(&self.handle, parse)?).flatten();
+        }
+        if let Some(limit) = self.value {
+            out.push_u64(metric, limit);
+        }
+        Ok(())
+    }
+}
+
+/// How one hierarchy names and writes the memory controller's files.
+pub(super) struct MemoryFormat {
+    /// `memory.usage_in_bytes` (v1), `memory.current` (v2).
+    pub usage: &'static str,
+    /// `memory.limit_in_bytes` (v1), `memory.max` (v2).
+    pub limit: &'static str,
+    /// Where OOM kills are counted: `memory.oom_control` (v1), `memory.events` (v2).
+    pub oom: &'static str,
+    pub parse_stat: fn(&str) -> Result<parse::MemoryStat, ParseError>,
+    pub parse_limit: fn(&str) -> Result<Option<u64>, ParseError>,
+}
+
+/// The memory controller's usage, `memory.stat`, limit and OOM kill count, read alike on v1
+/// and v2 with the hierarchy's [`MemoryFormat`].
+#[derive(Default)]
+pub(super) struct MemoryFiles {
+    usage: Option<Handle>,
+    stat: Option<Handle>,
+    limit: LimitFile,
+    oom: Option<Handle>,
+}
+
+impl MemoryFiles {
+    pub(super) fn open_missing(&mut self, o: &Opener<'_>, dir: Dir, format: &MemoryFormat) {
+        o.fill(&mut self.usage, dir, format.usage);
+        o.fill_unless_skipped(SkipFiles::MemoryStat, &mut self.stat, dir, "memory.stat");
+        o.fill(&mut self.limit.handle, dir, format.limit);
+        o.fill(&mut self.oom, dir, format.oom);
+    }
+
+    pub(super) fn open_files(&self) -> usize {
+        [&self.usage, &self.stat, &self.limit.handle, &self.oom].iter().filter(|h| h.is_some()).count()
+    }
+
+    /// Usage, working set, RSS and page cache every sweep, the limit when `read_limits`.
+    pub(super) fn read(
+        &mut self,
+        r: &mut Reader,
+        out: &mut Out<'_>,
+        read_limits: bool,
+        format: &MemoryFormat,
+    ) -> Result<(), Vanished> {
+        let f = out.family;
+        let usage = out.take(r.read(&self.usage, parse::parse_single)?);
+        let stat = out.take(r.read(&self.stat, format.parse_stat)?);
+        out.push_memory(usage, stat);
+        self.limit.read(r, out, read_limits, format.parse_limit, &f.memory_limit)?;
+        if let Some(kills) = out.take(r.read(&self.oom, parse::parse_oom_kills)?) {
+            out.push_u64(&f.memory_oom_kills, kills);
+        }
+        Ok(())
+    }
+}
+
 /// `pids.current` and `pids.max`: the same names and formats in v1's pids controller and in v2.
 #[derive(Default)]
 pub(super) struct PidsFiles {
     current: Option<Handle>,
-    max: Option<Handle>,
-    /// `pids.max` as last read (every `limits_interval`).
-    limit: Option<u64>,
+    max: LimitFile,
 }
 
 impl PidsFiles {
     pub(super) fn open_missing(&mut self, o: &Opener<'_>, dir: Dir) {
         o.fill(&mut self.current, dir, "pids.current");
-        o.fill(&mut self.max, dir, "pids.max");
+        o.fill(&mut self.max.handle, dir, "pids.max");
     }
 
     pub(super) fn open_files(&self) -> usize {
-        usize::from(self.current.is_some()) + usize::from(self.max.is_some())
+        usize::from(self.current.is_some()) + usize::from(self.max.handle.is_some())
     }
 
     /// Reads `pids.current`, and `pids.max` only when `read_limits`.
@@ -351,13 +431,7 @@ impl PidsFiles {
         if let Some(count) = out.take(r.read(&self.current, parse::parse_single)?) {
             out.push_u64(&f.pids_count, count);
         }
-        if read_limits {
-            self.limit = out.take(r.read(&self.max, parse::parse_max_or_number)?).flatten();
-        }
-        if let Some(limit) = self.limit {
-            out.push_u64(&f.pids_limit, limit);
-        }
-        Ok(())
+        self.max.read(r, out, read_limits, parse::parse_max_or_number, &f.pids_limit)
     }
 }
 

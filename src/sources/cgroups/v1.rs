@@ -27,9 +27,21 @@
 
 use std::path::PathBuf;
 
-use super::files::{procs_file, Dir, Handle, Opener, Out, PidsFiles, PressureFiles, Reader, Vanished};
+use super::files::{
+    procs_file, Dir, Handle, MemoryFiles, MemoryFormat, Opener, Out, PidsFiles, PressureFiles, Reader,
+    Vanished,
+};
 use super::parse;
 use super::SkipFiles;
+
+/// v1's memory controller: its own names for usage and limit, OOM kills in `oom_control`.
+const MEMORY: MemoryFormat = MemoryFormat {
+    usage: "memory.usage_in_bytes",
+    limit: "memory.limit_in_bytes",
+    oom: "memory.oom_control",
+    parse_stat: parse::parse_v1_memory_stat,
+    parse_limit: parse::parse_v1_memory_limit,
+};
 
 /// The files of one cgroup on a v1 or hybrid host; each is `None` while the group has no such
 /// file (tried again at every discovery).
@@ -38,17 +50,12 @@ pub(super) struct V1Files {
     cpu_time: CpuTimeFiles,
     /// `cpu/…/cpu.stat`: CFS throttling.
     cpu_stat: Option<Handle>,
-    memory_usage: Option<Handle>,
-    memory_stat: Option<Handle>,
-    memory_limit: Option<Handle>,
-    oom_control: Option<Handle>,
+    memory: MemoryFiles,
     blkio_bytes: Option<Handle>,
     blkio_ops: Option<Handle>,
     pids: PidsFiles,
     /// Hybrid only: `unified/…/*.pressure`.
     pressure: PressureFiles,
-    /// `memory.limit_in_bytes` as last read (every `limits_interval`).
-    memory_limit_value: Option<u64>,
 }
 
 /// Where CPU time comes from, best first.
@@ -177,10 +184,7 @@ impl V1Files {
     pub(super) fn open_missing(&mut self, o: &Opener<'_>) {
         self.cpu_time = std::mem::take(&mut self.cpu_time).open_better(o);
         o.fill_unless_skipped(SkipFiles::Throttling, &mut self.cpu_stat, Dir::Cpu, "cpu.stat");
-        o.fill(&mut self.memory_usage, Dir::Memory, "memory.usage_in_bytes");
-        o.fill_unless_skipped(SkipFiles::MemoryStat, &mut self.memory_stat, Dir::Memory, "memory.stat");
-        o.fill(&mut self.memory_limit, Dir::Memory, "memory.limit_in_bytes");
-        o.fill(&mut self.oom_control, Dir::Memory, "memory.oom_control");
+        self.memory.open_missing(o, Dir::Memory, &MEMORY);
         o.fill_unless_skipped(
             SkipFiles::BlockIo,
             &mut self.blkio_bytes,
@@ -203,17 +207,13 @@ impl V1Files {
     }
 
     pub(super) fn open_files(&self) -> u64 {
-        let single = [
-            &self.cpu_stat,
-            &self.memory_usage,
-            &self.memory_stat,
-            &self.memory_limit,
-            &self.oom_control,
-            &self.blkio_bytes,
-            &self.blkio_ops,
-        ];
+        let single = [&self.cpu_stat, &self.blkio_bytes, &self.blkio_ops];
         let single = single.iter().filter(|h| h.is_some()).count();
-        (self.cpu_time.open_files() + single + self.pids.open_files() + self.pressure.open_files()) as u64
+        (self.cpu_time.open_files()
+            + single
+            + self.memory.open_files()
+            + self.pids.open_files()
+            + self.pressure.open_files()) as u64
     }
 
     /// Reads every file once into `out`; limits only when `read_limits`.
@@ -231,19 +231,7 @@ impl V1Files {
             out.push_throttling(th);
         }
 
-        let usage = out.take(r.read(&self.memory_usage, parse::parse_single)?);
-        let stat = out.take(r.read(&self.memory_stat, parse::parse_v1_memory_stat)?);
-        out.push_memory(usage, stat);
-        if read_limits {
-            self.memory_limit_value =
-                out.take(r.read(&self.memory_limit, parse::parse_v1_memory_limit)?).flatten();
-        }
-        if let Some(limit) = self.memory_limit_value {
-            out.push_u64(&f.memory_limit, limit);
-        }
-        if let Some(kills) = out.take(r.read(&self.oom_control, parse::parse_oom_kills)?) {
-            out.push_u64(&f.memory_oom_kills, kills);
-        }
+        self.memory.read(r, out, read_limits, &MEMORY)?;
 
         for (handle, metric) in [(&self.blkio_bytes, &f.disk_io), (&self.blkio_ops, &f.disk_operations)] {
             if let Some(devices) = out.take(r.read(handle, parse::parse_v1_blkio)?) {

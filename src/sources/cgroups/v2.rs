@@ -12,9 +12,20 @@
 
 use std::path::PathBuf;
 
-use super::files::{Dir, Handle, Opener, Out, PidsFiles, PressureFiles, Reader, Vanished};
+use super::files::{
+    Dir, Handle, MemoryFiles, MemoryFormat, Opener, Out, PidsFiles, PressureFiles, Reader, Vanished,
+};
 use super::parse;
 use super::SkipFiles;
+
+/// v2's memory controller: `memory.current`, `memory.max`, OOM kills in `memory.events`.
+const MEMORY: MemoryFormat = MemoryFormat {
+    usage: "memory.current",
+    limit: "memory.max",
+    oom: "memory.events",
+    parse_stat: parse::parse_v2_memory_stat,
+    parse_limit: parse::parse_max_or_number,
+};
 
 /// The files of one cgroup on a v2 host; each is `None` while the group has no such file (a
 /// controller not enabled for it yet: tried again at every discovery).
@@ -23,15 +34,10 @@ pub(super) struct V2Files {
     /// CPU time, and throttling when the cpu controller is enabled (so `skip: throttling`
     /// saves nothing here).
     cpu_stat: Option<Handle>,
-    memory_current: Option<Handle>,
-    memory_stat: Option<Handle>,
-    memory_max: Option<Handle>,
-    memory_events: Option<Handle>,
+    memory: MemoryFiles,
     io_stat: Option<Handle>,
     pids: PidsFiles,
     pressure: PressureFiles,
-    /// `memory.max` as last read (every `limits_interval`).
-    memory_limit_value: Option<u64>,
 }
 
 impl V2Files {
@@ -44,10 +50,7 @@ impl V2Files {
     pub(super) fn open_missing(&mut self, o: &Opener<'_>) {
         let u = Dir::Unified;
         o.fill(&mut self.cpu_stat, u, "cpu.stat");
-        o.fill(&mut self.memory_current, u, "memory.current");
-        o.fill_unless_skipped(SkipFiles::MemoryStat, &mut self.memory_stat, u, "memory.stat");
-        o.fill(&mut self.memory_max, u, "memory.max");
-        o.fill(&mut self.memory_events, u, "memory.events");
+        self.memory.open_missing(o, u, &MEMORY);
         o.fill_unless_skipped(SkipFiles::BlockIo, &mut self.io_stat, u, "io.stat");
         self.pids.open_missing(o, u);
         self.pressure.open_missing(o);
@@ -66,16 +69,11 @@ impl V2Files {
     }
 
     pub(super) fn open_files(&self) -> u64 {
-        let single = [
-            &self.cpu_stat,
-            &self.memory_current,
-            &self.memory_stat,
-            &self.memory_max,
-            &self.memory_events,
-            &self.io_stat,
-        ];
-        (single.iter().filter(|h| h.is_some()).count() + self.pids.open_files() + self.pressure.open_files())
-            as u64
+        let single = [&self.cpu_stat, &self.io_stat];
+        (single.iter().filter(|h| h.is_some()).count()
+            + self.memory.open_files()
+            + self.pids.open_files()
+            + self.pressure.open_files()) as u64
     }
 
     /// Reads every file once into `out`; limits only when `read_limits`.
@@ -93,19 +91,7 @@ impl V2Files {
             }
         }
 
-        let usage = out.take(r.read(&self.memory_current, parse::parse_single)?);
-        let stat = out.take(r.read(&self.memory_stat, parse::parse_v2_memory_stat)?);
-        out.push_memory(usage, stat);
-        if read_limits {
-            self.memory_limit_value =
-                out.take(r.read(&self.memory_max, parse::parse_max_or_number)?).flatten();
-        }
-        if let Some(limit) = self.memory_limit_value {
-            out.push_u64(&f.memory_limit, limit);
-        }
-        if let Some(kills) = out.take(r.read(&self.memory_events, parse::parse_oom_kills)?) {
-            out.push_u64(&f.memory_oom_kills, kills);
-        }
+        self.memory.read(r, out, read_limits, &MEMORY)?;
 
         if let Some(stat) = out.take(r.read(&self.io_stat, parse::parse_v2_io_stat)?) {
             out.push_device_io(&f.disk_io, &stat.bytes);
